@@ -1,0 +1,310 @@
+"""The blob storage contract shared by every backend.
+
+This module owns the interface the rest of dicomserver codes against: the
+`BlobStore` ABC, the `BlobInfo` record, the error hierarchy and the key rules
+(`validate_key`). It also holds small helpers backends share (`copy_stream`,
+`check_range`) so that hashing, size enforcement and argument checking behave
+identically everywhere. It never touches a filesystem or a network.
+
+Errors: callers only ever see `BlobStoreError` subclasses for storage
+problems (never OSError or botocore errors), `ValueError` for programming
+errors such as a negative range, and - unchanged - whatever the caller's own
+input stream raised while a `put` was reading it.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import re
+from dataclasses import dataclass
+from types import TracebackType
+from typing import BinaryIO, Callable, ClassVar, Iterator
+
+__all__ = [
+    "COPY_CHUNK_SIZE",
+    "MAX_KEY_LENGTH",
+    "MAX_SEGMENT_LENGTH",
+    "BlobInfo",
+    "BlobStoreError",
+    "BlobNotFound",
+    "StorageUnavailable",
+    "InvalidKey",
+    "validate_key",
+    "validate_prefix",
+    "is_valid_key",
+    "BlobStore",
+    "copy_stream",
+    "check_range",
+]
+
+#: Streams are copied in chunks of this size so a blob is never held whole in memory.
+COPY_CHUNK_SIZE = 1 << 20
+
+#: Longest key accepted (S3's limit; keys are ASCII so characters == bytes).
+MAX_KEY_LENGTH = 1024
+
+#: Longest segment accepted: most filesystems cap a file name at 255 bytes, and
+#: a key every backend can hold is better than one only some backends can.
+MAX_SEGMENT_LENGTH = 255
+
+# A segment is 1+ of [A-Za-z0-9._-] not starting with '.', which also rules out
+# '.' and '..' and keeps names like '.tmp' free for the stores' own use.
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a store knows about one blob."""
+
+    key: str
+    size: int
+    sha256: str | None = None  # hex digest; put() always sets it, stat() may not know it
+
+
+class BlobStoreError(Exception):
+    """Base of every error a blob store raises for storage problems."""
+
+
+class BlobNotFound(BlobStoreError):
+    """No blob is stored under `key`."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)  # args == (key,) keeps the exception picklable
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"blob not found: {_shorten(self.key)}"
+
+
+class StorageUnavailable(BlobStoreError):
+    """The storage itself failed (disk full, permission denied, connection lost...).
+
+    The original OSError/client error is chained as ``__cause__``.
+    """
+
+
+class InvalidKey(BlobStoreError, ValueError):
+    """The key does not follow the key rules (see `validate_key`)."""
+
+
+def _shorten(text: object, limit: int = 80) -> str:
+    """repr() of a possibly huge key, truncated so error messages stay readable."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "...'"
+
+
+def validate_key(key: str) -> str:
+    """Return `key` unchanged if it is a valid blob key, else raise InvalidKey.
+
+    Keys are server-chosen relative paths: 1..1024 characters made of
+    '/'-separated segments of [A-Za-z0-9._-] (at most 255 characters each),
+    with no empty segment (so no leading, trailing or double '/') and no
+    segment starting with '.' (so no '.', '..', or the stores' own '.tmp').
+    Being this strict is what guarantees no request can reach outside a store.
+    """
+    if not isinstance(key, str):
+        raise InvalidKey(f"blob key must be a str, not {type(key).__name__}")
+    if not key:
+        raise InvalidKey("blob key must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"blob key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}")
+    for segment in key.split("/"):
+        if not segment:
+            raise InvalidKey(f"invalid blob key {_shorten(key)}: empty path segment")
+        if segment.startswith("."):
+            raise InvalidKey(
+                f"invalid blob key {_shorten(key)}: segment {_shorten(segment)} starts with '.'"
+            )
+        if len(segment) > MAX_SEGMENT_LENGTH:
+            raise InvalidKey(
+                f"invalid blob key {_shorten(key)}: a segment is longer than "
+                f"{MAX_SEGMENT_LENGTH} characters"
+            )
+        if not _SEGMENT_RE.fullmatch(segment):
+            raise InvalidKey(
+                f"invalid blob key {_shorten(key)}: only A-Z a-z 0-9 '.' '_' '-' and '/' "
+                f"between segments are allowed"
+            )
+    return key
+
+
+def is_valid_key(key: str) -> bool:
+    """True if `key` passes validate_key (used when listing to skip stray names)."""
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return True
+
+
+def validate_prefix(prefix: str) -> str:
+    """Validate a list() prefix: "" or the start of a valid key (may end with '/')."""
+    if prefix == "":
+        return prefix
+    try:
+        validate_key(prefix[:-1] if isinstance(prefix, str) and prefix.endswith("/") else prefix)
+    except InvalidKey as exc:
+        raise InvalidKey(f"invalid blob key prefix {_shorten(prefix)}: {exc}") from None
+    return prefix
+
+
+def check_range(start: int, end: int | None, chunk_size: int) -> None:
+    """Reject nonsensical iter_bytes() arguments; these are programming errors."""
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if end is not None and end < start:
+        raise ValueError(f"end must be >= start, got start={start} end={end}")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+
+
+def copy_stream(
+    stream: BinaryIO,
+    write: Callable[[bytes], object],
+    *,
+    key: str,
+    size: int | None = None,
+    chunk_size: int = COPY_CHUNK_SIZE,
+) -> tuple[int, str]:
+    """Copy `stream` to `write` chunk by chunk, hashing on the way; return (bytes, sha256 hex).
+
+    Only `read(n)` is used, so non-seekable request bodies work and short reads
+    are fine. If `size` is given, a stream that turns out longer fails as soon
+    as it passes `size` and one that ends early fails at EOF, both with
+    BlobStoreError. Exceptions from `stream.read` propagate unchanged (they are
+    the caller's, e.g. a client disconnect); exceptions from `write` are the
+    backend's to translate.
+    """
+    if size is not None and size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    digest = hashlib.sha256()
+    total = 0
+    while True:
+        chunk = stream.read(chunk_size)
+        if not chunk:
+            break
+        total += len(chunk)
+        if size is not None and total > size:
+            raise BlobStoreError(
+                f"stream for blob {_shorten(key)} is longer than its declared size of {size} bytes"
+            )
+        digest.update(chunk)
+        write(chunk)
+    if size is not None and total != size:
+        raise BlobStoreError(
+            f"stream for blob {_shorten(key)} ended after {total} bytes; "
+            f"its declared size is {size} bytes"
+        )
+    return total, digest.hexdigest()
+
+
+class BlobStore(abc.ABC):
+    """A flat namespace of immutable-once-written blobs addressed by validated keys.
+
+    Guarantees every backend gives (checked by tests/blobstore_contract.py):
+    puts are streamed and atomic (a failed or interrupted put leaves nothing
+    new visible, and a replaced key shows either the old or the new content,
+    never a mix); reads are streamed; keys are validated on every method.
+    Portable key sets never use a key as a "directory" of another key ('a' and
+    'a/b'): the local backend cannot hold both and raises BlobStoreError.
+    """
+
+    #: URL scheme that selects this backend in backends.BLOBSTORES.
+    scheme: ClassVar[str]
+    #: Whether ranged reads are cheap (no need to read from the blob's start).
+    supports_range: ClassVar[bool] = True
+
+    @classmethod
+    def from_url(cls, url: str) -> BlobStore:
+        """Build a store from its URL form; used by backends.open_blobstore."""
+        raise ValueError(f"{cls.__name__} cannot be opened from a URL")
+
+    @abc.abstractmethod
+    def put(self, key: str, stream: BinaryIO, *, size: int | None = None) -> BlobInfo:
+        """Store everything `stream` yields under `key`, atomically.
+
+        Replaces an existing blob atomically. If `size` is given and the stream
+        yields a different number of bytes, raises BlobStoreError and nothing
+        becomes visible. Errors raised by the stream itself propagate unchanged.
+        """
+
+    @abc.abstractmethod
+    def iter_bytes(
+        self,
+        key: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        chunk_size: int = COPY_CHUNK_SIZE,
+    ) -> Iterator[bytes]:
+        """Lazily yield bytes [start, end) of the blob in non-empty chunks of <= chunk_size.
+
+        `end` is exclusive and clipped to the blob size, like slicing: a range
+        past the end yields nothing. Raises BlobNotFound at the latest on the
+        first next(). Use read_range() when a short read must be an error.
+        """
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Return exactly `length` bytes from `start`; BlobStoreError if the blob is shorter."""
+        validate_key(key)
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        check_range(start, start + length, COPY_CHUNK_SIZE)
+        data = b"".join(self.iter_bytes(key, start=start, end=start + length))
+        if len(data) != length:
+            raise BlobStoreError(
+                f"blob {_shorten(key)} is too short for bytes {start}..{start + length}: "
+                f"only {len(data)} of {length} bytes available"
+            )
+        return data
+
+    @abc.abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """Return a seekable binary reader; for pydicom when a full parse is unavoidable."""
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> BlobInfo:
+        """Return the blob's size (and sha256 where the backend knows it)."""
+
+    def exists(self, key: str) -> bool:
+        """True if a blob is stored under `key`."""
+        try:
+            self.stat(key)
+        except BlobNotFound:
+            return False
+        return True
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the blob; deleting a missing key is not an error (idempotent)."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield stored keys starting with `prefix` (a plain string prefix, not a directory).
+
+        Order is unspecified and in-progress puts are never listed. Meant for
+        garbage collection and verification, not for request handling.
+        """
+
+    def local_path(self, key: str) -> str | None:
+        """Filesystem path of the blob so the server can use sendfile; None if not local."""
+        validate_key(key)
+        return None
+
+    def check(self) -> None:
+        """Readiness probe: raise StorageUnavailable if the store cannot be used."""
+
+    def close(self) -> None:
+        """Release connections or handles; the store must not be used afterwards."""
+
+    def __enter__(self) -> BlobStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

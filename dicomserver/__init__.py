@@ -1,0 +1,50 @@
+"""dicomserver: a DICOMweb archive (STOW-RS, WADO-RS, QIDO-RS, delete, change feed).
+
+`create_app` is the only entry point: it reads the settings, opens the blob store and
+the index, and mounts one blueprint per DICOMweb service. Nothing happens at import.
+"""
+from __future__ import annotations
+
+import logging
+
+import pydicom
+from flask import Flask
+
+from .settings import ConfigError, Settings
+
+__all__ = ["create_app", "ConfigError", "Settings"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the WSGI app; raise ConfigError (naming the variable) on bad configuration."""
+    from backends import open_blobstore
+
+    from .errors import register_error_handlers
+    from .extensions import Server
+    from .index import open_index
+    from .services import register_services
+
+    settings = settings if settings is not None else Settings.from_env()
+    settings.validate()
+    # Real-world files carry values that break VR rules; read them as they are.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+    try:
+        store = open_blobstore(settings.blobstore_url)
+    except ValueError as exc:
+        raise ConfigError(f"DICOMWEB_BLOBSTORE_URL={settings.blobstore_url!r} is invalid: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"DICOMWEB_BLOBSTORE_URL={settings.blobstore_url!r} is unusable: {exc}") from None
+    try:
+        index = open_index(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    except Exception as exc:
+        raise ConfigError(f"DICOMWEB_DATABASE_URL={settings.database_url!r} is unusable: {exc}") from None
+
+    app = Flask(__name__)
+    app.extensions["dicomserver"] = Server(settings=settings, store=store, index=index)
+    register_error_handlers(app)
+    register_services(app)
+    logging.getLogger(__name__).info(
+        "dicomserver ready: blobs at %s, index at %s", settings.blobstore_url, settings.database_url
+    )
+    return app

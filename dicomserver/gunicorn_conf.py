@@ -1,0 +1,16 @@
+"""gunicorn settings used by `make run` and the end-to-end tests (`-c python:dicomserver.gunicorn_conf`).
+
+gthread workers: a slow client streaming a large instance ties up a thread, not a
+whole process. Override any of these with GUNICORN_CMD_ARGS or command-line flags.
+"""
+import multiprocessing
+import os
+
+workers = int(os.environ.get("DICOMWEB_WORKERS", min(4, multiprocessing.cpu_count())))
+worker_class = "gthread"
+threads = int(os.environ.get("DICOMWEB_THREADS", 4))
+# Large uploads take long; gthread's timeout only guards a worker's heartbeat.
+timeout = 300
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"

@@ -1,0 +1,395 @@
+"""The metadata index: every read and write of Study/Series/Instance/Change rows.
+
+One concrete class over Peewee (SQLite by default, PostgreSQL by URL). Writes run in
+one short transaction each; on SQLite they take the write lock up front
+(BEGIN IMMEDIATE) so concurrent writers from several processes queue on the busy
+timeout instead of failing on a lock upgrade. Blob deletions are returned to the
+caller to run *after* the commit, so a crash can leave an orphan blob but never an
+index row without its blob.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import peewee as pw
+from playhouse.db_url import connect as connect_url
+
+from ..dicomjson import DicomJson, int_value, multi_string, name_key, normalize_time, string_value
+from ..errors import NotFound
+from .models import MODELS, Change, Instance, Series, Study, database_proxy
+
+# Attribute tags (GGGGEEEE) read from an instance's DICOM JSON into index columns.
+T = {
+    "PatientName": "00100010",
+    "PatientID": "00100020",
+    "PatientBirthDate": "00100030",
+    "PatientSex": "00100040",
+    "StudyDate": "00080020",
+    "StudyTime": "00080030",
+    "AccessionNumber": "00080050",
+    "ReferringPhysicianName": "00080090",
+    "StudyID": "00200010",
+    "StudyDescription": "00081030",
+    "Modality": "00080060",
+    "SeriesNumber": "00200011",
+    "SeriesDescription": "0008103E",
+    "PerformedProcedureStepStartDate": "00400244",
+    "PerformedProcedureStepStartTime": "00400245",
+    "ManufacturerModelName": "00081090",
+    "InstanceNumber": "00200013",
+    "Rows": "00280010",
+    "Columns": "00280011",
+    "BitsAllocated": "00280100",
+    "NumberOfFrames": "00280008",
+}
+
+
+class DuplicateInstance(Exception):
+    """The SOP Instance UID is already stored (STOW failure 45070)."""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Everything STOW learned about one instance, ready to index."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str | None
+    frames: str | None
+    metadata: DicomJson
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    replaced: bool
+    #: Blob of the replaced version, to delete after the commit.
+    obsolete_blob_key: str | None
+    sequence: int
+
+
+def _study_columns(meta: DicomJson) -> dict:
+    name = string_value(meta, T["PatientName"])
+    return {
+        "patient_name": name,
+        "patient_name_key": name_key(name),
+        "patient_id": string_value(meta, T["PatientID"]),
+        "patient_birth_date": string_value(meta, T["PatientBirthDate"]),
+        "patient_sex": string_value(meta, T["PatientSex"]),
+        "study_date": string_value(meta, T["StudyDate"]),
+        "study_time": normalize_time(string_value(meta, T["StudyTime"])),
+        "accession_number": string_value(meta, T["AccessionNumber"]),
+        "referring_physician_name_key": name_key(string_value(meta, T["ReferringPhysicianName"])),
+        "study_id": string_value(meta, T["StudyID"]),
+        "study_description": string_value(meta, T["StudyDescription"]),
+    }
+
+
+def _series_columns(meta: DicomJson) -> dict:
+    return {
+        "modality": string_value(meta, T["Modality"]),
+        "series_number": int_value(meta, T["SeriesNumber"]),
+        "series_description": string_value(meta, T["SeriesDescription"]),
+        "performed_procedure_step_start_date": string_value(meta, T["PerformedProcedureStepStartDate"]),
+        "performed_procedure_step_start_time": normalize_time(
+            string_value(meta, T["PerformedProcedureStepStartTime"])
+        ),
+        "manufacturer_model_name": string_value(meta, T["ManufacturerModelName"]),
+    }
+
+
+def _instance_columns(meta: DicomJson) -> dict:
+    return {
+        "instance_number": int_value(meta, T["InstanceNumber"]),
+        "rows": int_value(meta, T["Rows"]),
+        "columns": int_value(meta, T["Columns"]),
+        "bits_allocated": int_value(meta, T["BitsAllocated"]),
+        "number_of_frames": int_value(meta, T["NumberOfFrames"]),
+    }
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Index:
+    def __init__(self, database_url: str, *, sqlite_busy_timeout_ms: int = 30000):
+        self.database_url = database_url
+        self.is_sqlite = database_url.startswith("sqlite")
+        if self.is_sqlite:
+            path = database_url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.db = pw.SqliteDatabase(
+                path,
+                pragmas={
+                    "journal_mode": "wal",
+                    "synchronous": "normal",
+                    "foreign_keys": 1,
+                    "busy_timeout": sqlite_busy_timeout_ms,
+                    "case_sensitive_like": 1,
+                },
+                timeout=sqlite_busy_timeout_ms / 1000,
+            )
+        else:
+            self.db = connect_url(database_url)
+        database_proxy.initialize(self.db)
+
+    # -- lifecycle ---------------------------------------------------------
+    def create_schema(self) -> None:
+        with self.db.connection_context():
+            self.db.create_tables(MODELS, safe=True)
+
+    def connect(self) -> None:
+        self.db.connect(reuse_if_open=True)
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+    def check(self) -> None:
+        self.db.execute_sql("SELECT 1")
+
+    def _write(self):
+        """A write transaction; on SQLite, take the write lock at BEGIN."""
+        if self.is_sqlite:
+            return self.db.atomic("IMMEDIATE")
+        return self.db.atomic()
+
+    # -- writes ------------------------------------------------------------
+    def store_instance(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
+        """Index one stored blob; raise DuplicateInstance unless `replace`."""
+        meta = rec.metadata
+        try:
+            with self._write():
+                existing = Instance.get_or_none(Instance.sop_instance_uid == rec.sop_instance_uid)
+                obsolete = None
+                if existing is not None:
+                    if not replace:
+                        raise DuplicateInstance(rec.sop_instance_uid)
+                    obsolete = existing.blob_key
+                    self._remove_instances([existing])
+                change = Change.create(
+                    timestamp=utcnow(),
+                    action="update" if existing is not None else "create",
+                    study_instance_uid=rec.study_instance_uid,
+                    series_instance_uid=rec.series_instance_uid,
+                    sop_instance_uid=rec.sop_instance_uid,
+                )
+                study, _ = Study.get_or_create(study_instance_uid=rec.study_instance_uid)
+                series = Series.get_or_none(Series.series_instance_uid == rec.series_instance_uid)
+                if series is None:
+                    series = Series.create(study=study, series_instance_uid=rec.series_instance_uid)
+                elif series.study_id != study.id:
+                    # A series UID re-used under another study: keep the first owner.
+                    raise DuplicateInstance(rec.sop_instance_uid)
+                instance = Instance.create(
+                    study=study,
+                    series=series,
+                    sop_instance_uid=rec.sop_instance_uid,
+                    sop_class_uid=rec.sop_class_uid,
+                    transfer_syntax_uid=rec.transfer_syntax_uid,
+                    blob_key=rec.blob_key,
+                    size=rec.size,
+                    sha256=rec.sha256,
+                    frames=rec.frames,
+                    metadata=json.dumps(meta, separators=(",", ":")),
+                    watermark=change.sequence,
+                    **_instance_columns(meta),
+                )
+                Series.update(latest_instance_id=instance.id, **_series_columns(meta)).where(
+                    Series.id == series.id
+                ).execute()
+                Study.update(latest_instance_id=instance.id, **_study_columns(meta)).where(
+                    Study.id == study.id
+                ).execute()
+                self._refresh_counts([study.id], [series.id])
+        except pw.IntegrityError:
+            # A concurrent writer stored the same instance between our check and insert.
+            raise DuplicateInstance(rec.sop_instance_uid) from None
+        return StoreOutcome(existing is not None, obsolete, change.sequence)
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
+        """Remove matching instances, record 'delete' changes; return their blob keys."""
+        with self._write():
+            instances = list(self._instance_query(study_uid, series_uid, sop_uid))
+            if not instances:
+                raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
+            now = utcnow()
+            Change.insert_many(
+                [
+                    {
+                        "timestamp": now,
+                        "action": "delete",
+                        "study_instance_uid": study_uid,
+                        "series_instance_uid": i.series.series_instance_uid,
+                        "sop_instance_uid": i.sop_instance_uid,
+                    }
+                    for i in instances
+                ]
+            ).execute()
+            self._remove_instances(instances)
+        return [i.blob_key for i in instances]
+
+    def _remove_instances(self, instances: list[Instance]) -> None:
+        """Delete instance rows and keep their series/study rows consistent (in a txn)."""
+        ids = [i.id for i in instances]
+        study_ids = sorted({i.study_id for i in instances})
+        series_ids = sorted({i.series_id for i in instances})
+        for chunk in _chunks(ids, 500):
+            Instance.delete().where(Instance.id.in_(chunk)).execute()
+        self._refresh_counts(study_ids, series_ids)
+
+    def _refresh_counts(self, study_ids: Iterable[int], series_ids: Iterable[int]) -> None:
+        """Recount, re-pick the latest instance, drop empty series/studies."""
+        for series_id in series_ids:
+            latest = (
+                Instance.select(Instance.id, Instance.metadata)
+                .where(Instance.series == series_id)
+                .order_by(Instance.id.desc())
+                .first()
+            )
+            if latest is None:
+                Series.delete().where(Series.id == series_id).execute()
+                continue
+            count = Instance.select().where(Instance.series == series_id).count()
+            Series.update(
+                number_of_instances=count,
+                latest_instance_id=latest.id,
+                **_series_columns(json.loads(latest.metadata)),
+            ).where(Series.id == series_id).execute()
+        for study_id in study_ids:
+            latest = (
+                Instance.select(Instance.id, Instance.metadata)
+                .where(Instance.study == study_id)
+                .order_by(Instance.id.desc())
+                .first()
+            )
+            if latest is None:
+                Study.delete().where(Study.id == study_id).execute()
+                continue
+            modalities = sorted(
+                {
+                    s.modality
+                    for s in Series.select(Series.modality).where(
+                        (Series.study == study_id) & Series.modality.is_null(False)
+                    )
+                }
+            )
+            Study.update(
+                number_of_instances=Instance.select().where(Instance.study == study_id).count(),
+                number_of_series=Series.select().where(Series.study == study_id).count(),
+                modalities_in_study="\\".join(modalities) or None,
+                latest_instance_id=latest.id,
+                **_study_columns(json.loads(latest.metadata)),
+            ).where(Study.id == study_id).execute()
+
+    # -- reads -------------------------------------------------------------
+    def _instance_query(self, study_uid: str, series_uid: str | None, sop_uid: str | None):
+        query = (
+            Instance.select(Instance, Series.id, Series.series_instance_uid)
+            .join(Series)
+            .switch(Instance)
+            .join(Study)
+            .where(Study.study_instance_uid == study_uid)
+        )
+        if series_uid is not None:
+            query = query.where(Series.series_instance_uid == series_uid)
+        if sop_uid is not None:
+            query = query.where(Instance.sop_instance_uid == sop_uid)
+        return query.order_by(Series.id, Instance.instance_number, Instance.id)
+
+    def instances(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Instance]:
+        """Instances of a study/series/instance, in series then instance order; 404 if none."""
+        rows = list(self._instance_query(study_uid, series_uid, sop_uid))
+        if not rows:
+            raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
+        return rows
+
+    def metadata(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
+        """The stored DICOM JSON texts (one per instance), without parsing them."""
+        query = (
+            Instance.select(Instance.metadata)
+            .join(Series)
+            .switch(Instance)
+            .join(Study)
+            .where(Study.study_instance_uid == study_uid)
+        )
+        if series_uid is not None:
+            query = query.where(Series.series_instance_uid == series_uid)
+        if sop_uid is not None:
+            query = query.where(Instance.sop_instance_uid == sop_uid)
+        rows = [r.metadata for r in query.order_by(Series.id, Instance.instance_number, Instance.id)]
+        if not rows:
+            raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
+        return rows
+
+    # -- change feed -------------------------------------------------------
+    def changes(
+        self,
+        *,
+        after_sequence: int | None = None,
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        offset: int = 0,
+        limit: int = 10,
+        newest_first: bool = False,
+    ) -> list[tuple[Change, Instance | None]]:
+        """Change entries with the current version of their instance (None if deleted)."""
+        query = Change.select(Change, Instance.watermark, Instance.metadata).join(
+            Instance,
+            pw.JOIN.LEFT_OUTER,
+            on=(Instance.sop_instance_uid == Change.sop_instance_uid),
+            attr="current",
+        )
+        if after_sequence is not None:
+            query = query.where(Change.sequence > after_sequence)
+        if start is not None:
+            query = query.where(Change.timestamp >= start)
+        if end is not None:
+            query = query.where(Change.timestamp < end)
+        if newest_first:
+            order = (Change.sequence.desc(),)
+        elif start is not None or end is not None:
+            order = (Change.timestamp, Change.sequence)
+        else:
+            order = (Change.sequence,)
+        rows = query.order_by(*order).offset(offset).limit(limit)
+        return [(c, getattr(c, "current", None)) for c in rows]
+
+
+def open_index(database_url: str, *, sqlite_busy_timeout_ms: int = 30000) -> Index:
+    index = Index(database_url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms)
+    index.create_schema()
+    return index
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _not_found_message(study_uid: str, series_uid: str | None, sop_uid: str | None) -> str:
+    if sop_uid is not None:
+        return f"instance {sop_uid} of series {series_uid} in study {study_uid} was not found"
+    if series_uid is not None:
+        return f"series {series_uid} in study {study_uid} was not found"
+    return f"study {study_uid} was not found"
+
+
+__all__ = [
+    "Index",
+    "InstanceRecord",
+    "StoreOutcome",
+    "DuplicateInstance",
+    "open_index",
+    "multi_string",
+]

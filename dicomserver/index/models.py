@@ -1,0 +1,92 @@
+"""Peewee models of the metadata index: Study, Series, Instance and the change feed.
+
+Patient attributes live on Study (as in the reference server: no patient level).
+Study and Series columns hold the searchable attributes of their *latest* stored
+instance ("latest wins" when instances disagree) plus counters maintained in the
+same transaction as every write, so QIDO is one indexed query and never opens a blob.
+Instance rows carry the instance's DICOM JSON (`metadata`) and its frame offsets,
+so `/metadata` and frame retrieval need no parse of the stored file.
+"""
+from __future__ import annotations
+
+import peewee as pw
+
+database_proxy = pw.DatabaseProxy()
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class Study(BaseModel):
+    study_instance_uid = pw.CharField(max_length=64, unique=True)
+    patient_name = pw.TextField(null=True)
+    #: Upper-cased, accent-stripped PatientName for case/accent-insensitive matching.
+    patient_name_key = pw.TextField(null=True, index=True)
+    patient_id = pw.TextField(null=True, index=True)
+    patient_birth_date = pw.CharField(max_length=8, null=True)
+    patient_sex = pw.CharField(max_length=16, null=True)
+    study_date = pw.CharField(max_length=8, null=True, index=True)
+    #: StudyTime normalised to HHMMSS.ffffff so that text order is time order.
+    study_time = pw.CharField(max_length=13, null=True)
+    accession_number = pw.TextField(null=True, index=True)
+    referring_physician_name_key = pw.TextField(null=True)
+    study_id = pw.TextField(null=True)
+    study_description = pw.TextField(null=True)
+    #: Distinct modalities of the study's series, backslash-joined (DICOM multi-value).
+    modalities_in_study = pw.TextField(null=True)
+    number_of_series = pw.IntegerField(default=0)
+    number_of_instances = pw.IntegerField(default=0)
+    #: Instance whose metadata supplies this study's attributes in QIDO answers.
+    latest_instance_id = pw.IntegerField(null=True)
+
+
+class Series(BaseModel):
+    study = pw.ForeignKeyField(Study, backref="series", on_delete="CASCADE")
+    series_instance_uid = pw.CharField(max_length=64, unique=True)
+    modality = pw.CharField(max_length=16, null=True, index=True)
+    series_number = pw.IntegerField(null=True)
+    series_description = pw.TextField(null=True)
+    performed_procedure_step_start_date = pw.CharField(max_length=8, null=True)
+    performed_procedure_step_start_time = pw.CharField(max_length=13, null=True)
+    manufacturer_model_name = pw.TextField(null=True)
+    number_of_instances = pw.IntegerField(default=0)
+    latest_instance_id = pw.IntegerField(null=True)
+
+
+class Instance(BaseModel):
+    study = pw.ForeignKeyField(Study, backref="instances", on_delete="CASCADE")
+    series = pw.ForeignKeyField(Series, backref="instances", on_delete="CASCADE")
+    sop_instance_uid = pw.CharField(max_length=64, unique=True)
+    sop_class_uid = pw.CharField(max_length=64, index=True)
+    instance_number = pw.IntegerField(null=True)
+    transfer_syntax_uid = pw.CharField(max_length=64)
+    rows = pw.IntegerField(null=True)
+    columns = pw.IntegerField(null=True)
+    bits_allocated = pw.IntegerField(null=True)
+    number_of_frames = pw.IntegerField(null=True)
+    blob_key = pw.TextField()
+    size = pw.BigIntegerField()
+    sha256 = pw.CharField(max_length=64, null=True)
+    #: JSON frame map (see frames.py); NULL when frames cannot be located by offset.
+    frames = pw.TextField(null=True)
+    #: The instance's DICOM JSON (PS3.18 Annex F), bulk binary elements left out.
+    metadata = pw.TextField()
+    #: Sequence of the change-feed entry that created this version of the instance.
+    watermark = pw.BigIntegerField(index=True)
+
+
+class Change(BaseModel):
+    """One change-feed entry; `state` is derived from Instance.watermark when read."""
+
+    sequence = pw.BigAutoField()
+    timestamp = pw.DateTimeField(index=True)
+    action = pw.CharField(max_length=8)
+    study_instance_uid = pw.CharField(max_length=64)
+    series_instance_uid = pw.CharField(max_length=64)
+    sop_instance_uid = pw.CharField(max_length=64, index=True)
+
+
+MODELS = (Study, Series, Instance, Change)

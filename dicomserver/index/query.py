@@ -1,0 +1,219 @@
+"""QIDO-RS search over the index: filters → one SQL query, rows → DICOM JSON results.
+
+Attribute values come from the stored DICOM JSON of each entity's representative
+(latest) instance; computed attributes (counts, ModalitiesInStudy) from the
+counters kept on Study/Series rows. One query per request, no N+1.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import peewee as pw
+
+from ..matching import INSTANCE, SERIES, STUDY, Filter, QidoQuery, Range, SingleValue, ValueList, Wildcard
+from .models import Instance, Series, Study
+
+
+# PS3.18 Table 10.6.3-3/-4/-5 default return attributes (the reference's v1 lists
+# plus the computed counts and RetrieveURL PS3.18 asks for).
+STUDY_DEFAULTS = (
+    "00080005",  # SpecificCharacterSet
+    "00080020",  # StudyDate
+    "00080030",  # StudyTime
+    "00080050",  # AccessionNumber
+    "00080056",  # InstanceAvailability
+    "00080061",  # ModalitiesInStudy
+    "00080090",  # ReferringPhysicianName
+    "00080201",  # TimezoneOffsetFromUTC
+    "00081190",  # RetrieveURL
+    "00100010",  # PatientName
+    "00100020",  # PatientID
+    "00100030",  # PatientBirthDate
+    "00100040",  # PatientSex
+    "0020000D",  # StudyInstanceUID
+    "00200010",  # StudyID
+    "00201206",  # NumberOfStudyRelatedSeries
+    "00201208",  # NumberOfStudyRelatedInstances
+)
+SERIES_DEFAULTS = (
+    "00080005",  # SpecificCharacterSet
+    "00080060",  # Modality
+    "00080201",  # TimezoneOffsetFromUTC
+    "0008103E",  # SeriesDescription
+    "00081190",  # RetrieveURL
+    "0020000D",  # StudyInstanceUID
+    "0020000E",  # SeriesInstanceUID
+    "00200011",  # SeriesNumber
+    "00201209",  # NumberOfSeriesRelatedInstances
+    "00400244",  # PerformedProcedureStepStartDate
+    "00400245",  # PerformedProcedureStepStartTime
+    "00400275",  # RequestAttributesSequence
+)
+INSTANCE_DEFAULTS = (
+    "00080005",  # SpecificCharacterSet
+    "00080016",  # SOPClassUID
+    "00080018",  # SOPInstanceUID
+    "00080056",  # InstanceAvailability
+    "00080201",  # TimezoneOffsetFromUTC
+    "00081190",  # RetrieveURL
+    "0020000D",  # StudyInstanceUID
+    "0020000E",  # SeriesInstanceUID
+    "00200013",  # InstanceNumber
+    "00280008",  # NumberOfFrames
+    "00280010",  # Rows
+    "00280011",  # Columns
+    "00280100",  # BitsAllocated
+)
+
+_COLUMNS = {
+    "StudyInstanceUID": Study.study_instance_uid,
+    "PatientName": Study.patient_name_key,
+    "PatientID": Study.patient_id,
+    "PatientBirthDate": Study.patient_birth_date,
+    "PatientSex": Study.patient_sex,
+    "StudyDate": Study.study_date,
+    "StudyTime": Study.study_time,
+    "AccessionNumber": Study.accession_number,
+    "ReferringPhysicianName": Study.referring_physician_name_key,
+    "StudyID": Study.study_id,
+    "StudyDescription": Study.study_description,
+    "SeriesInstanceUID": Series.series_instance_uid,
+    "Modality": Series.modality,
+    "SeriesNumber": Series.series_number,
+    "SeriesDescription": Series.series_description,
+    "PerformedProcedureStepStartDate": Series.performed_procedure_step_start_date,
+    "PerformedProcedureStepStartTime": Series.performed_procedure_step_start_time,
+    "ManufacturerModelName": Series.manufacturer_model_name,
+    "SOPInstanceUID": Instance.sop_instance_uid,
+    "SOPClassUID": Instance.sop_class_uid,
+    "InstanceNumber": Instance.instance_number,
+}
+
+
+def like_pattern(wildcard: str) -> str:
+    """DICOM '*'/'?' → SQL LIKE, escaping LIKE's own '%', '_' and the escape char."""
+    escaped = wildcard.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _condition(f: Filter) -> pw.Expression:
+    m = f.matcher
+    if f.attribute.kind == "modalities":
+        return pw.fn.EXISTS(
+            Series.select(pw.SQL("1"))
+            .where((Series.study == Study.id) & Series.modality.in_(list(m.values)))  # type: ignore[union-attr]
+        )
+    column = _COLUMNS[f.attribute.keyword]
+    if isinstance(m, SingleValue):
+        return column == m.value
+    if isinstance(m, ValueList):
+        return column.in_(list(m.values))
+    if isinstance(m, Wildcard):
+        return pw.NodeList((column, pw.SQL("LIKE"), like_pattern(m.pattern), pw.SQL("ESCAPE '\\'")))
+    if isinstance(m, Range):
+        condition = column.is_null(False)
+        if m.lower is not None:
+            condition &= column >= m.lower
+        if m.upper is not None:
+            condition &= column <= m.upper
+        return condition
+    raise AssertionError(f"unknown matcher {m!r}")
+
+
+def search(
+    query: QidoQuery,
+    *,
+    base_url: str,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Run a QIDO query; return (results, more results exist beyond this page)."""
+    rep = Instance.alias("rep")
+    columns = [
+        Study.study_instance_uid.alias("study_uid"),
+        Study.number_of_series.alias("study_series_count"),
+        Study.number_of_instances.alias("study_instance_count"),
+        Study.modalities_in_study.alias("study_modalities"),
+    ]
+    if query.level == STUDY:
+        sql = Study.select(*columns, rep.metadata.alias("rep_metadata")).join(
+            rep, on=(rep.id == Study.latest_instance_id)
+        )
+        order = Study.id
+    else:
+        columns += [
+            Series.series_instance_uid.alias("series_uid"),
+            Series.number_of_instances.alias("series_instance_count"),
+        ]
+        if query.level == SERIES:
+            sql = (
+                Series.select(*columns, rep.metadata.alias("rep_metadata"))
+                .join(Study, on=(Series.study == Study.id))
+                .switch(Series)
+                .join(rep, on=(rep.id == Series.latest_instance_id))
+            )
+            order = Series.id
+        else:
+            sql = (
+                Instance.select(
+                    *columns,
+                    Instance.sop_instance_uid.alias("sop_uid"),
+                    Instance.metadata.alias("rep_metadata"),
+                )
+                .join(Series, on=(Instance.series == Series.id))
+                .switch(Instance)
+                .join(Study, on=(Instance.study == Study.id))
+            )
+            order = Instance.id
+    if study_uid is not None:
+        sql = sql.where(Study.study_instance_uid == study_uid)
+    if series_uid is not None:
+        sql = sql.where(Series.series_instance_uid == series_uid)
+    for f in query.filters:
+        sql = sql.where(_condition(f))
+    rows = list(sql.order_by(order).offset(query.offset).limit(query.limit + 1).dicts())
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return_tags = _return_tags(query, in_study_path=study_uid is not None)
+    return [_result(row, query, return_tags, base_url) for row in rows], more
+
+
+def _return_tags(query: QidoQuery, *, in_study_path: bool) -> set[str]:
+    """Level defaults, plus parent-level defaults the path does not already fix."""
+    tags = set({STUDY: STUDY_DEFAULTS, SERIES: SERIES_DEFAULTS, INSTANCE: INSTANCE_DEFAULTS}[query.level])
+    if query.level == SERIES and not in_study_path:
+        tags.update(STUDY_DEFAULTS)
+    if query.level == INSTANCE:
+        tags.update(SERIES_DEFAULTS)
+        if not in_study_path:
+            tags.update(STUDY_DEFAULTS)
+    tags.update(f.attribute.tag for f in query.filters)
+    tags.update(query.includefields)
+    return tags
+
+
+def _result(row: dict[str, Any], query: QidoQuery, return_tags: set[str], base_url: str) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads(row["rep_metadata"])
+    if query.include_all:
+        out = dict(meta)
+    else:
+        out = {tag: meta[tag] for tag in return_tags if tag in meta}
+    url = f"{base_url}/studies/{row['study_uid']}"
+    modalities = [m for m in (row["study_modalities"] or "").split("\\") if m]
+    computed: dict[str, Any] = {
+        "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+        "00080061": {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"},
+        "00201206": {"vr": "IS", "Value": [row["study_series_count"]]},
+        "00201208": {"vr": "IS", "Value": [row["study_instance_count"]]},
+    }
+    if query.level in (SERIES, INSTANCE):
+        url += f"/series/{row['series_uid']}"
+        computed["00201209"] = {"vr": "IS", "Value": [row["series_instance_count"]]}
+    if query.level == INSTANCE:
+        url += f"/instances/{row['sop_uid']}"
+    computed["00081190"] = {"vr": "UR", "Value": [url]}
+    for tag, value in computed.items():
+        if query.include_all or tag in return_tags:
+            out[tag] = value
+    return dict(sorted(out.items()))

@@ -1,0 +1,222 @@
+"""The STOW-RS pipeline for one instance: spool → read header → validate → blob → index.
+
+Every part ends as exactly one `PartResult`: stored (ReferencedSOPSequence) or
+failed with a PS3.18/PS3.4 failure reason (FailedSOPSequence). The blob is written
+first under a fresh key and only then indexed, in one transaction; if indexing
+fails the blob is deleted, and a replaced version's blob is deleted only after the
+commit. So no index row ever points at a missing blob; a crash can at worst leave
+an orphan blob, invisible to every request.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterable
+
+import peewee
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from backends.base import BlobStore, BlobStoreError, StorageUnavailable
+
+from .dicomjson import dataset_to_json
+from .errors import PayloadTooLarge
+from .frames import FrameMapError, build_frame_map
+from .index import DuplicateInstance, Index, InstanceRecord
+from .uids import normalize_uid
+
+log = logging.getLogger(__name__)
+
+# Failure reasons (PS3.4 Annex GG / the reference server's codes).
+PROCESSING_FAILURE = 0x0110  # 272
+INVALID_DATASET = 0xA900  # 43264: cannot be parsed, or required attributes missing/invalid
+STUDY_UID_MISMATCH = 0xA901  # 43265: StudyInstanceUID differs from the one in the URL
+INSTANCE_ALREADY_EXISTS = 0xB00E  # 45070
+
+REQUIRED_UIDS = (
+    ("SOPClassUID", "(0008,0016)"),
+    ("SOPInstanceUID", "(0008,0018)"),
+    ("StudyInstanceUID", "(0020,000D)"),
+    ("SeriesInstanceUID", "(0020,000E)"),
+)
+#: Elements larger than this are not read into memory while parsing the header.
+_DEFER_SIZE = 64 * 1024
+
+
+@dataclass
+class PartResult:
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    failure_reason: int | None = None
+    comments: list[str] = field(default_factory=list)
+    replaced: bool = False
+
+    @property
+    def stored(self) -> bool:
+        return self.failure_reason is None
+
+
+class InstanceRejected(Exception):
+    def __init__(self, reason: int, comment: str):
+        super().__init__(comment)
+        self.reason = reason
+        self.comment = comment
+
+
+def spool(chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None) -> tuple[BinaryIO, int]:
+    """Copy a part's chunks into a spooled temp file; 413 past max_bytes.
+
+    The caller owns (and must close) the returned file.
+    """
+    target = tempfile.SpooledTemporaryFile(max_size=memory_bytes, dir=spool_dir)
+    size = 0
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(
+                    f"a DICOM instance is larger than this server's limit of {max_bytes} bytes"
+                )
+            target.write(chunk)
+    except BaseException:
+        target.close()
+        raise
+    target.seek(0)
+    return target, size
+
+
+class Ingestor:
+    """Stores instances into a blob store and an index."""
+
+    def __init__(self, store: BlobStore, index: Index):
+        self.store = store
+        self.index = index
+
+    def ingest(self, fp: BinaryIO, size: int, *, study_uid: str | None, replace: bool) -> PartResult:
+        """Store one spooled Part 10 file; never raises for bad input, only for outages."""
+        result = PartResult()
+        try:
+            if size == 0:
+                raise InstanceRejected(INVALID_DATASET, "the part is empty")
+            ds, transfer_syntax, frame_map = _read_header(fp)
+            _validate(ds, result, study_uid)
+            metadata, skipped = dataset_to_json(ds)
+            if skipped:
+                log.info("instance %s: attributes left out of metadata: %s", result.sop_instance_uid, skipped)
+            self._store(fp, size, result, transfer_syntax, frame_map, metadata, replace)
+        except InstanceRejected as rejection:
+            result.failure_reason = rejection.reason
+            result.comments.append(rejection.comment)
+        return result
+
+    def _store(self, fp, size, result, transfer_syntax, frame_map, metadata, replace) -> None:
+        key = (
+            f"{result.study_instance_uid}/{result.series_instance_uid}/"
+            f"{result.sop_instance_uid}/{uuid.uuid4().hex}.dcm"
+        )
+        fp.seek(0)
+        info = self.store.put(key, fp, size=size)
+        record = InstanceRecord(
+            study_instance_uid=result.study_instance_uid,
+            series_instance_uid=result.series_instance_uid,
+            sop_instance_uid=result.sop_instance_uid,
+            sop_class_uid=result.sop_class_uid,
+            transfer_syntax_uid=transfer_syntax,
+            blob_key=key,
+            size=info.size,
+            sha256=info.sha256,
+            frames=None if frame_map is None else _compact_json(frame_map),
+            metadata=metadata,
+        )
+        try:
+            outcome = self.index.store_instance(record, replace=replace)
+        except DuplicateInstance:
+            self._discard(key)
+            raise InstanceRejected(
+                INSTANCE_ALREADY_EXISTS,
+                f"instance {result.sop_instance_uid} already exists; use PUT to replace it",
+            ) from None
+        except BaseException as exc:
+            self._discard(key)
+            if isinstance(exc, (peewee.OperationalError, StorageUnavailable)) or not isinstance(exc, Exception):
+                raise
+            log.exception("indexing instance %s failed", result.sop_instance_uid)
+            raise InstanceRejected(PROCESSING_FAILURE, "the instance could not be indexed") from None
+        result.replaced = outcome.replaced
+        if outcome.obsolete_blob_key:
+            self._discard(outcome.obsolete_blob_key)
+
+    def _discard(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except BlobStoreError:
+            log.exception("could not delete blob %s; it is an orphan for `dicom gc`", key)
+
+
+def _compact_json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _read_header(fp: BinaryIO) -> tuple[Dataset, str, dict | None]:
+    """Parse everything before Pixel Data and locate the frames; reject non-DICOM."""
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=_DEFER_SIZE)
+    except (InvalidDicomError, EOFError) as exc:
+        raise InstanceRejected(INVALID_DATASET, f"not a DICOM Part 10 file: {exc}") from None
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise InstanceRejected(INVALID_DATASET, f"the DICOM file could not be parsed: {exc}") from None
+    transfer_syntax = normalize_uid(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+    if transfer_syntax is None:
+        raise InstanceRejected(
+            INVALID_DATASET, "the file meta information has no valid TransferSyntaxUID (0002,0010)"
+        )
+    try:
+        encapsulated = UID(transfer_syntax).is_encapsulated
+    except Exception:
+        encapsulated = False
+    try:
+        frame_map = build_frame_map(fp, ds, transfer_syntax, encapsulated)
+    except FrameMapError as exc:
+        log.info("frames of an instance cannot be located by offset: %s", exc)
+        frame_map = None
+    return ds, transfer_syntax, frame_map
+
+
+def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:
+    """The four identifying UIDs must be present and well-formed (fills `result`)."""
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    for keyword, tag in REQUIRED_UIDS:
+        try:
+            raw = ds.get(keyword)
+        except Exception:
+            raw = None
+        text = "" if raw is None else str(raw)
+        uid = normalize_uid(text)
+        if uid is None:
+            problems.append(
+                f"required attribute {keyword} {tag} is missing or empty"
+                if not text.strip(" \x00")
+                else f"{keyword} {tag} value {text[:70]!r} is not a valid UID"
+            )
+        else:
+            values[keyword] = uid
+    result.sop_class_uid = values.get("SOPClassUID")
+    result.sop_instance_uid = values.get("SOPInstanceUID")
+    result.study_instance_uid = values.get("StudyInstanceUID")
+    result.series_instance_uid = values.get("SeriesInstanceUID")
+    if problems:
+        raise InstanceRejected(INVALID_DATASET, "; ".join(problems))
+    if study_uid is not None and result.study_instance_uid != study_uid:
+        raise InstanceRejected(
+            STUDY_UID_MISMATCH,
+            f"StudyInstanceUID {result.study_instance_uid} does not match the study in the URL ({study_uid})",
+        )

@@ -1,0 +1,284 @@
+"""QIDO-RS query parameters → typed matching filters (PS3.18 §8.3.4, PS3.4 C.2.2.2).
+
+One class per PS3.4 matching type (single value, UID list, wildcard, range,
+universal); which attribute is searchable at which level is the table
+`SEARCHABLE` below. Parsing happens before any SQL is built, so a malformed key or
+value is a 400 with a message, never a 500.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from .dicomjson import name_key, normalize_time
+from .errors import InvalidQuery
+from .uids import normalize_uid
+
+STUDY, SERIES, INSTANCE = "study", "series", "instance"
+LEVEL_ORDER = {STUDY: 0, SERIES: 1, INSTANCE: 2}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    keyword: str
+    tag: str  # GGGGEEEE
+    level: str
+    kind: str  # uid, string, name, date, time, int, modalities
+
+
+def _attr(keyword: str, level: str, kind: str) -> Attribute:
+    return Attribute(keyword, f"{tag_for_keyword(keyword):08X}", level, kind)
+
+
+#: Searchable attributes: PS3.18 Table 10.6.1-5 (required matching keys), plus a few.
+SEARCHABLE: dict[str, Attribute] = {
+    a.tag: a
+    for a in (
+        _attr("StudyInstanceUID", STUDY, "uid"),
+        _attr("PatientName", STUDY, "name"),
+        _attr("PatientID", STUDY, "string"),
+        _attr("PatientBirthDate", STUDY, "date"),
+        _attr("PatientSex", STUDY, "string"),
+        _attr("StudyDate", STUDY, "date"),
+        _attr("StudyTime", STUDY, "time"),
+        _attr("AccessionNumber", STUDY, "string"),
+        _attr("ReferringPhysicianName", STUDY, "name"),
+        _attr("StudyID", STUDY, "string"),
+        _attr("StudyDescription", STUDY, "string"),
+        _attr("ModalitiesInStudy", STUDY, "modalities"),
+        _attr("SeriesInstanceUID", SERIES, "uid"),
+        _attr("Modality", SERIES, "string"),
+        _attr("SeriesNumber", SERIES, "int"),
+        _attr("SeriesDescription", SERIES, "string"),
+        _attr("PerformedProcedureStepStartDate", SERIES, "date"),
+        _attr("PerformedProcedureStepStartTime", SERIES, "time"),
+        _attr("ManufacturerModelName", SERIES, "string"),
+        _attr("SOPInstanceUID", INSTANCE, "uid"),
+        _attr("SOPClassUID", INSTANCE, "uid"),
+        _attr("InstanceNumber", INSTANCE, "int"),
+    )
+}
+
+RESERVED = {"limit", "offset", "fuzzymatching", "includefield"}
+
+
+# -- matchers -----------------------------------------------------------------
+@dataclass(frozen=True)
+class SingleValue:
+    value: str | int
+
+
+@dataclass(frozen=True)
+class ValueList:
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Wildcard:
+    """A pattern with '*' (any run) and '?' (one character)."""
+
+    pattern: str
+
+
+@dataclass(frozen=True)
+class Range:
+    lower: str | None
+    upper: str | None
+
+
+Matcher = SingleValue | ValueList | Wildcard | Range
+
+
+@dataclass(frozen=True)
+class Filter:
+    attribute: Attribute
+    matcher: Matcher
+
+
+@dataclass
+class QidoQuery:
+    level: str
+    filters: list[Filter] = field(default_factory=list)
+    includefields: set[str] = field(default_factory=set)  # GGGGEEEE
+    include_all: bool = False
+    fuzzy: bool = False
+    limit: int = 100
+    offset: int = 0
+    limit_was_capped: bool = False
+    #: Keys that are valid DICOM attributes but not searchable here (ignored; Warning).
+    ignored: list[str] = field(default_factory=list)
+
+
+def resolve_tag(key: str) -> str | None:
+    """A keyword ('PatientName') or hex tag ('00100010') as GGGGEEEE, or None."""
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
+        return key.upper()
+    tag = tag_for_keyword(key)
+    if tag is None:
+        return None
+    return f"{tag:08X}"
+
+
+def parse_query(
+    args: list[tuple[str, str]],
+    level: str,
+    *,
+    default_limit: int,
+    max_limit: int,
+) -> QidoQuery:
+    """Turn the request's query pairs into a QidoQuery for `level`."""
+    query = QidoQuery(level=level, limit=default_limit)
+    seen: set[str] = set()
+    limit_given = False
+    for raw_key, raw_value in args:
+        key = raw_key.strip()
+        lowered = key.lower()
+        if lowered in RESERVED:
+            if lowered == "includefield":
+                _parse_includefield(query, raw_value)
+            elif lowered == "limit":
+                query.limit = _parse_count("limit", raw_value, minimum=1)
+                limit_given = True
+            elif lowered == "offset":
+                query.offset = _parse_count("offset", raw_value, minimum=0)
+            else:
+                query.fuzzy = _parse_bool("fuzzymatching", raw_value)
+            continue
+        tag = resolve_tag(key)
+        if tag is None:
+            raise InvalidQuery(
+                f"unknown query parameter {key!r}: not a DICOM keyword or tag, nor one of "
+                "limit, offset, fuzzymatching, includefield"
+            )
+        if tag in seen:
+            raise InvalidQuery(f"attribute {key!r} is given more than once")
+        seen.add(tag)
+        attribute = SEARCHABLE.get(tag)
+        if attribute is None or LEVEL_ORDER[attribute.level] > LEVEL_ORDER[level]:
+            query.ignored.append(keyword_for_tag(int(tag, 16)) or tag)
+            continue
+        value = raw_value.strip()
+        if value == "" or value == "*":
+            continue  # universal matching: every entity matches
+        query.filters.append(Filter(attribute, _parse_matcher(attribute, value)))
+    if query.limit > max_limit:
+        query.limit = max_limit
+        query.limit_was_capped = True
+    elif not limit_given:
+        query.limit_was_capped = True  # the server's default page size applies
+    return query
+
+
+def _parse_includefield(query: QidoQuery, raw: str) -> None:
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.lower() == "all":
+            query.include_all = True
+            continue
+        tag = resolve_tag(item)
+        if tag is None:
+            raise InvalidQuery(f"includefield {item!r} is not a DICOM keyword or tag")
+        query.includefields.add(tag)
+
+
+def _parse_count(name: str, raw: str, *, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidQuery(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise InvalidQuery(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise InvalidQuery(f"{name}={raw!r} must be true or false")
+
+
+def _parse_matcher(attribute: Attribute, value: str) -> Matcher:
+    kind = attribute.kind
+    name = attribute.keyword
+    if kind == "uid":
+        uids = [u for u in re.split(r"[,\\]", value)]
+        normalized = [normalize_uid(u.strip()) for u in uids]
+        if any(u is None for u in normalized):
+            raise InvalidQuery(f"{name}={value!r} is not a UID or a list of UIDs")
+        return ValueList(tuple(normalized)) if len(normalized) > 1 else SingleValue(normalized[0])
+    if kind == "date":
+        return _date_matcher(name, value)
+    if kind == "time":
+        return _time_matcher(name, value)
+    if kind == "int":
+        try:
+            return SingleValue(int(value))
+        except ValueError:
+            raise InvalidQuery(f"{name}={value!r} is not an integer") from None
+    if kind == "modalities":
+        items = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
+        return ValueList(tuple(items))
+    if kind == "name":
+        value = name_key(value) or ""
+    if "*" in value or "?" in value:
+        return Wildcard(value)
+    if kind == "string" and ("\\" in value):
+        return ValueList(tuple(v for v in value.split("\\")))
+    return SingleValue(value)
+
+
+def _check_date(name: str, value: str) -> str:
+    try:
+        dt.datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        raise InvalidQuery(f"{name}: {value!r} is not a date in YYYYMMDD form") from None
+    return value
+
+
+def _date_matcher(name: str, value: str) -> Matcher:
+    if "-" not in value:
+        return SingleValue(_check_date(name, value))
+    lower, _, upper = value.partition("-")
+    lower, upper = lower.strip(), upper.strip()
+    if not lower and not upper:
+        raise InvalidQuery(f"{name}: a range needs at least one bound, got {value!r}")
+    lower = _check_date(name, lower) if lower else None
+    upper = _check_date(name, upper) if upper else None
+    if lower and upper and lower > upper:
+        raise InvalidQuery(f"{name}: range {value!r} starts after it ends")
+    return Range(lower, upper)
+
+
+def _time_matcher(name: str, value: str) -> Matcher:
+    def bound(text: str, upper: bool) -> str:
+        normalized = normalize_time(text, upper=upper)
+        if normalized is None:
+            raise InvalidQuery(f"{name}: {text!r} is not a time in HHMMSS[.ffffff] form")
+        return normalized
+
+    if "-" not in value:
+        return Range(bound(value, False), bound(value, True))
+    lower, _, upper = value.partition("-")
+    lower, upper = lower.strip(), upper.strip()
+    if not lower and not upper:
+        raise InvalidQuery(f"{name}: a range needs at least one bound, got {value!r}")
+    lo = bound(lower, False) if lower else None
+    hi = bound(upper, True) if upper else None
+    if lo and hi and lo > hi:
+        raise InvalidQuery(f"{name}: range {value!r} starts after it ends")
+    return Range(lo, hi)
+
+
+def vr_of(tag: str) -> str | None:
+    try:
+        return dictionary_VR(int(tag, 16))
+    except KeyError:
+        return None

@@ -1,0 +1,188 @@
+"""Media types, Accept parsing and content negotiation for DICOMweb (PS3.18 §8.7).
+
+Generic Accept matchers know nothing of the `type` parameter inside
+multipart/related or of `transfer-syntax`, so negotiation is ours. Parsing is
+lenient because real clients differ: quoted or unquoted parameter values (OHIF and
+the C# client), several entries with q-values (dicomweb-client), a trailing `;`
+(the tutorials). A missing Accept header means "anything" (RFC 9110 §12.5.1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import NotAcceptable
+from .uids import is_valid_uid
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+MULTIPART_RELATED = "multipart/related"
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+#: Native (uncompressed, little endian) encodings: their pixel bytes are identical.
+NATIVE_LITTLE_ENDIAN = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
+ANY_TRANSFER_SYNTAX = "*"
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One Accept entry: type/subtype (lower case), parameters (names lower case), q."""
+
+    mimetype: str
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        return self.params.get("transfer-syntax")
+
+
+def _split_unquoted(text: str, separator: str) -> list[str]:
+    """Split on `separator` where it is not inside a double-quoted string."""
+    items, current, quoted, escaped = [], [], False, False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current))
+    return items
+
+
+def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    """Split 'type/subtype; a="b"; c=d/e' into ('type/subtype', {'a': 'b', 'c': 'd/e'}).
+
+    Hand-written because RFC token rules (as werkzeug applies them) cut the
+    unquoted `type=application/dicom` that OHIF and others send at the '/'.
+    """
+    mimetype, *raw_params = _split_unquoted(value, ";")
+    params: dict[str, str] = {}
+    for raw in raw_params:
+        name, sep, param_value = raw.partition("=")
+        if not sep or not name.strip():
+            continue
+        param_value = param_value.strip()
+        if len(param_value) >= 2 and param_value[0] == param_value[-1] == '"':
+            param_value = param_value[1:-1].replace('\\"', '"')
+        params[name.strip().lower()] = param_value
+    return mimetype.strip().lower(), params
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """Parse an Accept header into entries ordered by q (stable for equal q).
+
+    Entries with q=0 are dropped; entries that cannot be parsed are ignored.
+    """
+    if header is None or not header.strip():
+        return [MediaRange("*/*")]
+    ranges: list[MediaRange] = []
+    for item in _split_unquoted(header, ","):
+        if not item.strip():
+            continue
+        mimetype, params = parse_media_type(item)
+        if "/" not in mimetype:
+            continue
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 1.0
+        if q <= 0:
+            continue
+        ranges.append(MediaRange(mimetype, params, q))
+    ranges.sort(key=lambda r: -r.q)
+    return ranges
+
+
+def accepts_json(ranges: list[MediaRange]) -> bool:
+    return any(
+        r.mimetype in (DICOM_JSON, JSON, "application/*", "*/*") for r in ranges
+    )
+
+
+def require_json(ranges: list[MediaRange]) -> str:
+    """Return the JSON media type to answer with, or raise NotAcceptable (406)."""
+    if accepts_json(ranges):
+        return DICOM_JSON
+    raise NotAcceptable(
+        "the Accept header allows no media type this resource offers; use application/dicom+json"
+    )
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """How a retrieve will be answered: framing, media type and transfer syntax.
+
+    `transfer_syntax` is a UID or '*' (as stored).
+    """
+
+    multipart: bool
+    media_type: str
+    transfer_syntax: str
+
+
+#: Per resource kind: the part media type, whether single-part is allowed, and
+#: the transfer syntax implied when an entry names none (PS3.18 Table 8.7.3-5).
+_RESOURCES = {
+    "study": (DICOM, False),
+    "series": (DICOM, False),
+    "instance": (DICOM, True),
+    "frames": (OCTET_STREAM, True),
+}
+
+
+def negotiate_retrieve(ranges: list[MediaRange], resource: str) -> list[Rendition]:
+    """List the renditions the client accepts, best first; raise NotAcceptable if none.
+
+    The caller picks the first one it can produce for every instance involved
+    (e.g. skipping a transfer syntax it cannot transcode to).
+    """
+    media_type, single_part_ok = _RESOURCES[resource]
+    offers: list[Rendition] = []
+    for r in ranges:
+        offer = _offer_for(r, media_type, single_part_ok)
+        if offer is not None and offer not in offers:
+            offers.append(offer)
+    if not offers:
+        framing = "multipart/related" if not single_part_ok else f"{media_type} or multipart/related"
+        raise NotAcceptable(
+            f"the Accept header allows no representation of this resource; this server "
+            f"offers {framing} with type=\"{media_type}\" and an optional transfer-syntax "
+            "parameter (use transfer-syntax=* for the stored encoding)"
+        )
+    return offers
+
+
+def _offer_for(r: MediaRange, media_type: str, single_part_ok: bool) -> Rendition | None:
+    ts = r.transfer_syntax
+    if ts is not None and ts != ANY_TRANSFER_SYNTAX and not is_valid_uid(ts):
+        return None
+    if r.mimetype in ("*/*", "application/*"):
+        # PS3.18: a wildcard accepts the default representation; as the reference
+        # server does, answer multipart in the stored syntax.
+        return Rendition(True, media_type, ts or ANY_TRANSFER_SYNTAX)
+    if r.mimetype in (MULTIPART_RELATED, "multipart/*"):
+        inner = (r.params.get("type") or media_type).lower()
+        if inner in ("*/*", "application/*"):
+            return Rendition(True, media_type, ts or ANY_TRANSFER_SYNTAX)
+        if inner == media_type:
+            return Rendition(True, media_type, ts or EXPLICIT_VR_LITTLE_ENDIAN)
+        return None
+    if r.mimetype == media_type and single_part_ok:
+        return Rendition(False, media_type, ts or EXPLICIT_VR_LITTLE_ENDIAN)
+    return None
+
+
+def part_content_type(media_type: str, transfer_syntax: str) -> str:
+    """Content-Type of one retrieved part; always names its transfer syntax."""
+    return f"{media_type}; transfer-syntax={transfer_syntax}"

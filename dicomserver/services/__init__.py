@@ -1,0 +1,51 @@
+"""Mounts every DICOMweb service under /v1 and /v2 (the reference server's URL layout).
+
+Each service is one blueprint registered once with the prefix
+`/<any(v1, v2):api_version>`; the version is moved into `g` before views run.
+"""
+from __future__ import annotations
+
+from flask import Flask, g, request
+
+from ..errors import NotFound
+
+API_PREFIX = "/<any(v1, v2):api_version>"
+_DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed")
+
+
+def register_services(app: Flask) -> None:
+    from . import changefeed, delete, ops, qido, stow, wado
+
+    for module in (stow, wado, qido, delete, changefeed):
+        app.register_blueprint(module.bp, url_prefix=API_PREFIX)
+    app.register_blueprint(ops.bp)
+
+    @app.url_value_preprocessor
+    def _pop_version(endpoint, values):
+        if values and "api_version" in values:
+            g.api_version = values.pop("api_version")
+
+    @app.before_request
+    def _open_index():
+        if request.path.startswith(("/v1/", "/v2/")):
+            from ..extensions import server
+
+            server().index.connect()
+
+    @app.teardown_request
+    def _close_index(_exc):
+        from ..extensions import server
+
+        server().index.close()
+
+    def unversioned(path: str = ""):
+        raise NotFound(
+            f"{request.path} is not served: DICOMweb routes need a version prefix, "
+            f"e.g. /v2{request.path} (or /v1{request.path})"
+        )
+
+    for root in _DICOMWEB_ROOTS:
+        app.add_url_rule(f"/{root}", f"unversioned_{root}", unversioned, methods=["GET", "POST", "PUT", "DELETE"])
+        app.add_url_rule(
+            f"/{root}/<path:path>", f"unversioned_{root}_path", unversioned, methods=["GET", "POST", "PUT", "DELETE"]
+        )

@@ -1,0 +1,128 @@
+"""Server configuration, read once from the environment in `create_app`.
+
+A typed, frozen `Settings` (rather than raw `app.config` keys) so that a typo or a
+bad value stops start-up with a message naming the variable, instead of failing on
+the first request.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the variable."""
+
+
+DEFAULT_BLOBSTORE_URL = "./data/blobs"
+DEFAULT_DATABASE_URL = "sqlite:///./data/index.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    blobstore_url: str = DEFAULT_BLOBSTORE_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    #: Absolute base URL (scheme://host[:port][/prefix]) for RetrieveURLs when the
+    #: server runs behind a proxy; None means "from the request".
+    public_url: str | None = None
+    #: Largest accepted DICOM instance (one part, or one single-part body).
+    max_instance_bytes: int = 2 * 1024**3
+    #: Parts smaller than this are spooled in memory, larger ones on disk.
+    spool_memory_bytes: int = 1024 * 1024
+    #: Directory for spooled parts; None = the system temp dir.
+    spool_dir: str | None = None
+    #: QIDO: results per page when the request sets no limit, and the cap.
+    qido_default_limit: int = 100
+    qido_max_limit: int = 1000
+    #: SQLite busy timeout: how long a writer waits for another process' lock.
+    sqlite_busy_timeout_ms: int = 30000
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        """Build settings from DICOMWEB_* variables; raise ConfigError naming the bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field, var, parse in _VARIABLES:
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[field] = parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check cross-field rules (also for settings built in code, e.g. by tests)."""
+        _check_database_url(self.database_url)
+        if self.public_url is not None:
+            _check_public_url(self.public_url)
+        if self.qido_default_limit > self.qido_max_limit:
+            raise ConfigError(
+                "DICOMWEB_QIDO_DEFAULT_LIMIT must not exceed DICOMWEB_QIDO_MAX_LIMIT"
+            )
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value <= 0:
+        raise ValueError("expected a number greater than 0")
+    return value
+
+
+def _check_database_url(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///"):
+            raise ConfigError(
+                f"DICOMWEB_DATABASE_URL={url!r} is invalid: expected sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db"
+            )
+        return url
+    if scheme in ("postgresql", "postgres", "postgresql+pool", "postgres+pool"):
+        return url
+    raise ConfigError(
+        f"DICOMWEB_DATABASE_URL={url!r} is invalid: expected sqlite:///path or postgresql://..."
+    )
+
+
+def _database_url(raw: str) -> str:
+    try:
+        return _check_database_url(raw)
+    except ConfigError as exc:
+        raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+
+def _check_public_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"DICOMWEB_PUBLIC_URL={url!r} is invalid: expected an absolute http(s):// URL"
+        )
+    return url.rstrip("/")
+
+
+def _public_url(raw: str) -> str:
+    try:
+        return _check_public_url(raw)
+    except ConfigError as exc:
+        raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+
+_VARIABLES = (
+    ("blobstore_url", "DICOMWEB_BLOBSTORE_URL", str),
+    ("database_url", "DICOMWEB_DATABASE_URL", _database_url),
+    ("public_url", "DICOMWEB_PUBLIC_URL", _public_url),
+    ("max_instance_bytes", "DICOMWEB_MAX_INSTANCE_BYTES", _positive_int),
+    ("spool_memory_bytes", "DICOMWEB_SPOOL_MEMORY_BYTES", _positive_int),
+    ("spool_dir", "DICOMWEB_SPOOL_DIR", str),
+    ("qido_default_limit", "DICOMWEB_QIDO_DEFAULT_LIMIT", _positive_int),
+    ("qido_max_limit", "DICOMWEB_QIDO_MAX_LIMIT", _positive_int),
+    ("sqlite_busy_timeout_ms", "DICOMWEB_SQLITE_BUSY_TIMEOUT_MS", _positive_int),
+)

@@ -1,0 +1,63 @@
+"""Validation of path parameters (UIDs, frame lists) before they reach the index or storage.
+
+UID syntax follows PS3.5 §9.1 as the reference server applies it: digits and dots,
+at most 64 characters, ending in a digit. Trailing spaces or NULs (padding some
+writers leave) are tolerated and stripped.
+"""
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidFrameList, InvalidUID
+
+_UID_RE = re.compile(r"[0-9.]*[0-9]")
+MAX_UID_LENGTH = 64
+MAX_FRAMES_PER_REQUEST = 10000
+
+
+def normalize_uid(value: str | None) -> str | None:
+    """Return the UID without padding, or None when it is not a valid UID."""
+    if value is None:
+        return None
+    uid = str(value).rstrip(" \x00")
+    if 0 < len(uid) <= MAX_UID_LENGTH and _UID_RE.fullmatch(uid):
+        return uid
+    return None
+
+
+def is_valid_uid(value: str | None) -> bool:
+    return normalize_uid(value) is not None
+
+
+def require_uid(value: str, name: str) -> str:
+    """Validate a UID taken from the URL; raise InvalidUID (400) with a message."""
+    uid = normalize_uid(value)
+    if uid is None:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise InvalidUID(
+            f"{name} {shown!r} is not a valid DICOM UID "
+            f"(digits and dots, at most {MAX_UID_LENGTH} characters, ending with a digit)"
+        )
+    return uid
+
+
+def parse_frame_list(value: str) -> list[int]:
+    """Parse '1,3,5' into 1-based frame numbers; raise InvalidFrameList (400)."""
+    frames: list[int] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item.isdigit():
+            raise InvalidFrameList(
+                f"invalid frame list {value!r}: expected comma-separated frame numbers like 1,3"
+            )
+        number = int(item)
+        if number < 1:
+            raise InvalidFrameList(
+                f"invalid frame list {value!r}: frame numbers start at 1"
+            )
+        frames.append(number)
+    if len(frames) > MAX_FRAMES_PER_REQUEST:
+        raise InvalidFrameList(
+            f"too many frames requested (at most {MAX_FRAMES_PER_REQUEST} per request)"
+        )
+    return frames

@@ -1,0 +1,418 @@
+"""LocalBlobStore: the shared contract plus filesystem specifics, and open_blobstore."""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import io
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from blobstore_contract import (
+    MiB,
+    BlobStoreContract,
+    CallbackReader,
+    FailingReader,
+    Interrupted,
+    StreamBroke,
+    read_all,
+)
+
+import backends
+from backends import BLOBSTORES, blobstore_class, open_blobstore
+from backends.base import (
+    BlobNotFound,
+    BlobStore,
+    BlobStoreError,
+    InvalidKey,
+    StorageUnavailable,
+)
+from backends.local import TMP_DIR_NAME, LocalBlobStore
+from backends.memory import MemoryBlobStore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "blobs"
+
+
+@pytest.fixture
+def local(root: Path) -> Iterator[LocalBlobStore]:
+    with LocalBlobStore(root) as store:
+        yield store
+
+
+def tmp_files(root: Path) -> list[str]:
+    return sorted(os.listdir(root / TMP_DIR_NAME))
+
+
+class TestLocalBlobStoreContract(BlobStoreContract):
+    @pytest.fixture
+    def store(self, local: LocalBlobStore) -> LocalBlobStore:
+        return local
+
+
+# -- construction and health -------------------------------------------------
+
+
+def test_creates_root_and_tmp_dir(tmp_path: Path) -> None:
+    root = tmp_path / "deep" / "er" / "blobs"
+    store = LocalBlobStore(root)
+    assert store.root == str(root)
+    assert (root / TMP_DIR_NAME).is_dir()
+    LocalBlobStore(root)  # reopening an existing store is fine
+
+
+def test_root_that_cannot_be_created_is_storage_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageUnavailable, match="cannot create blob store directory") as raised:
+        LocalBlobStore(tmp_path / "file" / "blobs")
+    assert str(tmp_path / "file" / "blobs") in str(raised.value)
+    assert isinstance(raised.value.__cause__, OSError)
+
+
+def test_removed_root_makes_check_and_put_fail_cleanly(local: LocalBlobStore, root: Path) -> None:
+    local.put("a/b", io.BytesIO(b"x"))
+    shutil.rmtree(root)
+    with pytest.raises(StorageUnavailable):
+        local.check()
+    with pytest.raises(StorageUnavailable):
+        local.put("a/c", io.BytesIO(b"x"))
+    with pytest.raises(StorageUnavailable):
+        list(local.list())
+    with pytest.raises(BlobNotFound):
+        local.stat("a/b")
+
+
+# -- atomic, durable puts ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure",
+    ["stream-exception", "stream-base-exception", "size-mismatch", "fsync", "enospc"],
+)
+def test_failed_put_leaves_no_temp_file(
+    local: LocalBlobStore, root: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    data = os.urandom(3 * MiB)
+    stream: object = io.BytesIO(data)
+    size = None
+    expected: type[BaseException]
+    if failure == "stream-exception":
+        stream, expected = FailingReader(data, MiB, StreamBroke()), StreamBroke
+    elif failure == "stream-base-exception":
+        stream, expected = FailingReader(data, MiB, Interrupted()), Interrupted
+    elif failure == "size-mismatch":
+        size, expected = len(data) + 1, BlobStoreError
+    elif failure == "fsync":
+        monkeypatch.setattr(os, "fsync", _raise_oserror(errno.EIO))
+        expected = StorageUnavailable
+    else:
+        monkeypatch.setattr(os, "write", _raise_oserror(errno.ENOSPC))
+        expected = StorageUnavailable
+    with pytest.raises(expected):
+        local.put("study/series/instance", stream, size=size)  # type: ignore[arg-type]
+    assert tmp_files(root) == []
+    assert not local.exists("study/series/instance")
+    assert list(local.list()) == []
+
+
+def _raise_oserror(code: int):  # noqa: ANN202 - test helper
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+def test_disk_full_is_storage_unavailable_with_cause(
+    local: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "write", _raise_oserror(errno.ENOSPC))
+    with pytest.raises(StorageUnavailable, match="No space left") as raised:
+        local.put("k", io.BytesIO(b"data"))
+    assert isinstance(raised.value.__cause__, OSError)
+    assert raised.value.__cause__.errno == errno.ENOSPC
+
+
+def test_oserror_from_the_input_stream_is_not_translated(local: LocalBlobStore, root: Path) -> None:
+    """A client disconnect is the caller's problem, not a storage failure."""
+    error = ConnectionResetError(errno.ECONNRESET, "reset by peer")
+    with pytest.raises(ConnectionResetError) as raised:
+        local.put("k", FailingReader(os.urandom(10), 5, error))  # type: ignore[arg-type]
+    assert raised.value is error
+    assert tmp_files(root) == []
+
+
+def test_put_writes_into_store_tmp_dir_then_renames(local: LocalBlobStore, root: Path) -> None:
+    during: list[tuple[list[str], bool]] = []
+
+    def look() -> None:
+        during.append((tmp_files(root), (root / "a" / "b").exists()))
+
+    local.put("a/b", CallbackReader(os.urandom(2 * MiB), look))  # type: ignore[arg-type]
+    [(temp_names, visible)] = during
+    assert len(temp_names) == 1 and not visible
+    assert tmp_files(root) == []
+    assert (root / "a" / "b").stat().st_size == 2 * MiB
+    # The temp file lives on the same filesystem as the blobs, so rename is atomic.
+    assert os.stat(root / TMP_DIR_NAME).st_dev == os.stat(root / "a").st_dev
+
+
+def test_put_fsyncs_file_and_directories(
+    local: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spy on (not replace) os.fsync: the file and every changed directory get synced."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        synced.append("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    local.put("new/nested/dirs/blob", io.BytesIO(b"payload"))
+    # The file, the parent of each of the 3 new directories, and the blob's directory.
+    assert synced.count("file") == 1
+    assert synced.count("dir") == 4
+    assert synced[0] == "file"
+
+    synced.clear()
+    local.put("new/nested/dirs/blob2", io.BytesIO(b"payload"))
+    assert synced == ["file", "dir"]
+
+
+def test_blob_files_are_owner_only(local: LocalBlobStore, root: Path) -> None:
+    local.put("k", io.BytesIO(b"x"))
+    assert stat.S_IMODE((root / "k").stat().st_mode) == 0o600
+
+
+# -- key to path mapping -----------------------------------------------------
+
+
+def test_key_maps_to_path_inside_root(local: LocalBlobStore, root: Path) -> None:
+    local.put("studies/1.2.3/series/4.5/instances/6.7", io.BytesIO(b"dicom"))
+    path = local.local_path("studies/1.2.3/series/4.5/instances/6.7")
+    assert path == str(root / "studies" / "1.2.3" / "series" / "4.5" / "instances" / "6.7")
+    assert os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) == os.path.realpath(root)
+
+
+@pytest.mark.parametrize("key", ["../escape", "a/../../escape", ".tmp/x", "a/../.tmp/x", "."])
+def test_path_check_is_defence_in_depth(
+    local: LocalBlobStore, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """Even if validate_key let a bad key through, no path outside the store is used."""
+    monkeypatch.setattr("backends.local.validate_key", lambda k: k)
+    with pytest.raises(InvalidKey, match="outside the store"):
+        local._path(key)
+    # A leading '/' cannot escape either: it maps below the root.
+    assert local._path("/etc/passwd") == os.path.join(local.root, "etc", "passwd")
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.text(alphabet="ab./\\-_\x00 ", max_size=12) | st.text(max_size=12))
+def test_every_key_is_rejected_or_maps_inside_root(local: LocalBlobStore, key: str) -> None:
+    try:
+        path = local._path(key)
+    except InvalidKey:
+        return
+    tmp_dir = os.path.join(local.root, TMP_DIR_NAME)
+    assert os.path.commonpath([local.root, path]) == local.root != path
+    assert os.path.commonpath([tmp_dir, path]) != tmp_dir
+    assert os.path.relpath(path, local.root).replace(os.sep, "/") == key
+
+
+def test_local_path(local: LocalBlobStore) -> None:
+    local.put("a/b", io.BytesIO(b"content"))
+    path = local.local_path("a/b")
+    assert os.path.isabs(path)
+    assert Path(path).read_bytes() == b"content"
+    with pytest.raises(BlobNotFound):
+        local.local_path("a/missing")
+    with pytest.raises(BlobNotFound):
+        local.local_path("a")  # a directory, not a blob
+    with pytest.raises(InvalidKey):
+        local.local_path("../a")
+
+
+# -- delete, list, conflicts -------------------------------------------------
+
+
+def test_delete_prunes_empty_directories(local: LocalBlobStore, root: Path) -> None:
+    local.put("a/b/c/blob", io.BytesIO(b"1"))
+    local.put("a/other", io.BytesIO(b"2"))
+    local.delete("a/b/c/blob")
+    assert not (root / "a" / "b").exists()
+    assert (root / "a" / "other").exists()
+    local.delete("a/other")
+    assert sorted(os.listdir(root)) == [TMP_DIR_NAME]
+    local.check()  # root and .tmp survive
+
+
+def test_delete_of_a_directory_key_is_a_no_op(local: LocalBlobStore) -> None:
+    local.put("d/x", io.BytesIO(b"x"))
+    local.delete("d")
+    assert read_all(local, "d/x") == b"x"
+
+
+def test_concurrent_put_and_delete_in_one_directory(local: LocalBlobStore) -> None:
+    """delete() pruning a directory must not make a concurrent put() into it fail."""
+    errors: list[BaseException] = []
+
+    def churn(name: str) -> None:
+        try:
+            for i in range(150):
+                local.put(f"shared/dir/{name}", io.BytesIO(b"x"))
+                local.delete(f"shared/dir/{name}")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(f"k{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert list(local.list()) == []
+
+
+def test_list_ignores_temp_and_stray_files(local: LocalBlobStore, root: Path) -> None:
+    local.put("a/real", io.BytesIO(b"x"))
+    (root / TMP_DIR_NAME / "put-leftover.part").write_bytes(b"junk")
+    (root / ".hidden").write_bytes(b"junk")
+    (root / "a" / ".editor.swp").write_bytes(b"junk")
+    (root / "a" / "bad name").write_bytes(b"junk")
+    assert list(local.list()) == ["a/real"]
+    assert list(local.list("a/")) == ["a/real"]
+
+
+def test_key_that_is_also_a_directory_conflicts(local: LocalBlobStore) -> None:
+    local.put("a", io.BytesIO(b"file"))
+    with pytest.raises(BlobStoreError, match="directory") as raised:
+        local.put("a/b", io.BytesIO(b"x"))
+    assert not isinstance(raised.value, StorageUnavailable)
+    local.put("c/d", io.BytesIO(b"x"))
+    with pytest.raises(BlobStoreError, match="directory") as raised:
+        local.put("c", io.BytesIO(b"x"))
+    assert not isinstance(raised.value, StorageUnavailable)
+    for method in (local.stat, local.open, lambda k: list(local.iter_bytes(k))):
+        with pytest.raises(BlobNotFound):
+            method("c")
+        with pytest.raises(BlobNotFound):
+            method("a/b")
+    assert not local.exists("c")
+    assert sorted(local.list()) == ["a", "c/d"]
+    assert os.listdir(Path(local.root) / TMP_DIR_NAME) == []
+
+
+def test_iter_bytes_close_releases_file_before_iteration(local: LocalBlobStore) -> None:
+    local.put("k", io.BytesIO(b"abc"))
+    it = local.iter_bytes("k")
+    it.close()  # type: ignore[attr-defined]  # WSGI servers call close()
+    assert list(it) == []
+
+
+# -- open_blobstore ----------------------------------------------------------
+
+
+def test_open_blobstore_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_blobstore("data/blobs")
+    assert isinstance(store, LocalBlobStore)
+    assert store.root == str(tmp_path / "data" / "blobs")
+    assert (tmp_path / "data" / "blobs").is_dir()
+    assert open_blobstore("./x").root == str(tmp_path / "x")
+
+
+def test_open_blobstore_absolute_path_and_pathlike(tmp_path: Path) -> None:
+    assert open_blobstore(str(tmp_path / "a")).root == str(tmp_path / "a")
+    assert open_blobstore(tmp_path / "b").root == str(tmp_path / "b")
+
+
+def test_open_blobstore_file_url(tmp_path: Path) -> None:
+    store = open_blobstore(f"file://{tmp_path}/blobs")
+    assert isinstance(store, LocalBlobStore)
+    assert store.root == str(tmp_path / "blobs")
+    assert open_blobstore(f"FILE://{tmp_path}/upper").root == str(tmp_path / "upper")
+    assert open_blobstore(f"file://{tmp_path}/with%20space").root == str(tmp_path / "with space")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("file://relative/path", "'relative' is read as a host name"),
+        ("file://host/abs/path", "'host' is read as a host name"),
+        ("file:relative", "the path is not absolute"),
+        ("file://", "the path is not absolute"),
+        ("file:///abs?x=1", "no query or fragment"),
+    ],
+)
+def test_open_blobstore_rejects_bad_file_urls(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match="expected file:///absolute/path") as raised:
+        open_blobstore(url)
+    assert message in str(raised.value)
+    assert repr(url) in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/prefix", "http://example.org/x", "ftp:x", "gs://b"])
+def test_open_blobstore_rejects_unsupported_schemes(url: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        open_blobstore(url)
+    assert str(raised.value) == (
+        f"unsupported blob store URL {url!r}: expected a path, file:///abs/path or memory://"
+    )
+
+
+def test_open_blobstore_does_not_echo_credentials() -> None:
+    with pytest.raises(ValueError) as raised:
+        open_blobstore("s3://AKIAEXAMPLE:s3cr3t@bucket/prefix")
+    assert "s3cr3t" not in str(raised.value)
+    assert "AKIAEXAMPLE" not in str(raised.value)
+    assert "s3://***@bucket/prefix" in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["", "   "])
+def test_open_blobstore_rejects_empty(url: str) -> None:
+    with pytest.raises(ValueError, match="empty blob store URL: expected a path"):
+        open_blobstore(url)
+
+
+def test_backend_registry() -> None:
+    assert BLOBSTORES == {
+        "file": ("backends.local", "LocalBlobStore"),
+        "memory": ("backends.memory", "MemoryBlobStore"),
+    }
+    for scheme, (module_name, class_name) in BLOBSTORES.items():
+        cls = getattr(importlib.import_module(module_name), class_name)
+        assert issubclass(cls, BlobStore) and cls.scheme == scheme
+        assert blobstore_class(scheme) is cls
+    assert blobstore_class("memory") is MemoryBlobStore
+
+
+def test_package_reexports_base_names() -> None:
+    for name in ["BlobInfo", "BlobStore", "BlobStoreError", "BlobNotFound", "StorageUnavailable",
+                 "InvalidKey", "validate_key", "open_blobstore", "BLOBSTORES"]:
+        assert hasattr(backends, name)
+
+
+def test_backends_are_imported_lazily() -> None:
+    code = (
+        "import sys, backends\n"
+        "assert 'backends.local' not in sys.modules\n"
+        "assert 'backends.memory' not in sys.modules\n"
+        "backends.open_blobstore('memory://')\n"
+        "assert 'backends.memory' in sys.modules and 'backends.local' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT)

@@ -1,0 +1,211 @@
+"""WADO-RS through the Flask test client: negotiation, bytes as stored, metadata, frames."""
+from __future__ import annotations
+
+import pydicom
+import pytest
+from requests_toolbelt import MultipartDecoder
+
+from dicom_factory import make_instance, to_bytes
+from dicom_samples import SERIES_BLUE, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID, sample
+
+MULTI_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+RED = f"/v2/studies/{STUDY_UID}/series/{SERIES_GREEN_RED}/instances/{SOP_RED}"
+
+
+def parts(response) -> list:
+    return MultipartDecoder(response.data, response.headers["Content-Type"]).parts
+
+
+def test_study_series_instance_bytes_as_stored(client, tutorial_study):
+    study = client.get(f"/v2/studies/{STUDY_UID}", headers={"Accept": MULTI_ANY})
+    assert study.status_code == 200
+    assert study.headers["Content-Length"] == str(len(study.data))
+    got = {pydicom.dcmread(__import__("io").BytesIO(p.content)).SOPInstanceUID: p for p in parts(study)}
+    assert set(got) == {SOP_RED, SOP_GREEN, SOP_BLUE}
+    assert got[SOP_RED].content == sample("red-triangle.dcm").read_bytes()
+    assert got[SOP_RED].headers[b"Content-Type"] == b"application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+
+    series = client.get(f"/v1/studies/{STUDY_UID}/series/{SERIES_GREEN_RED}", headers={"Accept": MULTI_ANY})
+    assert series.status_code == 200
+    assert len(parts(series)) == 2
+
+    single = client.get(RED, headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert single.status_code == 200
+    assert single.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    assert single.data == sample("red-triangle.dcm").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "*/*",
+        None,
+        'multipart/related; type="application/dicom"',  # default TS = Explicit VR LE = as stored
+        "multipart/related; type=application/dicom",
+        'multipart/related; type="application/dicom"; transfer-syntax="*"',
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1',
+        'application/dicom+json, multipart/related; type="application/dicom"',
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90;q=0.9, */*;q=0.1',
+    ],
+)
+def test_study_accept_variants(client, tutorial_study, accept):
+    headers = {} if accept is None else {"Accept": accept}
+    response = client.get(f"/v2/studies/{STUDY_UID}", headers=headers)
+    assert response.status_code == 200, response.data
+    assert response.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    assert len(parts(response)) == 3
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/dicom", "application/octet-stream", "image/jpeg", 'multipart/related; type="image/jpeg"'],
+)
+def test_study_unacceptable_is_406(client, tutorial_study, accept):
+    response = client.get(f"/v2/studies/{STUDY_UID}", headers={"Accept": accept})
+    assert response.status_code == 406
+    assert b"transfer-syntax" in response.data
+
+
+def test_other_transfer_syntax_is_406_until_transcoding(client, tutorial_study):
+    response = client.get(RED, headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90"})
+    assert response.status_code == 406
+    assert b"1.2.840.10008.1.2.4.90" in response.data and b"1.2.840.10008.1.2.1" in response.data
+
+
+def test_compressed_instance_default_syntax_is_406_but_star_works(client, store_file):
+    path = sample("transcoding/JPEG2000Lossless.dcm")
+    assert store_file(path).status_code == 200
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    assert client.get(url, headers={"Accept": "application/dicom"}).status_code == 406
+    ok = client.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert ok.status_code == 200
+    assert ok.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90"
+    assert ok.data == path.read_bytes()
+
+
+def test_instance_multipart_and_wildcard(client, tutorial_study):
+    response = client.get(RED, headers={"Accept": "*/*"})
+    assert response.status_code == 200
+    (part,) = parts(response)
+    assert part.content == sample("red-triangle.dcm").read_bytes()
+
+
+def test_metadata_three_levels(client, tutorial_study):
+    study = client.get(f"/v2/studies/{STUDY_UID}/metadata", headers={"Accept": "application/dicom+json"})
+    assert study.status_code == 200
+    assert study.headers["Content-Type"] == "application/dicom+json"
+    assert {m["00080018"]["Value"][0] for m in study.json} == {SOP_RED, SOP_GREEN, SOP_BLUE}
+    assert all("7FE00010" not in m for m in study.json)
+    series = client.get(f"/v1/studies/{STUDY_UID}/series/{SERIES_GREEN_RED}/metadata")
+    assert len(series.json) == 2
+    instance = client.get(RED + "/metadata")
+    (meta,) = instance.json
+    assert meta["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Anony Mous"}]}
+    assert meta["00280010"] == {"vr": "US", "Value": [979]}
+    assert client.get(RED + "/metadata", headers={"Accept": "application/dicom"}).status_code == 406
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1',
+        'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+        'multipart/related; type="application/octet-stream";',
+        "multipart/related; type=application/octet-stream; transfer-syntax=*",
+        'multipart/related; type="*/*"',
+        "*/*",
+    ],
+)
+def test_native_frame_exact_length(client, tutorial_study, accept):
+    response = client.get(RED + "/frames/1", headers={"Accept": accept})
+    assert response.status_code == 200, response.data
+    (part,) = parts(response)
+    ds = pydicom.dcmread(sample("red-triangle.dcm"))
+    expected = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
+    assert len(part.content) == expected
+    assert part.content == ds.PixelData[:expected]
+    assert part.headers[b"Content-Type"] == b"application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+
+
+def test_single_part_frame(client, tutorial_study):
+    response = client.get(RED + "/frames/1", headers={"Accept": "application/octet-stream"})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert len(response.data) == 979 * 985 * 3
+
+
+def test_multiframe_list(client, store_file, tmp_path):
+    ds = make_instance(rows=3, columns=5, frames=4)
+    path = tmp_path / "mf.dcm"
+    path.write_bytes(to_bytes(ds))
+    assert store_file(path).status_code == 200
+    url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames"
+    response = client.get(url + "/1,3,4", headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert response.status_code == 200
+    frames = [p.content for p in parts(response)]
+    assert frames == [bytes([n, 0]) * 15 for n in (1, 3, 4)]
+    assert client.get(url + "/5").status_code == 404
+    assert client.get(url + "/0").status_code == 400
+    assert client.get(url + "/1,x").status_code == 400
+    assert client.get(url + "/1,2", headers={"Accept": "application/octet-stream"}).status_code == 400
+
+
+def test_implicit_vr_frames_served_as_explicit(client, store_file):
+    path = sample("misc/case1_008.dcm")
+    assert store_file(path).status_code == 200
+    ds = pydicom.dcmread(path)
+    url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1"
+    response = client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert response.status_code == 200
+    (part,) = parts(response)
+    assert part.content == ds.PixelData[: 512 * 512 * 2]
+
+
+def test_encapsulated_frame_as_stored(client, store_file):
+    path = sample("misc/XRJPEGProcess1.dcm")
+    assert store_file(path).status_code == 200
+    ds = pydicom.dcmread(path)
+    url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1"
+    response = client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
+    assert response.status_code == 200
+    (part,) = parts(response)
+    from pydicom.encaps import generate_frames
+
+    (expected,) = list(generate_frames(ds.PixelData, number_of_frames=1))
+    assert part.content == expected
+    assert part.headers[b"Content-Type"] == b"application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"
+    assert client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}).status_code == 406
+
+
+def test_encapsulated_multiframe_rle(client, store_file):
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    path = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    assert store_file(path).status_code == 200
+    ds = pydicom.dcmread(path)
+    url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/2,1"
+    response = client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
+    assert response.status_code == 200
+    expected = list(generate_frames(ds.PixelData, number_of_frames=2))
+    assert [p.content for p in parts(response)] == [expected[1], expected[0]]
+
+
+def test_not_found_and_bad_uids(client, tutorial_study):
+    assert client.get("/v2/studies/1.2.3", headers={"Accept": MULTI_ANY}).status_code == 404
+    assert client.get(f"/v2/studies/{STUDY_UID}/series/1.2.3", headers={"Accept": MULTI_ANY}).status_code == 404
+    assert client.get(f"/v2/studies/{STUDY_UID}/series/{SERIES_BLUE}/instances/{SOP_RED}").status_code == 404
+    assert client.get("/v2/studies/1.2.3/metadata").status_code == 404
+    bad = client.get("/v2/studies/1.2.x/metadata")
+    assert bad.status_code == 400
+    assert b"not a valid DICOM UID" in bad.data
+    assert client.get("/v2/studies/..%2F..%2Fetc").status_code in (400, 404)
+    assert client.get(f"/v2/studies/{STUDY_UID}/series/{SERIES_BLUE}/instances/{SOP_BLUE}/frames/abc").status_code == 400
+
+
+def test_unversioned_route_names_v2(client):
+    response = client.get(f"/studies/{STUDY_UID}")
+    assert response.status_code == 404
+    assert b"/v2/studies" in response.data
+    assert client.get("/v3/studies").status_code == 404
