@@ -5,7 +5,8 @@ This module owns how blobs live on disk. A key 'a/b/c' is the file
 '<root>/.tmp' (same filesystem, so the final rename is atomic), is fsynced,
 renamed over the destination with os.replace, and the directory is fsynced.
 A crash can leave stale files in '.tmp' (never visible as blobs, never
-listed); removing old ones is safe while no put is running.
+listed); opening the store removes those older than STALE_TEMP_SECONDS, an age
+no running put reaches.
 
 Blob files are created with mode 0600 (owner only), as mkstemp creates them.
 Every OSError is translated to a BlobStoreError subclass, except errors raised
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import stat as stat_module
 import tempfile
+import time
 from contextlib import contextmanager, suppress
 from typing import BinaryIO, Iterator
 from urllib.parse import unquote, urlsplit
@@ -41,6 +43,7 @@ __all__ = ["LocalBlobStore", "TMP_DIR_NAME"]
 #: Directory under the root that holds in-progress puts. Keys cannot name it
 #: because validate_key rejects segments starting with '.'.
 TMP_DIR_NAME = ".tmp"
+STALE_TEMP_SECONDS = 24 * 3600
 
 # How often put() retries installing a blob whose fresh parent directory was
 # pruned by a concurrent delete() of the directory's last blob.
@@ -92,6 +95,21 @@ class LocalBlobStore(BlobStore):
             raise StorageUnavailable(
                 f"cannot create blob store directory {self._tmp_dir!r}: {exc.strerror or exc}"
             ) from exc
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Drop temp files that a crashed put left behind (best effort)."""
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        try:
+            entries = list(os.scandir(self._tmp_dir))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
     @classmethod
     def from_url(cls, url: str) -> LocalBlobStore:

@@ -416,3 +416,21 @@ def test_backends_are_imported_lazily() -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT)
+
+
+def test_stale_temp_files_are_removed_on_open(tmp_path):
+    import os
+    import time
+
+    from backends.local import STALE_TEMP_SECONDS, LocalBlobStore
+
+    LocalBlobStore(tmp_path)
+    stale = tmp_path / ".tmp" / "put-crashed.part"
+    fresh = tmp_path / ".tmp" / "put-running.part"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    LocalBlobStore(tmp_path)
+    assert not stale.exists()
+    assert fresh.exists()

@@ -132,7 +132,7 @@ class Index:
                 path,
                 pragmas={
                     "journal_mode": "wal",
-                    "synchronous": "normal",
+                    "synchronous": "full",  # a 200 to STOW survives power loss
                     "foreign_keys": 1,
                     "busy_timeout": sqlite_busy_timeout_ms,
                     "case_sensitive_like": 1,
@@ -186,7 +186,8 @@ class Index:
                 )
                 study, _ = Study.get_or_create(study_instance_uid=rec.study_instance_uid)
                 series = Series.get_or_none(Series.series_instance_uid == rec.series_instance_uid)
-                if series is None:
+                new_series = series is None
+                if new_series:
                     series = Series.create(study=study, series_instance_uid=rec.series_instance_uid)
                 elif series.study_id != study.id:
                     # A series UID re-used under another study: keep the first owner.
@@ -205,13 +206,19 @@ class Index:
                     watermark=change.sequence,
                     **_instance_columns(meta),
                 )
-                Series.update(latest_instance_id=instance.id, **_series_columns(meta)).where(
-                    Series.id == series.id
-                ).execute()
-                Study.update(latest_instance_id=instance.id, **_study_columns(meta)).where(
-                    Study.id == study.id
-                ).execute()
-                self._refresh_counts([study.id], [series.id])
+                # Counters move by increments: no recount of a large study per STOW.
+                Series.update(
+                    latest_instance_id=instance.id,
+                    number_of_instances=Series.number_of_instances + 1,
+                    **_series_columns(meta),
+                ).where(Series.id == series.id).execute()
+                Study.update(
+                    latest_instance_id=instance.id,
+                    number_of_instances=Study.number_of_instances + 1,
+                    number_of_series=Study.number_of_series + (1 if new_series else 0),
+                    modalities_in_study=_modalities(study.id),
+                    **_study_columns(meta),
+                ).where(Study.id == study.id).execute()
         except pw.IntegrityError:
             # A concurrent writer stored the same instance between our check and insert.
             raise DuplicateInstance(rec.sop_instance_uid) from None
@@ -276,18 +283,10 @@ class Index:
             if latest is None:
                 Study.delete().where(Study.id == study_id).execute()
                 continue
-            modalities = sorted(
-                {
-                    s.modality
-                    for s in Series.select(Series.modality).where(
-                        (Series.study == study_id) & Series.modality.is_null(False)
-                    )
-                }
-            )
             Study.update(
                 number_of_instances=Instance.select().where(Instance.study == study_id).count(),
                 number_of_series=Series.select().where(Series.study == study_id).count(),
-                modalities_in_study="\\".join(modalities) or None,
+                modalities_in_study=_modalities(study_id),
                 latest_instance_id=latest.id,
                 **_study_columns(json.loads(latest.metadata)),
             ).where(Study.id == study_id).execute()
@@ -370,6 +369,12 @@ def open_index(database_url: str, *, sqlite_busy_timeout_ms: int = 30000) -> Ind
     index = Index(database_url, sqlite_busy_timeout_ms=sqlite_busy_timeout_ms)
     index.create_schema()
     return index
+
+
+def _modalities(study_id: int) -> str | None:
+    """ModalitiesInStudy as a DICOM multi-value: the distinct modalities of its series."""
+    rows = Series.select(Series.modality).where((Series.study == study_id) & Series.modality.is_null(False))
+    return "\\".join(sorted({r.modality for r in rows})) or None
 
 
 def _chunks(items: list, size: int):
