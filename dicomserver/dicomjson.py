@@ -116,11 +116,6 @@ def int_value(meta: DicomJson, key: str) -> int | None:
             return None
 
 
-def multi_string(meta: DicomJson, key: str) -> list[str]:
-    element = meta.get(key) or {}
-    return [str(v) for v in element.get("Value", []) if v is not None]
-
-
 def name_key(name: str | None) -> str | None:
     """Fold a person name for case- and accent-insensitive matching."""
     if name is None:

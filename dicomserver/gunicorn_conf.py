@@ -14,3 +14,6 @@ timeout = 300
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
+# gunicorn >= 25's control socket lives at one fixed path per user; several servers
+# on one host (tests, side-by-side deployments) would fight over it, and we do not use it.
+control_socket_disable = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 from dicom_factory import make_instance, to_bytes
-from dicom_samples import SERIES_BLUE, SERIES_GREEN_RED, SOP_GREEN, SOP_RED, STUDY_UID
+from dicom_samples import SERIES_BLUE, SERIES_GREEN_RED, SOP_RED, STUDY_UID
 
 
 def test_delete_levels_then_404(client, app, tutorial_study):
@@ -23,7 +23,7 @@ def test_delete_levels_then_404(client, app, tutorial_study):
     assert client.delete(f"/v1/studies/{STUDY_UID}").status_code == 204
     assert client.delete(f"/v1/studies/{STUDY_UID}").status_code == 404
     assert client.get("/v2/studies", query_string={"StudyInstanceUID": STUDY_UID}).json == []
-    assert client.get(f"/v2/series", query_string={"SeriesInstanceUID": SERIES_BLUE}).json == []
+    assert client.get("/v2/series", query_string={"SeriesInstanceUID": SERIES_BLUE}).json == []
     assert list(store.list()) == []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from dicom_factory import make_instance, to_bytes
-from dicom_samples import SERIES_BLUE, SERIES_GREEN_RED, SOP_RED, STUDY_UID
+from dicom_samples import SERIES_GREEN_RED, SOP_RED, STUDY_UID
 
 STUDY_A, STUDY_B, STUDY_C = "1.2.3.1", "1.2.3.2", "1.2.3.3"
 

@@ -1,7 +1,6 @@
 """STOW-RS through the Flask test client: media types, response dataset, status codes."""
 from __future__ import annotations
 
-import json
 
 import pytest
 from urllib3.filepost import encode_multipart_formdata

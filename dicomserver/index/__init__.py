@@ -18,7 +18,7 @@ from typing import Iterable
 import peewee as pw
 from playhouse.db_url import connect as connect_url
 
-from ..dicomjson import DicomJson, int_value, multi_string, name_key, normalize_time, string_value
+from ..dicomjson import DicomJson, int_value, name_key, normalize_time, string_value
 from ..errors import NotFound
 from .models import MODELS, Change, Instance, Series, Study, database_proxy
 
@@ -396,5 +396,4 @@ __all__ = [
     "StoreOutcome",
     "DuplicateInstance",
     "open_index",
-    "multi_string",
 ]

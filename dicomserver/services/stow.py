@@ -13,7 +13,7 @@ from flask import Blueprint, Response, request
 
 from ..errors import BadRequest, UnsupportedMediaType
 from ..extensions import base_url, server
-from ..ingest import PartResult, spool
+from ..ingest import INVALID_DATASET, PartResult, spool
 from ..media import DICOM, DICOM_JSON, MULTIPART_RELATED, parse_accept, parse_media_type, require_json
 from ..multipart import End, MultipartError, PartData, PartEnd, PartStart, iter_events
 from ..uids import require_uid
@@ -88,7 +88,7 @@ def _store_multipart(boundary: str | None, study_uid: str | None, replace: bool)
                 if media != DICOM:
                     results.append(
                         PartResult(
-                            failure_reason=0xA900,
+                            failure_reason=INVALID_DATASET,
                             comments=[f"part media type {media!r} is not supported; use application/dicom"],
                         )
                     )

@@ -100,6 +100,15 @@ def stop_server(server: LiveServer) -> None:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
+    """A fresh gunicorn per module, or the server at DICOMSERVER_LIVE_URL (e.g. `make run`'s).
+
+    The external form lets the tutorial replays check a running deployment:
+    `DICOMSERVER_LIVE_URL=http://127.0.0.1:8080 make test-live PYTEST_ARGS=-k tutorial`.
+    """
+    external = os.environ.get("DICOMSERVER_LIVE_URL")
+    if external:
+        yield LiveServer(external.rstrip("/"), None, None, None)  # type: ignore[arg-type]
+        return
     server = start_server(tmp_path_factory.mktemp("live"))
     yield server
     stop_server(server)
