@@ -125,6 +125,18 @@ def name_key(name: str | None) -> str | None:
     return folded.upper()
 
 
+def name_words(name: str | None) -> str | None:
+    """' WORD WORD …' of a folded person name: every name component is a word.
+
+    Stored with a leading space so a word-prefix match is LIKE '% PREFIX%'.
+    """
+    key = name_key(name)
+    if key is None:
+        return None
+    words = [w for w in key.replace("^", " ").replace("=", " ").split() if w]
+    return " " + " ".join(words) if words else None
+
+
 def normalize_time(value: str | None, *, upper: bool = False) -> str | None:
     """TM 'HH[MM[SS[.F{1,6}]]]' (or 'HH:MM:SS') as 'HHMMSS.ffffff' so text order is time order.
 

@@ -30,7 +30,9 @@ class Attribute:
 
 
 def _attr(keyword: str, level: str, kind: str) -> Attribute:
-    return Attribute(keyword, f"{tag_for_keyword(keyword):08X}", level, kind)
+    """An attribute by keyword; 'Sequence.Keyword' names an attribute inside a sequence item."""
+    tag = ".".join(f"{tag_for_keyword(k):08X}" for k in keyword.split("."))
+    return Attribute(keyword, tag, level, kind)
 
 
 #: Searchable attributes: PS3.18 Table 10.6.1-5 (required matching keys), plus a few.
@@ -49,6 +51,7 @@ SEARCHABLE: dict[str, Attribute] = {
         _attr("StudyID", STUDY, "string"),
         _attr("StudyDescription", STUDY, "string"),
         _attr("ModalitiesInStudy", STUDY, "modalities"),
+        _attr("SOPClassesInStudy", STUDY, "sopclasses"),
         _attr("SeriesInstanceUID", SERIES, "uid"),
         _attr("Modality", SERIES, "string"),
         _attr("SeriesNumber", SERIES, "int"),
@@ -56,6 +59,8 @@ SEARCHABLE: dict[str, Attribute] = {
         _attr("PerformedProcedureStepStartDate", SERIES, "date"),
         _attr("PerformedProcedureStepStartTime", SERIES, "time"),
         _attr("ManufacturerModelName", SERIES, "string"),
+        _attr("RequestAttributesSequence.ScheduledProcedureStepID", SERIES, "string"),
+        _attr("RequestAttributesSequence.RequestedProcedureID", SERIES, "string"),
         _attr("SOPInstanceUID", INSTANCE, "uid"),
         _attr("SOPClassUID", INSTANCE, "uid"),
         _attr("InstanceNumber", INSTANCE, "int"),
@@ -89,7 +94,22 @@ class Range:
     upper: str | None
 
 
-Matcher = SingleValue | ValueList | Wildcard | Range
+@dataclass(frozen=True)
+class FuzzyName:
+    """PS3.18 fuzzymatching for PN: every word is a prefix of a name component word."""
+
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DateTimeRange:
+    """A DA range and a TM range on a Date/Time pair, matched as one date-time (PS3.4 C.2.2.2.5.1)."""
+
+    lower: str | None  # YYYYMMDDHHMMSS.ffffff
+    upper: str | None
+
+
+Matcher = SingleValue | ValueList | Wildcard | Range | FuzzyName | DateTimeRange
 
 
 @dataclass(frozen=True)
@@ -110,16 +130,30 @@ class QidoQuery:
     limit_was_capped: bool = False
     #: Keys that are valid DICOM attributes but not searchable here (ignored; Warning).
     ignored: list[str] = field(default_factory=list)
+    #: Other things the server did not do as asked, for Warning headers.
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_tag(key: str) -> str | None:
-    """A keyword ('PatientName') or hex tag ('00100010') as GGGGEEEE, or None."""
-    if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
-        return key.upper()
-    tag = tag_for_keyword(key)
-    if tag is None:
-        return None
-    return f"{tag:08X}"
+    """A keyword ('PatientName') or hex tag ('00100010') as GGGGEEEE, or None.
+
+    Dotted paths ('RequestAttributesSequence.RequestedProcedureID', '00400275.00401001')
+    name attributes inside sequence items and resolve to 'GGGGEEEE.GGGGEEEE'.
+    """
+    parts = []
+    for segment in key.split("."):
+        if re.fullmatch(r"[0-9A-Fa-f]{8}", segment):
+            parts.append(segment.upper())
+            continue
+        tag = tag_for_keyword(segment)
+        if tag is None:
+            return None
+        parts.append(f"{tag:08X}")
+    return ".".join(parts)
+
+
+def _display(tag: str) -> str:
+    return ".".join(keyword_for_tag(int(t, 16)) or t for t in tag.split("."))
 
 
 def parse_query(
@@ -132,6 +166,7 @@ def parse_query(
     """Turn the request's query pairs into a QidoQuery for `level`."""
     query = QidoQuery(level=level, limit=default_limit)
     seen: set[str] = set()
+    raw_filters: list[tuple[Attribute, str]] = []
     limit_given = False
     for raw_key, raw_value in args:
         key = raw_key.strip()
@@ -158,18 +193,69 @@ def parse_query(
         seen.add(tag)
         attribute = SEARCHABLE.get(tag)
         if attribute is None or LEVEL_ORDER[attribute.level] > LEVEL_ORDER[level]:
-            query.ignored.append(keyword_for_tag(int(tag, 16)) or tag)
+            query.ignored.append(_display(tag))
             continue
-        value = raw_value.strip()
-        if value == "" or value == "*":
-            continue  # universal matching: every entity matches
-        query.filters.append(Filter(attribute, _parse_matcher(attribute, value)))
+        raw_filters.append((attribute, raw_value.strip()))
+    _build_filters(query, raw_filters)
     if query.limit > max_limit:
         query.limit = max_limit
         query.limit_was_capped = True
     elif not limit_given:
         query.limit_was_capped = True  # the server's default page size applies
     return query
+
+
+#: Date/Time attribute pairs matched as one date-time when both are ranges.
+_DATE_TIME_PAIRS = (
+    ("StudyDate", "StudyTime"),
+    ("PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
+)
+
+
+def _build_filters(query: QidoQuery, raw_filters: list[tuple[Attribute, str]]) -> None:
+    by_keyword: dict[str, Matcher] = {}
+    attributes: dict[str, Attribute] = {}
+    for attribute, value in raw_filters:
+        if value == "" or value == "*":
+            continue  # universal matching: every entity matches
+        if ("*" in value or "?" in value) and attribute.kind not in ("string", "name"):
+            query.warnings.append(
+                f"wildcard matching is not supported for {attribute.keyword}; the condition was ignored"
+            )
+            continue
+        if attribute.kind == "name" and query.fuzzy and "*" not in value and "?" not in value:
+            words = tuple((name_key(value) or "").replace("^", " ").replace("=", " ").split())
+            matcher: Matcher = FuzzyName(words) if words else None  # type: ignore[assignment]
+            if matcher is None:
+                continue
+        else:
+            matcher = _parse_matcher(attribute, value)
+        by_keyword[attribute.keyword] = matcher
+        attributes[attribute.keyword] = attribute
+    for date_keyword, time_keyword in _DATE_TIME_PAIRS:
+        date, time = by_keyword.get(date_keyword), by_keyword.get(time_keyword)
+        if isinstance(time, Range) and isinstance(date, (Range, SingleValue)) and _is_time_range_query(raw_filters, time_keyword):
+            by_keyword[date_keyword] = _combine(date, time)
+            del by_keyword[time_keyword]
+    for keyword, matcher in by_keyword.items():
+        if isinstance(matcher, (Range, DateTimeRange)) and matcher.lower and matcher.upper and matcher.lower > matcher.upper:
+            raise InvalidQuery(f"{keyword}: the range starts after it ends")
+    query.filters = [Filter(attributes[k], m) for k, m in by_keyword.items()]
+
+
+def _is_time_range_query(raw_filters: list[tuple[Attribute, str]], time_keyword: str) -> bool:
+    """Only an explicit TM range ('a-b', 'a-', '-b') combines with the date."""
+    return any(a.keyword == time_keyword and "-" in v for a, v in raw_filters)
+
+
+def _combine(date: Matcher, time: Range) -> DateTimeRange:
+    if isinstance(date, SingleValue):
+        date_lower = date_upper = str(date.value)
+    else:
+        date_lower, date_upper = date.lower, date.upper  # type: ignore[union-attr]
+    lower = date_lower + (time.lower or "000000.000000") if date_lower else None
+    upper = date_upper + (time.upper or "235959.999999") if date_upper else None
+    return DateTimeRange(lower, upper)
 
 
 def _parse_includefield(query: QidoQuery, raw: str) -> None:
@@ -223,7 +309,7 @@ def _parse_matcher(attribute: Attribute, value: str) -> Matcher:
             return SingleValue(int(value))
         except ValueError:
             raise InvalidQuery(f"{name}={value!r} is not an integer") from None
-    if kind == "modalities":
+    if kind in ("modalities", "sopclasses"):
         items = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
         return ValueList(tuple(items))
     if kind == "name":
@@ -272,8 +358,7 @@ def _time_matcher(name: str, value: str) -> Matcher:
         raise InvalidQuery(f"{name}: a range needs at least one bound, got {value!r}")
     lo = bound(lower, False) if lower else None
     hi = bound(upper, True) if upper else None
-    if lo and hi and lo > hi:
-        raise InvalidQuery(f"{name}: range {value!r} starts after it ends")
+    # The order is checked once it is known whether a date combines with it.
     return Range(lo, hi)
 
 

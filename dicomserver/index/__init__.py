@@ -18,9 +18,9 @@ from typing import Iterable
 import peewee as pw
 from playhouse.db_url import connect as connect_url
 
-from ..dicomjson import DicomJson, int_value, name_key, normalize_time, string_value
+from ..dicomjson import DicomJson, int_value, name_key, name_words, normalize_time, string_value
 from ..errors import NotFound
-from .models import MODELS, Change, Instance, Series, Study, database_proxy
+from .models import Change, Instance, RequestAttribute, Series, Study, database_proxy
 
 # Attribute tags (GGGGEEEE) read from an instance's DICOM JSON into index columns.
 T = {
@@ -88,6 +88,8 @@ def _study_columns(meta: DicomJson) -> dict:
         "study_time": normalize_time(string_value(meta, T["StudyTime"])),
         "accession_number": string_value(meta, T["AccessionNumber"]),
         "referring_physician_name_key": name_key(string_value(meta, T["ReferringPhysicianName"])),
+        "patient_name_words": name_words(name),
+        "referring_physician_name_words": name_words(string_value(meta, T["ReferringPhysicianName"])),
         "study_id": string_value(meta, T["StudyID"]),
         "study_description": string_value(meta, T["StudyDescription"]),
     }
@@ -145,8 +147,10 @@ class Index:
 
     # -- lifecycle ---------------------------------------------------------
     def create_schema(self) -> None:
-        with self.db.connection_context():
-            self.db.create_tables(MODELS, safe=True)
+        """Create or migrate the schema (see schema.py)."""
+        from .schema import ensure_schema
+
+        ensure_schema(self)
 
     def connect(self) -> None:
         self.db.connect(reuse_if_open=True)
@@ -158,7 +162,7 @@ class Index:
     def check(self) -> None:
         self.db.execute_sql("SELECT 1")
 
-    def _write(self):
+    def write_transaction(self):
         """A write transaction; on SQLite, take the write lock at BEGIN."""
         if self.is_sqlite:
             return self.db.atomic("IMMEDIATE")
@@ -169,7 +173,7 @@ class Index:
         """Index one stored blob; raise DuplicateInstance unless `replace`."""
         meta = rec.metadata
         try:
-            with self._write():
+            with self.write_transaction():
                 existing = Instance.get_or_none(Instance.sop_instance_uid == rec.sop_instance_uid)
                 obsolete = None
                 if existing is not None:
@@ -212,11 +216,13 @@ class Index:
                     number_of_instances=Series.number_of_instances + 1,
                     **_series_columns(meta),
                 ).where(Series.id == series.id).execute()
+                _set_request_attributes(series.id, meta)
                 Study.update(
                     latest_instance_id=instance.id,
                     number_of_instances=Study.number_of_instances + 1,
                     number_of_series=Study.number_of_series + (1 if new_series else 0),
                     modalities_in_study=_modalities(study.id),
+                    sop_classes_in_study=_with_value(study.sop_classes_in_study, rec.sop_class_uid),
                     **_study_columns(meta),
                 ).where(Study.id == study.id).execute()
         except pw.IntegrityError:
@@ -226,7 +232,7 @@ class Index:
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
         """Remove matching instances, record 'delete' changes; return their blob keys."""
-        with self._write():
+        with self.write_transaction():
             instances = list(self._instance_query(study_uid, series_uid, sop_uid))
             if not instances:
                 raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
@@ -253,10 +259,10 @@ class Index:
         series_ids = sorted({i.series_id for i in instances})
         for chunk in _chunks(ids, 500):
             Instance.delete().where(Instance.id.in_(chunk)).execute()
-        self._refresh_counts(study_ids, series_ids)
+        self.rederive(study_ids, series_ids)
 
-    def _refresh_counts(self, study_ids: Iterable[int], series_ids: Iterable[int]) -> None:
-        """Recount, re-pick the latest instance, drop empty series/studies."""
+    def rederive(self, study_ids: Iterable[int], series_ids: Iterable[int]) -> None:
+        """Recount, re-pick the latest instance and its columns, drop empty series/studies."""
         for series_id in series_ids:
             latest = (
                 Instance.select(Instance.id, Instance.metadata)
@@ -268,11 +274,13 @@ class Index:
                 Series.delete().where(Series.id == series_id).execute()
                 continue
             count = Instance.select().where(Instance.series == series_id).count()
+            meta = json.loads(latest.metadata)
             Series.update(
                 number_of_instances=count,
                 latest_instance_id=latest.id,
-                **_series_columns(json.loads(latest.metadata)),
+                **_series_columns(meta),
             ).where(Series.id == series_id).execute()
+            _set_request_attributes(series_id, meta)
         for study_id in study_ids:
             latest = (
                 Instance.select(Instance.id, Instance.metadata)
@@ -287,6 +295,7 @@ class Index:
                 number_of_instances=Instance.select().where(Instance.study == study_id).count(),
                 number_of_series=Series.select().where(Series.study == study_id).count(),
                 modalities_in_study=_modalities(study_id),
+                sop_classes_in_study=_sop_classes(study_id),
                 latest_instance_id=latest.id,
                 **_study_columns(json.loads(latest.metadata)),
             ).where(Study.id == study_id).execute()
@@ -375,6 +384,35 @@ def _modalities(study_id: int) -> str | None:
     """ModalitiesInStudy as a DICOM multi-value: the distinct modalities of its series."""
     rows = Series.select(Series.modality).where((Series.study == study_id) & Series.modality.is_null(False))
     return "\\".join(sorted({r.modality for r in rows})) or None
+
+
+def _sop_classes(study_id: int) -> str | None:
+    rows = Instance.select(Instance.sop_class_uid).where(Instance.study == study_id).distinct()
+    return "\\".join(sorted(r.sop_class_uid for r in rows)) or None
+
+
+def _with_value(multi_value: str | None, value: str) -> str:
+    """Add a value to a backslash-joined set, kept sorted."""
+    values = set(multi_value.split("\\")) if multi_value else set()
+    values.add(value)
+    return "\\".join(sorted(values))
+
+
+def _set_request_attributes(series_id: int, meta: DicomJson) -> None:
+    """Mirror the latest instance's Request Attributes Sequence items for matching."""
+    RequestAttribute.delete().where(RequestAttribute.series == series_id).execute()
+    items = (meta.get("00400275") or {}).get("Value") or []
+    rows = [
+        {
+            "series": series_id,
+            "scheduled_procedure_step_id": string_value(item, "00400009"),
+            "requested_procedure_id": string_value(item, "00401001"),
+        }
+        for item in items
+        if isinstance(item, dict)
+    ]
+    if rows:
+        RequestAttribute.insert_many(rows).execute()
 
 
 def _chunks(items: list, size: int):

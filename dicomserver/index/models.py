@@ -33,10 +33,15 @@ class Study(BaseModel):
     study_time = pw.CharField(max_length=13, null=True)
     accession_number = pw.TextField(null=True, index=True)
     referring_physician_name_key = pw.TextField(null=True)
+    #: " WORD WORD ..." forms of the names, for word-prefix (fuzzy) matching.
+    patient_name_words = pw.TextField(null=True)
+    referring_physician_name_words = pw.TextField(null=True)
     study_id = pw.TextField(null=True)
     study_description = pw.TextField(null=True)
     #: Distinct modalities of the study's series, backslash-joined (DICOM multi-value).
     modalities_in_study = pw.TextField(null=True)
+    #: Distinct SOP Class UIDs of the study's instances, backslash-joined.
+    sop_classes_in_study = pw.TextField(null=True)
     number_of_series = pw.IntegerField(default=0)
     number_of_instances = pw.IntegerField(default=0)
     #: Instance whose metadata supplies this study's attributes in QIDO answers.
@@ -78,6 +83,14 @@ class Instance(BaseModel):
     watermark = pw.BigIntegerField(index=True)
 
 
+class RequestAttribute(BaseModel):
+    """One item of a series' Request Attributes Sequence (0040,0275), for sequence matching."""
+
+    series = pw.ForeignKeyField(Series, backref="request_attributes", on_delete="CASCADE")
+    scheduled_procedure_step_id = pw.TextField(null=True, index=True)
+    requested_procedure_id = pw.TextField(null=True, index=True)
+
+
 class Change(BaseModel):
     """One change-feed entry; `state` is derived from Instance.watermark when read."""
 
@@ -89,4 +102,10 @@ class Change(BaseModel):
     sop_instance_uid = pw.CharField(max_length=64, index=True)
 
 
-MODELS = (Study, Series, Instance, Change)
+MODELS = (Study, Series, Instance, RequestAttribute, Change)
+
+
+class SchemaInfo(BaseModel):
+    """The schema version this database has been migrated to."""
+
+    version = pw.IntegerField()

@@ -11,8 +11,20 @@ from typing import Any
 
 import peewee as pw
 
-from ..matching import INSTANCE, SERIES, STUDY, Filter, QidoQuery, Range, SingleValue, ValueList, Wildcard
-from .models import Instance, Series, Study
+from ..matching import (
+    INSTANCE,
+    SERIES,
+    STUDY,
+    DateTimeRange,
+    Filter,
+    FuzzyName,
+    QidoQuery,
+    Range,
+    SingleValue,
+    ValueList,
+    Wildcard,
+)
+from .models import Instance, RequestAttribute, Series, Study
 
 
 # PS3.18 Table 10.6.3-3/-4/-5 default return attributes (the reference's v1 lists
@@ -88,6 +100,21 @@ _COLUMNS = {
     "SOPInstanceUID": Instance.sop_instance_uid,
     "SOPClassUID": Instance.sop_class_uid,
     "InstanceNumber": Instance.instance_number,
+    "RequestAttributesSequence.ScheduledProcedureStepID": RequestAttribute.scheduled_procedure_step_id,
+    "RequestAttributesSequence.RequestedProcedureID": RequestAttribute.requested_procedure_id,
+}
+#: Word columns for fuzzy (word-prefix) person-name matching.
+_WORDS = {
+    "PatientName": Study.patient_name_words,
+    "ReferringPhysicianName": Study.referring_physician_name_words,
+}
+#: Date/Time column pairs for combined date-time ranges, by the date attribute.
+_DATE_TIME = {
+    "StudyDate": (Study.study_date, Study.study_time),
+    "PerformedProcedureStepStartDate": (
+        Series.performed_procedure_step_start_date,
+        Series.performed_procedure_step_start_time,
+    ),
 }
 
 
@@ -97,20 +124,58 @@ def like_pattern(wildcard: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _condition(f: Filter) -> pw.Expression:
+def _like(column, pattern: str) -> pw.Node:
+    return pw.NodeList((column, pw.SQL("LIKE"), pattern, pw.SQL("ESCAPE '\\'")))
+
+
+def _condition(f: Filter) -> pw.Node:
     m = f.matcher
-    if f.attribute.kind == "modalities":
+    kind = f.attribute.kind
+    if kind == "modalities":
         return pw.fn.EXISTS(
-            Series.select(pw.SQL("1"))
-            .where((Series.study == Study.id) & Series.modality.in_(list(m.values)))  # type: ignore[union-attr]
+            Series.select(pw.SQL("1")).where(
+                (Series.study == Study.id) & Series.modality.in_(list(m.values))  # type: ignore[union-attr]
+            )
         )
+    if kind == "sopclasses":
+        inner = Instance.alias("sopclass")
+        return pw.fn.EXISTS(
+            inner.select(pw.SQL("1")).where(
+                (inner.study == Study.id) & inner.sop_class_uid.in_(list(m.values))  # type: ignore[union-attr]
+            )
+        )
+    if isinstance(m, FuzzyName):
+        words = _WORDS[f.attribute.keyword]
+        condition = words.is_null(False)
+        for word in m.words:
+            condition &= _like(words, "% " + like_pattern(word) + "%")
+        return condition
+    if isinstance(m, DateTimeRange):
+        date, time = _DATE_TIME[f.attribute.keyword]
+        combined = date.concat(pw.fn.COALESCE(time, "000000.000000"))
+        condition = date.is_null(False)
+        if m.lower is not None:
+            condition &= combined >= m.lower
+        if m.upper is not None:
+            condition &= combined <= m.upper
+        return condition
     column = _COLUMNS[f.attribute.keyword]
+    condition = _value_condition(column, m)
+    if column.model is RequestAttribute:
+        # Sequence matching: some item of the series' sequence matches.
+        return pw.fn.EXISTS(
+            RequestAttribute.select(pw.SQL("1")).where((RequestAttribute.series == Series.id) & condition)
+        )
+    return condition
+
+
+def _value_condition(column, m) -> pw.Node:
     if isinstance(m, SingleValue):
         return column == m.value
     if isinstance(m, ValueList):
         return column.in_(list(m.values))
     if isinstance(m, Wildcard):
-        return pw.NodeList((column, pw.SQL("LIKE"), like_pattern(m.pattern), pw.SQL("ESCAPE '\\'")))
+        return _like(column, like_pattern(m.pattern))
     if isinstance(m, Range):
         condition = column.is_null(False)
         if m.lower is not None:
@@ -135,6 +200,7 @@ def search(
         Study.number_of_series.alias("study_series_count"),
         Study.number_of_instances.alias("study_instance_count"),
         Study.modalities_in_study.alias("study_modalities"),
+        Study.sop_classes_in_study.alias("study_sop_classes"),
     ]
     if query.level == STUDY:
         sql = Study.select(*columns, rep.metadata.alias("rep_metadata")).join(
@@ -188,7 +254,7 @@ def _return_tags(query: QidoQuery, *, in_study_path: bool) -> set[str]:
         tags.update(SERIES_DEFAULTS)
         if not in_study_path:
             tags.update(STUDY_DEFAULTS)
-    tags.update(f.attribute.tag for f in query.filters)
+    tags.update(f.attribute.tag.split(".")[0] for f in query.filters)
     tags.update(query.includefields)
     return tags
 
@@ -201,9 +267,11 @@ def _result(row: dict[str, Any], query: QidoQuery, return_tags: set[str], base_u
         out = {tag: meta[tag] for tag in return_tags if tag in meta}
     url = f"{base_url}/studies/{row['study_uid']}"
     modalities = [m for m in (row["study_modalities"] or "").split("\\") if m]
+    sop_classes = [c for c in (row["study_sop_classes"] or "").split("\\") if c]
     computed: dict[str, Any] = {
         "00080056": {"vr": "CS", "Value": ["ONLINE"]},
         "00080061": {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"},
+        "00080062": {"vr": "UI", "Value": sop_classes} if sop_classes else {"vr": "UI"},
         "00201206": {"vr": "IS", "Value": [row["study_series_count"]]},
         "00201208": {"vr": "IS", "Value": [row["study_instance_count"]]},
     }

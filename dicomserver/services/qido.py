@@ -51,6 +51,8 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
             f'299 {host} "The following attributes are not supported for matching at this '
             f'level and were ignored: {", ".join(query.ignored)}"'
         )
+    for text in query.warnings:
+        warnings.append(f'299 {host} "{text}"')
     if more and query.limit_was_capped:
         warnings.append(
             f'299 {host} "The number of results exceeded the maximum supported by the server. '

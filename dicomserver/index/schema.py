@@ -1,0 +1,61 @@
+"""Schema creation and migrations of the index, run when the server starts.
+
+The database records the version it was migrated to (SchemaInfo). A new database
+gets the current schema directly; an older one is brought forward one step at a
+time with peewee's migrator, inside the write lock, so several workers starting
+together migrate it once. Derived columns a migration adds are recomputed from the
+DICOM JSON already stored on each instance: no blob is read.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from playhouse.migrate import SchemaMigrator, migrate
+
+from .models import MODELS, RequestAttribute, SchemaInfo, Series, Study
+
+if TYPE_CHECKING:
+    from . import Index
+
+SCHEMA_VERSION = 2
+
+
+def _v1_to_v2(index: "Index") -> None:
+    """Fuzzy name matching, SOPClassesInStudy, Request Attributes Sequence matching."""
+    migrator = SchemaMigrator.from_database(index.db)
+    migrate(
+        migrator.add_column("study", "patient_name_words", Study.patient_name_words),
+        migrator.add_column("study", "referring_physician_name_words", Study.referring_physician_name_words),
+        migrator.add_column("study", "sop_classes_in_study", Study.sop_classes_in_study),
+    )
+    index.db.create_tables([RequestAttribute])
+    index.rederive(
+        [s.id for s in Study.select(Study.id)],
+        [s.id for s in Series.select(Series.id)],
+    )
+
+
+#: MIGRATIONS[v] takes a database at version v to v + 1.
+MIGRATIONS: dict[int, Callable[["Index"], None]] = {1: _v1_to_v2}
+
+
+def ensure_schema(index: "Index") -> None:
+    db = index.db
+    with db.connection_context(), index.write_transaction():
+        tables = set(db.get_tables())
+        if "study" not in tables:
+            db.create_tables([*MODELS, SchemaInfo])
+            SchemaInfo.create(version=SCHEMA_VERSION)
+            return
+        if "schema_info" not in tables:
+            db.create_tables([SchemaInfo])
+            SchemaInfo.create(version=1)
+        info = SchemaInfo.select().first()
+        if info.version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the index schema is version {info.version}, newer than this server "
+                f"understands ({SCHEMA_VERSION}); upgrade dicomserver"
+            )
+        for version in range(info.version, SCHEMA_VERSION):
+            MIGRATIONS[version](index)
+        SchemaInfo.update(version=SCHEMA_VERSION).execute()

@@ -1,0 +1,51 @@
+"""Schema creation and migration of the index (a database from an older release opens)."""
+from __future__ import annotations
+
+import sqlite3
+
+from dicom_factory import make_instance, to_bytes
+from dicomserver import Settings, create_app
+from dicomserver.index.schema import SCHEMA_VERSION
+
+
+def _app(tmp_path):
+    return create_app(Settings(blobstore_url=str(tmp_path / "b"), database_url=f"sqlite:///{tmp_path / 'i.db'}"))
+
+
+def test_new_database_gets_current_version(tmp_path):
+    _app(tmp_path).extensions["dicomserver"].index.close()
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_version_1_database_is_migrated_and_rederived(tmp_path):
+    app = _app(tmp_path)
+    ds = make_instance(PatientName="Doe^John", RequestAttributesSequence=[])
+    app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    app.extensions["dicomserver"].index.close()
+    # Turn it into what release 1 created: no schema_info, no fuzzy/SOP-class columns.
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        db.execute("DROP TABLE schema_info")
+        db.execute("DROP TABLE request_attribute")
+        for column in ("patient_name_words", "referring_physician_name_words", "sop_classes_in_study"):
+            db.execute(f"ALTER TABLE study DROP COLUMN {column}")
+
+    client = _app(tmp_path).test_client()
+    response = client.get("/v2/studies?PatientName=jo&fuzzymatching=true&includefield=SOPClassesInStudy")
+    assert response.status_code == 200
+    (study,) = response.json
+    assert study["00080062"]["Value"] == [ds.SOPClassUID]
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_newer_schema_is_refused(tmp_path):
+    import pytest
+
+    from dicomserver import ConfigError
+
+    _app(tmp_path).extensions["dicomserver"].index.close()
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        db.execute("UPDATE schema_info SET version = 99")
+    with pytest.raises(ConfigError, match="newer than this server"):
+        _app(tmp_path)
