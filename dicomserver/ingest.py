@@ -28,7 +28,9 @@ from .dicomjson import dataset_to_json
 from .errors import PayloadTooLarge
 from .frames import FrameMapError, build_frame_map
 from .index import DuplicateInstance, Index, InstanceRecord
+from .media import IMPLICIT_VR_LITTLE_ENDIAN
 from .uids import normalize_uid
+from .validation import invalid_attributes
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ PROCESSING_FAILURE = 0x0110  # 272
 INVALID_DATASET = 0xA900  # 43264: cannot be parsed, or required attributes missing/invalid
 STUDY_UID_MISMATCH = 0xA901  # 43265: StudyInstanceUID differs from the one in the URL
 INSTANCE_ALREADY_EXISTS = 0xB00E  # 45070
+# Warning reasons (PS3.4 Annex GG).
+ELEMENTS_DISCARDED = 0xB006  # 45062: invalid values kept in the file but not indexed
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xB007  # 45063: implicit VR, as the reference server flags it
 
 REQUIRED_UIDS = (
     ("SOPClassUID", "(0008,0016)"),
@@ -55,7 +60,9 @@ class PartResult:
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     failure_reason: int | None = None
+    #: Why it failed (failure) or what was wrong with it (warning): one line each.
     comments: list[str] = field(default_factory=list)
+    warning_reason: int | None = None
     replaced: bool = False
 
     @property
@@ -64,10 +71,10 @@ class PartResult:
 
 
 class InstanceRejected(Exception):
-    def __init__(self, reason: int, comment: str):
-        super().__init__(comment)
+    def __init__(self, reason: int, *comments: str):
+        super().__init__("; ".join(comments))
         self.reason = reason
-        self.comment = comment
+        self.comments = list(comments)
 
 
 def spool(chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None) -> tuple[BinaryIO, int]:
@@ -107,13 +114,15 @@ class Ingestor:
                 raise InstanceRejected(INVALID_DATASET, "the part is empty")
             ds, transfer_syntax, frame_map = _read_header(fp)
             _validate(ds, result, study_uid)
+            _check_values(ds, transfer_syntax, result)
             metadata, skipped = dataset_to_json(ds)
             if skipped:
                 log.info("instance %s: attributes left out of metadata: %s", result.sop_instance_uid, skipped)
             self._store(fp, size, result, transfer_syntax, frame_map, metadata, replace)
         except InstanceRejected as rejection:
             result.failure_reason = rejection.reason
-            result.comments.append(rejection.comment)
+            result.warning_reason = None
+            result.comments = rejection.comments
         return result
 
     def _store(self, fp, size, result, transfer_syntax, frame_map, metadata, replace) -> None:
@@ -190,6 +199,19 @@ def _read_header(fp: BinaryIO) -> tuple[Dataset, str, dict | None]:
     return ds, transfer_syntax, frame_map
 
 
+def _check_values(ds: Dataset, transfer_syntax: str, result: PartResult) -> None:
+    """Lenient checks: the instance is stored, with a WarningReason and comments."""
+    problems = list(invalid_attributes(ds))
+    if problems:
+        result.warning_reason = ELEMENTS_DISCARDED
+        result.comments.extend(f"{p} (stored, not searchable)" for p in problems)
+    if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
+        result.warning_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
+        result.comments.append(
+            "the file is encoded in Implicit VR Little Endian; value representations were taken from the data dictionary"
+        )
+
+
 def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:
     """The four identifying UIDs must be present and well-formed (fills `result`)."""
     values: dict[str, str] = {}
@@ -214,7 +236,7 @@ def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:
     result.study_instance_uid = values.get("StudyInstanceUID")
     result.series_instance_uid = values.get("SeriesInstanceUID")
     if problems:
-        raise InstanceRejected(INVALID_DATASET, "; ".join(problems))
+        raise InstanceRejected(INVALID_DATASET, *problems)
     if study_uid is not None and result.study_instance_uid != study_uid:
         raise InstanceRejected(
             STUDY_UID_MISMATCH,

@@ -20,6 +20,7 @@ from playhouse.db_url import connect as connect_url
 
 from ..dicomjson import DicomJson, int_value, name_key, name_words, normalize_time, string_value
 from ..errors import NotFound
+from ..validation import indexed_string
 from .models import Change, Instance, RequestAttribute, Series, Study, database_proxy
 
 # Attribute tags (GGGGEEEE) read from an instance's DICOM JSON into index columns.
@@ -77,34 +78,34 @@ class StoreOutcome:
 
 
 def _study_columns(meta: DicomJson) -> dict:
-    name = string_value(meta, T["PatientName"])
+    name = indexed_string(meta, T["PatientName"])
     return {
         "patient_name": name,
         "patient_name_key": name_key(name),
-        "patient_id": string_value(meta, T["PatientID"]),
-        "patient_birth_date": string_value(meta, T["PatientBirthDate"]),
-        "patient_sex": string_value(meta, T["PatientSex"]),
-        "study_date": string_value(meta, T["StudyDate"]),
-        "study_time": normalize_time(string_value(meta, T["StudyTime"])),
-        "accession_number": string_value(meta, T["AccessionNumber"]),
-        "referring_physician_name_key": name_key(string_value(meta, T["ReferringPhysicianName"])),
+        "patient_id": indexed_string(meta, T["PatientID"]),
+        "patient_birth_date": indexed_string(meta, T["PatientBirthDate"]),
+        "patient_sex": indexed_string(meta, T["PatientSex"]),
+        "study_date": indexed_string(meta, T["StudyDate"]),
+        "study_time": normalize_time(indexed_string(meta, T["StudyTime"])),
+        "accession_number": indexed_string(meta, T["AccessionNumber"]),
+        "referring_physician_name_key": name_key(indexed_string(meta, T["ReferringPhysicianName"])),
         "patient_name_words": name_words(name),
-        "referring_physician_name_words": name_words(string_value(meta, T["ReferringPhysicianName"])),
-        "study_id": string_value(meta, T["StudyID"]),
-        "study_description": string_value(meta, T["StudyDescription"]),
+        "referring_physician_name_words": name_words(indexed_string(meta, T["ReferringPhysicianName"])),
+        "study_id": indexed_string(meta, T["StudyID"]),
+        "study_description": indexed_string(meta, T["StudyDescription"]),
     }
 
 
 def _series_columns(meta: DicomJson) -> dict:
     return {
-        "modality": string_value(meta, T["Modality"]),
+        "modality": indexed_string(meta, T["Modality"]),
         "series_number": int_value(meta, T["SeriesNumber"]),
-        "series_description": string_value(meta, T["SeriesDescription"]),
-        "performed_procedure_step_start_date": string_value(meta, T["PerformedProcedureStepStartDate"]),
+        "series_description": indexed_string(meta, T["SeriesDescription"]),
+        "performed_procedure_step_start_date": indexed_string(meta, T["PerformedProcedureStepStartDate"]),
         "performed_procedure_step_start_time": normalize_time(
-            string_value(meta, T["PerformedProcedureStepStartTime"])
+            indexed_string(meta, T["PerformedProcedureStepStartTime"])
         ),
-        "manufacturer_model_name": string_value(meta, T["ManufacturerModelName"]),
+        "manufacturer_model_name": indexed_string(meta, T["ManufacturerModelName"]),
     }
 
 

@@ -12,7 +12,7 @@ from typing import Iterator
 from flask import Blueprint, Response, request
 
 from ..errors import BadRequest, UnsupportedMediaType
-from ..extensions import base_url, server
+from ..extensions import api_version, base_url, server
 from ..ingest import INVALID_DATASET, PartResult, spool
 from ..media import DICOM, DICOM_JSON, MULTIPART_RELATED, parse_accept, parse_media_type, require_json
 from ..multipart import End, MultipartError, PartData, PartEnd, PartStart, iter_events
@@ -127,6 +127,7 @@ def _response(results: list[PartResult], study_uid: str | None) -> Response:
             item["00081150"] = {"vr": "UI", "Value": [r.sop_class_uid]}
         if r.sop_instance_uid:
             item["00081155"] = {"vr": "UI", "Value": [r.sop_instance_uid]}
+        comments = [{"00000902": {"vr": "LO", "Value": [c]}} for c in r.comments]
         if r.stored:
             item["00081190"] = {
                 "vr": "UR",
@@ -135,15 +136,16 @@ def _response(results: list[PartResult], study_uid: str | None) -> Response:
                     f"/instances/{r.sop_instance_uid}"
                 ],
             }
-            referenced.append(item)
+            if r.warning_reason is not None:
+                item["00081196"] = {"vr": "US", "Value": [r.warning_reason]}
+            if comments:
+                item["00741048"] = {"vr": "SQ", "Value": comments}
+            referenced.append(dict(sorted(item.items())))
         else:
             item["00081197"] = {"vr": "US", "Value": [r.failure_reason]}
-            if r.comments:
-                item["00741048"] = {
-                    "vr": "SQ",
-                    "Value": [{"00000902": {"vr": "LO", "Value": [c]}} for c in r.comments],
-                }
-            failed.append(item)
+            if comments:
+                item["00741048"] = {"vr": "SQ", "Value": comments}
+            failed.append(dict(sorted(item.items())))
     body: dict = {}
     if study_uid is not None and referenced:
         body["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{study_uid}"]}
@@ -151,5 +153,7 @@ def _response(results: list[PartResult], study_uid: str | None) -> Response:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
-    status = 200 if not failed else (202 if referenced else 409)
+    # As the reference server: warnings make a v2 answer 202; v1 keeps 200.
+    warned = api_version() != "v1" and any(r.warning_reason is not None for r in results if r.stored)
+    status = 409 if not referenced else (202 if failed or warned else 200)
     return Response(json.dumps(body), status=status, content_type=DICOM_JSON)

@@ -1,0 +1,66 @@
+"""Value validation of stored attributes (PS3.5 §6.2 VR rules), strict where it must be.
+
+The four identifying UIDs are checked by STOW itself (a bad one fails the instance).
+Every other attribute is checked here: an invalid value never makes an instance
+unstorable (real archives hold imperfect data; the file is kept as sent), but it
+is reported back as a STOW warning and is never put into a searchable index column,
+so a malformed StudyDate cannot match a date range.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from pydicom import config
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName, validate_value
+
+from .dicomjson import BULK_VRS, DicomJson, string_value
+
+
+def _problem(vr: str, value: Any) -> str | None:
+    """Why `value` is not valid for `vr`, or None."""
+    if value is None or value == "":
+        return None
+    if vr in ("IS", "DS"):
+        value = getattr(value, "original_string", None) or str(value)
+    elif isinstance(value, PersonName):
+        value = str(value)
+    try:
+        validate_value(vr, value, config.RAISE)
+    except (ValueError, TypeError) as exc:
+        return str(exc).split(" Please see ")[0]
+    return None
+
+
+def invalid_attributes(ds: Dataset, _path: str = "") -> Iterator[str]:
+    """One 'where: why' comment per invalid value, sequences included."""
+    for tag in ds.keys():
+        try:
+            element = ds[tag]
+        except Exception as exc:  # the value could not even be converted
+            yield f"{_path}{tag!s}: {exc}"
+            continue
+        if element.tag.group == 0x0002 or element.VR in BULK_VRS:
+            continue
+        name = f"{_path}{element.tag!s} {element.keyword}".rstrip()
+        if element.VR == "SQ":
+            for number, item in enumerate(element.value or [], start=1):
+                yield from invalid_attributes(item, f"{name} item {number} > ")
+            continue
+        values = element.value if isinstance(element.value, (MultiValue, list)) else [element.value]
+        for value in values:
+            problem = _problem(element.VR, value)
+            if problem:
+                yield f"{name}: {problem}"
+                break
+
+
+def indexed_string(meta: DicomJson, key: str) -> str | None:
+    """An attribute's first value for an index column, or None when absent or invalid."""
+    value = string_value(meta, key)
+    element = meta.get(key) or {}
+    vr = element.get("vr")
+    if value is None or not vr:
+        return None
+    return value if _problem(vr, value) is None else None
