@@ -1,55 +1,152 @@
 """DICOM JSON (PS3.18 Annex F) for stored instances, and typed reads from it.
 
-The JSON is produced once at STOW (pydicom's `to_json_dict`), kept in the index, and
-is then the single source for `/metadata`, QIDO answers and the index's searchable
-columns. Bulk binary elements (OB, OD, OF, OL, OV, OW, UN) are left out, as the
-reference server does; elements whose values pydicom cannot convert are left out
-and reported, so one bad attribute never makes an instance unstorable.
+The JSON is produced once at STOW, kept in the index, and is then the single source
+for `/metadata`, QIDO answers and the index's searchable columns. Binary elements
+(OB, OD, OF, OL, OV, OW, UN) up to a threshold are inlined (InlineBinary); larger ones
+become a BulkDataURI, and their byte range in the stored file is recorded so the
+URI is served by a ranged read, never by parsing the file. Elements whose values
+pydicom cannot convert are left out and reported, so one bad attribute never makes
+an instance unstorable.
+
+BulkDataURIs are stored relative, behind BASE_URL_PLACEHOLDER, and made absolute
+when served (`absolute_uris`), because the server's public URL is only known per request.
 """
 from __future__ import annotations
 
+import base64
+import json
 import unicodedata
-from typing import Any
+from typing import Any, BinaryIO
 
+from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_DROP = "\x00dicomserver-drop\x00"
+#: Stands for the versioned API root in stored BulkDataURIs (JSON-escaped as \u0001).
+BASE_URL_PLACEHOLDER = "\x01"
+_PLACEHOLDER_IN_JSON = json.dumps(BASE_URL_PLACEHOLDER)[1:-1]
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Largest value inlined when its location in the file cannot be recorded.
+_MAX_FALLBACK_INLINE = 1 << 20
 
 DicomJson = dict[str, dict[str, Any]]
+#: Bulk data locations: "GGGGEEEE[/item/GGGGEEEE...]" -> [offset, length] in the stored file.
+BulkMap = dict[str, list[int]]
 
 
 def tag_key(tag: int) -> str:
     return f"{int(tag):08X}"
 
 
-def dataset_to_json(ds: Dataset) -> tuple[DicomJson, list[str]]:
+def dataset_to_json(
+    ds: Dataset,
+    *,
+    fp: BinaryIO | None = None,
+    instance_path: str | None = None,
+    inline_threshold: int = 1024,
+) -> tuple[DicomJson, list[str], BulkMap]:
     """Convert a dataset (read without pixel data) to DICOM JSON.
 
-    Returns the JSON object and a list of tags (GGGGEEEE) that were left out because
-    their values could not be converted.
+    `fp` is the file `ds` was read from (offsets are checked against it) and
+    `instance_path` is '/studies/…/instances/…' for BulkDataURIs; without them,
+    binary values above the threshold are left out. Returns the JSON, the tags that
+    could not be converted, and the bulk data locations.
     """
-    out: DicomJson = {}
-    skipped: list[str] = []
-    for tag in sorted(ds.keys()):
-        raw = ds.get_item(tag)
-        if raw is None or _is_bulk(_vr_of(raw)) or Tag(tag).group == 0x0002:
-            continue
-        key = tag_key(tag)
-        try:
-            element = ds[tag]
-            if element.VR in BULK_VRS:
+    converter = _Converter(fp, instance_path, inline_threshold)
+    out = converter.dataset(ds, base=0, path="")
+    return out, converter.skipped, converter.bulk
+
+
+class _Converter:
+    def __init__(self, fp: BinaryIO | None, instance_path: str | None, inline_threshold: int):
+        self.fp = fp
+        self.instance_path = instance_path
+        self.inline_threshold = inline_threshold
+        self.skipped: list[str] = []
+        self.bulk: BulkMap = {}
+
+    def dataset(self, ds: Dataset, *, base: int | None, path: str) -> DicomJson:
+        out: DicomJson = {}
+        for tag in sorted(ds.keys()):
+            if Tag(tag).group == 0x0002:
                 continue
-            value = element.to_json_dict(
-                bulk_data_element_handler=lambda _el: _DROP, bulk_data_threshold=-1
-            )
-        except Exception:
-            skipped.append(key)
-            continue
-        out[key] = _strip_bulk(value)
-    return out, skipped
+            key = tag_key(tag)
+            try:
+                raw = ds.get_item(tag, keep_deferred=True)
+                vr = _vr_of(raw)
+                if _is_bulk(vr):
+                    value = self.binary(ds, tag, raw, base, path + key)
+                elif vr == "SQ":
+                    value = self.sequence(ds, tag, raw, base, path + key)
+                else:
+                    value = ds[tag].to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 62)
+            except Exception:
+                self.skipped.append(path + key)
+                continue
+            if value is not None:
+                out[key] = value
+        return out
+
+    def sequence(self, ds: Dataset, tag: int, raw, base: int | None, path: str) -> dict:
+        # Items are parsed from the sequence's value, so nested offsets are relative to it.
+        value_tell = _value_tell(raw)
+        item_base = base + value_tell if base is not None and value_tell is not None else None
+        items = [
+            self.dataset(item, base=item_base, path=f"{path}/{number}/")
+            for number, item in enumerate(ds[tag].value or [])
+        ]
+        return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+
+    def binary(self, ds: Dataset, tag: int, raw, base: int | None, path: str) -> dict | None:
+        element_vr = "OW" if " or " in _vr_of(raw) else _vr_of(raw)
+        length = raw.length if isinstance(raw, RawDataElement) else len(ds[tag].value or b"")
+        if length == 0:
+            return {"vr": element_vr}
+        if length <= self.inline_threshold:
+            return self.inline(ds, tag)
+        offset = self.offset_of(ds, tag, raw, base)
+        if offset is None or self.instance_path is None:
+            return self.inline(ds, tag) if length <= _MAX_FALLBACK_INLINE and self.instance_path else None
+        self.bulk[path] = [offset, length]
+        return {"vr": element_vr, "BulkDataURI": bulk_data_uri(self.instance_path, path)}
+
+    def inline(self, ds: Dataset, tag: int) -> dict:
+        element = ds[tag]
+        value = element.value or b""
+        return {"vr": element.VR if element.VR in BULK_VRS else "OB", "InlineBinary": base64.b64encode(value).decode()}
+
+    def offset_of(self, ds: Dataset, tag: int, raw, base: int | None) -> int | None:
+        """Absolute offset of a defined-length value, checked against the file."""
+        value_tell = _value_tell(raw)
+        if self.fp is None or base is None or value_tell is None:
+            return None
+        if isinstance(raw, RawDataElement) and raw.length == _UNDEFINED_LENGTH:
+            return None
+        offset = base + value_tell
+        if raw.value is not None:  # read already: check our arithmetic against the file
+            probe = bytes(raw.value[:16])
+            self.fp.seek(offset)
+            if self.fp.read(len(probe)) != probe:
+                return None
+        return offset
+
+
+def bulk_data_uri(instance_path: str, path: str) -> str:
+    return f"{BASE_URL_PLACEHOLDER}{instance_path}/bulkdata/{path}"
+
+
+def absolute_uris(text: str, base_url: str) -> str:
+    """Make the stored BulkDataURIs in JSON text absolute under `base_url`."""
+    return text.replace('"' + _PLACEHOLDER_IN_JSON, '"' + base_url)
+
+
+def _value_tell(element) -> int | None:
+    """Where an element's value starts, relative to what it was parsed from."""
+    if isinstance(element, RawDataElement):
+        return element.value_tell
+    return getattr(element, "file_tell", None)
 
 
 def _is_bulk(vr: str) -> bool:
@@ -64,20 +161,6 @@ def _vr_of(raw) -> str:
         return dictionary_VR(raw.tag)
     except KeyError:
         return "UN"
-
-
-def _strip_bulk(element: dict[str, Any]) -> dict[str, Any]:
-    """Remove binary elements nested inside sequence items."""
-    if element.get("vr") == "SQ" and "Value" in element:
-        element["Value"] = [
-            {
-                k: _strip_bulk(v)
-                for k, v in item.items()
-                if v.get("BulkDataURI") != _DROP and "InlineBinary" not in v
-            }
-            for item in element["Value"]
-        ]
-    return element
 
 
 def first_value(meta: DicomJson, key: str) -> Any:

@@ -20,7 +20,9 @@ class Server:
     ingestor: Ingestor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.ingestor = Ingestor(self.store, self.index)
+        self.ingestor = Ingestor(
+            self.store, self.index, bulkdata_inline_threshold=self.settings.bulkdata_inline_threshold
+        )
 
 
 def server() -> Server:

@@ -24,11 +24,11 @@ from pydicom.uid import UID
 
 from backends.base import BlobStore, BlobStoreError, StorageUnavailable
 
-from .dicomjson import dataset_to_json
+from .dicomjson import bulk_data_uri, dataset_to_json
 from .errors import PayloadTooLarge
 from .frames import FrameMapError, build_frame_map
 from .index import DuplicateInstance, Index, InstanceRecord
-from .media import IMPLICIT_VR_LITTLE_ENDIAN
+from .media import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from .uids import normalize_uid
 from .validation import invalid_attributes
 
@@ -49,6 +49,7 @@ REQUIRED_UIDS = (
     ("StudyInstanceUID", "(0020,000D)"),
     ("SeriesInstanceUID", "(0020,000E)"),
 )
+PIXEL_DATA = "7FE00010"
 #: Elements larger than this are not read into memory while parsing the header.
 _DEFER_SIZE = 64 * 1024
 
@@ -102,9 +103,10 @@ def spool(chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_d
 class Ingestor:
     """Stores instances into a blob store and an index."""
 
-    def __init__(self, store: BlobStore, index: Index):
+    def __init__(self, store: BlobStore, index: Index, *, bulkdata_inline_threshold: int = 1024):
         self.store = store
         self.index = index
+        self.bulkdata_inline_threshold = bulkdata_inline_threshold
 
     def ingest(self, fp: BinaryIO, size: int, *, study_uid: str | None, replace: bool) -> PartResult:
         """Store one spooled Part 10 file; never raises for bad input, only for outages."""
@@ -115,17 +117,33 @@ class Ingestor:
             ds, transfer_syntax, frame_map = _read_header(fp)
             _validate(ds, result, study_uid)
             _check_values(ds, transfer_syntax, result)
-            metadata, skipped = dataset_to_json(ds)
+            instance_path = (
+                f"/studies/{result.study_instance_uid}/series/{result.series_instance_uid}"
+                f"/instances/{result.sop_instance_uid}"
+            )
+            metadata, skipped, bulk = dataset_to_json(
+                ds,
+                # Offsets into a deflated file's inflated data mean nothing in the file.
+                fp=None if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else fp,
+                instance_path=instance_path,
+                inline_threshold=self.bulkdata_inline_threshold,
+            )
             if skipped:
                 log.info("instance %s: attributes left out of metadata: %s", result.sop_instance_uid, skipped)
-            self._store(fp, size, result, transfer_syntax, frame_map, metadata, replace)
+            if frame_map is not None:
+                metadata[PIXEL_DATA] = {
+                    "vr": _pixel_data_vr(ds, transfer_syntax),
+                    "BulkDataURI": bulk_data_uri(instance_path, PIXEL_DATA),
+                }
+                metadata = dict(sorted(metadata.items()))
+            self._store(fp, size, result, transfer_syntax, frame_map, metadata, replace, bulk)
         except InstanceRejected as rejection:
             result.failure_reason = rejection.reason
             result.warning_reason = None
             result.comments = rejection.comments
         return result
 
-    def _store(self, fp, size, result, transfer_syntax, frame_map, metadata, replace) -> None:
+    def _store(self, fp, size, result, transfer_syntax, frame_map, metadata, replace, bulk) -> None:
         key = (
             f"{result.study_instance_uid}/{result.series_instance_uid}/"
             f"{result.sop_instance_uid}/{uuid.uuid4().hex}.dcm"
@@ -143,6 +161,7 @@ class Ingestor:
             sha256=info.sha256,
             frames=None if frame_map is None else _compact_json(frame_map),
             metadata=metadata,
+            bulkdata=_compact_json(bulk) if bulk else None,
         )
         try:
             outcome = self.index.store_instance(record, replace=replace)
@@ -167,6 +186,15 @@ class Ingestor:
             self.store.delete(key)
         except BlobStoreError:
             log.exception("could not delete blob %s; it is an orphan for `dicom gc`", key)
+
+
+def _pixel_data_vr(ds: Dataset, transfer_syntax: str) -> str:
+    """PS3.5 §8.2: encapsulated or up to 8 bits allocated is OB, otherwise OW."""
+    try:
+        encapsulated = UID(transfer_syntax).is_encapsulated
+    except Exception:
+        encapsulated = False
+    return "OB" if encapsulated or int(ds.get("BitsAllocated") or 8) <= 8 else "OW"
 
 
 def _compact_json(value) -> str:

@@ -32,6 +32,8 @@ class Settings:
     spool_memory_bytes: int = 1024 * 1024
     #: Directory for spooled parts; None = the system temp dir.
     spool_dir: str | None = None
+    #: Binary values up to this size are inlined in metadata; larger ones get a BulkDataURI.
+    bulkdata_inline_threshold: int = 1024
     #: QIDO: results per page when the request sets no limit, and the cap.
     qido_default_limit: int = 100
     qido_max_limit: int = 1000
@@ -122,6 +124,7 @@ _VARIABLES = (
     ("max_instance_bytes", "DICOMWEB_MAX_INSTANCE_BYTES", _positive_int),
     ("spool_memory_bytes", "DICOMWEB_SPOOL_MEMORY_BYTES", _positive_int),
     ("spool_dir", "DICOMWEB_SPOOL_DIR", str),
+    ("bulkdata_inline_threshold", "DICOMWEB_BULKDATA_THRESHOLD", _positive_int),
     ("qido_default_limit", "DICOMWEB_QIDO_DEFAULT_LIMIT", _positive_int),
     ("qido_max_limit", "DICOMWEB_QIDO_MAX_LIMIT", _positive_int),
     ("sqlite_busy_timeout_ms", "DICOMWEB_SQLITE_BUSY_TIMEOUT_MS", _positive_int),

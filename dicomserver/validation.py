@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.valuerep import PersonName, validate_value
 
 from .dicomjson import BULK_VRS, DicomJson, string_value
@@ -36,12 +37,15 @@ def _problem(vr: str, value: Any) -> str | None:
 def invalid_attributes(ds: Dataset, _path: str = "") -> Iterator[str]:
     """One 'where: why' comment per invalid value, sequences included."""
     for tag in ds.keys():
+        raw = ds.get_item(tag, keep_deferred=True)
+        if Tag(tag).group == 0x0002 or (raw.VR and any(v in BULK_VRS for v in raw.VR.split(" or "))):
+            continue  # binary values have no syntax to check; do not read them
         try:
             element = ds[tag]
         except Exception as exc:  # the value could not even be converted
-            yield f"{_path}{tag!s}: {exc}"
+            yield f"{_path}{Tag(tag)!s}: {exc}"
             continue
-        if element.tag.group == 0x0002 or element.VR in BULK_VRS:
+        if element.VR in BULK_VRS:
             continue
         name = f"{_path}{element.tag!s} {element.keyword}".rstrip()
         if element.VR == "SQ":

@@ -23,12 +23,13 @@ def test_version_1_database_is_migrated_and_rederived(tmp_path):
     ds = make_instance(PatientName="Doe^John", RequestAttributesSequence=[])
     app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
     app.extensions["dicomserver"].index.close()
-    # Turn it into what release 1 created: no schema_info, no fuzzy/SOP-class columns.
+    # Turn it into what release 1 created: no schema_info, no fuzzy/SOP-class/bulk data columns.
     with sqlite3.connect(tmp_path / "i.db") as db:
         db.execute("DROP TABLE schema_info")
         db.execute("DROP TABLE request_attribute")
         for column in ("patient_name_words", "referring_physician_name_words", "sop_classes_in_study"):
             db.execute(f"ALTER TABLE study DROP COLUMN {column}")
+        db.execute("ALTER TABLE instance DROP COLUMN bulkdata")
 
     client = _app(tmp_path).test_client()
     response = client.get("/v2/studies?PatientName=jo&fuzzymatching=true&includefield=SOPClassesInStudy")

@@ -96,7 +96,10 @@ def test_metadata_three_levels(client, tutorial_study):
     assert study.status_code == 200
     assert study.headers["Content-Type"] == "application/dicom+json"
     assert {m["00080018"]["Value"][0] for m in study.json} == {SOP_RED, SOP_GREEN, SOP_BLUE}
-    assert all("7FE00010" not in m for m in study.json)
+    # Pixel Data is a BulkDataURI (absolute, under the request's versioned base).
+    assert {m["7FE00010"]["BulkDataURI"].split("/instances/")[0] for m in study.json} >= {
+        f"http://localhost/v2/studies/{STUDY_UID}/series/{SERIES_GREEN_RED}"
+    }
     series = client.get(f"/v1/studies/{STUDY_UID}/series/{SERIES_GREEN_RED}/metadata")
     assert len(series.json) == 2
     instance = client.get(RED + "/metadata")

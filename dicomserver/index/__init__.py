@@ -67,6 +67,7 @@ class InstanceRecord:
     sha256: str | None
     frames: str | None
     metadata: DicomJson
+    bulkdata: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ class Index:
                     sha256=rec.sha256,
                     frames=rec.frames,
                     metadata=json.dumps(meta, separators=(",", ":")),
+                    bulkdata=rec.bulkdata,
                     watermark=change.sequence,
                     **_instance_columns(meta),
                 )
@@ -323,10 +325,16 @@ class Index:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
         return rows
 
-    def metadata(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
-        """The stored DICOM JSON texts (one per instance), without parsing them."""
+    def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> tuple[list[str], str]:
+        """The stored DICOM JSON texts (one per instance, unparsed) and a version tag.
+
+        The tag is '<newest watermark>-<count>': it changes whenever an instance is
+        added, replaced or removed, which is what a metadata ETag must follow.
+        """
         query = (
-            Instance.select(Instance.metadata)
+            Instance.select(Instance.metadata, Instance.watermark)
             .join(Series)
             .switch(Instance)
             .join(Study)
@@ -336,10 +344,10 @@ class Index:
             query = query.where(Series.series_instance_uid == series_uid)
         if sop_uid is not None:
             query = query.where(Instance.sop_instance_uid == sop_uid)
-        rows = [r.metadata for r in query.order_by(Series.id, Instance.instance_number, Instance.id)]
+        rows = list(query.order_by(Series.id, Instance.instance_number, Instance.id).tuples())
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
-        return rows
+        return [text for text, _ in rows], f"{max(w for _, w in rows)}-{len(rows)}"
 
     # -- change feed -------------------------------------------------------
     def changes(

@@ -77,8 +77,10 @@ class Instance(BaseModel):
     sha256 = pw.CharField(max_length=64, null=True)
     #: JSON frame map (see frames.py); NULL when frames cannot be located by offset.
     frames = pw.TextField(null=True)
-    #: The instance's DICOM JSON (PS3.18 Annex F), bulk binary elements left out.
+    #: The instance's DICOM JSON (PS3.18 Annex F); large binary values as BulkDataURIs.
     metadata = pw.TextField()
+    #: JSON {bulk data path: [offset, length]} for the BulkDataURIs in `metadata`.
+    bulkdata = pw.TextField(null=True)
     #: Sequence of the change-feed entry that created this version of the instance.
     watermark = pw.BigIntegerField(index=True)
 

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Callable
 
 from playhouse.migrate import SchemaMigrator, migrate
 
-from .models import MODELS, RequestAttribute, SchemaInfo, Series, Study
+from .models import MODELS, Instance, RequestAttribute, SchemaInfo, Series, Study
 
 if TYPE_CHECKING:
     from . import Index
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1_to_v2(index: "Index") -> None:
@@ -35,8 +35,14 @@ def _v1_to_v2(index: "Index") -> None:
     )
 
 
+def _v2_to_v3(index: "Index") -> None:
+    """Bulk data locations (instances stored before have none: their metadata has no BulkDataURI)."""
+    migrator = SchemaMigrator.from_database(index.db)
+    migrate(migrator.add_column("instance", "bulkdata", Instance.bulkdata))
+
+
 #: MIGRATIONS[v] takes a database at version v to v + 1.
-MIGRATIONS: dict[int, Callable[["Index"], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[["Index"], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def ensure_schema(index: "Index") -> None:

@@ -11,7 +11,8 @@ from flask import Blueprint, Response, request
 
 from ..changes import entry_json, parse_bool, parse_int, parse_time
 from ..errors import BadRequest
-from ..extensions import api_version, server
+from ..dicomjson import absolute_uris
+from ..extensions import api_version, base_url, server
 
 bp = Blueprint("changefeed", __name__)
 
@@ -26,7 +27,7 @@ def _arg(name: str) -> str | None:
 
 
 def _json(value) -> Response:
-    return Response(json.dumps(value), content_type="application/json")
+    return Response(absolute_uris(json.dumps(value), base_url()), content_type="application/json")
 
 
 @bp.get("/changefeed")

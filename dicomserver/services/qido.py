@@ -5,6 +5,7 @@ import json
 
 from flask import Blueprint, Response, request
 
+from ..dicomjson import absolute_uris
 from ..extensions import base_url, server
 from ..index.query import search
 from ..matching import INSTANCE, SERIES, STUDY, parse_query
@@ -43,7 +44,8 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
         default_limit=settings.qido_default_limit,
         max_limit=settings.qido_max_limit,
     )
-    results, more = search(query, base_url=base_url(), study_uid=study_uid, series_uid=series_uid)
+    root = base_url()
+    results, more = search(query, base_url=root, study_uid=study_uid, series_uid=series_uid)
     warnings = []
     host = request.host
     if query.ignored:
@@ -58,7 +60,7 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
             f'299 {host} "The number of results exceeded the maximum supported by the server. '
             f'Additional results can be requested with offset={query.offset + query.limit}."'
         )
-    response = Response(json.dumps(results), content_type=DICOM_JSON)
+    response = Response(absolute_uris(json.dumps(results), root), content_type=DICOM_JSON)
     for warning in warnings:
         response.headers.add("Warning", warning)
     return response

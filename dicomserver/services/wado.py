@@ -1,11 +1,14 @@
 """WADO-RS (PS3.18 §10.4): study, series, instance, metadata and frames."""
 from __future__ import annotations
 
+import zlib
+
 from flask import Blueprint, Response, request
 from werkzeug.wsgi import wrap_file
 
 from ..errors import NotFound
-from ..extensions import server
+from ..dicomjson import absolute_uris
+from ..extensions import base_url, server
 from ..media import DICOM_JSON, negotiate_retrieve, parse_accept, require_json
 from ..retrieve import Body, choose, frames_body, instances_body
 from ..uids import parse_frame_list, require_uid
@@ -40,9 +43,17 @@ def retrieve(study: str, series: str | None = None, instance: str | None = None)
 def metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     uids = _uids(study, series, instance)
     require_json(parse_accept(request.headers.get("Accept")))
-    documents = server().index.metadata(*uids)
+    documents, version = server().index.metadata(*uids)
+    root = base_url()
+    # The representation depends on the versioned base URL (absolute BulkDataURIs).
+    etag = f"{version}-{zlib.crc32(root.encode()):08x}"
+    if etag in request.if_none_match:
+        return Response(status=304, headers={"ETag": f'"{etag}"'})
     # Each instance's DICOM JSON was serialised at STOW: join, never re-parse.
-    return Response("[" + ",".join(documents) + "]", content_type=DICOM_JSON)
+    body = absolute_uris("[" + ",".join(documents) + "]", root)
+    response = Response(body, content_type=DICOM_JSON)
+    response.set_etag(etag)
+    return response
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>")

@@ -192,7 +192,9 @@ def assert_metadata(result: CurlResult, sops: set[str]) -> None:
     for document in documents:
         assert value(document, TAG_STUDY_UID) == STUDY_UID
         assert value(document, TAG_SERIES_UID) == SERIES_OF[value(document, TAG_SOP_UID)]
-        assert TAG_PIXEL_DATA not in document
+        # Pixel Data is never inlined: only a BulkDataURI pointing at this instance.
+        assert set(document[TAG_PIXEL_DATA]) == {"vr", "BulkDataURI"}
+        assert document[TAG_PIXEL_DATA]["BulkDataURI"].endswith(f"/instances/{value(document, TAG_SOP_UID)}/bulkdata/7FE00010")
 
 
 def assert_one_match(result: CurlResult, tag: str, uid: str) -> None:

@@ -158,7 +158,10 @@ def assert_metadata(documents: list[dict], sops: set[str]) -> None:
     for document in documents:
         assert document[TAG_STUDY_UID]["Value"] == [STUDY_UID]
         assert document[TAG_SERIES_UID]["Value"] == [SERIES_OF[document[TAG_SOP_UID]["Value"][0]]]
-        assert TAG_PIXEL_DATA not in document
+        # Pixel Data is never inlined: only a BulkDataURI pointing at this instance.
+        assert set(document[TAG_PIXEL_DATA]) == {"vr", "BulkDataURI"}
+        sop = document[TAG_SOP_UID]["Value"][0]
+        assert document[TAG_PIXEL_DATA]["BulkDataURI"].endswith(f"/instances/{sop}/bulkdata/7FE00010")
 
 
 def assert_one_match(results: list[dict], response: requests.Response, tag: str, uid: str) -> None:

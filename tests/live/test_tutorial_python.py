@@ -195,7 +195,9 @@ def assert_metadata(response: requests.Response, sops: set[str]) -> None:
         sop = value(document, TAG_SOP_UID)
         assert value(document, TAG_STUDY_UID) == study_uid
         assert value(document, TAG_SERIES_UID) == SERIES_OF[sop]
-        assert TAG_PIXEL_DATA not in document, "metadata must not carry PixelData"
+        # Pixel Data is never inlined: only a BulkDataURI pointing at this instance.
+        assert set(document[TAG_PIXEL_DATA]) == {"vr", "BulkDataURI"}
+        assert document[TAG_PIXEL_DATA]["BulkDataURI"].endswith(f"/instances/{sop}/bulkdata/7FE00010")
 
 
 def assert_one_match(response: requests.Response, tag: str, uid: str) -> None:
