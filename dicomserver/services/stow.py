@@ -11,16 +11,19 @@ from typing import Iterator
 
 from flask import Blueprint, Response, request
 
-from ..errors import BadRequest, UnsupportedMediaType
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ..extensions import api_version, base_url, server
 from ..ingest import INVALID_DATASET, PartResult, spool
-from ..media import DICOM, DICOM_JSON, MULTIPART_RELATED, parse_accept, parse_media_type, require_json
+from ..media import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, parse_accept, parse_media_type, require_json
 from ..multipart import End, MultipartError, PartData, PartEnd, PartStart, iter_events
-from ..uids import require_uid
+from ..stow_json import BulkPart, MetadataRejected, build_part10, is_bulk_media_type
+from ..uids import normalize_uid, require_uid
 
 bp = Blueprint("stow", __name__)
 
 READ_CHUNK = 64 * 1024
+#: A DICOM JSON metadata part is parsed whole: keep it bounded.
+MAX_JSON_PART_BYTES = 64 * 1024 * 1024
 
 
 @bp.route("/studies", methods=["POST", "PUT"])
@@ -34,11 +37,12 @@ def store_instances(study: str | None = None) -> Response:
         results = [_store_single(study_uid, replace)]
     elif mimetype == MULTIPART_RELATED:
         part_type = (params.get("type") or DICOM).lower()
-        if part_type != DICOM:
+        if part_type not in (DICOM, DICOM_JSON):
             raise UnsupportedMediaType(
-                f'multipart/related with type="{part_type}" is not supported; use type="application/dicom"'
+                f'multipart/related with type="{part_type}" is not supported; use type="application/dicom" '
+                'or type="application/dicom+json" (metadata and bulk data)'
             )
-        results = _store_multipart(params.get("boundary"), study_uid, replace)
+        results = _store_multipart(params.get("boundary"), part_type, study_uid, replace)
     else:
         raise UnsupportedMediaType(
             f"Content-Type {mimetype or '(none)'!r} is not supported; send "
@@ -71,38 +75,113 @@ def _store_single(study_uid: str | None, replace: bool) -> PartResult:
         return server().ingestor.ingest(fp, size, study_uid=study_uid, replace=replace)
 
 
-def _store_multipart(boundary: str | None, study_uid: str | None, replace: bool) -> list[PartResult]:
-    """Store each part as soon as it is complete; a truncated part is never stored."""
-    ingestor = server().ingestor
+def _store_multipart(boundary: str | None, root_type: str, study_uid: str | None, replace: bool) -> list[PartResult]:
+    """Store each Part 10 part as soon as it is complete; a truncated part is never stored.
+
+    DICOM JSON parts (PS3.18 §10.5: metadata and bulk data) are assembled into Part 10
+    files once the whole body has arrived, since their bulk data parts may follow them.
+    """
+    state = server()
+    ingestor = state.ingestor
     results: list[PartResult] = []
+    datasets: list[dict] = []
+    bulk: dict[str, BulkPart] = {}
     events = iter_events(request.stream.read, boundary, chunk_size=READ_CHUNK)
     try:
-        for event in events:
-            if isinstance(event, End):
-                break
-            if not isinstance(event, PartStart):
-                continue
-            media = parse_media_type(event.content_type)[0] if event.content_type else DICOM
-            fp, size = _spool(_part_data(events))
-            with fp:
-                if media != DICOM:
-                    results.append(
-                        PartResult(
-                            failure_reason=INVALID_DATASET,
-                            comments=[f"part media type {media!r} is not supported; use application/dicom"],
-                        )
-                    )
+        try:
+            for event in events:
+                if isinstance(event, End):
+                    break
+                if not isinstance(event, PartStart):
                     continue
-                results.append(ingestor.ingest(fp, size, study_uid=study_uid, replace=replace))
-    except MultipartError as exc:
-        stored = sum(r.stored for r in results)
-        raise BadRequest(
-            f"malformed multipart/related body: {exc} "
-            f"({stored} instance(s) that arrived complete before the error were stored)"
-        ) from None
+                content_type = event.content_type or root_type
+                media = parse_media_type(content_type)[0]
+                if media in (DICOM_JSON, JSON):
+                    datasets.extend(_json_datasets(events, results))
+                    continue
+                location = event.headers.get("content-location")
+                if media != DICOM and location and is_bulk_media_type(media):
+                    fp, size = _spool(_part_data(events))
+                    bulk[location.strip()] = BulkPart(content_type, fp, size)
+                    continue
+                fp, size = _spool(_part_data(events))
+                with fp:
+                    if media != DICOM:
+                        results.append(
+                            PartResult(
+                                failure_reason=INVALID_DATASET,
+                                comments=[
+                                    f"part media type {media!r} is not supported here; use application/dicom, "
+                                    "or application/dicom+json with bulk data parts that have a Content-Location"
+                                ],
+                            )
+                        )
+                        continue
+                    results.append(ingestor.ingest(fp, size, study_uid=study_uid, replace=replace))
+        except MultipartError as exc:
+            stored = sum(r.stored for r in results)
+            raise BadRequest(
+                f"malformed multipart/related body: {exc} "
+                f"({stored} instance(s) that arrived complete before the error were stored)"
+            ) from None
+        for metadata in datasets:
+            results.append(_store_json_dataset(metadata, bulk, study_uid, replace))
+    finally:
+        for part in bulk.values():
+            part.fp.close()
     if not results:
-        raise BadRequest("the multipart/related body contains no parts")
+        raise BadRequest("the multipart/related body contains no DICOM instances")
     return results
+
+
+def _json_datasets(events, results: list[PartResult]) -> list[dict]:
+    """The datasets of one application/dicom+json part (a JSON array, or one object)."""
+    settings = server().settings
+    fp, _size = spool(
+        _part_data(events),
+        max_bytes=MAX_JSON_PART_BYTES,
+        memory_bytes=settings.spool_memory_bytes,
+        spool_dir=settings.spool_dir,
+    )
+    with fp:
+        try:
+            document = json.load(fp)
+        except ValueError as exc:
+            results.append(PartResult(failure_reason=INVALID_DATASET, comments=[f"the DICOM JSON part is not valid JSON: {exc}"]))
+            return []
+    items = document if isinstance(document, list) else [document]
+    good = [item for item in items if isinstance(item, dict)]
+    if len(good) != len(items):
+        results.append(
+            PartResult(failure_reason=INVALID_DATASET, comments=["the DICOM JSON part must be an array of DICOM JSON objects"])
+        )
+    return good
+
+
+def _store_json_dataset(metadata: dict, bulk: dict[str, BulkPart], study_uid: str | None, replace: bool) -> PartResult:
+    state = server()
+    try:
+        fp, size = build_part10(
+            metadata, bulk, spool_dir=state.settings.spool_dir, memory_bytes=state.settings.spool_memory_bytes
+        )
+    except MetadataRejected as exc:
+        return PartResult(
+            sop_class_uid=_json_uid(metadata, "00080016"),
+            sop_instance_uid=_json_uid(metadata, "00080018"),
+            failure_reason=INVALID_DATASET,
+            comments=[str(exc)],
+        )
+    with fp:
+        if size > state.settings.max_instance_bytes:
+            raise PayloadTooLarge(
+                f"a DICOM instance is larger than this server's limit of {state.settings.max_instance_bytes} bytes"
+            )
+        return state.ingestor.ingest(fp, size, study_uid=study_uid, replace=replace)
+
+
+def _json_uid(metadata: dict, key: str) -> str | None:
+    values = (metadata.get(key) or {}).get("Value") or []
+    return normalize_uid(str(values[0])) if values else None
 
 
 def _part_data(events) -> Iterator[bytes]:
