@@ -39,6 +39,8 @@ class Settings:
     qido_max_limit: int = 1000
     #: SQLite busy timeout: how long a writer waits for another process' lock.
     sqlite_busy_timeout_ms: int = 30000
+    #: Largest instance /rendered and /thumbnail will decode; larger ones are refused with 406.
+    max_render_bytes: int = 512 * 1024**2
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -128,4 +130,5 @@ _VARIABLES = (
     ("qido_default_limit", "DICOMWEB_QIDO_DEFAULT_LIMIT", _positive_int),
     ("qido_max_limit", "DICOMWEB_QIDO_MAX_LIMIT", _positive_int),
     ("sqlite_busy_timeout_ms", "DICOMWEB_SQLITE_BUSY_TIMEOUT_MS", _positive_int),
+    ("max_render_bytes", "DICOMWEB_MAX_RENDER_BYTES", _positive_int),
 )

@@ -14,9 +14,9 @@ _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed")
 
 
 def register_services(app: Flask) -> None:
-    from . import bulkdata, changefeed, delete, ops, qido, stow, wado
+    from . import bulkdata, changefeed, delete, ops, qido, rendered, stow, wado
 
-    for module in (stow, wado, bulkdata, qido, delete, changefeed):
+    for module in (stow, wado, bulkdata, qido, delete, changefeed, rendered):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
 
