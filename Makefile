@@ -23,7 +23,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
-	@command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+	@missing=""; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v dcm2json >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+		else echo "the full suite needs:$$missing (apt-get install as root)"; fi; \
+	fi
 
 ## Serve with gunicorn, local blob storage and SQLite under ./data
 run: install

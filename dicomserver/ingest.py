@@ -130,7 +130,11 @@ class Ingestor:
             )
             if skipped:
                 log.info("instance %s: attributes left out of metadata: %s", result.sop_instance_uid, skipped)
-            if frame_map is not None:
+            # Deflated files have no offsets, but their Pixel Data is still served (by parsing).
+            has_pixels = frame_map is not None or (
+                transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and "Rows" in ds
+            )
+            if has_pixels:
                 metadata[PIXEL_DATA] = {
                     "vr": _pixel_data_vr(ds, transfer_syntax),
                     "BulkDataURI": bulk_data_uri(instance_path, PIXEL_DATA),

@@ -11,6 +11,7 @@ import json
 import re
 from typing import Iterator
 
+import pydicom
 from flask import Blueprint, Response, request
 
 from ..errors import BadRequest, NotAcceptable, NotFound
@@ -25,6 +26,8 @@ bp = Blueprint("bulkdata", __name__)
 PIXEL_DATA = "7FE00010"
 _PATH = re.compile(r"[0-9A-F]{8}(/[0-9]+/[0-9A-F]{8})*")
 _CHUNK = 1 << 20
+#: Largest file whose Pixel Data is found by parsing it whole (deflated files only).
+MAX_PARSED_BYTES = 256 * 1024 * 1024
 
 Ranges = list[tuple[int, int]]  # (offset, length) in the stored file
 
@@ -41,6 +44,8 @@ def bulkdata(study: str, series: str, instance: str, tag_path: str) -> Response:
         raise BadRequest(f"invalid bulk data path {tag_path!r}: expected GGGGEEEE[/item/GGGGEEEE...]")
     state = server()
     (row,) = state.index.instances(*uids)
+    if path == PIXEL_DATA and row.frames is None:
+        return _parsed_pixel_data(state.store, row)
     parts, content_type = _locate(row, path)
     multipart = _wants_multipart(len(parts))
     key = row.blob_key
@@ -75,6 +80,27 @@ def bulkdata(study: str, series: str, instance: str, tag_path: str) -> Response:
     response = Response(generate(), content_type=writer.content_type(OCTET_STREAM))
     response.content_length = length
     return response
+
+
+def _parsed_pixel_data(store, row) -> Response:
+    """Pixel Data of a file without recorded offsets (deflated): parse it, within a bound."""
+    if row.rows is None:
+        raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")
+    if row.size > MAX_PARSED_BYTES:
+        raise NotAcceptable(
+            f"the Pixel Data of instance {row.sop_instance_uid} cannot be located without parsing the "
+            f"file, which this server does only up to {MAX_PARSED_BYTES} bytes"
+        )
+    with store.open(row.blob_key) as fp:
+        value = pydicom.dcmread(fp).get("PixelData")
+    if value is None:
+        raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")
+    content_type = f"{OCTET_STREAM}; transfer-syntax={row.transfer_syntax_uid}"
+    if not _wants_multipart(1):
+        return Response(value, content_type=content_type)
+    writer = MultipartWriter()
+    body = writer.part_head({"Content-Type": content_type}) + value + writer.close()
+    return Response(body, content_type=writer.content_type(OCTET_STREAM))
 
 
 def _locate(row, path: str) -> tuple[list[Ranges], str]:
