@@ -140,6 +140,34 @@ _RESOURCES = {
     "frames": (OCTET_STREAM, True),
 }
 
+#: Frames may also be asked for in a compressed media type (PS3.18 Table 8.7.3-5):
+#: the transfer syntax it implies when the entry names none, and those it may name.
+FRAME_MEDIA_TYPES: dict[str, tuple[str, frozenset[str]]] = {
+    "image/jpeg": (
+        "1.2.840.10008.1.2.4.50",
+        frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}),
+    ),
+    "image/jls": ("1.2.840.10008.1.2.4.80", frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})),
+    "image/jp2": ("1.2.840.10008.1.2.4.90", frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})),
+    "image/jpx": ("1.2.840.10008.1.2.4.92", frozenset({"1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"})),
+    "image/jphc": (
+        "1.2.840.10008.1.2.4.201",
+        frozenset({"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}),
+    ),
+    "image/dicom-rle": ("1.2.840.10008.1.2.5", frozenset({"1.2.840.10008.1.2.5"})),
+    "image/x-dicom-rle": ("1.2.840.10008.1.2.5", frozenset({"1.2.840.10008.1.2.5"})),
+}
+
+
+def syntax_fits(media_type: str, transfer_syntax: str) -> bool:
+    """Whether data in `transfer_syntax` may be labelled `media_type`.
+
+    application/dicom and application/octet-stream carry any transfer syntax; an
+    image/* type only its own (a JPEG 2000 stream is never sent as image/jpeg).
+    """
+    entry = FRAME_MEDIA_TYPES.get(media_type)
+    return entry is None or transfer_syntax in entry[1]
+
 
 def negotiate_retrieve(ranges: list[MediaRange], resource: str) -> list[Rendition]:
     """List the renditions the client accepts, best first; raise NotAcceptable if none.
@@ -150,20 +178,24 @@ def negotiate_retrieve(ranges: list[MediaRange], resource: str) -> list[Renditio
     media_type, single_part_ok = _RESOURCES[resource]
     offers: list[Rendition] = []
     for r in ranges:
-        offer = _offer_for(r, media_type, single_part_ok)
+        offer = _offer_for(r, resource)
         if offer is not None and offer not in offers:
             offers.append(offer)
     if not offers:
         framing = "multipart/related" if not single_part_ok else f"{media_type} or multipart/related"
+        also = ""
+        if resource == "frames":
+            also = f" (or one of {', '.join(sorted(FRAME_MEDIA_TYPES))} with its own transfer syntaxes)"
         raise NotAcceptable(
             f"the Accept header allows no representation of this resource; this server "
-            f"offers {framing} with type=\"{media_type}\" and an optional transfer-syntax "
+            f"offers {framing} with type=\"{media_type}\"{also} and an optional transfer-syntax "
             "parameter (use transfer-syntax=* for the stored encoding)"
         )
     return offers
 
 
-def _offer_for(r: MediaRange, media_type: str, single_part_ok: bool) -> Rendition | None:
+def _offer_for(r: MediaRange, resource: str) -> Rendition | None:
+    media_type, single_part_ok = _RESOURCES[resource]
     ts = r.transfer_syntax
     if ts is not None and ts != ANY_TRANSFER_SYNTAX and not is_valid_uid(ts):
         return None
@@ -175,11 +207,22 @@ def _offer_for(r: MediaRange, media_type: str, single_part_ok: bool) -> Renditio
         inner = (r.params.get("type") or media_type).lower()
         if inner in ("*/*", "application/*"):
             return Rendition(True, media_type, ts or ANY_TRANSFER_SYNTAX)
-        if inner == media_type:
-            return Rendition(True, media_type, ts or EXPLICIT_VR_LITTLE_ENDIAN)
-        return None
-    if r.mimetype == media_type and single_part_ok:
-        return Rendition(False, media_type, ts or EXPLICIT_VR_LITTLE_ENDIAN)
+        return _typed_offer(True, inner, ts, resource)
+    if single_part_ok:
+        return _typed_offer(False, r.mimetype, ts, resource)
+    return None
+
+
+def _typed_offer(multipart: bool, mimetype: str, ts: str | None, resource: str) -> Rendition | None:
+    media_type, _ = _RESOURCES[resource]
+    if mimetype == media_type:
+        return Rendition(multipart, media_type, ts or EXPLICIT_VR_LITTLE_ENDIAN)
+    if resource == "frames" and mimetype in FRAME_MEDIA_TYPES:
+        default, allowed = FRAME_MEDIA_TYPES[mimetype]
+        ts = ts or default
+        if ts != ANY_TRANSFER_SYNTAX and ts not in allowed:
+            return None  # e.g. image/jp2 with a JPEG baseline syntax: contradictory
+        return Rendition(multipart, mimetype, ts)
     return None
 
 

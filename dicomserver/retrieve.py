@@ -1,22 +1,41 @@
 """WADO-RS planning: which bytes answer a retrieve, in which framing and transfer syntax.
 
 Every index read happens here, before the response starts; the generators this
-module returns touch only the blob store, so no database connection is held while
-bytes flow to a slow client. Stored bytes are served as they are: until
-transcoding exists, a transfer syntax other than the stored one is a 406.
+module returns touch only the blob store (and the transcoder), so no database
+connection is held while bytes flow to a slow client.
+
+An instance asked for in its stored transfer syntax (or with `transfer-syntax=*`)
+is served as stored, by ranged reads. Any other syntax is transcoded (see
+`transcode.py`) instance by instance, so a multi-instance study or series can be
+transcoded too: each instance is converted into a spool file just before its part
+is sent. The length of such a body is unknown when it starts, so it goes out
+chunked; a single transcoded instance or frame is converted before the response
+starts, which gives it a Content-Length and turns a codec failure into a clean 406.
 """
 from __future__ import annotations
 
+import json
+import math
+from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from backends.base import BlobStore
 
 from .errors import BadRequest, NotAcceptable, NotFound
 from .frames import frame_count, frame_ranges
 from .index.models import Instance
-from .media import ANY_TRANSFER_SYNTAX, NATIVE_LITTLE_ENDIAN, Rendition, part_content_type
+from .media import ANY_TRANSFER_SYNTAX, NATIVE_LITTLE_ENDIAN, Rendition, part_content_type, syntax_fits
 from .multipart import MultipartWriter
+from .settings import Settings
+from .transcode import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    TARGETS,
+    can_transcode,
+    transcode_frames,
+    transcode_instance,
+    why_not,
+)
 
 CHUNK = 1 << 20
 
@@ -26,103 +45,285 @@ class Body:
     """A response body to stream: headers and a lazy iterator of chunks."""
 
     content_type: str
-    length: int
+    #: None when unknown up front (transcoded parts): the response goes out chunked.
+    length: int | None
     chunks: Iterable[bytes]
     #: Set for a single stored file on local disk: serve it with sendfile.
     local_path: str | None = None
 
 
-def _stored_syntax_ok(stored: str, wanted: str) -> bool:
-    return wanted == ANY_TRANSFER_SYNTAX or wanted == stored
+class _Refused(Exception):
+    """This rendition cannot be produced for one instance; the message says why."""
 
 
-def choose(renditions: list[Rendition], stored_syntaxes: set[str], *, frames: bool = False) -> Rendition:
-    """The first acceptable rendition every instance can be served in; else 406."""
+@dataclass(frozen=True)
+class _Plan:
+    """How one instance (or its frames) is served: in which syntax, and whether converted."""
+
+    syntax: str
+    transcode: bool
+
+
+def choose(
+    renditions: list[Rendition], instances: list[Instance], settings: Settings, *, frames: bool = False
+) -> Rendition:
+    """The first acceptable rendition every instance can be served in; else 406 saying why."""
+    reasons: list[str] = []
     for rendition in renditions:
-        if all(_can_serve(ts, rendition.transfer_syntax, frames) for ts in stored_syntaxes):
-            return rendition
-    wanted = ", ".join(sorted({r.transfer_syntax for r in renditions}))
-    stored = ", ".join(sorted(stored_syntaxes))
+        try:
+            for instance in instances:
+                _plan(instance, rendition, settings, frames=frames)
+        except _Refused as exc:
+            if str(exc) not in reasons:
+                reasons.append(str(exc))
+            continue
+        return rendition
     raise NotAcceptable(
-        f"the requested transfer syntax ({wanted}) cannot be served: the data is stored as "
-        f"{stored} and this server does not transcode yet; request transfer-syntax=* "
-        "to receive the stored encoding"
+        "; ".join(reasons) + "; request transfer-syntax=* to receive the stored encoding"
     )
 
 
-def _can_serve(stored: str, wanted: str, frames: bool) -> bool:
-    if _stored_syntax_ok(stored, wanted):
-        return True
-    # Pixel bytes of implicit and explicit VR little endian are identical.
-    return frames and stored in NATIVE_LITTLE_ENDIAN and wanted in NATIVE_LITTLE_ENDIAN
+def _plan(instance: Instance, rendition: Rendition, settings: Settings, *, frames: bool) -> _Plan:
+    """Decide how `instance` is served in `rendition`, or raise _Refused."""
+    stored = instance.transfer_syntax_uid
+    wanted = rendition.transfer_syntax
+    media_type = rendition.media_type
+    has_pixels = instance.rows is not None
+    # Frames are cut from the stored file by recorded offsets; without them
+    # (deflated, unaligned bit-packed) a frame has to be decoded even "as stored".
+    cut_as_stored = not frames or instance.frames is not None or not has_pixels
+    if wanted == ANY_TRANSFER_SYNTAX:
+        if cut_as_stored:
+            if not syntax_fits(media_type, stored):
+                raise _Refused(
+                    f"instance {instance.sop_instance_uid} is stored as {stored}, "
+                    f"which cannot be sent as {media_type}"
+                )
+            return _Plan(stored, False)
+        wanted = EXPLICIT_VR_LITTLE_ENDIAN
+        if not syntax_fits(media_type, wanted):
+            raise _Refused(
+                f"the frames of instance {instance.sop_instance_uid} (stored as {stored}) "
+                f"can only be decoded to {wanted}, which cannot be sent as {media_type}"
+            )
+    if wanted == stored and cut_as_stored:
+        return _Plan(stored, False)
+    if frames and (not has_pixels or (cut_as_stored and stored in NATIVE_LITTLE_ENDIAN and wanted in NATIVE_LITTLE_ENDIAN)):
+        # No pixel data is a 404 later; native little endian frames are the same bytes.
+        return _Plan(wanted, False)
+    if not has_pixels:
+        # Only the header is re-encoded: any syntax this server writes will do.
+        if wanted not in TARGETS:
+            raise _Refused(f"cannot transcode instance {instance.sop_instance_uid}: {why_not(stored, wanted)}")
+        return _Plan(wanted, True)
+    if not can_transcode(stored, wanted):
+        raise _Refused(
+            f"instance {instance.sop_instance_uid} is stored as {stored} and cannot be "
+            f"transcoded to {wanted}: {why_not(stored, wanted)}"
+        )
+    if instance.bits_allocated == 1 and wanted not in NATIVE_LITTLE_ENDIAN:
+        raise _Refused(
+            f"instance {instance.sop_instance_uid} has bit-packed pixel data (Bits Allocated 1), "
+            f"which can only be served natively, not as {wanted}"
+        )
+    _check_size(instance, settings.max_transcode_bytes, frames=frames)
+    return _Plan(wanted, True)
 
 
-def served_syntax(stored: str, rendition: Rendition) -> str:
-    return stored if rendition.transfer_syntax == ANY_TRANSFER_SYNTAX else rendition.transfer_syntax
+def _check_size(instance: Instance, limit: int, *, frames: bool) -> None:
+    """Transcoding holds decoded pixels in memory: refuse what would not fit the limit.
+
+    Frames are decoded one at a time, so for them the frame counts (and the whole
+    file when it is deflated, since that cannot be read in place); whole instances
+    count their stored size and their decoded pixel data.
+    """
+    frame = _decoded_frame_bytes(instance)
+    count = max(instance.number_of_frames or 1, 1)
+    if frames:
+        size = max(frame, instance.size if instance.frames is None else 0)
+    else:
+        size = max(instance.size, frame * count)
+    if size > limit:
+        raise _Refused(
+            f"instance {instance.sop_instance_uid} is too large to transcode ({size} bytes; "
+            f"the limit is {limit}); use transfer-syntax=*"
+        )
 
 
-def instances_body(store: BlobStore, instances: list[Instance], rendition: Rendition) -> Body:
+def _decoded_frame_bytes(instance: Instance) -> int:
+    samples = 1
+    try:
+        value = json.loads(instance.metadata).get("00280002", {}).get("Value")
+        samples = int(value[0]) if value else 1
+    except (ValueError, TypeError, AttributeError):
+        pass
+    bits = instance.bits_allocated or 8
+    return (instance.rows or 0) * (instance.columns or 0) * samples * math.ceil(bits / 8)
+
+
+# -- whole instances --------------------------------------------------------------
+
+
+def instances_body(store: BlobStore, instances: list[Instance], rendition: Rendition, settings: Settings) -> Body:
     """Whole instances, as one single-part body or multipart/related."""
+    plans = [_plan(i, rendition, settings, frames=False) for i in instances]
     if not rendition.multipart:
-        (instance,) = instances
+        ((instance,), (plan,)) = (instances, plans)
+        content_type = part_content_type(rendition.media_type, plan.syntax)
+        if plan.transcode:
+            spool = _transcode(store, instance, plan.syntax, settings)
+            return Body(content_type, _spool_size(spool), _SpoolChunks(spool))
         return Body(
-            content_type=part_content_type(rendition.media_type, served_syntax(instance.transfer_syntax_uid, rendition)),
+            content_type=content_type,
             length=instance.size,
             chunks=_blob_chunks(store, instance.blob_key, 0, instance.size),
             local_path=store.local_path(instance.blob_key),
         )
-    parts = [
-        (
-            {"Content-Type": part_content_type(rendition.media_type, served_syntax(i.transfer_syntax_uid, rendition))},
-            [(i.blob_key, 0, i.size)],
-        )
-        for i in instances
-    ]
-    return _multipart(store, MultipartWriter(), rendition.media_type, parts)
+    parts: list[_Part] = []
+    for instance, plan in zip(instances, plans):
+        headers = {"Content-Type": part_content_type(rendition.media_type, plan.syntax)}
+        if plan.transcode:
+            parts.append(_Part(headers, None, _transcoded_chunks_of(store, instance, plan.syntax, settings)))
+        else:
+            parts.append(_Part(headers, instance.size, _stored_chunks_of(store, instance.blob_key, 0, instance.size)))
+    return _multipart(MultipartWriter(), rendition.media_type, parts)
 
 
-def frames_body(store: BlobStore, instance: Instance, numbers: list[int], rendition: Rendition) -> Body:
-    """Frames of one instance, by ranged reads at the offsets recorded at STOW."""
-    if instance.frames is None:
-        if instance.rows is None:
-            raise NotFound(f"instance {instance.sop_instance_uid} has no pixel data")
-        raise NotAcceptable(
-            f"the frames of instance {instance.sop_instance_uid} (stored as "
-            f"{instance.transfer_syntax_uid}) cannot be extracted without transcoding, "
-            "which this server does not support yet"
+def _transcode(store: BlobStore, instance: Instance, target: str, settings: Settings):
+    with store.open(instance.blob_key) as fp:
+        return transcode_instance(
+            fp, target, spool_memory_bytes=settings.spool_memory_bytes, spool_dir=settings.spool_dir
         )
-    count = frame_count(instance.frames)
+
+
+def _transcoded_chunks_of(store: BlobStore, instance: Instance, target: str, settings: Settings):
+    def chunks() -> Iterator[bytes]:
+        with _SpoolChunks(_transcode(store, instance, target, settings)) as spooled:
+            yield from spooled
+
+    return chunks
+
+
+def _spool_size(spool) -> int:
+    spool.seek(0, 2)
+    size = spool.tell()
+    spool.seek(0)
+    return size
+
+
+class _SpoolChunks:
+    """Iterate a spool file in chunks and close it at the end, or when the server
+    closes the response early (werkzeug calls close() on the body iterable)."""
+
+    def __init__(self, spool) -> None:
+        self._spool = spool
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while chunk := self._spool.read(CHUNK):
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def __enter__(self) -> _SpoolChunks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- frames -----------------------------------------------------------------------
+
+
+def frames_body(
+    store: BlobStore, instance: Instance, numbers: list[int], rendition: Rendition, settings: Settings
+) -> Body:
+    """Frames of one instance: ranged reads at the offsets recorded at STOW, or decoded."""
+    if instance.rows is None:
+        raise NotFound(f"instance {instance.sop_instance_uid} has no pixel data")
+    count = frame_count(instance.frames) if instance.frames is not None else max(instance.number_of_frames or 1, 1)
     missing = [n for n in numbers if n > count]
     if missing:
         raise NotFound(
             f"frame {missing[0]} does not exist: instance {instance.sop_instance_uid} has {count} frame(s)"
         )
-    content_type = part_content_type(rendition.media_type, served_syntax(instance.transfer_syntax_uid, rendition))
+    if not rendition.multipart and len(numbers) != 1:
+        raise BadRequest("several frames need a multipart/related Accept header")
+    plan = _plan(instance, rendition, settings, frames=True)
+    content_type = part_content_type(rendition.media_type, plan.syntax)
+
+    if plan.transcode:
+        if not rendition.multipart:
+            # One frame: convert it now, so a codec failure is still a clean 406.
+            with closing(_transcoded_frames(store, instance, numbers, plan.syntax)) as frames:
+                data = b"".join(frames)
+            return Body(content_type, len(data), [data])
+        writer = MultipartWriter()
+
+        def generate() -> Iterator[bytes]:
+            with closing(_transcoded_frames(store, instance, numbers, plan.syntax)) as frames:
+                for data in frames:
+                    yield writer.part_head({"Content-Type": content_type})
+                    yield data
+            yield writer.close()
+
+        return Body(writer.content_type(rendition.media_type), None, generate())
+
     ranges = [frame_ranges(instance.frames, n) for n in numbers]
     if not rendition.multipart:
-        if len(numbers) != 1:
-            raise BadRequest("several frames need a multipart/related Accept header")
         return Body(content_type, sum(n for _, n in ranges[0]), _ranges_chunks(store, instance.blob_key, ranges[0]))
-    return _multipart(
-        store,
-        MultipartWriter(),
-        rendition.media_type,
-        [({"Content-Type": content_type}, [(instance.blob_key, s, n) for s, n in r]) for r in ranges],
-    )
+    parts = [
+        _Part(
+            {"Content-Type": content_type},
+            sum(n for _, n in frame),
+            _ranges_chunks_of(store, instance.blob_key, frame),
+        )
+        for frame in ranges
+    ]
+    return _multipart(MultipartWriter(), rendition.media_type, parts)
 
 
-def _multipart(store: BlobStore, writer: MultipartWriter, media_type: str, parts) -> Body:
-    """parts: [(headers, [(blob_key, start, length), ...]), ...]."""
-    length = writer.framing_size([h for h, _ in parts]) + sum(n for _, rs in parts for _, _, n in rs)
+def _transcoded_frames(store: BlobStore, instance: Instance, numbers: list[int], target: str) -> Iterator[bytes]:
+    with store.open(instance.blob_key) as fp:
+        yield from transcode_frames(fp, numbers, target)
+
+
+# -- framing ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One part of a multipart body: headers, length (None if unknown), its chunks."""
+
+    headers: dict[str, str]
+    length: int | None
+    chunks: Callable[[], Iterable[bytes]]  # called when the part's turn comes
+
+
+def _multipart(writer: MultipartWriter, media_type: str, parts: list[_Part]) -> Body:
+    lengths = [p.length for p in parts]
+    length = None
+    if None not in lengths:
+        length = writer.framing_size([p.headers for p in parts]) + sum(lengths)
 
     def generate() -> Iterator[bytes]:
-        for headers, ranges in parts:
-            yield writer.part_head(headers)
-            for key, start, n in ranges:
-                yield from _blob_chunks(store, key, start, n)
+        for part in parts:
+            yield writer.part_head(part.headers)
+            yield from part.chunks()
         yield writer.close()
 
     return Body(writer.content_type(media_type), length, generate())
+
+
+def _stored_chunks_of(store: BlobStore, key: str, start: int, length: int):
+    return lambda: _blob_chunks(store, key, start, length)
+
+
+def _ranges_chunks_of(store: BlobStore, key: str, ranges: list[tuple[int, int]]):
+    return lambda: _ranges_chunks(store, key, ranges)
 
 
 def _ranges_chunks(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> Iterator[bytes]:

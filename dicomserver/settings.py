@@ -28,6 +28,9 @@ class Settings:
     public_url: str | None = None
     #: Largest accepted DICOM instance (one part, or one single-part body).
     max_instance_bytes: int = 2 * 1024**3
+    #: Largest instance WADO will transcode (stored size or decoded pixel data);
+    #: larger ones are refused with 406 and can still be had with transfer-syntax=*.
+    max_transcode_bytes: int = 512 * 1024**2
     #: Parts smaller than this are spooled in memory, larger ones on disk.
     spool_memory_bytes: int = 1024 * 1024
     #: Directory for spooled parts; None = the system temp dir.
@@ -124,6 +127,7 @@ _VARIABLES = (
     ("database_url", "DICOMWEB_DATABASE_URL", _database_url),
     ("public_url", "DICOMWEB_PUBLIC_URL", _public_url),
     ("max_instance_bytes", "DICOMWEB_MAX_INSTANCE_BYTES", _positive_int),
+    ("max_transcode_bytes", "DICOMWEB_MAX_TRANSCODE_BYTES", _positive_int),
     ("spool_memory_bytes", "DICOMWEB_SPOOL_MEMORY_BYTES", _positive_int),
     ("spool_dir", "DICOMWEB_SPOOL_DIR", str),
     ("bulkdata_inline_threshold", "DICOMWEB_BULKDATA_THRESHOLD", _positive_int),

@@ -66,18 +66,28 @@ def test_study_unacceptable_is_406(client, tutorial_study, accept):
     assert b"transfer-syntax" in response.data
 
 
-def test_other_transfer_syntax_is_406_until_transcoding(client, tutorial_study):
+def test_other_transfer_syntax_is_transcoded(client, tutorial_study):
+    # Was a 406 before transcoding existed; tests/test_wado_transcode.py covers the matrix.
     response = client.get(RED, headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90"})
-    assert response.status_code == 406
-    assert b"1.2.840.10008.1.2.4.90" in response.data and b"1.2.840.10008.1.2.1" in response.data
+    assert response.status_code == 200, response.data
+    assert response.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90"
+    got = pydicom.dcmread(__import__("io").BytesIO(response.data))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert (got.pixel_array == pydicom.dcmread(sample("red-triangle.dcm")).pixel_array).all()
+    mpeg2 = client.get(RED, headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.100"})
+    assert mpeg2.status_code == 406
+    assert b"1.2.840.10008.1.2.4.100" in mpeg2.data and b"1.2.840.10008.1.2.1" in mpeg2.data
 
 
-def test_compressed_instance_default_syntax_is_406_but_star_works(client, store_file):
+def test_compressed_instance_default_syntax_is_decoded_and_star_is_as_stored(client, store_file):
     path = sample("transcoding/JPEG2000Lossless.dcm")
     assert store_file(path).status_code == 200
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ds = pydicom.dcmread(path)
     url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-    assert client.get(url, headers={"Accept": "application/dicom"}).status_code == 406
+    decoded = client.get(url, headers={"Accept": "application/dicom"})  # was a 406 before transcoding
+    assert decoded.status_code == 200
+    assert decoded.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    assert (pydicom.dcmread(__import__("io").BytesIO(decoded.data)).pixel_array == ds.pixel_array).all()
     ok = client.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert ok.status_code == 200
     assert ok.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90"
@@ -178,7 +188,12 @@ def test_encapsulated_frame_as_stored(client, store_file):
     (expected,) = list(generate_frames(ds.PixelData, number_of_frames=1))
     assert part.content == expected
     assert part.headers[b"Content-Type"] == b"application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"
-    assert client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}).status_code == 406
+    # The default transfer syntax decodes the frame (a 406 before transcoding existed).
+    decoded = client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert decoded.status_code == 200
+    (part,) = parts(decoded)
+    assert part.headers[b"Content-Type"] == b"application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert part.content == ds.pixel_array.tobytes()
 
 
 def test_encapsulated_multiframe_rle(client, store_file):

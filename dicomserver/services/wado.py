@@ -11,9 +11,12 @@ from ..dicomjson import absolute_uris
 from ..extensions import base_url, server
 from ..media import DICOM_JSON, negotiate_retrieve, parse_accept, require_json
 from ..retrieve import Body, choose, frames_body, instances_body
+from ..transcode import log_capabilities
 from ..uids import parse_frame_list, require_uid
 
 bp = Blueprint("wado", __name__)
+# Probe the installed codecs once, when the app is built, and log what can be transcoded.
+bp.record_once(lambda _state: log_capabilities())
 
 
 def _uids(study: str, series: str | None = None, instance: str | None = None):
@@ -33,8 +36,8 @@ def retrieve(study: str, series: str | None = None, instance: str | None = None)
     renditions = negotiate_retrieve(parse_accept(request.headers.get("Accept")), resource)
     state = server()
     instances = state.index.instances(*uids)
-    rendition = choose(renditions, {i.transfer_syntax_uid for i in instances})
-    return _stream(instances_body(state.store, instances, rendition))
+    rendition = choose(renditions, instances, state.settings)
+    return _stream(instances_body(state.store, instances, rendition, state.settings))
 
 
 @bp.get("/studies/<study>/metadata")
@@ -63,8 +66,8 @@ def frames(study: str, series: str, instance: str, frames: str) -> Response:
     renditions = negotiate_retrieve(parse_accept(request.headers.get("Accept")), "frames")
     state = server()
     (row,) = state.index.instances(*uids)
-    rendition = choose(renditions, {row.transfer_syntax_uid}, frames=True)
-    return _stream(frames_body(state.store, row, numbers, rendition))
+    rendition = choose(renditions, [row], state.settings, frames=True)
+    return _stream(frames_body(state.store, row, numbers, rendition, state.settings))
 
 
 def _stream(body: Body) -> Response:
@@ -77,5 +80,6 @@ def _stream(body: Body) -> Response:
     else:
         chunks = body.chunks
     response = Response(chunks, content_type=body.content_type, direct_passthrough=True)
-    response.content_length = body.length
+    if body.length is not None:  # else unknown (transcoded parts): sent chunked
+        response.content_length = body.length
     return response
