@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 from backends.base import BlobStore
 
 from .errors import BadRequest, NotAcceptable, NotFound
 from .frames import frame_count, frame_ranges
 from .index.models import Instance
-from .media import ANY_TRANSFER_SYNTAX, NATIVE_LITTLE_ENDIAN, Rendition, part_content_type, syntax_fits
+from .media import (
+    ANY_TRANSFER_SYNTAX,
+    NATIVE_LITTLE_ENDIAN,
+    Rendition,
+    part_content_type,
+    syntax_fits,
+)
 from .multipart import MultipartWriter
 from .settings import Settings
 from .transcode import (
@@ -116,7 +122,7 @@ def _plan(instance: Instance, rendition: Rendition, settings: Settings, *, frame
         if wanted not in TARGETS:
             raise _Refused(f"cannot transcode instance {instance.sop_instance_uid}: {why_not(stored, wanted)}")
         return _Plan(wanted, True)
-    if not can_transcode(stored, wanted):
+    if wanted not in TARGETS or not can_transcode(stored, wanted):
         raise _Refused(
             f"instance {instance.sop_instance_uid} is stored as {stored} and cannot be "
             f"transcoded to {wanted}: {why_not(stored, wanted)}"

@@ -33,8 +33,9 @@ import itertools
 import logging
 import struct
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom import uid as uids
@@ -122,6 +123,9 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM = b"\xfe\xff\x00\xe0"
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _COPY_CHUNK = 1 << 20
+#: What pydicom and the codecs raise when data cannot be decoded or encoded as asked
+#: (imagecodecs' errors are RuntimeErrors); anything else is a bug or a storage error.
+_CODEC_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, struct.error)
 
 
 def _name(syntax: str) -> str:
@@ -157,8 +161,8 @@ def codecs() -> Codecs:
         except NotImplementedError:
             pass
     encoders = set(NATIVE_LITTLE_ENDIAN)
-    for syntax in _ENCODER_PREFERENCE:
-        if _plugin(get_encoder(syntax).available_plugins, _ENCODER_PREFERENCE[syntax]):
+    for syntax, preference in _ENCODER_PREFERENCE.items():
+        if _plugin(get_encoder(syntax).available_plugins, preference):
             encoders.add(syntax)
     if _imagecodecs() is not None:
         encoders.update((JPEG_2000_LOSSLESS, HTJ2K_LOSSLESS))
@@ -387,9 +391,7 @@ def _encode(arr, props: dict, target: str) -> bytes:
         encoder = get_encoder(target)
         plugin = _plugin(encoder.available_plugins, _ENCODER_PREFERENCE[target])
         return bytes(encoder.encode(arr, encoding_plugin=plugin, **opts))
-    except NotAcceptable:
-        raise
-    except Exception as exc:
+    except _CODEC_ERRORS as exc:
         reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise NotAcceptable(
             f"pixel data with Photometric Interpretation {pi}, {props['samples_per_pixel']} sample(s) "
@@ -431,10 +433,6 @@ def transcode_frames(fp: BinaryIO, numbers: list[int], target: str) -> Iterator[
     with _as_not_acceptable(source.syntax, target):
         for arr, props in _decoded_frames(source, [n - 1 for n in numbers]):
             yield _native_bytes(arr, props) if native else _encode(arr, props, target)
-
-
-#: What codecs and pydicom raise when data cannot be decoded or encoded as asked.
-_CODEC_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, struct.error)
 
 
 @contextlib.contextmanager

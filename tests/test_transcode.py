@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -169,7 +170,7 @@ def test_big_endian_header_and_pixels_become_little_endian():
         (sample("transcoding/ExplicitVRBigEndian.dcm"), sample("transcoding/ExplicitVRLittleEndian.dcm")),
         (get_testdata_file("MR_small_bigendian.dcm"), get_testdata_file("MR_small.dcm")),
     ):
-        out = run(open(big, "rb").read(), ExplicitVRLittleEndian)
+        out = run(Path(big).read_bytes(), ExplicitVRLittleEndian)
         expected = pydicom.dcmread(little)
         for element in expected:
             if element.keyword != "DataSetTrailingPadding":  # dropped: it follows Pixel Data
@@ -234,7 +235,7 @@ def test_transcoder_encode_pair_to_jpeg2000_lossless():
 def test_multiframe_files(name, target):
     path = get_testdata_file(name)
     source = pydicom.dcmread(path)
-    out = run(open(path, "rb").read(), target)
+    out = run(Path(path).read_bytes(), target)
     check_output(out, source, target)
     assert np.array_equal(decoded(out), decoded(source))
     frames = int(source.NumberOfFrames)
@@ -251,7 +252,7 @@ def test_multiframe_files(name, target):
 def test_rtdose_32_bit_multiframe(target):
     path = get_testdata_file("rtdose.dcm")
     source = pydicom.dcmread(path)
-    out = run(open(path, "rb").read(), target)
+    out = run(Path(path).read_bytes(), target)
     check_output(out, source, target)
     assert decoded(out).dtype == np.uint32 and decoded(out).shape == (15, 10, 10)
     assert np.array_equal(decoded(out), decoded(source))
@@ -260,7 +261,7 @@ def test_rtdose_32_bit_multiframe(target):
 @pytest.mark.parametrize("target", [HTJ2KLossless, JPEGLSLossless, RLELossless])
 def test_rtdose_32_bit_cannot_be_encoded_in_16_bit_codecs(target):
     with pytest.raises(NotAcceptable) as info:
-        run(open(get_testdata_file("rtdose.dcm"), "rb").read(), target)
+        run(Path(get_testdata_file("rtdose.dcm")).read_bytes(), target)
     assert ImplicitVRLittleEndian in info.value.message and target in info.value.message
 
 

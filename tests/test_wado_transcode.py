@@ -301,6 +301,9 @@ def test_frames_of_deflated_and_big_endian_instances(client, store_file):
         (part,) = parts(client.get(url_of(ds) + "/frames/1", headers={"Accept": accept}))
         assert part.headers[b"Content-Type"] == b"application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
         assert part.content == reference
+    # A deflated frame is not a thing: naming the stored syntax cannot be honoured.
+    named = client.get(url_of(ds) + "/frames/1", headers={"Accept": OCTET + "; transfer-syntax=1.2.840.10008.1.2.1.99"})
+    assert named.status_code == 406
     assert client.delete(url_of(ds)).status_code == 204
 
     big = sample("transcoding/ExplicitVRBigEndian.dcm")
