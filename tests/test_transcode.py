@@ -388,3 +388,23 @@ def test_frames_of_deflated_and_big_endian_instances():
     ds, pixels = bit_packed(DeflatedExplicitVRLittleEndian)
     (second,) = transcode_frames(io.BytesIO(to_bytes(ds)), [2], ExplicitVRLittleEndian)
     assert second == pack_bits(pixels[1], pad=False)
+
+
+def test_memory_stays_flat_frame_by_frame(tmp_path):
+    """A 32 MiB instance is converted holding about one frame (512 KiB) at a time."""
+    import tracemalloc
+
+    ds = make_instance(rows=512, columns=512, frames=64)
+    ds.PixelData = np.random.default_rng(1).integers(0, 4096, (64, 512, 512), dtype=np.uint16).tobytes()
+    path = tmp_path / "big.dcm"
+    path.write_bytes(to_bytes(ds))
+    del ds
+    for target in (RLELossless, ImplicitVRLittleEndian):
+        tracemalloc.start()
+        try:
+            with path.open("rb") as fp, transcode_instance(fp, target, spool_dir=str(tmp_path)) as out:
+                assert out.seek(0, 2) > 10 * 2**20
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * 2**20, (target, peak)
