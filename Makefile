@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg setup.py
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[codecs,render,test]'
+	$(BIN)/python -m pip install --quiet -e '.[codecs,render,postgres,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,6 +26,7 @@ install-test: $(VENV)/.installed-test
 	@missing=""; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v dcm2json >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
 		else echo "the full suite needs:$$missing (apt-get install as root)"; fi; \

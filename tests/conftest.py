@@ -8,14 +8,23 @@ import pytest
 from dicomserver import Settings, create_app
 
 from dicom_samples import STUDY_UID, sample
+from pg_fixtures import postgres, truncate_all  # noqa: F401  (fixture)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Every test that uses the app runs on SQLite and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    server = request.getfixturevalue("postgres")
+    url = server.url()
+    truncate_all(url)
+    return url
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(
-        blobstore_url=str(tmp_path / "blobs"),
-        database_url=f"sqlite:///{tmp_path / 'index.db'}",
-    )
+def settings(tmp_path, database_url) -> Settings:
+    return Settings(blobstore_url=str(tmp_path / "blobs"), database_url=database_url)
 
 
 @pytest.fixture
@@ -23,7 +32,7 @@ def app(settings):
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
-    app.extensions["dicomserver"].index.close()
+    app.extensions["dicomserver"].index.shutdown()
 
 
 @pytest.fixture

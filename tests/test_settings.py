@@ -76,3 +76,19 @@ def test_health_endpoints(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json["checks"] == {"index": "ok", "blobstore": "ok"}
+
+
+def test_the_index_runs_on_the_configured_database(app, client, database_url):
+    """Guards the fixture: the postgresql variant really writes to PostgreSQL."""
+    from dicom_factory import make_instance, to_bytes
+
+    index = app.extensions["dicomserver"].index
+    assert index.is_sqlite == database_url.startswith("sqlite")
+    ds = make_instance()
+    assert client.post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"}).status_code == 200
+    if database_url.startswith("postgresql"):
+        import psycopg2
+
+        with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT sop_instance_uid FROM instance")
+            assert cursor.fetchall() == [(ds.SOPInstanceUID,)]

@@ -12,11 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import peewee as pw
-from playhouse.db_url import connect as connect_url
+from playhouse.db_url import parse as parse_url
 
 from ..dicomjson import DicomJson, int_value, name_key, name_words, normalize_time, string_value
 from ..errors import NotFound
@@ -124,8 +125,14 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
+#: pg_advisory_xact_lock key that serialises writers on PostgreSQL (as BEGIN IMMEDIATE does on SQLite).
+_WRITE_LOCK_KEY = 0x44494357  # "DICW"
+
+
 class Index:
-    def __init__(self, database_url: str, *, sqlite_busy_timeout_ms: int = 30000):
+    """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
+
+    def __init__(self, database_url: str, *, sqlite_busy_timeout_ms: int = 30000, pool_size: int = 16):
         self.database_url = database_url
         self.is_sqlite = database_url.startswith("sqlite")
         if self.is_sqlite:
@@ -144,7 +151,7 @@ class Index:
                 timeout=sqlite_busy_timeout_ms / 1000,
             )
         else:
-            self.db = connect_url(database_url)
+            self.db = _postgres(database_url, pool_size)
         database_proxy.initialize(self.db)
 
     # -- lifecycle ---------------------------------------------------------
@@ -158,17 +165,38 @@ class Index:
         self.db.connect(reuse_if_open=True)
 
     def close(self) -> None:
+        """End this thread's use of the database (a pooled connection goes back to the pool)."""
         if not self.db.is_closed():
             self.db.close()
+
+    def shutdown(self) -> None:
+        """Close every connection, pooled ones included (app teardown)."""
+        self.close()
+        if hasattr(self.db, "close_all"):
+            self.db.close_all()
 
     def check(self) -> None:
         self.db.execute_sql("SELECT 1")
 
-    def write_transaction(self):
-        """A write transaction; on SQLite, take the write lock at BEGIN."""
+    @contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        """A write transaction that holds the database's single write lock.
+
+        Writers are serialised on both databases (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+        a transaction-scoped advisory lock), so change-feed sequences are assigned in
+        commit order without gaps, and check-then-insert needs no retry logic.
+        """
         if self.is_sqlite:
-            return self.db.atomic("IMMEDIATE")
-        return self.db.atomic()
+            with self.db.atomic("IMMEDIATE"):
+                yield
+            return
+        with self.db.atomic():
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,))
+            yield
+
+    def _next_sequence(self) -> int:
+        """The next change-feed sequence; callers hold the write lock."""
+        return (Change.select(pw.fn.COALESCE(pw.fn.MAX(Change.sequence), 0)).scalar() or 0) + 1
 
     # -- writes ------------------------------------------------------------
     def store_instance(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
@@ -184,6 +212,7 @@ class Index:
                     obsolete = existing.blob_key
                     self._remove_instances([existing])
                 change = Change.create(
+                    sequence=self._next_sequence(),
                     timestamp=utcnow(),
                     action="update" if existing is not None else "create",
                     study_instance_uid=rec.study_instance_uid,
@@ -240,16 +269,18 @@ class Index:
             if not instances:
                 raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
             now = utcnow()
+            first = self._next_sequence()
             Change.insert_many(
                 [
                     {
+                        "sequence": first + number,
                         "timestamp": now,
                         "action": "delete",
                         "study_instance_uid": study_uid,
                         "series_instance_uid": i.series.series_instance_uid,
                         "sop_instance_uid": i.sop_instance_uid,
                     }
-                    for i in instances
+                    for number, i in enumerate(instances)
                 ]
             ).execute()
             self._remove_instances(instances)
@@ -381,6 +412,16 @@ class Index:
             order = (Change.sequence,)
         rows = query.order_by(*order).offset(offset).limit(limit)
         return [(c, getattr(c, "current", None)) for c in rows]
+
+
+def _postgres(database_url: str, pool_size: int) -> pw.Database:
+    """A pooled PostgreSQL database from postgresql[+pool]://user:password@host:port/name."""
+    from playhouse.pool import PooledPostgresqlDatabase
+
+    url = database_url.replace("+pool", "", 1).replace("postgres://", "postgresql://", 1)
+    params = parse_url(url)
+    database = params.pop("database")
+    return PooledPostgresqlDatabase(database, max_connections=pool_size, stale_timeout=300, timeout=30, **params)
 
 
 def open_index(database_url: str, *, sqlite_busy_timeout_ms: int = 30000) -> Index:

@@ -96,7 +96,8 @@ class RequestAttribute(BaseModel):
 class Change(BaseModel):
     """One change-feed entry; `state` is derived from Instance.watermark when read."""
 
-    sequence = pw.BigAutoField()
+    #: Assigned as MAX + 1 under the write lock: unique and gap-free in commit order.
+    sequence = pw.BigIntegerField(primary_key=True)
     timestamp = pw.DateTimeField(index=True)
     action = pw.CharField(max_length=8)
     study_instance_uid = pw.CharField(max_length=64)
