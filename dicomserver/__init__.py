@@ -44,6 +44,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["dicomserver"] = Server(settings=settings, store=store, index=index)
     register_error_handlers(app)
     register_services(app)
+    from .cli import dicom
+
+    app.cli.add_command(dicom)
     logging.getLogger(__name__).info(
         "dicomserver ready: blobs at %s, index at %s", settings.blobstore_url, settings.database_url
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable
@@ -148,10 +149,7 @@ class Ingestor:
         return result
 
     def _store(self, fp, size, result, transfer_syntax, frame_map, metadata, replace, bulk) -> None:
-        key = (
-            f"{result.study_instance_uid}/{result.series_instance_uid}/"
-            f"{result.sop_instance_uid}/{uuid.uuid4().hex}.dcm"
-        )
+        key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
         fp.seek(0)
         info = self.store.put(key, fp, size=size)
         record = InstanceRecord(
@@ -190,6 +188,24 @@ class Ingestor:
             self.store.delete(key)
         except BlobStoreError:
             log.exception("could not delete blob %s; it is an orphan for `dicom gc`", key)
+
+
+def blob_key(study_uid: str, series_uid: str, sop_uid: str, *, now: float | None = None) -> str:
+    """A fresh key per stored version: '<study>/<series>/<sop>/<unix time>-<random>.dcm'.
+
+    A new version never overwrites a visible blob, and the time in the name lets the
+    orphan sweep (`flask dicom gc`) tell an in-flight upload from a leftover one
+    without asking the store for timestamps.
+    """
+    created = int(time.time() if now is None else now)
+    return f"{study_uid}/{series_uid}/{sop_uid}/{created}-{uuid.uuid4().hex}.dcm"
+
+
+def blob_created(key: str) -> int | None:
+    """The creation time written into a key by `blob_key`, or None for other keys."""
+    name = key.rsplit("/", 1)[-1]
+    stamp, dash, _rest = name.partition("-")
+    return int(stamp) if dash and stamp.isdigit() else None
 
 
 def _pixel_data_vr(ds: Dataset, transfer_syntax: str) -> str:
