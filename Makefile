@@ -5,8 +5,12 @@ PORT ?= 8080
 HOST ?= 127.0.0.1
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# make bench: instances to generate and store, rounds per server, extra bench/run.py flags
+N ?= 3000
+REPEAT ?= 3
+BENCH_ARGS ?=
 
-.PHONY: run dev install install-test test test-unit test-live clean
+.PHONY: run dev install install-test install-bench test test-unit test-live bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +30,28 @@ install-test: $(VENV)/.installed-test
 	@missing=""; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v dcm2json >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
 		else echo "the full suite needs:$$missing (apt-get install as root)"; fi; \
+	fi
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[codecs,render,bench]'
+	touch $@
+
+# The benchmark's tools from Debian: Orthanc + DICOMweb plugin (the comparison), wrk (the
+# load generator), nginx (the ceiling). Installed when run as root, else listed.
+install-bench: $(VENV)/.installed-bench
+	@missing=""; \
+	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "the benchmark needs:$$missing (apt-get install as root)"; fi; \
 	fi
 
 ## Serve with gunicorn, local blob storage and SQLite under ./data
@@ -51,6 +73,16 @@ test-unit: install-test
 
 test-live: install-test
 	$(BIN)/python -m pytest tests/live $(PYTEST_ARGS)
+
+## dicomserver beside Orthanc and nginx, written to docs/benchmarks.md (about 20 min on 2 cores;
+## smaller: make bench N=500 REPEAT=3; more flags: BENCH_ARGS="--servers dicomserver --ops metadata")
+bench: install-bench
+	BENCH_INVOKED_AS="make bench N=$(N) REPEAT=$(REPEAT)$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+		$(BIN)/python bench/run.py --n $(N) --repeat $(REPEAT) $(BENCH_ARGS)
+
+## The same in about a minute (small N, one round, 1 s per test), into bench/.data/ (not committed)
+bench-quick: install-bench
+	$(BIN)/python bench/run.py --quick --out bench/.data/benchmarks-quick.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

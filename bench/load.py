@@ -1,0 +1,303 @@
+"""The load generators and the meters: wrk for GETs, a thread pool for STOW, psutil for the servers.
+
+* `ResourceMonitor` samples a server's process tree (master + workers) while a test runs:
+  peak RSS of all processes summed, and CPU seconds (user + system) they used.
+* `run_wrk` runs wrk over a file of paths (bench/paths.lua) and returns its requests,
+  bytes, errors and latency percentiles, plus wrk's own CPU time (from wait4), so a
+  saturated client is visible in the report.
+* `run_stow` POSTs multipart/related bodies from a thread pool and checks every answer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import requests
+
+LUA_SCRIPT = Path(__file__).resolve().with_name("paths.lua")
+SAMPLE_INTERVAL = 0.05  # seconds between RSS samples
+PSS_EVERY = 10  # also read PSS (slower: /proc/PID/smaps_rollup) every this many samples
+
+
+class BenchmarkError(RuntimeError):
+    """A server answered wrongly or a tool failed: the run stops, loudly."""
+
+
+# -- server resources ----------------------------------------------------------------------
+
+@dataclass
+class Resources:
+    peak_rss: int = 0  # bytes, all processes summed, highest sample
+    peak_pss: int = 0  # bytes, proportional set size summed (shared pages counted once)
+    cpu_seconds: float = 0.0  # user + system of all processes during the test
+    processes: int = 0  # how many distinct processes were seen
+
+
+class ResourceMonitor:
+    """Samples the processes returned by pids() in a background thread.
+
+        with ResourceMonitor(server.pids) as monitor:
+            ...load...
+        monitor.result.peak_rss, monitor.result.cpu_seconds
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = SAMPLE_INTERVAL) -> None:
+        self._pids = pids
+        self._interval = interval
+        self._procs: dict[int, psutil.Process] = {}
+        self._cpu_start: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resource-monitor", daemon=True)
+        self._started = 0.0
+        self.result = Resources()
+
+    def _processes(self) -> list[psutil.Process]:
+        current = []
+        for pid in self._pids():
+            proc = self._procs.get(pid)
+            if proc is None:
+                try:
+                    proc = psutil.Process(pid)
+                except psutil.NoSuchProcess:
+                    continue
+                self._procs[pid] = proc
+            current.append(proc)
+        return current
+
+    def _sample(self, with_pss: bool) -> None:
+        rss = pss = 0
+        for proc in self._processes():
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    rss += proc.memory_info().rss
+                    if with_pss:
+                        pss += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            cpu = times.user + times.system
+            if proc.pid not in self._cpu_start:
+                # A process born during the test started from zero.
+                born_during = proc.create_time() > self._started
+                self._cpu_start[proc.pid] = 0.0 if born_during else cpu
+            self._cpu_last[proc.pid] = cpu
+        self.result.peak_rss = max(self.result.peak_rss, rss)
+        if with_pss:
+            self.result.peak_pss = max(self.result.peak_pss, pss)
+
+    def _run(self) -> None:
+        count = 0
+        while not self._stop.wait(self._interval):
+            count += 1
+            self._sample(with_pss=count % PSS_EVERY == 0)
+
+    def __enter__(self) -> "ResourceMonitor":
+        self._started = time.time() - 1.0  # create_time has a coarse clock
+        self._sample(with_pss=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(with_pss=True)
+        self.result.cpu_seconds = sum(self._cpu_last[p] - self._cpu_start[p] for p in self._cpu_last)
+        self.result.processes = len(self._cpu_last)
+
+
+# -- wrk -----------------------------------------------------------------------------------
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    bytes: int  # response bytes including headers
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    client_cpu_seconds: float  # wrk's own user + system time
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e6 if self.seconds else 0.0
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def run_wrk(origin: str, paths: list[str], accept: str | None, *, connections: int, duration: float,
+            timeout: float = 30.0, close_delimited: bool = False) -> WrkResult:
+    """wrk with `connections` connections and as many threads, cycling through paths.
+
+    close_delimited: the server ends each response by closing the connection (no
+    Content-Length, not chunked; Orthanc does this for studies). wrk then counts one
+    "read" error per response although the response is complete; those are expected.
+    Any other error (connect, write, timeout, HTTP status >= 400) stops the run.
+    """
+    if not paths:
+        raise BenchmarkError("no paths to request")
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+        path_file = Path(tmp) / "paths.txt"
+        path_file.write_text("\n".join(paths) + "\n")
+        out_file = Path(tmp) / "out.txt"
+        argv = [
+            "wrk", f"-t{connections}", f"-c{connections}", f"-d{max(1, round(duration))}s",
+            f"--timeout={int(timeout)}s", "-s", str(LUA_SCRIPT), origin, "--", str(path_file), accept or "",
+        ]
+        with open(out_file, "wb") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + duration + timeout + 30
+        try:
+            # wait4 gives this child's own rusage: wrk's CPU, not the servers'.
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchmarkError(f"wrk did not finish: {' '.join(argv)}")
+                time.sleep(0.05)
+        except BaseException:  # also Ctrl-C and the run's time limit: never leave wrk behind
+            process.kill()
+            os.wait4(process.pid, 0)
+            raise
+        process.returncode = os.waitstatus_to_exitcode(status)
+        output = out_file.read_text(errors="replace")
+    if process.returncode != 0:
+        raise BenchmarkError(f"wrk failed ({process.returncode}): {' '.join(argv)}\n{output}")
+    line = next((l for l in output.splitlines() if l.startswith("{")), None)
+    if line is None:
+        raise BenchmarkError(f"no results from wrk: {' '.join(argv)}\n{output}")
+    summary = json.loads(line)
+    errors = {k: v for k, v in summary["errors"].items() if v}
+    if close_delimited and errors.get("read", 0) <= summary["requests"] + connections:
+        errors.pop("read", None)
+    if errors or summary["requests"] == 0:
+        raise BenchmarkError(
+            f"wrk saw errors {errors} in {summary['requests']} requests ('status' counts HTTP >= 400); "
+            f"first path {origin}{paths[0]} Accept: {accept}\n{output}"
+        )
+    lat = summary["latency_us"]
+    return WrkResult(
+        requests=summary["requests"],
+        seconds=summary["duration_us"] / 1e6,
+        bytes=summary["bytes"],
+        p50_ms=lat["p50"] / 1000,
+        p95_ms=lat["p95"] / 1000,
+        p99_ms=lat["p99"] / 1000,
+        client_cpu_seconds=usage.ru_utime + usage.ru_stime,
+    )
+
+
+# -- STOW ----------------------------------------------------------------------------------
+
+@dataclass
+class StowResult:
+    instances: int
+    requests: int
+    seconds: float
+    bytes: int  # DICOM bytes sent (the files, without multipart framing)
+    p50_ms: float
+    p95_ms: float
+    client_cpu_seconds: float  # this Python process during the test
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.instances / self.seconds if self.seconds else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e6 if self.seconds else 0.0
+
+
+def multipart_body(files: list[Path]) -> tuple[bytes, str, int]:
+    """(body, Content-Type, DICOM bytes) of a multipart/related STOW request."""
+    boundary = uuid.uuid4().hex
+    parts, size = [], 0
+    for f in files:
+        content = f.read_bytes()
+        size += len(content)
+        parts += [b"--", boundary.encode(), b"\r\nContent-Type: application/dicom\r\n\r\n", content, b"\r\n"]
+    parts += [b"--", boundary.encode(), b"--\r\n"]
+    return b"".join(parts), f'multipart/related; type="application/dicom"; boundary={boundary}', size
+
+
+def run_stow(stow_url: str, files: list[Path], *, per_request: int, concurrency: int,
+             timeout: float = 300.0) -> StowResult:
+    """Store files, per_request instances per multipart request, from `concurrency` threads.
+
+    The bodies are built before the clock starts, so reading files is not measured.
+    Every response must be 200 with one ReferencedSOPSequence item per part and no
+    FailedSOPSequence; anything else stops the benchmark.
+    """
+    batches = [files[i:i + per_request] for i in range(0, len(files), per_request)]
+    bodies = [(*multipart_body(batch), len(batch)) for batch in batches]
+    local = threading.local()
+
+    def post(item: tuple[bytes, str, int, int]) -> float:
+        body, content_type, _, parts = item
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        started = time.perf_counter()
+        response = session.post(stow_url, data=body, timeout=timeout,
+                                headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            raise BenchmarkError(f"STOW {stow_url} answered {response.status_code}: {response.text[:2000]}")
+        answer = response.json()
+        stored = answer.get("00081199", {}).get("Value", [])
+        failed = answer.get("00081198", {}).get("Value", [])
+        if len(stored) != parts or failed:
+            raise BenchmarkError(f"STOW {stow_url} did not store every part: {json.dumps(answer)[:2000]}")
+        return elapsed
+
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stow")
+    try:
+        latencies = list(pool.map(post, bodies))
+    finally:
+        # On a failure (or Ctrl-C, or the time limit) drop the requests not yet sent.
+        pool.shutdown(wait=True, cancel_futures=True)
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu_before
+    latencies.sort()
+    return StowResult(
+        instances=len(files),
+        requests=len(bodies),
+        seconds=seconds,
+        bytes=sum(b[2] for b in bodies),
+        p50_ms=percentile(latencies, 50) * 1000,
+        p95_ms=percentile(latencies, 95) * 1000,
+        client_cpu_seconds=cpu,
+    )
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, -(-len(sorted_values) * p // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0

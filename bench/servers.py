@@ -1,0 +1,380 @@
+"""Start and stop the servers the benchmark measures, each on a free loopback port.
+
+* `DicomServer`: gunicorn with the repo's `dicomserver/gunicorn_conf.py`, local blobs and
+  SQLite in a fresh temporary directory (extra DICOMWEB_* variables can be passed, e.g.
+  to try other worker counts or another index database).
+* `Orthanc`: Debian's /usr/sbin/Orthanc with the DICOMweb plugin and `bench/orthanc.json`.
+* `Nginx`: Debian's nginx serving a directory of files: the ceiling for "send one stored file".
+* `External`: any DICOMweb base URL started by someone else (no process metrics).
+
+Every server is a context manager: it is started on entry, and stopped (and its
+temporary directory removed) on exit, also when the benchmark fails. Start-up waits
+are bounded; a server that does not answer in time is killed and its log shown.
+"""
+from __future__ import annotations
+
+import getpass
+import grp
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ORTHANC_TEMPLATE = Path(__file__).resolve().with_name("orthanc.json")
+ORTHANC_BINARY = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+class Server:
+    """A process tree answering HTTP on loopback. Subclasses fill in how to start it."""
+
+    #: Short name used on the command line and in result files.
+    name = "server"
+    #: Name shown in tables.
+    label = "server"
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.workdir: Path | None = None
+        self.log_path: Path | None = None
+
+    # -- what the benchmark needs to know -------------------------------------------------
+    @property
+    def origin(self) -> str:
+        """scheme://host:port, what wrk is pointed at."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_path(self) -> str:
+        """The DICOMweb root path (no trailing slash), e.g. /v2 or /dicom-web."""
+        return ""
+
+    @property
+    def base_url(self) -> str:
+        return self.origin + self.base_path
+
+    def pids(self) -> list[int]:
+        """The server's processes (master and workers), for RSS and CPU accounting."""
+        import psutil
+
+        if self.process is None or self.process.poll() is not None:
+            return []
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root.pid] + [c.pid for c in root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def version(self) -> str:
+        return "?"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def command(self) -> tuple[list[str], dict[str, str] | None, Path | None]:
+        """(argv, environment or None, working directory or None)."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Write config files into self.workdir before the process starts."""
+
+    def ready_url(self) -> str:
+        return self.origin + "/"
+
+    def start(self) -> "Server":
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
+        self.port = free_port()
+        self.log_path = self.workdir / "server.log"
+        self.prepare()
+        argv, env, cwd = self.command()
+        with open(self.log_path, "wb") as log:
+            # Own session: a Ctrl-C in the terminal reaches the harness only, which then
+            # stops the servers in order instead of leaving half-dead ones behind.
+            self.process = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log_text = self.log()
+                self.stop()
+                raise RuntimeError(f"{self.label} exited with {self.process.returncode} at start-up:\n{log_text}")
+            try:
+                _get(self.ready_url(), timeout=1.0)
+                return self
+            except OSError:
+                time.sleep(0.1)
+        log_text = self.log()
+        self.stop()
+        raise RuntimeError(f"{self.label} did not answer {self.ready_url()} within {START_TIMEOUT:.0f} s:\n{log_text}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                # The whole session: gunicorn workers and nginx workers too.
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class DicomServer(Server):
+    """dicomserver under gunicorn with the repo's gunicorn_conf.py (workers/threads as it decides)."""
+
+    name = "dicomserver"
+    label = "dicomserver"
+
+    def __init__(self, env: dict[str, str] | None = None, api_version: str = "v2") -> None:
+        super().__init__()
+        self.extra_env = dict(env or {})
+        self.api_version = api_version
+
+    @property
+    def base_path(self) -> str:
+        return "/" + self.api_version
+
+    def ready_url(self) -> str:
+        return self.origin + "/healthz"
+
+    def command(self):
+        env = dict(os.environ)
+        env.update(
+            {
+                "DICOMWEB_BLOBSTORE_URL": str(self.workdir / "blobs"),
+                "DICOMWEB_DATABASE_URL": f"sqlite:///{self.workdir / 'index.db'}",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        argv = [
+            sys.executable, "-m", "gunicorn",
+            "-c", "python:dicomserver.gunicorn_conf",
+            "--bind", f"127.0.0.1:{self.port}",
+            "wsgi:app",
+        ]
+        return argv, env, REPO
+
+    def version(self) -> str:
+        try:
+            version = importlib.metadata.version("dicomserver")
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "dicomserver", "backends", "wsgi.py")
+        if commit:
+            version += f" (commit {commit}{', with uncommitted changes in dicomserver/' if dirty else ''})"
+        return version
+
+    def settings(self) -> str:
+        """Workers and threads as gunicorn_conf.py resolves them in this environment."""
+        code = "import dicomserver.gunicorn_conf as c; print(c.workers, c.threads)"
+        env = dict(os.environ, **self.extra_env)
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=60)
+        workers, threads = out.stdout.split() if out.returncode == 0 else ("?", "?")
+        return f"gunicorn gthread, {workers} workers x {threads} threads"
+
+
+class Orthanc(Server):
+    """Orthanc + DICOMweb plugin from Debian, configured by bench/orthanc.json."""
+
+    name = "orthanc"
+    label = "Orthanc"
+
+    @staticmethod
+    def available() -> bool:
+        return os.path.exists(ORTHANC_BINARY) and os.path.exists(ORTHANC_DICOMWEB_PLUGIN)
+
+    @property
+    def base_path(self) -> str:
+        return "/dicom-web"
+
+    def ready_url(self) -> str:
+        return self.origin + "/system"
+
+    def prepare(self) -> None:
+        config = render_orthanc_config(
+            storage=self.workdir / "storage",
+            index=self.workdir / "index",
+            http_port=self.port,
+            dicom_port=free_port(),
+        )
+        (self.workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
+
+    def command(self):
+        # MALLOC_ARENA_MAX is set by Orthanc itself ("MallocArenaMax", default 5).
+        return [ORTHANC_BINARY, str(self.workdir / "orthanc.json")], None, self.workdir
+
+    def version(self) -> str:
+        try:
+            core = json.loads(_get(self.origin + "/system"))["Version"]
+            plugin = json.loads(_get(self.origin + "/plugins/dicom-web"))["Version"]
+            return f"Orthanc {core}, DICOMweb plugin {plugin}"
+        except (OSError, ValueError, KeyError):
+            return "Orthanc ?"
+
+    def settings(self) -> str:
+        return "bench/orthanc.json (50 HTTP threads, StorageCompression off, fsync on, metadata Full)"
+
+
+def render_orthanc_config(*, storage: Path, index: Path, http_port: int, dicom_port: int) -> dict:
+    """bench/orthanc.json with its placeholders filled and its // comments removed."""
+    text = ORTHANC_TEMPLATE.read_text()
+    values = {
+        "@STORAGE@": json.dumps(str(storage))[1:-1],
+        "@INDEX@": json.dumps(str(index))[1:-1],
+        "@DICOMWEB_PLUGIN@": ORTHANC_DICOMWEB_PLUGIN,
+        "@HTTP_PORT@": str(http_port),
+        "@DICOM_PORT@": str(dicom_port),
+    }
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    text = re.sub(r"(?m)^\s*//.*$", "", text)
+    return json.loads(text)
+
+
+class Nginx(Server):
+    """nginx serving `root` as static files: how fast this machine can send a stored file over HTTP."""
+
+    name = "nginx"
+    label = "nginx"
+
+    def __init__(self, root: Path, workers: int | None = None) -> None:
+        super().__init__()
+        self.root = Path(root).resolve()
+        self.workers = workers or os.cpu_count() or 1
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("nginx") is not None or os.path.exists("/usr/sbin/nginx")
+
+    def prepare(self) -> None:
+        tmp = self.workdir
+        # When started as root, nginx workers would switch to "nobody"; keep the
+        # current user so the data directory's permissions do not matter.
+        user = f"user {getpass.getuser()} {grp.getgrgid(os.getgid()).gr_name};" if os.geteuid() == 0 else ""
+        (tmp / "nginx.conf").write_text(
+            f"""# generated by bench/servers.py
+{user}
+daemon off;
+master_process on;
+worker_processes {self.workers};
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    # A ceiling: no access log, sendfile, and connections kept alive as long as wrk likes.
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    types {{ }}
+    default_type application/dicom;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {self.root};
+        location / {{ }}
+    }}
+}}
+"""
+        )
+
+    def command(self):
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        return [binary, "-p", str(self.workdir), "-e", str(self.workdir / "error.log"),
+                "-c", str(self.workdir / "nginx.conf")], None, self.workdir
+
+    def ready_url(self) -> str:
+        return self.origin + "/manifest.json"
+
+    def version(self) -> str:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
+        return (out.stderr or out.stdout).strip().replace("nginx version: ", "")
+
+
+class External(Server):
+    """A DICOMweb server started elsewhere: only HTTP figures (no RSS/CPU of its processes)."""
+
+    name = "external"
+    label = "external"
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__()
+        match = re.fullmatch(r"(https?://[^/]+)(/.*)?", base_url.rstrip("/"))
+        if not match:
+            raise ValueError(f"not an http(s) URL: {base_url}")
+        self._origin, self._path = match.group(1), match.group(2) or ""
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    @property
+    def base_path(self) -> str:
+        return self._path
+
+    def start(self) -> "Server":
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def pids(self) -> list[int]:
+        return []
+
+    def version(self) -> str:
+        return self.base_url
+
+    def settings(self) -> str:
+        return "started elsewhere"
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""

@@ -1,0 +1,74 @@
+"""The benchmark harness end to end, small: `bench/run.py --quick --n 50 --servers dicomserver`.
+
+Not the benchmark itself (that is `make bench`): this only proves the harness still
+runs against the current server, that every operation gets a positive figure, and
+that the report it writes has a row per operation. It starts its own gunicorn
+(through the harness) and needs wrk; no Orthanc, no nginx.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+from bench.ops import GET_OPS, STOW_OPS
+
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("wrk") is None and not os.environ.get("CI"),
+        reason="wrk (Debian package wrk) is not installed; `make test` installs it as root",
+    ),
+]
+
+
+def _table_rows(markdown: str, heading: str) -> dict[str, list[str]]:
+    """The rows of the first table under `heading`, keyed by their first cell."""
+    section = markdown.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and not set(cells[0]) <= {"-"} and cells[0] != "operation":
+            rows[cells[0]] = cells
+    return rows
+
+
+def _number(cell: str) -> float:
+    match = re.match(r"[\d,]+(\.\d+)?", cell)
+    assert match, f"not a number: {cell!r}"
+    return float(match.group(0).replace(",", ""))
+
+
+def test_quick_run_against_dicomserver(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    command = [
+        sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--n", "50", "--servers", "dicomserver",
+        "--no-nginx", "--out", str(out), "--cache-dir", str(tmp_path / "data"), "--time-limit", "500",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    markdown = out.read_text()
+    labels = [op.label for op in STOW_OPS + GET_OPS]
+    for conc in (1, 4):
+        rows = _table_rows(markdown, f"## Concurrency {conc}\n")
+        for label in labels:
+            assert label in rows, f"no row for {label!r} at concurrency {conc}:\n{markdown}"
+            # operation | metric | dicomserver
+            assert _number(rows[label][2]) > 0, rows[label]
+        assert _number(rows["peak RSS, whole run"][2]) > 0
+
+    records = json.loads(out.with_suffix(".json").read_text())["records"]
+    keys = {(r["op"], r["concurrency"]) for r in records if r["server"] == "dicomserver"}
+    assert keys == {(op.key, c) for op in STOW_OPS + GET_OPS for c in (1, 4)}
+    for r in records:
+        assert r["seconds"] > 0 and r["server_cpu_s"] > 0 and r["server_peak_rss"] > 0, r
