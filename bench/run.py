@@ -24,6 +24,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -35,7 +36,7 @@ import psutil  # noqa: E402
 
 from bench import generate, ops, report  # noqa: E402
 from bench.load import BenchmarkError, ResourceMonitor, run_stow, run_wrk, wrk_available  # noqa: E402
-from bench.servers import REPO, DicomServer, External, Nginx, Orthanc, Server  # noqa: E402
+from bench.servers import REPO, DicomServer, External, Nginx, Orthanc, Server, export_commit  # noqa: E402
 
 DEFAULT_N = 3000
 QUICK_N = 100
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=generate.CACHE_ROOT, help="where generated data is kept")
     p.add_argument("--dicomserver-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for dicomserver (repeatable), e.g. DICOMWEB_WORKERS=3")
+    p.add_argument("--dicomserver-rev", metavar="REV",
+                   help="serve this commit (exported with git archive) instead of the working tree, "
+                        "e.g. HEAD or main~3: measures exactly one commit, and lets two be compared")
     p.add_argument("--external-url", help="DICOMweb base URL of a server started elsewhere (--servers external)")
     p.add_argument("--time-limit", type=float, default=4 * 3600, help="stop the whole run after this many seconds")
     args = p.parse_args(argv)
@@ -87,10 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def make_factories(args) -> dict[str, callable]:
+def make_factories(args, source: Path | None = None, commit: str | None = None) -> dict[str, callable]:
     env = dict(item.split("=", 1) for item in args.dicomserver_env)
     return {
-        "dicomserver": lambda: DicomServer(env=env),
+        "dicomserver": lambda: DicomServer(env=env, source=source, commit=commit),
         "orthanc": Orthanc,
         "external": lambda: External(args.external_url),
     }
@@ -238,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     data = generate.generate(args.n, args.seed, args.cache_dir, log=log)
     log(f"data: {data.n} instances, {len(data.studies)} studies, {data.total_bytes / 1e6:.0f} MB in {data.directory}")
     paths = {op.key: ops.paths_for(op, data, args.seed) for op in get_ops}
-    factories = make_factories(args)
     records: list[dict] = []
     validations: dict = {}
     versions: dict[str, str] = {}
@@ -250,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         log("nginx not measured (not installed, or WADO instance not selected)")
     try:
         with ExitStack() as stack:
+            source = commit = None
+            if args.dicomserver_rev:
+                source = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-src-")))
+                commit = export_commit(args.dicomserver_rev, source)
+                log(f"dicomserver: commit {commit} exported to {source}")
+            factories = make_factories(args, source, commit)
             nginx = stack.enter_context(Nginx(data.directory)) if use_nginx else None
             if nginx:
                 versions["nginx"] = nginx.version()

@@ -159,10 +159,15 @@ class DicomServer(Server):
     name = "dicomserver"
     label = "dicomserver"
 
-    def __init__(self, env: dict[str, str] | None = None, api_version: str = "v2") -> None:
+    def __init__(self, env: dict[str, str] | None = None, api_version: str = "v2", source: Path | None = None,
+                 commit: str | None = None) -> None:
+        """source: a directory holding another copy of the code (e.g. `git archive` of a commit)
+        to serve instead of this working tree; commit names it in the report."""
         super().__init__()
         self.extra_env = dict(env or {})
         self.api_version = api_version
+        self.source = Path(source) if source else REPO
+        self.commit = commit
 
     @property
     def base_path(self) -> str:
@@ -181,31 +186,35 @@ class DicomServer(Server):
             }
         )
         env.update(self.extra_env)
+        # `python -m` puts the working directory first on sys.path: the code served is source's.
+        env["PYTHONPATH"] = os.pathsep.join([str(self.source), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         argv = [
             sys.executable, "-m", "gunicorn",
             "-c", "python:dicomserver.gunicorn_conf",
             "--bind", f"127.0.0.1:{self.port}",
             "wsgi:app",
         ]
-        return argv, env, REPO
+        return argv, env, self.source
 
     def version(self) -> str:
         try:
             version = importlib.metadata.version("dicomserver")
         except importlib.metadata.PackageNotFoundError:
             version = "?"
+        if self.commit:
+            return f"{version} (commit {self.commit}, exported with git archive)"
         commit = _git("rev-parse", "--short", "HEAD")
         dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "dicomserver", "backends", "wsgi.py")
         if commit:
-            version += f" (commit {commit}{', with uncommitted changes in dicomserver/' if dirty else ''})"
+            version += f" (working tree at commit {commit}{', with uncommitted changes' if dirty else ''})"
         return version
 
     def settings(self) -> str:
         """Workers and threads as gunicorn_conf.py resolves them in this environment."""
         code = "import dicomserver.gunicorn_conf as c; print(c.workers, c.threads)"
         env = dict(os.environ, **self.extra_env)
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=self.source, capture_output=True,
+                             text=True, timeout=60)
         workers, threads = out.stdout.split() if out.returncode == 0 else ("?", "?")
         return f"gunicorn gthread, {workers} workers x {threads} threads"
 
@@ -370,6 +379,18 @@ class External(Server):
 
     def settings(self) -> str:
         return "started elsewhere"
+
+
+def export_commit(rev: str, into: Path) -> str:
+    """`git archive` rev of this repository into `into`; returns the short commit hash."""
+    commit = _git("rev-parse", "--short", f"{rev}^{{commit}}")
+    if not commit:
+        raise ValueError(f"not a commit of {REPO}: {rev}")
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=REPO, capture_output=True,
+                             check=True, timeout=120)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True, timeout=120)
+    return commit
 
 
 def _git(*args: str) -> str:
