@@ -77,6 +77,35 @@ class InstanceRejected(Exception):
         super().__init__("; ".join(comments))
         self.reason = reason
         self.comments = list(comments)
+        #: The part's result, filled in as far as it got (set by Ingestor.prepare).
+        self.result = PartResult(failure_reason=reason, comments=list(comments))
+
+
+@dataclass
+class Prepared:
+    """A validated instance, ready to be stored: its DICOM JSON, frames and bulk data map."""
+
+    result: PartResult
+    transfer_syntax: str
+    frame_map: dict | None
+    metadata: dict
+    bulk: dict
+
+    def record(self, blob_key: str, size: int, sha256: str | None) -> InstanceRecord:
+        r = self.result
+        return InstanceRecord(
+            study_instance_uid=r.study_instance_uid,
+            series_instance_uid=r.series_instance_uid,
+            sop_instance_uid=r.sop_instance_uid,
+            sop_class_uid=r.sop_class_uid,
+            transfer_syntax_uid=self.transfer_syntax,
+            blob_key=blob_key,
+            size=size,
+            sha256=sha256,
+            frames=None if self.frame_map is None else _compact_json(self.frame_map),
+            metadata=self.metadata,
+            bulkdata=_compact_json(self.bulk) if self.bulk else None,
+        )
 
 
 def spool(chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None) -> tuple[BinaryIO, int]:
@@ -111,6 +140,20 @@ class Ingestor:
 
     def ingest(self, fp: BinaryIO, size: int, *, study_uid: str | None, replace: bool) -> PartResult:
         """Store one spooled Part 10 file; never raises for bad input, only for outages."""
+        try:
+            prepared = self.prepare(fp, size, study_uid=study_uid)
+        except InstanceRejected as rejection:
+            return rejection.result
+        try:
+            self._store(fp, size, prepared, replace)
+        except InstanceRejected as rejection:
+            prepared.result.failure_reason = rejection.reason
+            prepared.result.warning_reason = None
+            prepared.result.comments = rejection.comments
+        return prepared.result
+
+    def prepare(self, fp: BinaryIO, size: int, *, study_uid: str | None) -> "Prepared":
+        """Everything STOW learns from a file before storing it; raise InstanceRejected."""
         result = PartResult()
         try:
             if size == 0:
@@ -141,30 +184,20 @@ class Ingestor:
                     "BulkDataURI": bulk_data_uri(instance_path, PIXEL_DATA),
                 }
                 metadata = dict(sorted(metadata.items()))
-            self._store(fp, size, result, transfer_syntax, frame_map, metadata, replace, bulk)
         except InstanceRejected as rejection:
             result.failure_reason = rejection.reason
             result.warning_reason = None
             result.comments = rejection.comments
-        return result
+            rejection.result = result
+            raise
+        return Prepared(result, transfer_syntax, frame_map, metadata, bulk)
 
-    def _store(self, fp, size, result, transfer_syntax, frame_map, metadata, replace, bulk) -> None:
+    def _store(self, fp: BinaryIO, size: int, prepared: "Prepared", replace: bool) -> None:
+        result = prepared.result
         key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
         fp.seek(0)
         info = self.store.put(key, fp, size=size)
-        record = InstanceRecord(
-            study_instance_uid=result.study_instance_uid,
-            series_instance_uid=result.series_instance_uid,
-            sop_instance_uid=result.sop_instance_uid,
-            sop_class_uid=result.sop_class_uid,
-            transfer_syntax_uid=transfer_syntax,
-            blob_key=key,
-            size=info.size,
-            sha256=info.sha256,
-            frames=None if frame_map is None else _compact_json(frame_map),
-            metadata=metadata,
-            bulkdata=_compact_json(bulk) if bulk else None,
-        )
+        record = prepared.record(key, info.size, info.sha256)
         try:
             outcome = self.index.store_instance(record, replace=replace)
         except DuplicateInstance:

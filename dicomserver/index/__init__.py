@@ -201,65 +201,78 @@ class Index:
     # -- writes ------------------------------------------------------------
     def store_instance(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
         """Index one stored blob; raise DuplicateInstance unless `replace`."""
-        meta = rec.metadata
         try:
             with self.write_transaction():
-                existing = Instance.get_or_none(Instance.sop_instance_uid == rec.sop_instance_uid)
-                obsolete = None
-                if existing is not None:
-                    if not replace:
-                        raise DuplicateInstance(rec.sop_instance_uid)
-                    obsolete = existing.blob_key
-                    self._remove_instances([existing])
-                change = Change.create(
-                    sequence=self._next_sequence(),
-                    timestamp=utcnow(),
-                    action="update" if existing is not None else "create",
-                    study_instance_uid=rec.study_instance_uid,
-                    series_instance_uid=rec.series_instance_uid,
-                    sop_instance_uid=rec.sop_instance_uid,
-                )
-                study, _ = Study.get_or_create(study_instance_uid=rec.study_instance_uid)
-                series = Series.get_or_none(Series.series_instance_uid == rec.series_instance_uid)
-                new_series = series is None
-                if new_series:
-                    series = Series.create(study=study, series_instance_uid=rec.series_instance_uid)
-                elif series.study_id != study.id:
-                    # A series UID re-used under another study: keep the first owner.
-                    raise DuplicateInstance(rec.sop_instance_uid)
-                instance = Instance.create(
-                    study=study,
-                    series=series,
-                    sop_instance_uid=rec.sop_instance_uid,
-                    sop_class_uid=rec.sop_class_uid,
-                    transfer_syntax_uid=rec.transfer_syntax_uid,
-                    blob_key=rec.blob_key,
-                    size=rec.size,
-                    sha256=rec.sha256,
-                    frames=rec.frames,
-                    metadata=json.dumps(meta, separators=(",", ":")),
-                    bulkdata=rec.bulkdata,
-                    watermark=change.sequence,
-                    **_instance_columns(meta),
-                )
-                # Counters move by increments: no recount of a large study per STOW.
-                Series.update(
-                    latest_instance_id=instance.id,
-                    number_of_instances=Series.number_of_instances + 1,
-                    **_series_columns(meta),
-                ).where(Series.id == series.id).execute()
-                _set_request_attributes(series.id, meta)
-                Study.update(
-                    latest_instance_id=instance.id,
-                    number_of_instances=Study.number_of_instances + 1,
-                    number_of_series=Study.number_of_series + (1 if new_series else 0),
-                    modalities_in_study=_modalities(study.id),
-                    sop_classes_in_study=_with_value(study.sop_classes_in_study, rec.sop_class_uid),
-                    **_study_columns(meta),
-                ).where(Study.id == study.id).execute()
+                return self._insert(rec, replace=replace)
         except pw.IntegrityError:
-            # A concurrent writer stored the same instance between our check and insert.
+            # Defence in depth: writers are serialised, but a unique index has the last word.
             raise DuplicateInstance(rec.sop_instance_uid) from None
+
+    def store_many(self, records: Iterable[InstanceRecord]) -> int:
+        """Index a batch in one transaction (bulk loading, e.g. the scale benchmark)."""
+        count = 0
+        with self.write_transaction():
+            for rec in records:
+                self._insert(rec, replace=False)
+                count += 1
+        return count
+
+    def _insert(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
+        """The rows of one instance and their counters; callers hold the write lock."""
+        meta = rec.metadata
+        existing = Instance.get_or_none(Instance.sop_instance_uid == rec.sop_instance_uid)
+        obsolete = None
+        if existing is not None:
+            if not replace:
+                raise DuplicateInstance(rec.sop_instance_uid)
+            obsolete = existing.blob_key
+            self._remove_instances([existing])
+        change = Change.create(
+            sequence=self._next_sequence(),
+            timestamp=utcnow(),
+            action="update" if existing is not None else "create",
+            study_instance_uid=rec.study_instance_uid,
+            series_instance_uid=rec.series_instance_uid,
+            sop_instance_uid=rec.sop_instance_uid,
+        )
+        study, _ = Study.get_or_create(study_instance_uid=rec.study_instance_uid)
+        series = Series.get_or_none(Series.series_instance_uid == rec.series_instance_uid)
+        new_series = series is None
+        if new_series:
+            series = Series.create(study=study, series_instance_uid=rec.series_instance_uid)
+        elif series.study_id != study.id:
+            # A series UID re-used under another study: keep the first owner.
+            raise DuplicateInstance(rec.sop_instance_uid)
+        instance = Instance.create(
+            study=study,
+            series=series,
+            sop_instance_uid=rec.sop_instance_uid,
+            sop_class_uid=rec.sop_class_uid,
+            transfer_syntax_uid=rec.transfer_syntax_uid,
+            blob_key=rec.blob_key,
+            size=rec.size,
+            sha256=rec.sha256,
+            frames=rec.frames,
+            metadata=json.dumps(meta, separators=(",", ":")),
+            bulkdata=rec.bulkdata,
+            watermark=change.sequence,
+            **_instance_columns(meta),
+        )
+        # Counters move by increments: no recount of a large study per STOW.
+        Series.update(
+            latest_instance_id=instance.id,
+            number_of_instances=Series.number_of_instances + 1,
+            **_series_columns(meta),
+        ).where(Series.id == series.id).execute()
+        _set_request_attributes(series.id, meta)
+        Study.update(
+            latest_instance_id=instance.id,
+            number_of_instances=Study.number_of_instances + 1,
+            number_of_series=Study.number_of_series + (1 if new_series else 0),
+            modalities_in_study=_modalities(study.id),
+            sop_classes_in_study=_with_value(study.sop_classes_in_study, rec.sop_class_uid),
+            **_study_columns(meta),
+        ).where(Study.id == study.id).execute()
         return StoreOutcome(existing is not None, obsolete, change.sequence)
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
