@@ -23,6 +23,7 @@ from ..dicomjson import DicomJson, int_value, name_key, name_words, normalize_ti
 from ..errors import NotFound
 from ..validation import indexed_string
 from .models import Change, Instance, RequestAttribute, Series, Study, database_proxy
+from .writes import InstanceWriter
 
 # Attribute tags (GGGGEEEE) read from an instance's DICOM JSON into index columns.
 T = {
@@ -153,6 +154,7 @@ class Index:
         else:
             self.db = _postgres(database_url, pool_size)
         database_proxy.initialize(self.db)
+        self._writer = InstanceWriter(self.db)
 
     # -- lifecycle ---------------------------------------------------------
     def create_schema(self) -> None:
@@ -220,60 +222,105 @@ class Index:
     def _insert(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
         """The rows of one instance and their counters; callers hold the write lock."""
         meta = rec.metadata
-        existing = Instance.get_or_none(Instance.sop_instance_uid == rec.sop_instance_uid)
-        obsolete = None
-        if existing is not None:
+        w = self._writer
+        s = w.s
+        replaced = None
+        found = s.one(w.instance_by_sop, (rec.sop_instance_uid,))
+        if found is not None:
             if not replace:
                 raise DuplicateInstance(rec.sop_instance_uid)
-            obsolete = existing.blob_key
-            self._remove_instances([existing])
-        change = Change.create(
-            sequence=self._next_sequence(),
-            timestamp=utcnow(),
-            action="update" if existing is not None else "create",
-            study_instance_uid=rec.study_instance_uid,
-            series_instance_uid=rec.series_instance_uid,
-            sop_instance_uid=rec.sop_instance_uid,
+            replaced = Instance.get_by_id(found[0])
+            self._remove_instances([replaced])
+        sequence = s.one(w.next_sequence)[0]
+        s.insert(
+            Change,
+            ("sequence", "timestamp", "action", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
+            (
+                sequence,
+                w.timestamp(utcnow()),
+                "update" if replaced is not None else "create",
+                rec.study_instance_uid,
+                rec.series_instance_uid,
+                rec.sop_instance_uid,
+            ),
         )
-        study, _ = Study.get_or_create(study_instance_uid=rec.study_instance_uid)
-        series = Series.get_or_none(Series.series_instance_uid == rec.series_instance_uid)
+        study = s.one(w.study_by_uid, (rec.study_instance_uid,))
+        if study is None:
+            study_id, sop_classes = s.insert(
+                Study,
+                ("study_instance_uid", "number_of_series", "number_of_instances"),
+                (rec.study_instance_uid, 0, 0),
+                returning="id",
+            ), None
+        else:
+            study_id, sop_classes = study
+        series = s.one(w.series_by_uid, (rec.series_instance_uid,))
         new_series = series is None
         if new_series:
-            series = Series.create(study=study, series_instance_uid=rec.series_instance_uid)
-        elif series.study_id != study.id:
+            series_id = s.insert(
+                Series,
+                ("study_id", "series_instance_uid", "number_of_instances"),
+                (study_id, rec.series_instance_uid, 0),
+                returning="id",
+            )
+        elif series[1] != study_id:
             # A series UID re-used under another study: keep the first owner.
             raise DuplicateInstance(rec.sop_instance_uid)
-        instance = Instance.create(
-            study=study,
-            series=series,
-            sop_instance_uid=rec.sop_instance_uid,
-            sop_class_uid=rec.sop_class_uid,
-            transfer_syntax_uid=rec.transfer_syntax_uid,
-            blob_key=rec.blob_key,
-            size=rec.size,
-            sha256=rec.sha256,
-            frames=rec.frames,
-            metadata=json.dumps(meta, separators=(",", ":")),
-            bulkdata=rec.bulkdata,
-            watermark=change.sequence,
-            **_instance_columns(meta),
+        else:
+            series_id = series[0]
+        instance_columns = _instance_columns(meta)
+        instance_id = s.insert(
+            Instance,
+            (
+                "study_id", "series_id", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "blob_key",
+                "size", "sha256", "frames", "metadata", "bulkdata", "watermark", *instance_columns,
+            ),
+            (
+                study_id, series_id, rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid, rec.blob_key,
+                rec.size, rec.sha256, rec.frames, json.dumps(meta, separators=(",", ":")), rec.bulkdata, sequence,
+                *instance_columns.values(),
+            ),
+            returning="id",
         )
         # Counters move by increments: no recount of a large study per STOW.
-        Series.update(
-            latest_instance_id=instance.id,
-            number_of_instances=Series.number_of_instances + 1,
-            **_series_columns(meta),
-        ).where(Series.id == series.id).execute()
-        _set_request_attributes(series.id, meta)
-        Study.update(
-            latest_instance_id=instance.id,
-            number_of_instances=Study.number_of_instances + 1,
-            number_of_series=Study.number_of_series + (1 if new_series else 0),
-            modalities_in_study=_modalities(study.id),
-            sop_classes_in_study=_with_value(study.sop_classes_in_study, rec.sop_class_uid),
-            **_study_columns(meta),
-        ).where(Study.id == study.id).execute()
-        return StoreOutcome(existing is not None, obsolete, change.sequence)
+        series_columns = _series_columns(meta)
+        s.update(
+            Series,
+            ("latest_instance_id", *series_columns),
+            ("number_of_instances",),
+            (instance_id, *series_columns.values(), 1),
+            series_id,
+        )
+        self._set_request_attributes(series_id, meta)
+        modalities = "\\".join(sorted(row[0] for row in s.all(w.modalities, (study_id,)))) or None
+        study_columns = _study_columns(meta)
+        s.update(
+            Study,
+            ("latest_instance_id", "modalities_in_study", "sop_classes_in_study", *study_columns),
+            ("number_of_instances", "number_of_series"),
+            (
+                instance_id,
+                modalities,
+                _with_value(sop_classes, rec.sop_class_uid),
+                *study_columns.values(),
+                1,
+                1 if new_series else 0,
+            ),
+            study_id,
+        )
+        return StoreOutcome(replaced is not None, replaced.blob_key if replaced else None, sequence)
+
+    def _set_request_attributes(self, series_id: int, meta: DicomJson) -> None:
+        """Mirror the latest instance's Request Attributes Sequence items for matching."""
+        s = self._writer.s
+        s.run(self._writer.delete_request_attributes, (series_id,))
+        for item in (meta.get("00400275") or {}).get("Value") or []:
+            if isinstance(item, dict):
+                s.insert(
+                    RequestAttribute,
+                    ("series_id", "scheduled_procedure_step_id", "requested_procedure_id"),
+                    (series_id, string_value(item, "00400009"), string_value(item, "00401001")),
+                )
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
         """Remove matching instances, record 'delete' changes; return their blob keys."""
@@ -327,7 +374,7 @@ class Index:
                 latest_instance_id=latest.id,
                 **_series_columns(meta),
             ).where(Series.id == series_id).execute()
-            _set_request_attributes(series_id, meta)
+            self._set_request_attributes(series_id, meta)
         for study_id in study_ids:
             latest = (
                 Instance.select(Instance.id, Instance.metadata)
@@ -459,23 +506,6 @@ def _with_value(multi_value: str | None, value: str) -> str:
     values = set(multi_value.split("\\")) if multi_value else set()
     values.add(value)
     return "\\".join(sorted(values))
-
-
-def _set_request_attributes(series_id: int, meta: DicomJson) -> None:
-    """Mirror the latest instance's Request Attributes Sequence items for matching."""
-    RequestAttribute.delete().where(RequestAttribute.series == series_id).execute()
-    items = (meta.get("00400275") or {}).get("Value") or []
-    rows = [
-        {
-            "series": series_id,
-            "scheduled_procedure_step_id": string_value(item, "00400009"),
-            "requested_procedure_id": string_value(item, "00401001"),
-        }
-        for item in items
-        if isinstance(item, dict)
-    ]
-    if rows:
-        RequestAttribute.insert_many(rows).execute()
 
 
 def _chunks(items: list, size: int):
