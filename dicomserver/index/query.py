@@ -193,8 +193,12 @@ def search(
     study_uid: str | None = None,
     series_uid: str | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Run a QIDO query; return (results, more results exist beyond this page)."""
-    rep = Instance.alias("rep")
+    """Run a QIDO query; return (results, more results exist beyond this page).
+
+    One SQL statement: the page is chosen in a subquery over the small, indexed
+    columns, and only that page's rows are joined to the (large) stored DICOM JSON,
+    so neither sorting nor a deep `offset` ever drags metadata through the database.
+    """
     columns = [
         Study.study_instance_uid.alias("study_uid"),
         Study.number_of_series.alias("study_series_count"),
@@ -203,9 +207,7 @@ def search(
         Study.sop_classes_in_study.alias("study_sop_classes"),
     ]
     if query.level == STUDY:
-        sql = Study.select(*columns, rep.metadata.alias("rep_metadata")).join(
-            rep, on=(rep.id == Study.latest_instance_id)
-        )
+        page = Study.select(*columns, Study.id.alias("sort_id"), Study.latest_instance_id.alias("rep_id"))
         order = Study.id
     else:
         columns += [
@@ -213,19 +215,17 @@ def search(
             Series.number_of_instances.alias("series_instance_count"),
         ]
         if query.level == SERIES:
-            sql = (
-                Series.select(*columns, rep.metadata.alias("rep_metadata"))
-                .join(Study, on=(Series.study == Study.id))
-                .switch(Series)
-                .join(rep, on=(rep.id == Series.latest_instance_id))
-            )
+            page = Series.select(
+                *columns, Series.id.alias("sort_id"), Series.latest_instance_id.alias("rep_id")
+            ).join(Study, on=(Series.study == Study.id))
             order = Series.id
         else:
-            sql = (
+            page = (
                 Instance.select(
                     *columns,
                     Instance.sop_instance_uid.alias("sop_uid"),
-                    Instance.metadata.alias("rep_metadata"),
+                    Instance.id.alias("sort_id"),
+                    Instance.id.alias("rep_id"),
                 )
                 .join(Series, on=(Instance.series == Series.id))
                 .switch(Instance)
@@ -233,12 +233,21 @@ def search(
             )
             order = Instance.id
     if study_uid is not None:
-        sql = sql.where(Study.study_instance_uid == study_uid)
+        page = page.where(Study.study_instance_uid == study_uid)
     if series_uid is not None:
-        sql = sql.where(Series.series_instance_uid == series_uid)
+        page = page.where(Series.series_instance_uid == series_uid)
     for f in query.filters:
-        sql = sql.where(_condition(f))
-    rows = list(sql.order_by(order).offset(query.offset).limit(query.limit + 1).dicts())
+        page = page.where(_condition(f))
+    page = page.order_by(order).offset(query.offset).limit(query.limit + 1)
+    inner_sql, params = page.sql()
+    db = Instance._meta.database
+    cursor = db.execute_sql(
+        f'SELECT page.*, rep."metadata" AS rep_metadata FROM ({inner_sql}) AS page '
+        f'JOIN "{Instance._meta.table_name}" AS rep ON rep."id" = page.rep_id ORDER BY page.sort_id',
+        params,
+    )
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, values)) for values in cursor.fetchall()]
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     return_tags = _return_tags(query, in_study_path=study_uid is not None)
