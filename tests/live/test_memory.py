@@ -30,23 +30,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 
-def _live_conftest():
-    """tests/live/conftest.py (start_server, stop_server), whatever pytest's import mode."""
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().with_name("conftest.py")
-    module = sys.modules.get("conftest")
-    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == path:
-        return module
-    spec = importlib.util.spec_from_file_location("dicomserver_live_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_live = _live_conftest()
-start_server, stop_server = _live.start_server, _live.stop_server
+from live_servers import start_server, stop_server  # noqa: E402
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
