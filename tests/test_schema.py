@@ -23,19 +23,25 @@ def test_version_1_database_is_migrated_and_rederived(tmp_path):
     ds = make_instance(PatientName="Doe^John", RequestAttributesSequence=[])
     app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
     app.extensions["dicomserver"].index.close()
-    # Turn it into what release 1 created: no schema_info, no fuzzy/SOP-class/bulk data columns.
+    # Turn it into what release 1 created: no schema_info, no fuzzy/SOP-class/bulk data columns,
+    # the DICOM JSON inside the instance rows.
     with sqlite3.connect(tmp_path / "i.db") as db:
         db.execute("DROP TABLE schema_info")
         db.execute("DROP TABLE request_attribute")
         for column in ("patient_name_words", "referring_physician_name_words", "sop_classes_in_study"):
             db.execute(f"ALTER TABLE study DROP COLUMN {column}")
         db.execute("ALTER TABLE instance DROP COLUMN bulkdata")
+        db.execute("ALTER TABLE instance ADD COLUMN metadata TEXT")
+        db.execute("UPDATE instance SET metadata = (SELECT metadata FROM instance_metadata WHERE instance_id = instance.id)")
+        db.execute("DROP TABLE instance_metadata")
 
     client = _app(tmp_path).test_client()
     response = client.get("/v2/studies?PatientName=jo&fuzzymatching=true&includefield=SOPClassesInStudy")
     assert response.status_code == 200
     (study,) = response.json
     assert study["00080062"]["Value"] == [ds.SOPClassUID]
+    (meta,) = client.get(f"/v2/studies/{ds.StudyInstanceUID}/metadata").json
+    assert meta["00100010"]["Value"] == [{"Alphabetic": "Doe^John"}]
     with sqlite3.connect(tmp_path / "i.db") as db:
         assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
 

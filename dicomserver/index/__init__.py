@@ -22,7 +22,7 @@ from playhouse.db_url import parse as parse_url
 from ..dicomjson import DicomJson, int_value, name_key, name_words, normalize_time, string_value
 from ..errors import NotFound
 from ..validation import indexed_string
-from .models import Change, Instance, RequestAttribute, Series, Study, database_proxy
+from .models import Change, Instance, InstanceMetadata, RequestAttribute, Series, Study, database_proxy
 from .writes import InstanceWriter
 
 # Attribute tags (GGGGEEEE) read from an instance's DICOM JSON into index columns.
@@ -273,15 +273,15 @@ class Index:
             Instance,
             (
                 "study_id", "series_id", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "blob_key",
-                "size", "sha256", "frames", "metadata", "bulkdata", "watermark", *instance_columns,
+                "size", "sha256", "frames", "bulkdata", "watermark", *instance_columns,
             ),
             (
                 study_id, series_id, rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid, rec.blob_key,
-                rec.size, rec.sha256, rec.frames, json.dumps(meta, separators=(",", ":")), rec.bulkdata, sequence,
-                *instance_columns.values(),
+                rec.size, rec.sha256, rec.frames, rec.bulkdata, sequence, *instance_columns.values(),
             ),
             returning="id",
         )
+        s.insert(InstanceMetadata, ("instance_id", "metadata"), (instance_id, json.dumps(meta, separators=(",", ":"))))
         # Counters move by increments: no recount of a large study per STOW.
         series_columns = _series_columns(meta)
         s.update(
@@ -359,9 +359,11 @@ class Index:
         """Recount, re-pick the latest instance and its columns, drop empty series/studies."""
         for series_id in series_ids:
             latest = (
-                Instance.select(Instance.id, Instance.metadata)
+                Instance.select(Instance.id, InstanceMetadata.metadata)
+                .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
                 .where(Instance.series == series_id)
                 .order_by(Instance.id.desc())
+                .objects()
                 .first()
             )
             if latest is None:
@@ -377,9 +379,11 @@ class Index:
             self._set_request_attributes(series_id, meta)
         for study_id in study_ids:
             latest = (
-                Instance.select(Instance.id, Instance.metadata)
+                Instance.select(Instance.id, InstanceMetadata.metadata)
+                .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
                 .where(Instance.study == study_id)
                 .order_by(Instance.id.desc())
+                .objects()
                 .first()
             )
             if latest is None:
@@ -397,7 +401,9 @@ class Index:
     # -- reads -------------------------------------------------------------
     def _instance_query(self, study_uid: str, series_uid: str | None, sop_uid: str | None):
         query = (
-            Instance.select(Instance, Series.id, Series.series_instance_uid)
+            Instance.select(Instance, Series.id, Series.series_instance_uid, Series.series_number, InstanceMetadata.metadata)
+            .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id), attr="document")
+            .switch(Instance)
             .join(Series)
             .switch(Instance)
             .join(Study)
@@ -414,6 +420,8 @@ class Index:
         rows = list(self._instance_query(study_uid, series_uid, sop_uid))
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
+        for row in rows:  # the stored DICOM JSON, as an attribute of the instance
+            row.metadata = row.document.metadata
         return rows
 
     def metadata(
@@ -425,7 +433,9 @@ class Index:
         added, replaced or removed, which is what a metadata ETag must follow.
         """
         query = (
-            Instance.select(Instance.metadata, Instance.watermark)
+            Instance.select(InstanceMetadata.metadata, Instance.watermark)
+            .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
+            .switch(Instance)
             .join(Series)
             .switch(Instance)
             .join(Study)
@@ -452,11 +462,15 @@ class Index:
         newest_first: bool = False,
     ) -> list[tuple[Change, Instance | None]]:
         """Change entries with the current version of their instance (None if deleted)."""
-        query = Change.select(Change, Instance.watermark, Instance.metadata).join(
-            Instance,
-            pw.JOIN.LEFT_OUTER,
-            on=(Instance.sop_instance_uid == Change.sop_instance_uid),
-            attr="current",
+        query = (
+            Change.select(Change, Instance.watermark, InstanceMetadata.metadata)
+            .join(
+                Instance,
+                pw.JOIN.LEFT_OUTER,
+                on=(Instance.sop_instance_uid == Change.sop_instance_uid),
+                attr="current",
+            )
+            .join(InstanceMetadata, pw.JOIN.LEFT_OUTER, on=(InstanceMetadata.instance == Instance.id), attr="document")
         )
         if after_sequence is not None:
             query = query.where(Change.sequence > after_sequence)
@@ -471,7 +485,14 @@ class Index:
         else:
             order = (Change.sequence,)
         rows = query.order_by(*order).offset(offset).limit(limit)
-        return [(c, getattr(c, "current", None)) for c in rows]
+        out = []
+        for change in rows:
+            current = getattr(change, "current", None)
+            if current is not None:
+                document = getattr(current, "document", None)
+                current.metadata = document.metadata if document is not None else None
+            out.append((change, current))
+        return out
 
 
 def _postgres(database_url: str, pool_size: int) -> pw.Database:

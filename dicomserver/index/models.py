@@ -4,8 +4,8 @@ Patient attributes live on Study (as in the reference server: no patient level).
 Study and Series columns hold the searchable attributes of their *latest* stored
 instance ("latest wins" when instances disagree) plus counters maintained in the
 same transaction as every write, so QIDO is one indexed query and never opens a blob.
-Instance rows carry the instance's DICOM JSON (`metadata`) and its frame offsets,
-so `/metadata` and frame retrieval need no parse of the stored file.
+Instance rows carry the instance's frame offsets and, in InstanceMetadata, its DICOM
+JSON, so `/metadata` and frame retrieval need no parse of the stored file.
 """
 from __future__ import annotations
 
@@ -77,12 +77,21 @@ class Instance(BaseModel):
     sha256 = pw.CharField(max_length=64, null=True)
     #: JSON frame map (see frames.py); NULL when frames cannot be located by offset.
     frames = pw.TextField(null=True)
-    #: The instance's DICOM JSON (PS3.18 Annex F); large binary values as BulkDataURIs.
-    metadata = pw.TextField()
     #: JSON {bulk data path: [offset, length]} for the BulkDataURIs in `metadata`.
     bulkdata = pw.TextField(null=True)
     #: Sequence of the change-feed entry that created this version of the instance.
     watermark = pw.BigIntegerField(index=True)
+
+
+class InstanceMetadata(BaseModel):
+    """The instance's DICOM JSON (PS3.18 Annex F), large binary values as BulkDataURIs.
+
+    Kept apart from Instance so that the rows QIDO scans, sorts and pages through stay
+    a few hundred bytes long; the JSON (kilobytes) is read only for the rows returned.
+    """
+
+    instance = pw.ForeignKeyField(Instance, primary_key=True, backref="meta", on_delete="CASCADE")
+    metadata = pw.TextField()
 
 
 class RequestAttribute(BaseModel):
@@ -105,7 +114,7 @@ class Change(BaseModel):
     sop_instance_uid = pw.CharField(max_length=64, index=True)
 
 
-MODELS = (Study, Series, Instance, RequestAttribute, Change)
+MODELS = (Study, Series, Instance, InstanceMetadata, RequestAttribute, Change)
 
 
 class SchemaInfo(BaseModel):

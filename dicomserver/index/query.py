@@ -24,7 +24,7 @@ from ..matching import (
     ValueList,
     Wildcard,
 )
-from .models import Instance, RequestAttribute, Series, Study
+from .models import Instance, InstanceMetadata, RequestAttribute, Series, Study
 
 
 # PS3.18 Table 10.6.3-3/-4/-5 default return attributes (the reference's v1 lists
@@ -243,7 +243,7 @@ def search(
     db = Instance._meta.database
     cursor = db.execute_sql(
         f'SELECT page.*, rep."metadata" AS rep_metadata FROM ({inner_sql}) AS page '
-        f'JOIN "{Instance._meta.table_name}" AS rep ON rep."id" = page.rep_id ORDER BY page.sort_id',
+        f'JOIN "{InstanceMetadata._meta.table_name}" AS rep ON rep."instance_id" = page.rep_id ORDER BY page.sort_id',
         params,
     )
     names = [d[0] for d in cursor.description]

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Callable
 
 from playhouse.migrate import SchemaMigrator, migrate
 
-from .models import MODELS, Instance, RequestAttribute, SchemaInfo, Series, Study
+from .models import MODELS, Instance, InstanceMetadata, RequestAttribute, SchemaInfo, Series, Study
 
 if TYPE_CHECKING:
     from . import Index
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
-def _v1_to_v2(index: "Index") -> None:
+def _v1_to_v2(index: "Index") -> bool:
     """Fuzzy name matching, SOPClassesInStudy, Request Attributes Sequence matching."""
     migrator = SchemaMigrator.from_database(index.db)
     migrate(
@@ -29,20 +29,30 @@ def _v1_to_v2(index: "Index") -> None:
         migrator.add_column("study", "sop_classes_in_study", Study.sop_classes_in_study),
     )
     index.db.create_tables([RequestAttribute])
-    index.rederive(
-        [s.id for s in Study.select(Study.id)],
-        [s.id for s in Series.select(Series.id)],
-    )
+    return True  # the new columns are derived from the stored JSON
 
 
-def _v2_to_v3(index: "Index") -> None:
+def _v2_to_v3(index: "Index") -> bool:
     """Bulk data locations (instances stored before have none: their metadata has no BulkDataURI)."""
     migrator = SchemaMigrator.from_database(index.db)
     migrate(migrator.add_column("instance", "bulkdata", Instance.bulkdata))
+    return False
 
 
-#: MIGRATIONS[v] takes a database at version v to v + 1.
-MIGRATIONS: dict[int, Callable[["Index"], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(index: "Index") -> bool:
+    """The DICOM JSON moves out of the instance rows into instance_metadata."""
+    index.db.create_tables([InstanceMetadata])
+    index.db.execute_sql(
+        'INSERT INTO "instance_metadata" ("instance_id", "metadata") SELECT "id", "metadata" FROM "instance"'
+    )
+    migrator = SchemaMigrator.from_database(index.db)
+    migrate(migrator.drop_column("instance", "metadata"))
+    return False
+
+
+#: MIGRATIONS[v] takes a database at version v to v + 1; True asks for derived columns
+#: to be recomputed once the schema is current (the code that does it expects that).
+MIGRATIONS: dict[int, Callable[["Index"], bool]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def ensure_schema(index: "Index") -> None:
@@ -62,6 +72,12 @@ def ensure_schema(index: "Index") -> None:
                 f"the index schema is version {info.version}, newer than this server "
                 f"understands ({SCHEMA_VERSION}); upgrade dicomserver"
             )
+        rederive = False
         for version in range(info.version, SCHEMA_VERSION):
-            MIGRATIONS[version](index)
+            rederive |= MIGRATIONS[version](index)
+        if rederive:
+            index.rederive(
+                [s.id for s in Study.select(Study.id)],
+                [s.id for s in Series.select(Series.id)],
+            )
         SchemaInfo.update(version=SCHEMA_VERSION).execute()

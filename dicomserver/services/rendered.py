@@ -11,11 +11,9 @@ Study and series resources render one representative image (see
 """
 from __future__ import annotations
 
-import json
 
 from flask import Blueprint, Response, request
 
-from ..dicomjson import int_value
 from ..errors import BadRequest, NotAcceptable, NotFound
 from ..extensions import server
 from ..index.models import Instance
@@ -30,7 +28,6 @@ except ImportError as exc:  # numpy or Pillow absent: the optional `render` extr
 
 bp = Blueprint("rendered", __name__)
 
-SERIES_NUMBER = "00200011"
 
 #: Accept entries that mean "the default rendered type" (JPEG).
 _WILDCARDS = ("*/*", "image/*")
@@ -168,10 +165,7 @@ def representative(rows: list[Instance]) -> Instance:
 
 
 def _series_number(row: Instance) -> int | None:
-    try:
-        return int_value(json.loads(row.metadata), SERIES_NUMBER)
-    except (TypeError, ValueError):
-        return None
+    return row.series.series_number  # the index reads it with the instance rows
 
 
 def _check_renderable(row: Instance, frame: int, max_bytes: int) -> None:
