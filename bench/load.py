@@ -43,6 +43,9 @@ class Resources:
     peak_pss: int = 0  # bytes, proportional set size summed (shared pages counted once)
     cpu_seconds: float = 0.0  # user + system of all processes during the test
     processes: int = 0  # how many distinct processes were seen
+    machine_busy_seconds: float = 0.0  # CPU time the whole machine spent busy (all cores, all processes)
+    machine_steal_seconds: float = 0.0  # CPU time a hypervisor gave to other guests
+    harness_cpu_seconds: float = 0.0  # this Python process (the STOW client, the sampler)
 
 
 class ResourceMonitor:
@@ -107,15 +110,29 @@ class ResourceMonitor:
     def __enter__(self) -> "ResourceMonitor":
         self._started = time.time() - 1.0  # create_time has a coarse clock
         self._sample(with_pss=True)
+        self._machine_start = psutil.cpu_times()
+        self._harness_start = time.process_time()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        harness = time.process_time() - self._harness_start
+        machine = psutil.cpu_times()
         self._sample(with_pss=True)
         self.result.cpu_seconds = sum(self._cpu_last[p] - self._cpu_start[p] for p in self._cpu_last)
         self.result.processes = len(self._cpu_last)
+        self.result.machine_busy_seconds = _busy(machine) - _busy(self._machine_start)
+        self.result.machine_steal_seconds = getattr(machine, "steal", 0.0) - getattr(self._machine_start, "steal", 0.0)
+        self.result.harness_cpu_seconds = harness
+
+
+def _busy(times) -> float:
+    """Busy CPU seconds in a psutil.cpu_times() total (guest time is already inside user)."""
+    idle = times.idle + getattr(times, "iowait", 0.0) + getattr(times, "steal", 0.0)
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return total - idle
 
 
 # -- wrk -----------------------------------------------------------------------------------

@@ -132,6 +132,7 @@ def render(records: list[dict], info: dict) -> str:
         f"warm-up, on {info['date']}.\n\n"
         f"```\n{info['command']}\n```\n"
     )
+    out.append(_quietness(records, info))
 
     for conc in info["concurrency"]:
         out.append(f"## Concurrency {conc}\n")
@@ -186,6 +187,27 @@ def render(records: list[dict], info: dict) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _quietness(records: list[dict], info: dict) -> str:
+    """Say how busy the rest of the machine was: other processes' CPU competes with both servers."""
+    loads = sorted(r["other_cpu_s"] / r["seconds"] for r in records
+                   if r.get("other_cpu_s") is not None and r.get("seconds"))
+    if not loads:
+        return ""
+    steal = sum(r.get("steal_cpu_s") or 0 for r in records) / max(1e-9, sum(r["seconds"] for r in records))
+    typical, worst = median(loads), loads[-1]
+    text = (f"**Other load on the machine:** processes other than the server under test, the load generator "
+            f"and the harness used a median of {typical:.2f} cores (at most {worst:.2f}) during the tests"
+            + (f"; the hypervisor took {steal:.2f} cores on average" if steal >= 0.01 else "") + ". ")
+    if typical > 0.2 or worst > 0.5:
+        text += ("That is not an idle machine: absolute figures are lower and noisier than they would be "
+                 "alone, and the spreads show it. The servers took turns, so both met the same kind of "
+                 "disturbance, though not always the same amount: read the ratios with their spreads; the "
+                 "details tables give the other load per test.")
+    else:
+        text += "The machine was essentially idle apart from the benchmark."
+    return text + "\n"
+
+
 def _target_cell(target: float | None, ratios: list[float], strict: bool = False) -> str:
     if target is None:
         return "–"
@@ -227,8 +249,8 @@ def _details(rec: Records, conc: int, servers: list[str], labels: dict[str, str]
     lines = [
         f"## Details at concurrency {conc} (medians over the rounds)\n",
         "| server | operation | throughput | MB/s | p50 ms | p95 ms | KB/response | server CPU s "
-        "| server CPU ms/request | server peak RSS MB | peak PSS MB | client CPU (cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU ms/request | server peak RSS MB | peak PSS MB | client CPU (cores) | other CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in servers + ["nginx"]:
         for key, label, metric, _ in _operations():
@@ -242,12 +264,15 @@ def _details(rec: Records, conc: int, servers: list[str], labels: dict[str, str]
             per_request = [r["server_cpu_s"] / r["requests"] * 1000 for r in rounds.values()
                            if r.get("server_cpu_s") is not None and r["requests"]]
             cores = [r["client_cpu_s"] / r["seconds"] for r in rounds.values() if r["seconds"]]
+            other = [r["other_cpu_s"] / r["seconds"] for r in rounds.values()
+                     if r["seconds"] and r.get("other_cpu_s") is not None]
             lines.append("| " + " | ".join([
                 labels.get(s, s), label, throughput, m("mb_per_s"), m("p50_ms"), m("p95_ms"),
                 m("bytes_per_response", 1 / 1000), m("server_cpu_s"),
                 fmt(median(per_request)) if per_request else "–",
                 m("server_peak_rss", 1e-6), m("server_peak_pss", 1e-6),
                 fmt(median(cores)) if cores else "–",
+                fmt(median(other)) if other else "–",
             ]) + " |")
     lines.append("")
     return "\n".join(lines)

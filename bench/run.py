@@ -133,7 +133,7 @@ def stow_phase(server: Server, data: generate.DataSet, args, round_no: int, reco
             "instances_per_s": result.instances_per_s, "mb_per_s": result.mb_per_s,
             "p50_ms": result.p50_ms, "p95_ms": result.p95_ms,
             "bytes_per_response": None, "client_cpu_s": result.client_cpu_seconds,
-            **_resources(server, res),
+            **_resources(server, res), **_other_load(res, client_process_cpu=0.0),
         })
         log(f"  {server.label} c={conc} {op.key}: {result.instances_per_s:.1f} inst/s, "
             f"{result.mb_per_s:.1f} MB/s, p50 {result.p50_ms:.1f} ms ({result.instances} instances; "
@@ -144,6 +144,13 @@ def _resources(server: Server, res) -> dict:
     if not server.pids() and not res.processes:
         return {"server_cpu_s": None, "server_peak_rss": None, "server_peak_pss": None}
     return {"server_cpu_s": res.cpu_seconds, "server_peak_rss": res.peak_rss, "server_peak_pss": res.peak_pss}
+
+
+def _other_load(res, client_process_cpu: float) -> dict:
+    """CPU the rest of the machine used during a test: busy time not spent by the server, wrk or
+    this harness. Anything but ~0 means the figures were taken on a machine that was not idle."""
+    ours = res.cpu_seconds + client_process_cpu + res.harness_cpu_seconds
+    return {"other_cpu_s": max(0.0, res.machine_busy_seconds - ours), "steal_cpu_s": res.machine_steal_seconds}
 
 
 def get_test(server: Server, name: str, op_key: str, paths: list[str], accept: str | None, conc: int, args,
@@ -162,6 +169,7 @@ def get_test(server: Server, name: str, op_key: str, paths: list[str], accept: s
         "p50_ms": result.p50_ms, "p95_ms": result.p95_ms, "p99_ms": result.p99_ms,
         "bytes_per_response": result.bytes / result.requests, "client_cpu_s": result.client_cpu_seconds,
         "close_delimited": close_delimited, **_resources(server, res),
+        **_other_load(res, client_process_cpu=result.client_cpu_seconds),
     })
     log(f"  {server.label} c={conc} {op_key}: {result.rps:.1f} req/s, {result.mb_per_s:.1f} MB/s, "
         f"p50 {result.p50_ms:.2f} ms, p95 {result.p95_ms:.2f} ms (server CPU {res.cpu_seconds:.1f} s, "
