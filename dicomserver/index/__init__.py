@@ -14,6 +14,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Iterable, Iterator
 
 import peewee as pw
@@ -155,6 +156,7 @@ class Index:
             self.db = _postgres(database_url, pool_size)
         database_proxy.initialize(self.db)
         self._writer = InstanceWriter(self.db)
+        self._instances_sql: dict[tuple[bool, bool], str] = {}
 
     # -- lifecycle ---------------------------------------------------------
     def create_schema(self) -> None:
@@ -167,13 +169,18 @@ class Index:
         self.db.connect(reuse_if_open=True)
 
     def close(self) -> None:
-        """End this thread's use of the database (a pooled connection goes back to the pool)."""
-        if not self.db.is_closed():
+        """End a request's use of the database: a pooled connection goes back to the pool.
+
+        A SQLite connection stays open for the thread's next request: opening one costs
+        more than most queries (its PRAGMAs run on every open).
+        """
+        if not self.is_sqlite and not self.db.is_closed():
             self.db.close()
 
     def shutdown(self) -> None:
         """Close every connection, pooled ones included (app teardown)."""
-        self.close()
+        if not self.db.is_closed():
+            self.db.close()
         if hasattr(self.db, "close_all"):
             self.db.close_all()
 
@@ -416,12 +423,29 @@ class Index:
         return query.order_by(Series.id, Instance.instance_number, Instance.id)
 
     def instances(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Instance]:
-        """Instances of a study/series/instance, in series then instance order; 404 if none."""
-        rows = list(self._instance_query(study_uid, series_uid, sop_uid))
+        """Instances of a study/series/instance, in series then instance order; 404 if none.
+
+        Every WADO request starts here, so the SQL text is built once (see writes.py for
+        why) and rows come back as plain objects with the Instance columns, `metadata`
+        and `series` (id, series_instance_uid, series_number).
+        """
+        sql = self._instances_sql.get((series_uid is not None, sop_uid is not None))
+        if sql is None:
+            sql = self._instances_sql[(series_uid is not None, sop_uid is not None)] = _instances_sql(
+                self.db.param, series_uid is not None, sop_uid is not None
+            )
+        params = [study_uid] + [u for u in (series_uid, sop_uid) if u is not None]
+        cursor = self.db.execute_sql(sql, params)
+        names = [d[0] for d in cursor.description]
+        rows = []
+        for values in cursor.fetchall():
+            row = SimpleNamespace(**dict(zip(names, values)))
+            row.series = SimpleNamespace(
+                id=row.series_id, series_instance_uid=row.series_instance_uid, series_number=row.series_number
+            )
+            rows.append(row)
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
-        for row in rows:  # the stored DICOM JSON, as an attribute of the instance
-            row.metadata = row.document.metadata
         return rows
 
     def metadata(
@@ -527,6 +551,21 @@ def _with_value(multi_value: str | None, value: str) -> str:
     values = set(multi_value.split("\\")) if multi_value else set()
     values.add(value)
     return "\\".join(sorted(values))
+
+
+def _instances_sql(param: str, by_series: bool, by_sop: bool) -> str:
+    columns = ", ".join(f'i."{f.column_name}"' for f in Instance._meta.sorted_fields)
+    where = [f's."study_instance_uid" = {param}']
+    if by_series:
+        where.append(f'se."series_instance_uid" = {param}')
+    if by_sop:
+        where.append(f'i."sop_instance_uid" = {param}')
+    return (
+        f'SELECT {columns}, se."series_instance_uid", se."series_number", m."metadata" '
+        f'FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
+        f'JOIN "study" AS s ON s."id" = i."study_id" JOIN "instance_metadata" AS m ON m."instance_id" = i."id" '
+        f'WHERE {" AND ".join(where)} ORDER BY se."id", i."instance_number", i."id"'
+    )
 
 
 def _chunks(items: list, size: int):
