@@ -45,6 +45,7 @@ class Resources:
     processes: int = 0  # how many distinct processes were seen
     machine_busy_seconds: float = 0.0  # CPU time the whole machine spent busy (all cores, all processes)
     machine_steal_seconds: float = 0.0  # CPU time a hypervisor gave to other guests
+    machine_irq_seconds: float = 0.0  # interrupt and softirq time (loopback networking), no process's
     harness_cpu_seconds: float = 0.0  # this Python process (the STOW client, the sampler)
 
 
@@ -126,6 +127,11 @@ class ResourceMonitor:
         self.result.machine_busy_seconds = _busy(machine) - _busy(self._machine_start)
         self.result.machine_steal_seconds = getattr(machine, "steal", 0.0) - getattr(self._machine_start, "steal", 0.0)
         self.result.harness_cpu_seconds = harness
+        self.result.machine_irq_seconds = _irq(machine) - _irq(self._machine_start)
+
+
+def _irq(times) -> float:
+    return getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
 
 
 def _busy(times) -> float:
@@ -133,6 +139,56 @@ def _busy(times) -> float:
     idle = times.idle + getattr(times, "iowait", 0.0) + getattr(times, "steal", 0.0)
     total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
     return total - idle
+
+
+class QuietGate:
+    """Holds a test back until the rest of the machine is nearly idle, within a time budget.
+
+    On a shared machine other jobs (test suites, builds) come and go; a test taken
+    while they run measures them too. Before each test, `wait()` samples the whole
+    machine's busy CPU in half-second windows until it is at most `max_cores` (the
+    servers idle between tests), for at most `per_test` seconds. `retry_allowed()`
+    says whether a test disturbed anyway may be taken again. Waits and retries
+    together stop once `budget` seconds are spent, so a machine that never calms
+    down only makes the run longer by the budget.
+    """
+
+    def __init__(self, max_cores: float | None, per_test: float = 20.0, budget: float = 900.0) -> None:
+        self.max_cores = max_cores
+        self.per_test = per_test
+        self.budget = budget
+        self.spent = 0.0
+        self.repeated = 0  # tests taken again because they were disturbed
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_cores is not None
+
+    def wait(self) -> float:
+        """Seconds waited for the machine to calm down."""
+        if not self.enabled:
+            return 0.0
+        started = time.monotonic()
+        deadline = started + min(self.per_test, max(0.0, self.budget - self.spent))
+        while time.monotonic() < deadline:
+            before = psutil.cpu_times()
+            time.sleep(0.5)
+            busy = (_busy(psutil.cpu_times()) - _busy(before)) / 0.5
+            if busy <= self.max_cores:
+                break
+        waited = time.monotonic() - started
+        self.spent += waited
+        return waited
+
+    def disturbed(self, other_cores: float) -> bool:
+        return self.enabled and other_cores > self.max_cores
+
+    def retry_allowed(self, test_seconds: float) -> bool:
+        if not self.enabled or self.spent + test_seconds > self.budget:
+            return False
+        self.spent += test_seconds
+        self.repeated += 1
+        return True
 
 
 # -- wrk -----------------------------------------------------------------------------------

@@ -205,6 +205,13 @@ def _quietness(records: list[dict], info: dict) -> str:
                  "details tables give the other load per test.")
     else:
         text += "The machine was essentially idle apart from the benchmark."
+    quiet = info.get("quiet") or {}
+    if quiet.get("max_cores") is not None:
+        text += (f" Each test waited (up to 20 s) for other processes to use at most {quiet['max_cores']:g} cores; "
+                 f"a GET test they disturbed more than that was taken again (up to {quiet['retries']} times) and "
+                 f"the attempt with the least other load kept, whatever its figures: {quiet['repeated']} "
+                 f"repetition(s), {quiet['spent_s']:.0f} s of waiting and repeating (budget "
+                 f"{quiet['budget_s']:.0f} s).")
     return text + "\n"
 
 
