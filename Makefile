@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg setup.py
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[codecs,render,postgres,test]'
+	$(BIN)/python -m pip install --quiet -e '.[codecs,render,postgres,s3,test]'
 	touch $@
 
 install: $(VENV)/.installed

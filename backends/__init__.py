@@ -40,10 +40,14 @@ __all__ = [
 BLOBSTORES: dict[str, tuple[str, str]] = {
     "file": ("backends.local", "LocalBlobStore"),
     "memory": ("backends.memory", "MemoryBlobStore"),
+    "s3": ("backends.s3", "S3BlobStore"),
 }
 
+#: The setup.cfg extra that installs a backend's optional dependencies.
+EXTRAS: dict[str, str] = {"s3": "s3"}
+
 #: The accepted forms, for error messages; keep in step with BLOBSTORES.
-EXPECTED_FORMS = "a path, file:///abs/path or memory://"
+EXPECTED_FORMS = "a path, file:///abs/path, s3://bucket[/prefix] or memory://"
 
 # 'scheme:' at the start; two characters at least so 'C:\data' stays a path.
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
@@ -52,9 +56,22 @@ _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
 
 
 def blobstore_class(scheme: str) -> type[BlobStore]:
-    """Import and return the backend class registered for `scheme`."""
+    """Import and return the backend class registered for `scheme`.
+
+    Raises ValueError naming the extra to install when the backend's optional
+    dependency (boto3 for s3) is missing, so start-up fails with that advice.
+    """
     module_name, class_name = BLOBSTORES[scheme]
-    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name == module_name or scheme not in EXTRAS:
+            raise
+        raise ValueError(
+            f"the {scheme}:// blob store needs the Python package {exc.name!r}, which is not "
+            f"installed: pip install '.[{EXTRAS[scheme]}]' (or 'dicomserver[{EXTRAS[scheme]}]')"
+        ) from None
+    cls = getattr(module, class_name)
     if not (isinstance(cls, type) and issubclass(cls, BlobStore)):
         raise TypeError(f"{module_name}.{class_name} is not a BlobStore")
     return cls
@@ -65,7 +82,8 @@ def open_blobstore(url: str | os.PathLike[str]) -> BlobStore:
 
     Accepts a plain path (relative paths are resolved against the current
     directory; anything starting with 'scheme:' is read as a URL, so write
-    './name:x' for such a directory), 'file:///absolute/path' or 'memory://'.
+    './name:x' for such a directory), 'file:///absolute/path',
+    's3://bucket[/prefix]' or 'memory://'.
     Raises ValueError with a message saying which forms are expected; the
     caller prefixes it with the name of the setting it came from.
     """

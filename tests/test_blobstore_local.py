@@ -365,21 +365,22 @@ def test_open_blobstore_rejects_bad_file_urls(url: str, message: str) -> None:
     assert repr(url) in str(raised.value)
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/prefix", "http://example.org/x", "ftp:x", "gs://b"])
+@pytest.mark.parametrize("url", ["gs://bucket/prefix", "http://example.org/x", "ftp:x", "gs://b"])
 def test_open_blobstore_rejects_unsupported_schemes(url: str) -> None:
     with pytest.raises(ValueError) as raised:
         open_blobstore(url)
     assert str(raised.value) == (
-        f"unsupported blob store URL {url!r}: expected a path, file:///abs/path or memory://"
+        f"unsupported blob store URL {url!r}: "
+        f"expected a path, file:///abs/path, s3://bucket[/prefix] or memory://"
     )
 
 
 def test_open_blobstore_does_not_echo_credentials() -> None:
     with pytest.raises(ValueError) as raised:
-        open_blobstore("s3://AKIAEXAMPLE:s3cr3t@bucket/prefix")
+        open_blobstore("gs://AKIAEXAMPLE:s3cr3t@bucket/prefix")
     assert "s3cr3t" not in str(raised.value)
     assert "AKIAEXAMPLE" not in str(raised.value)
-    assert "s3://***@bucket/prefix" in str(raised.value)
+    assert "gs://***@bucket/prefix" in str(raised.value)
 
 
 @pytest.mark.parametrize("url", ["", "   "])
@@ -392,6 +393,7 @@ def test_backend_registry() -> None:
     assert BLOBSTORES == {
         "file": ("backends.local", "LocalBlobStore"),
         "memory": ("backends.memory", "MemoryBlobStore"),
+        "s3": ("backends.s3", "S3BlobStore"),
     }
     for scheme, (module_name, class_name) in BLOBSTORES.items():
         cls = getattr(importlib.import_module(module_name), class_name)

@@ -43,7 +43,7 @@ def test_bad_values_name_the_variable(env, variable):
         Settings.from_env(env)
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/prefix", "ftp://host/x", "file://relative/path"])
+@pytest.mark.parametrize("url", ["s3:///no-bucket", "ftp://host/x", "file://relative/path"])
 def test_bad_blobstore_url_stops_startup(tmp_path, url):
     with pytest.raises(ConfigError, match="DICOMWEB_BLOBSTORE_URL"):
         create_app(Settings(blobstore_url=url, database_url=f"sqlite:///{tmp_path / 'i.db'}"))
