@@ -128,6 +128,8 @@ class S3BlobStore(BlobStore):
 
     scheme = "s3"
     supports_range = True
+    #: Keys per ListObjectsV2 request (S3's maximum; tests lower it to see paging).
+    list_page_size = 1000
 
     def __init__(self, bucket: str, prefix: str = "", *, client: Any = None) -> None:
         if not isinstance(bucket, str) or not _BUCKET_RE.fullmatch(bucket):
@@ -360,7 +362,9 @@ class S3BlobStore(BlobStore):
     def _list(self, prefix: str) -> Iterator[str]:
         what = f"cannot list blobs under {self._where(prefix)}"
         pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self._object_prefix + prefix
+            Bucket=self.bucket,
+            Prefix=self._object_prefix + prefix,
+            PaginationConfig={"PageSize": self.list_page_size},
         )
         iterator = iter(pages)
         while True:

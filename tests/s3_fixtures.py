@@ -30,7 +30,7 @@ from typing import Iterator
 
 import pytest
 
-__all__ = ["MotoServer", "moto_s3", "moto_env", "new_bucket", "shared_moto_server"]
+__all__ = ["MotoServer", "empty_bucket", "moto_s3", "moto_env", "new_bucket", "shared_moto_server"]
 
 # The child: start moto, print its address, serve until stdin closes.
 # moto's models are not thread-safe: two PUTs of one key race (the second
@@ -160,3 +160,20 @@ def new_bucket(prefix: str = "test") -> str:
     finally:
         client.close()
     return name
+
+
+def empty_bucket(client, bucket: str, prefix: str = "", *, remove: bool = False) -> None:
+    """Delete every object (and pending upload) under `prefix`; the bucket too if `remove`.
+
+    moto keeps everything in memory for the whole session: tests that write a
+    lot clean up after themselves so later tests do not pay for it.
+    """
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    for upload in uploads:
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    if remove:
+        client.delete_bucket(Bucket=bucket)

@@ -35,7 +35,7 @@ from blobstore_contract import (
     sha256,
 )
 from botocore.stub import Stubber
-from s3_fixtures import MotoServer, apply_env, moto_env, moto_s3, new_bucket  # noqa: F401
+from s3_fixtures import MotoServer, apply_env, empty_bucket, moto_env, moto_s3, new_bucket  # noqa: F401
 
 from backends import open_blobstore
 from backends.base import BlobNotFound, BlobStoreError, InvalidKey, StorageUnavailable
@@ -50,6 +50,14 @@ from backends.s3 import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _buckets: dict[str, str] = {}
+_clients: dict[str, object] = {}
+
+
+def shared_client(endpoint: str) -> object:
+    """One boto3 client per moto server: building one per test costs more than the test."""
+    if endpoint not in _clients:
+        _clients[endpoint] = boto3.session.Session().client("s3")
+    return _clients[endpoint]
 
 
 @pytest.fixture
@@ -61,19 +69,17 @@ def bucket(moto_s3: str) -> str:  # noqa: F811
 
 
 @pytest.fixture
-def s3(bucket: str) -> Iterator[S3BlobStore]:
-    """A store under a prefix no other test uses, opened the way the server opens it."""
-    store = open_blobstore(f"s3://{bucket}/t-{uuid.uuid4().hex[:12]}")
-    assert isinstance(store, S3BlobStore)
+def s3(bucket: str, moto_s3: str) -> Iterator[S3BlobStore]:  # noqa: F811
+    """A store under a prefix no other test uses, emptied afterwards."""
+    client = shared_client(moto_s3)
+    store = S3BlobStore(bucket, f"t-{uuid.uuid4().hex[:12]}", client=client)
     yield store
-    store.close()
+    empty_bucket(client, bucket, store.prefix + "/")
 
 
 @pytest.fixture
-def client(moto_s3: str) -> Iterator[object]:  # noqa: F811
-    client = boto3.client("s3")
-    yield client
-    client.close()
+def client(moto_s3: str) -> object:  # noqa: F811
+    return shared_client(moto_s3)
 
 
 class TestS3BlobStoreContract(BlobStoreContract):
@@ -87,10 +93,11 @@ class TestS3BlobStoreContractWithoutPrefix(BlobStoreContract):
 
     @pytest.fixture
     def store(self, moto_s3: str) -> Iterator[S3BlobStore]:  # noqa: F811
-        store = open_blobstore(f"s3://{new_bucket('noprefix')}")
-        assert isinstance(store, S3BlobStore) and store.prefix == ""
+        client = shared_client(moto_s3)
+        store = S3BlobStore(new_bucket("noprefix"), client=client)
+        assert store.prefix == ""
         yield store
-        store.close()
+        empty_bucket(client, store.bucket, remove=True)
 
 
 # -- helpers --------------------------------------------------------------------
@@ -350,11 +357,23 @@ def test_keys_live_under_the_prefix(bucket: str, client) -> None:
     assert read_all(store, "a/b") == b"1"
 
 
-def test_list_pages_through_more_than_1000_keys(s3: S3BlobStore, client) -> None:
-    for i in range(1003):
-        client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}/many/{i:04d}", Body=b"")
-    keys = list(s3.list("many/"))
-    assert len(keys) == 1003 and keys[0] == "many/0000" and keys[-1] == "many/1002"
+def test_list_pages_through_the_listing(s3: S3BlobStore, client) -> None:
+    requests: list[dict] = []
+
+    def spy(params: dict, **_: object) -> None:
+        requests.append(dict(params))
+
+    client.meta.events.register("provide-client-params.s3.ListObjectsV2", spy)
+    try:
+        for i in range(7):
+            s3.put(f"many/{i}", io.BytesIO(b""))
+        s3.put("other", io.BytesIO(b""))
+        s3.list_page_size = 3
+        assert sorted(s3.list("many/")) == [f"many/{i}" for i in range(7)]
+    finally:
+        client.meta.events.unregister("provide-client-params.s3.ListObjectsV2", spy)
+    assert len(requests) == 3, "7 keys in pages of 3"
+    assert all(r["Prefix"] == f"{s3.prefix}/many/" and r["MaxKeys"] == 3 for r in requests)
 
 
 def test_open_is_seekable_and_reads_ranges(s3: S3BlobStore) -> None:
