@@ -153,12 +153,7 @@ def _condition(f: Filter) -> pw.Node:
     if isinstance(m, DateTimeRange):
         date, time = _DATE_TIME[f.attribute.keyword]
         combined = date.concat(pw.fn.COALESCE(time, "000000.000000"))
-        condition = date.is_null(False)
-        if m.lower is not None:
-            condition &= combined >= m.lower
-        if m.upper is not None:
-            condition &= combined <= m.upper
-        return condition
+        return date.is_null(False) & _between(combined, m.lower, m.upper)
     column = _COLUMNS[f.attribute.keyword]
     condition = _value_condition(column, m)
     if column.model is RequestAttribute:
@@ -177,13 +172,18 @@ def _value_condition(column, m) -> pw.Node:
     if isinstance(m, Wildcard):
         return _like(column, like_pattern(m.pattern))
     if isinstance(m, Range):
-        condition = column.is_null(False)
-        if m.lower is not None:
-            condition &= column >= m.lower
-        if m.upper is not None:
-            condition &= column <= m.upper
-        return condition
+        return column.is_null(False) & _between(column, m.lower, m.upper)
     raise AssertionError(f"unknown matcher {m!r}")
+
+
+def _between(expression, lower: str | None, upper: str | None) -> pw.Node:
+    """Inclusive range with either end open (PS3.4 C.2.2.2.5)."""
+    condition = pw.SQL("1 = 1")
+    if lower is not None:
+        condition &= expression >= lower
+    if upper is not None:
+        condition &= expression <= upper
+    return condition
 
 
 def search(
