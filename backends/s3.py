@@ -37,7 +37,8 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from typing import Any, BinaryIO, Callable, Iterator, NoReturn
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, NoReturn
 from urllib.parse import urlsplit
 
 import boto3
@@ -63,7 +64,7 @@ from .base import (
     validate_prefix,
 )
 
-__all__ = ["S3BlobStore", "PART_SIZE", "MAX_CONCURRENCY", "MAX_PARTS_IN_MEMORY"]
+__all__ = ["MAX_CONCURRENCY", "MAX_PARTS_IN_MEMORY", "PART_SIZE", "S3BlobStore"]
 
 MiB = 1 << 20
 
@@ -291,7 +292,7 @@ class S3BlobStore(BlobStore):
             self._client.upload_fileobj(
                 reader, self.bucket, object_key, ExtraArgs=extra_args, Config=_transfer_config(size)
             )
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, translated or as is
             failure = exc
         if failure is not None:
             if reader.stream_error is not None:
@@ -474,7 +475,7 @@ class _HashingReader:
         while wanted > 0 and not self.finished:
             try:
                 piece = self._stream.read(min(wanted, 1 << 30))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - kept for put() to re-raise unchanged
                 self.stream_error = exc
                 raise _StreamFailed(f"the input stream of blob {_shorten(self._key)} failed") from None
             if not piece:
@@ -631,7 +632,7 @@ class _RangedReader(io.RawIOBase):
         self._position_body()
         try:
             data = self._body.read(want)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - translated or re-raised
             self._drop_body()
             self._raise(exc)
         if not data:
@@ -654,7 +655,7 @@ class _RangedReader(io.RawIOBase):
                     if not skipped:
                         break
                     self._body_pos += len(skipped)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a broken GET is replaced by a new one
                 self._drop_body()
         if self._body is not None and self._body_pos == self._pos:
             return
@@ -664,7 +665,7 @@ class _RangedReader(io.RawIOBase):
             kwargs["IfMatch"] = self._etag
         try:
             response = self._store._client.get_object(Bucket=self._store.bucket, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - translated or re-raised
             self._raise(exc)
         self._body, self._body_pos = response["Body"], self._pos
 
@@ -682,7 +683,7 @@ class _RangedReader(io.RawIOBase):
         if body is not None:
             try:
                 body.close()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - closing a dropped response cannot fail usefully
                 pass
 
     def close(self) -> None:

@@ -26,11 +26,11 @@ import subprocess
 import sys
 import threading
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
-__all__ = ["MotoServer", "empty_bucket", "moto_s3", "moto_env", "new_bucket", "shared_moto_server"]
+__all__ = ["MotoServer", "empty_bucket", "moto_env", "moto_s3", "new_bucket", "shared_moto_server"]
 
 # The child: start moto, print its address, serve until stdin closes.
 # moto's models are not thread-safe: two PUTs of one key race (the second

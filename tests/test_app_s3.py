@@ -13,11 +13,11 @@ import io
 import boto3
 import pydicom
 import pytest
+from dicom_factory import make_instance, multipart_body, to_bytes
 from pydicom.dataset import Dataset
 from requests_toolbelt import MultipartDecoder
 from s3_fixtures import moto_s3, new_bucket  # noqa: F401
 
-from dicom_factory import make_instance, multipart_body, to_bytes
 from dicomserver import Settings, create_app
 
 PREFIX = "archive"

@@ -19,23 +19,30 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import boto3
 import psutil
 import pytest
 from blobstore_contract import (
-    MiB,
     BlobStoreContract,
     FailingReader,
+    MiB,
     NonSeekableReader,
     StreamBroke,
     read_all,
     sha256,
 )
 from botocore.stub import Stubber
-from s3_fixtures import MotoServer, apply_env, empty_bucket, moto_env, moto_s3, new_bucket  # noqa: F401
+from s3_fixtures import (  # noqa: F401
+    MotoServer,
+    apply_env,
+    empty_bucket,
+    moto_env,
+    moto_s3,
+    new_bucket,
+)
 
 from backends import open_blobstore
 from backends.base import BlobNotFound, BlobStoreError, InvalidKey, StorageUnavailable
@@ -174,7 +181,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._process.memory_info().rss)
             self._stop.wait(0.005)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> PeakRSS:  # noqa: PYI034
         self._thread.start()
         return self
 
@@ -472,7 +479,7 @@ def test_missing_bucket_is_storage_unavailable_not_blob_not_found(moto_s3: str) 
     store = S3BlobStore(f"missing-{uuid.uuid4().hex[:12]}", "p")
     with pytest.raises(StorageUnavailable, match="does not exist"):
         store.check()
-    for name, operation in blob_operations(store, "k").items():
+    for operation in blob_operations(store, "k").values():
         with pytest.raises(StorageUnavailable, match="does not exist"):
             operation()
 
@@ -605,7 +612,9 @@ def test_endpoint_comes_from_the_standard_variable(moto_s3: str) -> None:  # noq
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
 
 
 def test_missing_boto3_says_which_extra_to_install() -> None:
