@@ -9,11 +9,12 @@ from dicomserver import Settings, create_app
 
 from dicom_samples import STUDY_UID, sample
 from pg_fixtures import postgres, truncate_all  # noqa: F401  (fixture)
+from s3_fixtures import empty_bucket, moto_s3, new_bucket  # noqa: F401  (fixture)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
-    """Every test that uses the app runs on SQLite and on a real PostgreSQL."""
+    """Every test that uses the app runs twice: local disk + SQLite, and S3 + PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.db'}"
     server = request.getfixturevalue("postgres")
@@ -23,8 +24,25 @@ def database_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path, database_url) -> Settings:
-    return Settings(blobstore_url=str(tmp_path / "blobs"), database_url=database_url)
+def blobstore_url(request, tmp_path, database_url) -> str:
+    """The scale-out pairing: PostgreSQL goes with S3 (moto's server mode over HTTP)."""
+    if database_url.startswith("sqlite"):
+        return str(tmp_path / "blobs")
+    request.getfixturevalue("moto_s3")
+    bucket = new_bucket("app")
+    yield f"s3://{bucket}/archive"
+    import boto3
+
+    client = boto3.client("s3")
+    try:
+        empty_bucket(client, bucket, remove=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def settings(blobstore_url, database_url) -> Settings:
+    return Settings(blobstore_url=blobstore_url, database_url=database_url)
 
 
 @pytest.fixture

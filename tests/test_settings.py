@@ -79,11 +79,13 @@ def test_health_endpoints(client):
 
 
 def test_the_index_runs_on_the_configured_database(app, client, database_url):
-    """Guards the fixture: the postgresql variant really writes to PostgreSQL."""
+    """Guards the fixture: the postgresql variant really writes to PostgreSQL (and S3)."""
     from dicom_factory import make_instance, to_bytes
 
     index = app.extensions["dicomserver"].index
     assert index.is_sqlite == database_url.startswith("sqlite")
+    # ... and the scale-out variant keeps its blobs in S3 (moto), the other on local disk
+    assert app.extensions["dicomserver"].store.scheme == ("file" if index.is_sqlite else "s3")
     ds = make_instance()
     assert client.post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"}).status_code == 200
     if database_url.startswith("postgresql"):
