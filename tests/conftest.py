@@ -27,7 +27,8 @@ def database_url(request, tmp_path) -> str:
 def blobstore_url(request, tmp_path, database_url) -> str:
     """The scale-out pairing: PostgreSQL goes with S3 (moto's server mode over HTTP)."""
     if database_url.startswith("sqlite"):
-        return str(tmp_path / "blobs")
+        yield str(tmp_path / "blobs")
+        return
     request.getfixturevalue("moto_s3")
     bucket = new_bucket("app")
     yield f"s3://{bucket}/archive"
