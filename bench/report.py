@@ -193,25 +193,28 @@ def _quietness(records: list[dict], info: dict) -> str:
                    if r.get("other_cpu_s") is not None and r.get("seconds"))
     if not loads:
         return ""
+    quiet = info.get("quiet") or {}
+    limit = quiet.get("max_cores") or 0.3
     steal = sum(r.get("steal_cpu_s") or 0 for r in records) / max(1e-9, sum(r["seconds"] for r in records))
     typical, worst = median(loads), loads[-1]
+    disturbed = sum(1 for x in loads if x > limit)
     text = (f"**Other load on the machine:** processes other than the server under test, the load generator "
-            f"and the harness used a median of {typical:.2f} cores (at most {worst:.2f}) during the tests"
-            + (f"; the hypervisor took {steal:.2f} cores on average" if steal >= 0.01 else "") + ". ")
-    if typical > 0.2 or worst > 0.5:
+            f"and the harness used a median of {typical:.2f} cores during the tests; {disturbed} of "
+            f"{len(loads)} tests ran with more than {limit:g} cores of it (at most {worst:.2f}; see the "
+            f"'other CPU' column)" + (f"; the hypervisor took {steal:.2f} cores on average" if steal >= 0.01 else "")
+            + ". ")
+    if typical <= 0.1 and disturbed <= len(loads) // 4:
+        text += "Most figures were taken on an otherwise idle machine; the disturbed ones are in the details tables."
+    else:
         text += ("That is not an idle machine: absolute figures are lower and noisier than they would be "
                  "alone, and the spreads show it. The servers took turns, so both met the same kind of "
-                 "disturbance, though not always the same amount: read the ratios with their spreads; the "
-                 "details tables give the other load per test.")
-    else:
-        text += "The machine was essentially idle apart from the benchmark."
-    quiet = info.get("quiet") or {}
+                 "disturbance, though not always the same amount: read the ratios with their spreads.")
     if quiet.get("max_cores") is not None:
-        text += (f" Each test waited (up to 20 s) for other processes to use at most {quiet['max_cores']:g} cores; "
-                 f"a GET test they disturbed more than that was taken again (up to {quiet['retries']} times) and "
-                 f"the attempt with the least other load kept, whatever its figures: {quiet['repeated']} "
-                 f"repetition(s), {quiet['spent_s']:.0f} s of waiting and repeating (budget "
-                 f"{quiet['budget_s']:.0f} s).")
+        text += (f" Each test first waited (up to 20 s) for other processes to use at most {limit:g} cores; a "
+                 f"GET test disturbed anyway was taken again (up to {quiet['retries']} times) and the attempt "
+                 f"with the least other load kept, whatever its figures (STOW tests cannot be retaken: their "
+                 f"instances are stored): {quiet['repeated']} repetition(s), {quiet['spent_s']:.0f} s of "
+                 f"waiting and repeating (budget {quiet['budget_s']:.0f} s).")
     return text + "\n"
 
 

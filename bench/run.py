@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=2, help="times a disturbed GET test is taken again (default 2)")
     p.add_argument("--quiet-budget", type=float, default=900.0,
                    help="seconds the whole run may spend waiting for quiet and repeating tests (default 900)")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="only rewrite --out from the records of an earlier run (its .json), e.g. after "
+                        "editing the text in bench/report.py")
     p.add_argument("--time-limit", type=float, default=4 * 3600, help="stop the whole run after this many seconds")
     args = p.parse_args(argv)
     args.n = args.n or (QUICK_N if args.quick else DEFAULT_N)
@@ -272,6 +275,11 @@ def _install_signal_handlers(time_limit: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        args.out.write_text(report.render(saved["records"], saved["info"]))
+        log(f"wrote {args.out} from {args.render}")
+        return 0
     get_ops = [o for o in ops.GET_OPS if o.key in args.ops]
     check_tools(args, get_ops)
     _install_signal_handlers(args.time_limit)
