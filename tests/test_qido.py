@@ -240,3 +240,28 @@ def test_latest_instance_wins_and_delete_refreshes(client):
     assert client.delete(f"/v2/studies/1.2.5/series/1.2.5.1/instances/{second.SOPInstanceUID}").status_code == 204
     (study,) = q(client, "/v2/studies", PatientName="Old*").json
     assert study["00201208"]["Value"] == [1]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/studies",
+        "/v2/series",
+        "/v2/instances",
+        f"/v2/studies/{STUDY_A}/series",
+        f"/v2/studies/{STUDY_A}/instances",
+        f"/v2/studies/{STUDY_A}/series/1.2.3.1.2/instances",
+        "/v2/studies?ModalitiesInStudy=MR&includefield=SOPClassesInStudy",
+        "/v2/instances?PatientName=Doe*&Modality=MR&includefield=00080061",
+    ],
+)
+def test_results_from_stored_members_equal_results_from_full_json(client, archive, monkeypatch, path):
+    """The text-assembled results (query.qido_members) are exactly what parsing the stored JSON gives."""
+    from dicomserver.index import query
+
+    fast = client.get(path)
+    assert fast.status_code == 200 and fast.json
+    monkeypatch.setattr(query, "QIDO_TAGS", frozenset())  # every search now parses the full DICOM JSON
+    slow = client.get(path)
+    assert fast.json == slow.json
+    assert [sorted(item) for item in fast.json] == [list(item) for item in fast.json]  # tags in order

@@ -56,3 +56,33 @@ def test_newer_schema_is_refused(tmp_path):
         db.execute("UPDATE schema_info SET version = 99")
     with pytest.raises(ConfigError, match="newer than this server"):
         _app(tmp_path)
+
+
+def test_version_4_database_gets_qido_members(tmp_path):
+    app = _app(tmp_path)
+    client = app.test_client()
+    ds = make_instance(PatientName="Doe^Jane", PatientID="P-4")
+    client.post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    expected = client.get("/v2/instances?PatientID=P-4").json
+    app.extensions["dicomserver"].index.close()
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        db.execute("ALTER TABLE instance_metadata DROP COLUMN qido")
+        db.execute("UPDATE schema_info SET version = 4")
+
+    client = _app(tmp_path).test_client()
+    assert client.get("/v2/instances?PatientID=P-4").json == expected
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        (members,) = db.execute("SELECT qido FROM instance_metadata").fetchone()
+    assert '"00100020":{"vr":"LO","Value":["P-4"]}' in members.split("\n")
+
+
+def test_rows_without_qido_members_are_answered_from_the_full_json(tmp_path):
+    app = _app(tmp_path)
+    client = app.test_client()
+    ds = make_instance(PatientID="P-5")
+    client.post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    expected = client.get("/v2/series?PatientID=P-5").json
+    app.extensions["dicomserver"].index.close()
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        db.execute("UPDATE instance_metadata SET qido = NULL")
+    assert _app(tmp_path).test_client().get("/v2/series?PatientID=P-5").json == expected

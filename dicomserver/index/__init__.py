@@ -23,6 +23,7 @@ from playhouse.db_url import parse as parse_url
 from ..dicomjson import DicomJson, int_value, name_key, name_words, normalize_time, string_value
 from ..errors import NotFound
 from ..validation import indexed_string
+from .query import qido_members
 from .models import Change, Instance, InstanceMetadata, RequestAttribute, Series, Study, database_proxy
 from .writes import InstanceWriter
 
@@ -288,7 +289,11 @@ class Index:
             ),
             returning="id",
         )
-        s.insert(InstanceMetadata, ("instance_id", "metadata"), (instance_id, json.dumps(meta, separators=(",", ":"))))
+        s.insert(
+            InstanceMetadata,
+            ("instance_id", "metadata", "qido"),
+            (instance_id, json.dumps(meta, separators=(",", ":")), qido_members(meta)),
+        )
         # Counters move by increments: no recount of a large study per STOW.
         series_columns = _series_columns(meta)
         s.update(

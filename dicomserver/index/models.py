@@ -92,6 +92,8 @@ class InstanceMetadata(BaseModel):
 
     instance = pw.ForeignKeyField(Instance, primary_key=True, backref="meta", on_delete="CASCADE")
     metadata = pw.TextField()
+    #: The attributes QIDO returns by default, pre-serialised (see query.qido_members).
+    qido = pw.TextField(null=True)
 
 
 class RequestAttribute(BaseModel):

@@ -1,8 +1,14 @@
 """QIDO-RS search over the index: filters → one SQL query, rows → DICOM JSON results.
 
-Attribute values come from the stored DICOM JSON of each entity's representative
-(latest) instance; computed attributes (counts, ModalitiesInStudy) from the
-counters kept on Study/Series rows. One query per request, no N+1.
+Attribute values come from each entity's representative (latest) instance; computed
+attributes (counts, ModalitiesInStudy) from the counters kept on Study/Series rows.
+One query per request, no N+1.
+
+Results are assembled as text. At STOW every attribute a result can carry without
+`includefield` (QIDO_TAGS) is serialised once into `qido_members` text, one JSON
+object member per line; a search picks the lines it returns and adds the computed
+members, so no stored JSON is parsed. Only `includefield` beyond QIDO_TAGS parses
+the instance's full DICOM JSON.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import peewee as pw
 
 from ..matching import (
     INSTANCE,
+    SEARCHABLE,
     SERIES,
     STUDY,
     DateTimeRange,
@@ -77,6 +84,28 @@ INSTANCE_DEFAULTS = (
     "00280011",  # Columns
     "00280100",  # BitsAllocated
 )
+
+#: Attributes computed from the index, never taken from the stored JSON.
+COMPUTED_TAGS = frozenset(("00080056", "00080061", "00080062", "00081190", "00201206", "00201208", "00201209"))
+#: Stored attributes a result carries without includefield: every level's defaults and
+#: every matching key (a query returns the attributes it matched on).
+QIDO_TAGS = (
+    frozenset(STUDY_DEFAULTS + SERIES_DEFAULTS + INSTANCE_DEFAULTS)
+    | {tag.split(".")[0] for tag in SEARCHABLE}
+) - COMPUTED_TAGS
+_SEPARATORS = (",", ":")
+
+
+def qido_members(meta: dict[str, Any]) -> str:
+    """The QIDO_TAGS of one instance's DICOM JSON as object members, one per line.
+
+    Compact JSON never contains a raw newline (json.dumps escapes control characters
+    inside strings), so the lines split back exactly.
+    """
+    return "\n".join(
+        f'"{tag}":{json.dumps(meta[tag], separators=_SEPARATORS)}' for tag in sorted(meta) if tag in QIDO_TAGS
+    )
+
 
 _COLUMNS = {
     "StudyInstanceUID": Study.study_instance_uid,
@@ -192,8 +221,8 @@ def search(
     base_url: str,
     study_uid: str | None = None,
     series_uid: str | None = None,
-) -> tuple[list[dict[str, Any]], bool]:
-    """Run a QIDO query; return (results, more results exist beyond this page).
+) -> tuple[list[str], bool]:
+    """Run a QIDO query; return (results as DICOM JSON object texts, more results exist beyond this page).
 
     One SQL statement: the page is chosen in a subquery over the small, indexed
     columns, and only that page's rows are joined to the (large) stored DICOM JSON,
@@ -241,8 +270,11 @@ def search(
     page = page.order_by(order).offset(query.offset).limit(query.limit + 1)
     inner_sql, params = page.sql()
     db = Instance._meta.database
+    return_tags = _return_tags(query, in_study_path=study_uid is not None)
+    from_members = not query.include_all and return_tags <= QIDO_TAGS | COMPUTED_TAGS
+    document = "qido" if from_members else "metadata"
     cursor = db.execute_sql(
-        f'SELECT page.*, rep."metadata" AS rep_metadata FROM ({inner_sql}) AS page '
+        f'SELECT page.*, rep."{document}" AS rep_document FROM ({inner_sql}) AS page '
         f'JOIN "{InstanceMetadata._meta.table_name}" AS rep ON rep."instance_id" = page.rep_id ORDER BY page.sort_id',
         params,
     )
@@ -250,8 +282,17 @@ def search(
     rows = [dict(zip(names, values)) for values in cursor.fetchall()]
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    return_tags = _return_tags(query, in_study_path=study_uid is not None)
-    return [_result(row, query, return_tags, base_url) for row in rows], more
+    computed = _Computed(query, return_tags, base_url)
+    results = []
+    for row in rows:
+        members = row["rep_document"]
+        if from_members and members is not None:
+            results.append(_result_from_members(row, members, computed))
+        else:
+            if from_members:  # stored before qido_members existed and not yet migrated
+                members = _full_metadata(db, row["rep_id"])
+            results.append(_result(row, query, return_tags, computed, json.loads(members)))
+    return results, more
 
 
 def _return_tags(query: QidoQuery, *, in_study_path: bool) -> set[str]:
@@ -268,29 +309,71 @@ def _return_tags(query: QidoQuery, *, in_study_path: bool) -> set[str]:
     return tags
 
 
-def _result(row: dict[str, Any], query: QidoQuery, return_tags: set[str], base_url: str) -> dict[str, Any]:
-    meta: dict[str, Any] = json.loads(row["rep_metadata"])
+class _Computed:
+    """The computed members of results (JSON member texts), reused across rows of one study."""
+
+    def __init__(self, query: QidoQuery, return_tags: set[str], base_url: str):
+        self.level = query.level
+        self.wanted = COMPUTED_TAGS if query.include_all else COMPUTED_TAGS & return_tags
+        #: Stored members a result keeps: the asked-for tags the index does not compute.
+        self.stored = frozenset(return_tags) - self.wanted
+        # UIDs in the index are validated (digits and dots), so only the base URL needs escaping.
+        self._url_prefix = '"00081190":{"vr":"UR","Value":[' + json.dumps(base_url)[:-1] + "/studies/"
+        self._study: dict[str, list[str]] = {}
+
+    def members(self, row: dict[str, Any]) -> list[str]:
+        study_uid = row["study_uid"]
+        out = self._study.get(study_uid)
+        if out is None:
+            modalities = [m for m in (row["study_modalities"] or "").split("\\") if m]
+            sop_classes = [c for c in (row["study_sop_classes"] or "").split("\\") if c]
+            study = {
+                "00080056": '"00080056":{"vr":"CS","Value":["ONLINE"]}',
+                "00080061": _member("00080061", "CS", modalities),
+                "00080062": _member("00080062", "UI", sop_classes),
+                "00201206": f'"00201206":{{"vr":"IS","Value":[{row["study_series_count"]}]}}',
+                "00201208": f'"00201208":{{"vr":"IS","Value":[{row["study_instance_count"]}]}}',
+            }
+            out = self._study[study_uid] = [text for tag, text in study.items() if tag in self.wanted]
+        out = list(out)
+        url = self._url_prefix + study_uid
+        if self.level in (SERIES, INSTANCE):
+            url += "/series/" + row["series_uid"]
+            if "00201209" in self.wanted:
+                out.append(f'"00201209":{{"vr":"IS","Value":[{row["series_instance_count"]}]}}')
+        if self.level == INSTANCE:
+            url += "/instances/" + row["sop_uid"]
+        if "00081190" in self.wanted:
+            out.append(url + '"]}')
+        return out
+
+
+def _member(tag: str, vr: str, values: list) -> str:
+    element = {"vr": vr, "Value": values} if values else {"vr": vr}
+    return f'"{tag}":{json.dumps(element, separators=_SEPARATORS)}'
+
+
+def _result_from_members(row: dict[str, Any], members: str, computed: _Computed) -> str:
+    keep = computed.stored
+    picked = [m for m in members.split("\n") if m[1:9] in keep]
+    picked += computed.members(row)
+    picked.sort()  # every member starts with its quoted tag: text order is tag order
+    return "{" + ",".join(picked) + "}"
+
+
+def _full_metadata(db, instance_id: int) -> str:
+    return db.execute_sql(
+        f'SELECT "metadata" FROM "{InstanceMetadata._meta.table_name}" WHERE "instance_id" = {db.param}',
+        (instance_id,),
+    ).fetchone()[0]
+
+
+def _result(
+    row: dict[str, Any], query: QidoQuery, return_tags: set[str], computed: _Computed, meta: dict[str, Any]
+) -> str:
     if query.include_all:
         out = dict(meta)
     else:
         out = {tag: meta[tag] for tag in return_tags if tag in meta}
-    url = f"{base_url}/studies/{row['study_uid']}"
-    modalities = [m for m in (row["study_modalities"] or "").split("\\") if m]
-    sop_classes = [c for c in (row["study_sop_classes"] or "").split("\\") if c]
-    computed: dict[str, Any] = {
-        "00080056": {"vr": "CS", "Value": ["ONLINE"]},
-        "00080061": {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"},
-        "00080062": {"vr": "UI", "Value": sop_classes} if sop_classes else {"vr": "UI"},
-        "00201206": {"vr": "IS", "Value": [row["study_series_count"]]},
-        "00201208": {"vr": "IS", "Value": [row["study_instance_count"]]},
-    }
-    if query.level in (SERIES, INSTANCE):
-        url += f"/series/{row['series_uid']}"
-        computed["00201209"] = {"vr": "IS", "Value": [row["series_instance_count"]]}
-    if query.level == INSTANCE:
-        url += f"/instances/{row['sop_uid']}"
-    computed["00081190"] = {"vr": "UR", "Value": [url]}
-    for tag, value in computed.items():
-        if query.include_all or tag in return_tags:
-            out[tag] = value
-    return dict(sorted(out.items()))
+    out.update(json.loads("{" + ",".join(computed.members(row)) + "}"))
+    return json.dumps(dict(sorted(out.items())), separators=_SEPARATORS)

@@ -8,6 +8,7 @@ DICOM JSON already stored on each instance: no blob is read.
 """
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Callable
 
 from playhouse.migrate import SchemaMigrator, migrate
@@ -17,7 +18,7 @@ from .models import MODELS, Instance, InstanceMetadata, RequestAttribute, Schema
 if TYPE_CHECKING:
     from . import Index
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _v1_to_v2(index: "Index") -> bool:
@@ -50,9 +51,35 @@ def _v3_to_v4(index: "Index") -> bool:
     return False
 
 
+def _v4_to_v5(index: "Index") -> bool:
+    """QIDO results are assembled from pre-serialised members (query.qido_members)."""
+    from .query import qido_members
+
+    # A database migrated from version 3 got instance_metadata with today's columns.
+    if "qido" not in {c.name for c in index.db.get_columns("instance_metadata")}:
+        migrator = SchemaMigrator.from_database(index.db)
+        migrate(migrator.add_column("instance_metadata", "qido", InstanceMetadata.qido))
+    last = 0
+    while True:
+        batch = list(
+            InstanceMetadata.select(InstanceMetadata.instance_id, InstanceMetadata.metadata)
+            .where(InstanceMetadata.instance_id > last)
+            .order_by(InstanceMetadata.instance_id)
+            .limit(1000)
+            .tuples()
+        )
+        if not batch:
+            return False
+        for instance_id, metadata in batch:
+            InstanceMetadata.update(qido=qido_members(json.loads(metadata))).where(
+                InstanceMetadata.instance_id == instance_id
+            ).execute()
+        last = batch[-1][0]
+
+
 #: MIGRATIONS[v] takes a database at version v to v + 1; True asks for derived columns
 #: to be recomputed once the schema is current (the code that does it expects that).
-MIGRATIONS: dict[int, Callable[["Index"], bool]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+MIGRATIONS: dict[int, Callable[["Index"], bool]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def ensure_schema(index: "Index") -> None:

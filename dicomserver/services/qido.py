@@ -1,8 +1,6 @@
 """QIDO-RS (PS3.18 §10.6): the six search resources of studies, series and instances."""
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, request
 
 from ..dicomjson import absolute_uris
@@ -60,7 +58,7 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
             f'299 {host} "The number of results exceeded the maximum supported by the server. '
             f'Additional results can be requested with offset={query.offset + query.limit}."'
         )
-    response = Response(absolute_uris(json.dumps(results), root), content_type=DICOM_JSON)
+    response = Response(absolute_uris("[" + ",".join(results) + "]", root), content_type=DICOM_JSON)
     for warning in warnings:
         response.headers.add("Warning", warning)
     return response
