@@ -10,6 +10,9 @@ import os
 
 import pytest
 
+# The tutorial replays' shared checks: plain `assert`s, rewritten like the tests' own.
+pytest.register_assert_rewrite("tutorial_common")
+
 from live_servers import LiveServer, start_server, stop_server
 
 __all__ = ["LiveServer", "start_server", "stop_server"]

@@ -18,57 +18,36 @@ Typos in the tutorial, read as the request they clearly mean:
 """
 from __future__ import annotations
 
-import functools
 import json
 import shlex
 import subprocess
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
-import pydicom
 import pytest
 import requests
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
-from dicom_samples import (
-    DICOM_DIR,
-    SERIES_BLUE,
-    SERIES_GREEN_RED,
-    SOP_BLUE,
-    SOP_GREEN,
-    SOP_RED,
-    STUDY_UID,
-    sample,
+from dicom_samples import DICOM_DIR, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID
+from tutorial_common import (
+    FILE_OF,
+    TAG_RETRIEVE_URL,
+    TAG_SERIES_UID,
+    TAG_SOP_UID,
+    TAG_STUDY_UID,
+    TOKEN,
+    assert_instance_parts,
+    assert_metadata_documents,
+    assert_one_result,
+    assert_stored_body,
+    native_frame,
+    raw,
+    value,
 )
 
 pytestmark = pytest.mark.live
 
 CURL = "/usr/bin/curl"
-TOKEN = "tutorial-token"
-
-FILE_OF = {SOP_BLUE: "blue-circle.dcm", SOP_GREEN: "green-square.dcm", SOP_RED: "red-triangle.dcm"}
-SERIES_OF = {SOP_BLUE: SERIES_BLUE, SOP_GREEN: SERIES_GREEN_RED, SOP_RED: SERIES_GREEN_RED}
-
-TAG_RETRIEVE_URL = "00081190"
-TAG_FAILED_SOP_SEQUENCE = "00081198"
-TAG_REFERENCED_SOP_SEQUENCE = "00081199"
-TAG_REFERENCED_SOP_CLASS = "00081150"
-TAG_REFERENCED_SOP_INSTANCE = "00081155"
-TAG_STUDY_UID = "0020000D"
-TAG_SERIES_UID = "0020000E"
-TAG_SOP_UID = "00080018"
-TAG_PIXEL_DATA = "7FE00010"
-
-
-@functools.cache
-def raw(name: str) -> bytes:
-    return sample(name).read_bytes()
-
-
-@functools.cache
-def dataset(name: str) -> pydicom.Dataset:
-    return pydicom.dcmread(BytesIO(raw(name)))
 
 
 # --- running the tutorial's commands -------------------------------------------------------
@@ -136,23 +115,11 @@ def flow(request, live_server, tmp_path_factory):
 
 # --- assertions ----------------------------------------------------------------------------
 
-def value(item: dict, tag: str):
-    return item[tag]["Value"][0]
-
-
 def assert_stored(result: CurlResult, flow: Flow, sops: set[str]) -> dict:
     assert result.status == 200, result.body
     assert result.content_type == "application/dicom+json"
     body = result.json()
-    assert TAG_FAILED_SOP_SEQUENCE not in body, body
-    referenced = body[TAG_REFERENCED_SOP_SEQUENCE]["Value"]
-    assert sorted(value(i, TAG_REFERENCED_SOP_INSTANCE) for i in referenced) == sorted(sops)
-    for item in referenced:
-        sop = value(item, TAG_REFERENCED_SOP_INSTANCE)
-        assert value(item, TAG_REFERENCED_SOP_CLASS) == dataset(FILE_OF[sop]).SOPClassUID
-        assert value(item, TAG_RETRIEVE_URL) == (
-            f"{flow.base_url}/studies/{STUDY_UID}/series/{SERIES_OF[sop]}/instances/{sop}"
-        )
+    assert_stored_body(body, flow.base_url, sops)
     return body
 
 
@@ -174,35 +141,19 @@ def assert_instances(result: CurlResult, sops: set[str]) -> None:
     assert result.status == 200, result.body[:500]
     for sop in FILE_OF:
         assert (sop.encode() in result.body) == (sop in sops), sop
-    parts = multipart_parts(result)
-    seen = []
-    for part in parts:
-        assert part.headers[b"content-type"].startswith(b"application/dicom"), part.headers
-        sop = str(pydicom.dcmread(BytesIO(part.content)).SOPInstanceUID)
-        seen.append(sop)
-        assert part.content == raw(FILE_OF[sop]), f"{sop}: retrieved bytes differ from the stored file"
-    assert sorted(seen) == sorted(sops)
+    assert_instance_parts(multipart_parts(result), sops)
 
 
 def assert_metadata(result: CurlResult, sops: set[str]) -> None:
     assert result.status == 200, result.body
     assert result.content_type.startswith("application/dicom+json"), result.content_type
-    documents = result.json()
-    assert sorted(value(d, TAG_SOP_UID) for d in documents) == sorted(sops)
-    for document in documents:
-        assert value(document, TAG_STUDY_UID) == STUDY_UID
-        assert value(document, TAG_SERIES_UID) == SERIES_OF[value(document, TAG_SOP_UID)]
-        # Pixel Data is never inlined: only a BulkDataURI pointing at this instance.
-        assert set(document[TAG_PIXEL_DATA]) == {"vr", "BulkDataURI"}
-        assert document[TAG_PIXEL_DATA]["BulkDataURI"].endswith(f"/instances/{value(document, TAG_SOP_UID)}/bulkdata/7FE00010")
+    assert_metadata_documents(result.json(), sops)
 
 
 def assert_one_match(result: CurlResult, tag: str, uid: str) -> None:
     assert result.status == 200, result.body
     assert result.content_type.startswith("application/dicom+json"), result.content_type
-    results = result.json()
-    assert len(results) == 1, results
-    assert value(results[0], tag) == uid
+    assert_one_result(result.json(), tag, uid)
 
 
 # --- Upload DICOM files --------------------------------------------------------------------
@@ -372,10 +323,9 @@ curl --request GET "{Service URL}/v{version}/studies/1.2.826.0.1.3680043.8.498.1
     part_type = part.headers[b"content-type"]
     assert part_type.startswith(b"application/octet-stream"), part_type
     assert b"transfer-syntax=1.2.840.10008.1.2.1" in part_type, part_type
-    ds = dataset("red-triangle.dcm")
-    n = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
-    assert len(part.content) == n
-    assert part.content == ds.PixelData[:n]
+    expected = native_frame("red-triangle.dcm")
+    assert len(part.content) == len(expected)
+    assert part.content == expected
 
 
 # --- Query DICOM (QIDO) --------------------------------------------------------------------

@@ -17,12 +17,10 @@ on teardown, so a failed flow does not leak into the next one).
 """
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -30,50 +28,28 @@ import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 
-from dicom_samples import (
-    SERIES_BLUE,
-    SERIES_GREEN_RED,
-    SOP_BLUE,
-    SOP_GREEN,
-    SOP_RED,
-    STUDY_UID,
-    sample,
+from dicom_samples import SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID, sample
+from tutorial_common import (
+    FILE_OF,
+    SERIES_OF,
+    TAG_SERIES_UID,
+    TAG_SOP_UID,
+    TAG_STUDY_UID,
+    TOKEN,
+    assert_metadata_documents,
+    native_frame,
+    value,
 )
+from tutorial_common import dataset as file_dataset  # the sample file, beside what the client returns
 
 pytestmark = pytest.mark.live
 
-TOKEN = "tutorial-token"
 CLI = Path(sys.executable).with_name("dicomweb_client")
 
 # The tutorial's variables.
 studyInstanceUid = STUDY_UID  # StudyInstanceUID for all 3 examples
 seriesInstanceUid = SERIES_GREEN_RED  # SeriesInstanceUID for green-square and red-triangle
 sopInstanceUid = SOP_RED  # SOPInstanceUID for red-triangle
-
-FILE_OF = {SOP_BLUE: "blue-circle.dcm", SOP_GREEN: "green-square.dcm", SOP_RED: "red-triangle.dcm"}
-SERIES_OF = {SOP_BLUE: SERIES_BLUE, SOP_GREEN: SERIES_GREEN_RED, SOP_RED: SERIES_GREEN_RED}
-
-TAG_STUDY_UID = "0020000D"
-TAG_SERIES_UID = "0020000E"
-TAG_SOP_UID = "00080018"
-TAG_PIXEL_DATA = "7FE00010"
-
-
-@functools.cache
-def raw(name: str) -> bytes:
-    return sample(name).read_bytes()
-
-
-@functools.cache
-def file_dataset(name: str) -> pydicom.Dataset:
-    return pydicom.dcmread(BytesIO(raw(name)))
-
-
-def native_frame(name: str) -> bytes:
-    ds = file_dataset(name)
-    n = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
-    return ds.PixelData[:n]
-
 
 # --- the client ----------------------------------------------------------------------------
 
@@ -154,14 +130,11 @@ def assert_same_instances(datasets: list[pydicom.Dataset], sops: set[str]) -> No
 
 
 def assert_metadata(documents: list[dict], sops: set[str]) -> None:
-    assert sorted(d[TAG_SOP_UID]["Value"][0] for d in documents) == sorted(sops)
+    assert_metadata_documents(documents, sops)
     for document in documents:
+        # ... and exactly one value each for the study and series UID.
         assert document[TAG_STUDY_UID]["Value"] == [STUDY_UID]
-        assert document[TAG_SERIES_UID]["Value"] == [SERIES_OF[document[TAG_SOP_UID]["Value"][0]]]
-        # Pixel Data is never inlined: only a BulkDataURI pointing at this instance.
-        assert set(document[TAG_PIXEL_DATA]) == {"vr", "BulkDataURI"}
-        sop = document[TAG_SOP_UID]["Value"][0]
-        assert document[TAG_PIXEL_DATA]["BulkDataURI"].endswith(f"/instances/{sop}/bulkdata/7FE00010")
+        assert document[TAG_SERIES_UID]["Value"] == [SERIES_OF[value(document, TAG_SOP_UID)]]
 
 
 def assert_one_match(results: list[dict], response: requests.Response, tag: str, uid: str) -> None:

@@ -19,7 +19,6 @@ pydicom).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -29,14 +28,26 @@ import requests
 import requests_toolbelt as tb
 from urllib3.filepost import choose_boundary, encode_multipart_formdata
 
-from dicom_samples import (
-    SERIES_BLUE,
-    SERIES_GREEN_RED,
-    SOP_BLUE,
-    SOP_GREEN,
-    SOP_RED,
-    STUDY_UID,
-    sample,
+from dicom_samples import SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID
+from tutorial_common import (
+    FILE_OF,
+    TAG_FAILED_SOP_SEQUENCE,
+    TAG_FAILURE_REASON,
+    TAG_REFERENCED_SOP_CLASS,
+    TAG_REFERENCED_SOP_INSTANCE,
+    TAG_REFERENCED_SOP_SEQUENCE,
+    TAG_SERIES_UID,
+    TAG_SOP_UID,
+    TAG_STUDY_UID,
+    TOKEN,
+    assert_instance_parts,
+    assert_metadata_documents,
+    assert_one_result,
+    assert_stored_body,
+    dataset,
+    native_frame,
+    raw,
+    value,
 )
 
 pytestmark = pytest.mark.live
@@ -46,20 +57,7 @@ study_uid = STUDY_UID  # StudyInstanceUID for all 3 examples
 series_uid = SERIES_GREEN_RED  # SeriesInstanceUID for green-square and red-triangle
 instance_uid = SOP_RED  # SOPInstanceUID for red-triangle
 
-FILE_OF = {SOP_BLUE: "blue-circle.dcm", SOP_GREEN: "green-square.dcm", SOP_RED: "red-triangle.dcm"}
-SERIES_OF = {SOP_BLUE: SERIES_BLUE, SOP_GREEN: SERIES_GREEN_RED, SOP_RED: SERIES_GREEN_RED}
 ALREADY_EXISTS = 45070  # FailureReason 0xB00E, Microsoft's "SOP instance already exists"
-
-TAG_RETRIEVE_URL = "00081190"
-TAG_FAILED_SOP_SEQUENCE = "00081198"
-TAG_REFERENCED_SOP_SEQUENCE = "00081199"
-TAG_REFERENCED_SOP_CLASS = "00081150"
-TAG_REFERENCED_SOP_INSTANCE = "00081155"
-TAG_FAILURE_REASON = "00081197"
-TAG_STUDY_UID = "0020000D"
-TAG_SERIES_UID = "0020000E"
-TAG_SOP_UID = "00080018"
-TAG_PIXEL_DATA = "7FE00010"
 
 
 # --- the tutorial's helper, verbatim -------------------------------------------------------
@@ -72,24 +70,6 @@ def encode_multipart_related(fields, boundary=None):
     content_type = str('multipart/related; boundary=%s' % boundary)
 
     return body, content_type
-
-
-# --- sample files --------------------------------------------------------------------------
-
-@functools.cache
-def raw(name: str) -> bytes:
-    return sample(name).read_bytes()
-
-
-@functools.cache
-def dataset(name: str) -> pydicom.Dataset:
-    return pydicom.dcmread(BytesIO(raw(name)))
-
-
-def native_frame(name: str) -> bytes:
-    ds = dataset(name)
-    n = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
-    return ds.PixelData[:n]
 
 
 # --- flows ---------------------------------------------------------------------------------
@@ -108,7 +88,7 @@ class Flow:
     @property
     def auth(self) -> dict:
         """The Authorization header 003 adds to its requests (000/002 send none)."""
-        return {"Authorization": "Bearer tutorial-token"} if self.seed == "003" else {}
+        return {"Authorization": f"Bearer {TOKEN}"} if self.seed == "003" else {}
 
 
 FLOWS = [("v1", "000"), ("v2", "000"), ("v1", "003"), ("v2", "003")]
@@ -126,10 +106,6 @@ def flow(request, live_server):
 
 # --- helpers for assertions ----------------------------------------------------------------
 
-def value(item: dict, tag: str):
-    return item[tag]["Value"][0]
-
-
 def assert_dicom_json(response: requests.Response) -> None:
     assert response.headers.get("Content-Type") == "application/dicom+json", response.headers
 
@@ -139,15 +115,7 @@ def assert_stored(response: requests.Response, base_url: str, sops: set[str]) ->
     assert response.status_code == 200, response.text
     assert_dicom_json(response)
     body = response.json()
-    assert TAG_FAILED_SOP_SEQUENCE not in body, body
-    referenced = body[TAG_REFERENCED_SOP_SEQUENCE]["Value"]
-    assert sorted(value(i, TAG_REFERENCED_SOP_INSTANCE) for i in referenced) == sorted(sops)
-    for item in referenced:
-        sop = value(item, TAG_REFERENCED_SOP_INSTANCE)
-        assert value(item, TAG_REFERENCED_SOP_CLASS) == dataset(FILE_OF[sop]).SOPClassUID
-        assert value(item, TAG_RETRIEVE_URL) == (
-            f"{base_url}/studies/{study_uid}/series/{SERIES_OF[sop]}/instances/{sop}"
-        )
+    assert_stored_body(body, base_url, sops)
     return body
 
 
@@ -172,17 +140,8 @@ def assert_instances(response: requests.Response, sops: set[str]) -> None:
     assert response.headers["Content-Type"].startswith("multipart/related"), response.headers
     # "Use the retrieved instances", as the tutorial does it.
     mpd = tb.MultipartDecoder.from_response(response)
-    seen = []
-    for part in mpd.parts:
-        # Note that the headers are returned as binary!
-        assert part.headers[b"content-type"].startswith(b"application/dicom"), part.headers
-        dcm = pydicom.dcmread(BytesIO(part.content))
-        sop = str(dcm.SOPInstanceUID)
-        seen.append(sop)
-        assert sop in FILE_OF, sop
-        assert str(dcm.PatientName) == str(dataset(FILE_OF[sop]).PatientName)
-        assert part.content == raw(FILE_OF[sop]), f"{sop}: retrieved bytes differ from the stored file"
-    assert sorted(seen) == sorted(sops)
+    for dcm in assert_instance_parts(mpd.parts, sops):
+        assert str(dcm.PatientName) == str(dataset(FILE_OF[str(dcm.SOPInstanceUID)]).PatientName)
 
 
 def assert_metadata(response: requests.Response, sops: set[str]) -> None:
@@ -190,22 +149,13 @@ def assert_metadata(response: requests.Response, sops: set[str]) -> None:
     assert response.headers["Content-Type"].startswith("application/dicom+json"), response.headers
     documents = response.json()
     assert isinstance(documents, list)
-    assert sorted(value(d, TAG_SOP_UID) for d in documents) == sorted(sops)
-    for document in documents:
-        sop = value(document, TAG_SOP_UID)
-        assert value(document, TAG_STUDY_UID) == study_uid
-        assert value(document, TAG_SERIES_UID) == SERIES_OF[sop]
-        # Pixel Data is never inlined: only a BulkDataURI pointing at this instance.
-        assert set(document[TAG_PIXEL_DATA]) == {"vr", "BulkDataURI"}
-        assert document[TAG_PIXEL_DATA]["BulkDataURI"].endswith(f"/instances/{sop}/bulkdata/7FE00010")
+    assert_metadata_documents(documents, sops)
 
 
 def assert_one_match(response: requests.Response, tag: str, uid: str) -> None:
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/dicom+json"), response.headers
-    results = response.json()
-    assert len(results) == 1, results
-    assert value(results[0], tag) == uid
+    assert_one_result(response.json(), tag, uid)
 
 
 # --- "Verify authentication is configured correctly" (003 only) ----------------------------
@@ -214,7 +164,7 @@ def assert_one_match(response: requests.Response, tag: str, uid: str) -> None:
 def test_003_verify_authentication_changefeed(live_server, version):
     base_url = f"{live_server.url}/{version}"
     client = requests.session()
-    headers = {"Authorization": "Bearer tutorial-token"}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
     url = f'{base_url}/changefeed'
 
     response = client.get(url, headers=headers)
