@@ -20,14 +20,21 @@ def make_instance(
     frames: int = 1,
     bits: int = 16,
     transfer_syntax: str = ExplicitVRLittleEndian,
+    sop_class: str = CT_IMAGE_STORAGE,
+    pixel_data: bytes | None = None,
+    with_pixel_data: bool = True,
     **attributes,
 ) -> Dataset:
-    """A CT-like instance whose frame n is filled with the value n."""
+    """A CT-like instance whose frame n is filled with the value n.
+
+    `pixel_data` replaces those frames with the given bytes; `with_pixel_data=False` leaves
+    out the Pixel Data element altogether (for a caller that appends it to the file itself).
+    """
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = transfer_syntax
-    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop or generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.StudyInstanceUID = study or generate_uid()
@@ -50,9 +57,12 @@ def make_instance(
     ds.PixelRepresentation = 0
     if frames > 1:
         ds.NumberOfFrames = frames
-    dtype = np.uint16 if bits == 16 else np.uint8
-    pixels = np.stack([np.full((rows, columns), n + 1, dtype=dtype) for n in range(frames)])
-    ds.PixelData = pixels.tobytes()
+    if not with_pixel_data:
+        return ds
+    if pixel_data is None:
+        dtype = np.uint16 if bits == 16 else np.uint8
+        pixel_data = np.stack([np.full((rows, columns), n + 1, dtype=dtype) for n in range(frames)]).tobytes()
+    ds.PixelData = pixel_data
     return ds
 
 

@@ -11,7 +11,6 @@ tests can check that requests really were spread over more than one process.
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import threading
@@ -22,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 pytestmark = pytest.mark.live
 
 
+import dicom_factory
 from live_servers import start_server, stop_server  # noqa: E402
 
 TIMEOUT = 60
@@ -72,37 +71,24 @@ def make_instance(
     series_number: int = 1,
 ) -> tuple[bytes, str, str, str]:
     """A 16x16 16-bit Secondary Capture image as Part 10 bytes, and its three UIDs."""
-    study = study or generate_uid()
-    series = series or generate_uid()
-    sop = sop or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SECONDARY_CAPTURE
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.PatientName = "Concurrency^Test"
-    ds.PatientID = "CONC-1"
-    ds.StudyDate = "20240101"
-    ds.StudyTime = "120000"
-    ds.Modality = "OT"
-    ds.SeriesNumber = series_number
-    ds.InstanceNumber = instance_number
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = 16
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
     pixels = np.random.default_rng(seed).integers(0, 4096, size=(16, 16), dtype=np.uint16)
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue(), study, series, sop
+    ds = dicom_factory.make_instance(
+        study=study,
+        series=series,
+        sop=sop,
+        rows=16,
+        columns=16,
+        sop_class=SECONDARY_CAPTURE,
+        pixel_data=pixels.astype("<u2").tobytes(),
+        PatientName="Concurrency^Test",
+        PatientID="CONC-1",
+        StudyDate="20240101",
+        StudyTime="120000",
+        Modality="OT",
+        SeriesNumber=series_number,
+        InstanceNumber=instance_number,
+    )
+    return dicom_factory.to_bytes(ds), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
 
 def race(n: int, action) -> list:

@@ -26,10 +26,9 @@ import psutil
 import pydicom
 import pytest
 import requests
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
-
+from dicom_factory import make_instance, multipart_body, to_bytes
 from live_servers import start_server, stop_server  # noqa: E402
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -90,35 +89,20 @@ class BigInstance:
 
 def build_big_instance(path: Path) -> BigInstance:
     """Write a ~200 MB multi-frame Part 10 file to disk without holding it in memory."""
-    study, series, sop = generate_uid(), generate_uid(), generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.PatientName = "Memory^Large"
-    ds.PatientID = "MEM-200MB"
-    ds.StudyDate = "20240101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = "MEM200"
-    ds.StudyID = "1"
-    ds.Modality = "OT"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = FRAMES
-    ds.Rows = ROWS
-    ds.Columns = COLUMNS
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    ds = make_instance(
+        rows=ROWS,
+        columns=COLUMNS,
+        frames=FRAMES,
+        sop_class=MULTIFRAME_GRAYSCALE_WORD_SC,
+        with_pixel_data=False,  # appended below, frame by frame
+        PatientName="Memory^Large",
+        PatientID="MEM-200MB",
+        StudyDate="20240101",
+        StudyTime="120000",
+        AccessionNumber="MEM200",
+        StudyID="1",
+        Modality="OT",
+    )
     ds.save_as(path, enforce_file_format=True)
 
     digest = hashlib.sha256(path.read_bytes())  # the header: a few hundred bytes
@@ -133,7 +117,7 @@ def build_big_instance(path: Path) -> BigInstance:
             digest.update(data)
     size = path.stat().st_size
     assert size > 200 * 1000 * 1000
-    return BigInstance(path, size, digest.hexdigest(), study, series, sop)
+    return BigInstance(path, size, digest.hexdigest(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
 
 
 # ----------------------------------------------------------------------------- memory sampling
@@ -331,29 +315,16 @@ def big(tmp_path_factory) -> Iterator[BigInstance]:
 
 def small_instance_bytes() -> bytes:
     """A 16x16 image with fresh UIDs, to warm up every code path of the server."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = "Memory^Warmup"
-    ds.Modality = "OT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = 2
-    ds.Rows = ds.Columns = 16
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = bytes(range(256)) * 4
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    ds = make_instance(
+        rows=16,
+        columns=16,
+        frames=2,
+        sop_class=MULTIFRAME_GRAYSCALE_WORD_SC,
+        pixel_data=bytes(range(256)) * 4,
+        PatientName="Memory^Warmup",
+        Modality="OT",
+    )
+    return to_bytes(ds)
 
 
 def warm_up(url: str) -> None:
@@ -377,9 +348,7 @@ def warm_up(url: str) -> None:
         assert requests.get(f"{url}/v2/studies/{study}/instances", timeout=60).ok
         assert requests.delete(instance, timeout=60).status_code == 204
         boundary = uuid.uuid4().hex
-        multipart = (
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + body + f"\r\n--{boundary}--\r\n".encode()
-        )
+        multipart = multipart_body([body], boundary)
         r = requests.post(
             f"{url}/v2/studies",
             data=iter([multipart]),
