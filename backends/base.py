@@ -51,6 +51,9 @@ MAX_SEGMENT_LENGTH = 255
 # A segment is 1+ of [A-Za-z0-9._-] not starting with '.', which also rules out
 # '.' and '..' and keeps names like '.tmp' free for the stores' own use.
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# The same rules for a whole key at once: one match on the hot path (every read checks
+# its key); validate_key's loop only runs to say what is wrong with a bad key.
+_KEY_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}(?:/[A-Za-z0-9_-][A-Za-z0-9._-]{0,254})*")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ def validate_key(key: str) -> str:
     segment starting with '.' (so no '.', '..', or the stores' own '.tmp').
     Being this strict is what guarantees no request can reach outside a store.
     """
+    if isinstance(key, str) and len(key) <= MAX_KEY_LENGTH and _KEY_RE.fullmatch(key):
+        return key
     if not isinstance(key, str):
         raise InvalidKey(f"blob key must be a str, not {type(key).__name__}")
     if not key:

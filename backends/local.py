@@ -88,6 +88,7 @@ class LocalBlobStore(BlobStore):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
+        self._root_prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
         self._tmp_dir = os.path.join(self.root, TMP_DIR_NAME)
         try:
             os.makedirs(self._tmp_dir, exist_ok=True)
@@ -143,7 +144,7 @@ class LocalBlobStore(BlobStore):
         validate_key(key)
         path = os.path.normpath(os.path.join(self.root, *key.split("/")))
         # Defence in depth: validate_key already makes escaping impossible.
-        inside_root = path != self.root and os.path.commonpath([self.root, path]) == self.root
+        inside_root = path.startswith(self._root_prefix) and len(path) > len(self._root_prefix)
         inside_tmp = path == self._tmp_dir or path.startswith(self._tmp_dir + os.sep)
         if not inside_root or inside_tmp:
             raise InvalidKey(f"blob key {key!r} resolves outside the store")

@@ -9,6 +9,8 @@ the C# client), several entries with q-values (dicomweb-client), a trailing `;`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Sequence
 
 from .errors import NotAcceptable
 from .uids import is_valid_uid
@@ -43,6 +45,8 @@ class MediaRange:
 
 def _split_unquoted(text: str, separator: str) -> list[str]:
     """Split on `separator` where it is not inside a double-quoted string."""
+    if '"' not in text:  # the usual header: nothing quoted
+        return text.split(separator)
     items, current, quoted, escaped = [], [], False, False
     for char in text:
         if escaped:
@@ -79,13 +83,20 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return mimetype.strip().lower(), params
 
 
-def parse_accept(header: str | None) -> list[MediaRange]:
+def parse_accept(header: str | None) -> tuple[MediaRange, ...]:
     """Parse an Accept header into entries ordered by q (stable for equal q).
 
     Entries with q=0 are dropped; entries that cannot be parsed are ignored.
+    Clients send the same few headers on every request, so answers are cached
+    (the entries are shared: never modify them).
     """
-    if header is None or not header.strip():
-        return [MediaRange("*/*")]
+    return _parse_accept(header or "")
+
+
+@lru_cache(maxsize=256)
+def _parse_accept(header: str) -> tuple[MediaRange, ...]:
+    if not header.strip():
+        return (MediaRange("*/*"),)
     ranges: list[MediaRange] = []
     for item in _split_unquoted(header, ","):
         if not item.strip():
@@ -101,16 +112,16 @@ def parse_accept(header: str | None) -> list[MediaRange]:
             continue
         ranges.append(MediaRange(mimetype, params, q))
     ranges.sort(key=lambda r: -r.q)
-    return ranges
+    return tuple(ranges)
 
 
-def accepts_json(ranges: list[MediaRange]) -> bool:
+def accepts_json(ranges: Sequence[MediaRange]) -> bool:
     return any(
         r.mimetype in (DICOM_JSON, JSON, "application/*", "*/*") for r in ranges
     )
 
 
-def require_json(ranges: list[MediaRange]) -> str:
+def require_json(ranges: Sequence[MediaRange]) -> str:
     """Return the JSON media type to answer with, or raise NotAcceptable (406)."""
     if accepts_json(ranges):
         return DICOM_JSON
@@ -169,7 +180,7 @@ def syntax_fits(media_type: str, transfer_syntax: str) -> bool:
     return entry is None or transfer_syntax in entry[1]
 
 
-def negotiate_retrieve(ranges: list[MediaRange], resource: str) -> list[Rendition]:
+def negotiate_retrieve(ranges: Sequence[MediaRange], resource: str) -> list[Rendition]:
     """List the renditions the client accepts, best first; raise NotAcceptable if none.
 
     The caller picks the first one it can produce for every instance involved

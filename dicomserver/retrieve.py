@@ -54,7 +54,7 @@ class Body:
     #: None when unknown up front (transcoded parts): the response goes out chunked.
     length: int | None
     chunks: Iterable[bytes]
-    #: Set for a single stored file on local disk: serve it with sendfile.
+    #: Set for a single stored file on local disk: serve it with sendfile (`chunks` is empty).
     local_path: str | None = None
 
 
@@ -179,11 +179,12 @@ def instances_body(store: BlobStore, instances: list[Instance], rendition: Rendi
         if plan.transcode:
             spool = _transcode(store, instance, plan.syntax, settings)
             return Body(content_type, _spool_size(spool), _SpoolChunks(spool))
+        local_path = store.local_path(instance.blob_key)
         return Body(
             content_type=content_type,
             length=instance.size,
-            chunks=_blob_chunks(store, instance.blob_key, 0, instance.size),
-            local_path=store.local_path(instance.blob_key),
+            chunks=() if local_path else _blob_chunks(store, instance.blob_key, 0, instance.size),
+            local_path=local_path,
         )
     parts: list[_Part] = []
     for instance, plan in zip(instances, plans):

@@ -11,6 +11,7 @@ Study and series resources render one representative image (see
 """
 from __future__ import annotations
 
+from typing import Sequence
 
 from flask import Blueprint, Response, request
 
@@ -127,7 +128,7 @@ def _params(*, thumbnail: bool) -> render.RenderParams:
     )
 
 
-def negotiate(ranges: list[MediaRange], *, from_query: bool = False) -> str:
+def negotiate(ranges: Sequence[MediaRange], *, from_query: bool = False) -> str:
     """The first rendered media type the client accepts (in q order); else 406."""
     for r in ranges:
         if r.mimetype in render.MEDIA_TYPES:
