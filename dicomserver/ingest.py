@@ -224,19 +224,21 @@ class Ingestor:
 
 
 def blob_key(study_uid: str, series_uid: str, sop_uid: str, *, now: float | None = None) -> str:
-    """A fresh key per stored version: '<study>/<series>/<sop>/<unix time>-<random>.dcm'.
+    """A fresh key per stored version: '<study>/<series>/<sop>_<unix time>-<random>.dcm'.
 
     A new version never overwrites a visible blob, and the time in the name lets the
     orphan sweep (`flask dicom gc`) tell an in-flight upload from a leftover one
-    without asking the store for timestamps.
+    without asking the store for timestamps. Instances share their series' directory
+    on disk: a new instance creates no directory, so STOW fsyncs one directory, not two.
     """
     created = int(time.time() if now is None else now)
-    return f"{study_uid}/{series_uid}/{sop_uid}/{created}-{uuid.uuid4().hex}.dcm"
+    return f"{study_uid}/{series_uid}/{sop_uid}_{created}-{uuid.uuid4().hex}.dcm"
 
 
 def blob_created(key: str) -> int | None:
-    """The creation time written into a key by `blob_key`, or None for other keys."""
-    name = key.rsplit("/", 1)[-1]
+    """The creation time written into a key by `blob_key` (this or the earlier
+    '<sop>/<time>-<random>.dcm' layout), or None for other keys."""
+    name = key.rsplit("/", 1)[-1].rpartition("_")[2]  # UIDs never contain '_'
     stamp, dash, _rest = name.partition("-")
     return int(stamp) if dash and stamp.isdigit() else None
 

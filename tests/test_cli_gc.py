@@ -20,8 +20,9 @@ def _stored(client, app):
 
 def test_blob_key_carries_its_creation_time():
     key = blob_key("1.2", "1.2.3", "1.2.3.4", now=1_700_000_000)
-    assert key.startswith("1.2/1.2.3/1.2.3.4/1700000000-") and key.endswith(".dcm")
+    assert key.startswith("1.2/1.2.3/1.2.3.4_1700000000-") and key.endswith(".dcm")
     assert blob_created(key) == 1_700_000_000
+    assert blob_created("1.2/1.2.3/1.2.3.4/1700000000-0123abcd.dcm") == 1_700_000_000  # the earlier layout
     assert blob_created("1.2/1.2.3/1.2.3.4/0123abcd.dcm") is None
 
 
