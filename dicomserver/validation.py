@@ -38,25 +38,26 @@ def invalid_attributes(ds: Dataset, _path: str = "") -> Iterator[str]:
     """One 'where: why' comment per invalid value, sequences included."""
     for tag in ds.keys():
         raw = ds.get_item(tag, keep_deferred=True)
-        if Tag(tag).group == 0x0002 or (raw.VR and any(v in BULK_VRS for v in raw.VR.split(" or "))):
+        if tag >> 16 == 0x0002 or (raw.VR and any(v in BULK_VRS for v in raw.VR.split(" or "))):
             continue  # binary values have no syntax to check; do not read them
         try:
             element = ds[tag]
         except Exception as exc:  # the value could not even be converted
             yield f"{_path}{Tag(tag)!s}: {exc}"
             continue
-        if element.VR in BULK_VRS:
+        vr = element.VR
+        if vr in BULK_VRS:
             continue
-        name = f"{_path}{element.tag!s} {element.keyword}".rstrip()
-        if element.VR == "SQ":
+        if vr == "SQ":
+            name = f"{_path}{element.tag!s} {element.keyword}".rstrip()
             for number, item in enumerate(element.value or [], start=1):
                 yield from invalid_attributes(item, f"{name} item {number} > ")
             continue
-        values = element.value if isinstance(element.value, (MultiValue, list)) else [element.value]
+        values = element.value if isinstance(element.value, (MultiValue, list)) else (element.value,)
         for value in values:
-            problem = _problem(element.VR, value)
+            problem = _problem(vr, value)
             if problem:
-                yield f"{name}: {problem}"
+                yield f"{_path}{element.tag!s} {element.keyword}".rstrip() + f": {problem}"
                 break
 
 
