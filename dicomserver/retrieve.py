@@ -186,14 +186,14 @@ def instances_body(store: BlobStore, instances: list[Instance], rendition: Rendi
             chunks=() if local_path else _blob_chunks(store, instance.blob_key, 0, instance.size),
             local_path=local_path,
         )
-    parts: list[_Part] = []
+    parts: list[Part] = []
     for instance, plan in zip(instances, plans):
         headers = {"Content-Type": part_content_type(rendition.media_type, plan.syntax)}
         if plan.transcode:
-            parts.append(_Part(headers, None, _transcoded_chunks_of(store, instance, plan.syntax, settings)))
+            parts.append(Part(headers, None, _transcoded_chunks_of(store, instance, plan.syntax, settings)))
         else:
-            parts.append(_Part(headers, instance.size, _stored_chunks_of(store, instance.blob_key, 0, instance.size)))
-    return _multipart(MultipartWriter(), rendition.media_type, parts)
+            parts.append(Part(headers, instance.size, _stored_chunks_of(store, instance.blob_key, 0, instance.size)))
+    return multipart_body(MultipartWriter(), rendition.media_type, parts)
 
 
 def _transcode(store: BlobStore, instance: Instance, target: str, settings: Settings):
@@ -281,16 +281,16 @@ def frames_body(
 
     ranges = [frame_ranges(instance.frames, n) for n in numbers]
     if not rendition.multipart:
-        return Body(content_type, sum(n for _, n in ranges[0]), _ranges_chunks(store, instance.blob_key, ranges[0]))
+        return Body(content_type, sum(n for _, n in ranges[0]), ranges_chunks(store, instance.blob_key, ranges[0]))
     parts = [
-        _Part(
+        Part(
             {"Content-Type": content_type},
             sum(n for _, n in frame),
             _ranges_chunks_of(store, instance.blob_key, frame),
         )
         for frame in ranges
     ]
-    return _multipart(MultipartWriter(), rendition.media_type, parts)
+    return multipart_body(MultipartWriter(), rendition.media_type, parts)
 
 
 def _transcoded_frames(store: BlobStore, instance: Instance, numbers: list[int], target: str) -> Iterator[bytes]:
@@ -302,7 +302,7 @@ def _transcoded_frames(store: BlobStore, instance: Instance, numbers: list[int],
 
 
 @dataclass(frozen=True)
-class _Part:
+class Part:
     """One part of a multipart body: headers, length (None if unknown), its chunks."""
 
     headers: dict[str, str]
@@ -310,7 +310,7 @@ class _Part:
     chunks: Callable[[], Iterable[bytes]]  # called when the part's turn comes
 
 
-def _multipart(writer: MultipartWriter, media_type: str, parts: list[_Part]) -> Body:
+def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part]) -> Body:
     lengths = [p.length for p in parts]
     length = None
     if None not in lengths:
@@ -330,10 +330,10 @@ def _stored_chunks_of(store: BlobStore, key: str, start: int, length: int):
 
 
 def _ranges_chunks_of(store: BlobStore, key: str, ranges: list[tuple[int, int]]):
-    return lambda: _ranges_chunks(store, key, ranges)
+    return lambda: ranges_chunks(store, key, ranges)
 
 
-def _ranges_chunks(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> Iterator[bytes]:
+def ranges_chunks(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> Iterator[bytes]:
     for start, n in ranges:
         yield from _blob_chunks(store, key, start, n)
 

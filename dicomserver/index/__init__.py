@@ -157,7 +157,7 @@ class Index:
             self.db = _postgres(database_url, pool_size)
         database_proxy.initialize(self.db)
         self._writer = InstanceWriter(self.db)
-        self._instances_sql: dict[tuple[bool, bool], str] = {}
+        self._read_sql: dict[tuple, str] = {}
 
     # -- lifecycle ---------------------------------------------------------
     def create_schema(self) -> None:
@@ -337,9 +337,7 @@ class Index:
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
         """Remove matching instances, record 'delete' changes; return their blob keys."""
         with self.write_transaction():
-            instances = list(self._instance_query(study_uid, series_uid, sop_uid))
-            if not instances:
-                raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
+            instances = self.instances(study_uid, series_uid, sop_uid)  # 404 if none
             now = utcnow()
             first = self._next_sequence()
             Change.insert_many(
@@ -358,7 +356,7 @@ class Index:
             self._remove_instances(instances)
         return [i.blob_key for i in instances]
 
-    def _remove_instances(self, instances: list[Instance]) -> None:
+    def _remove_instances(self, instances: list) -> None:
         """Delete instance rows and keep their series/study rows consistent (in a txn)."""
         ids = [i.id for i in instances]
         study_ids = sorted({i.study_id for i in instances})
@@ -411,22 +409,6 @@ class Index:
             ).where(Study.id == study_id).execute()
 
     # -- reads -------------------------------------------------------------
-    def _instance_query(self, study_uid: str, series_uid: str | None, sop_uid: str | None):
-        query = (
-            Instance.select(Instance, Series.id, Series.series_instance_uid, Series.series_number, InstanceMetadata.metadata)
-            .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id), attr="document")
-            .switch(Instance)
-            .join(Series)
-            .switch(Instance)
-            .join(Study)
-            .where(Study.study_instance_uid == study_uid)
-        )
-        if series_uid is not None:
-            query = query.where(Series.series_instance_uid == series_uid)
-        if sop_uid is not None:
-            query = query.where(Instance.sop_instance_uid == sop_uid)
-        return query.order_by(Series.id, Instance.instance_number, Instance.id)
-
     def instances(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[Instance]:
         """Instances of a study/series/instance, in series then instance order; 404 if none.
 
@@ -434,13 +416,7 @@ class Index:
         why) and rows come back as plain objects with the Instance columns, `metadata`
         and `series` (id, series_instance_uid, series_number).
         """
-        sql = self._instances_sql.get((series_uid is not None, sop_uid is not None))
-        if sql is None:
-            sql = self._instances_sql[(series_uid is not None, sop_uid is not None)] = _instances_sql(
-                self.db.param, series_uid is not None, sop_uid is not None
-            )
-        params = [study_uid] + [u for u in (series_uid, sop_uid) if u is not None]
-        cursor = self.db.execute_sql(sql, params)
+        cursor = self._execute_cached(_instances_sql, study_uid, series_uid, sop_uid)
         names = [d[0] for d in cursor.description]
         rows = []
         for values in cursor.fetchall():
@@ -453,6 +429,15 @@ class Index:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
         return rows
 
+    def _execute_cached(self, build, study_uid: str, series_uid: str | None, sop_uid: str | None):
+        """Run one of the per-request reads by study/series/instance; its SQL text is built once."""
+        key = (build, series_uid is not None, sop_uid is not None)
+        sql = self._read_sql.get(key)
+        if sql is None:
+            sql = self._read_sql[key] = build(self.db.param, series_uid is not None, sop_uid is not None)
+        params = [study_uid] + [u for u in (series_uid, sop_uid) if u is not None]
+        return self.db.execute_sql(sql, params)
+
     def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> tuple[list[str], str]:
@@ -461,20 +446,7 @@ class Index:
         The tag is '<newest watermark>-<count>': it changes whenever an instance is
         added, replaced or removed, which is what a metadata ETag must follow.
         """
-        query = (
-            Instance.select(InstanceMetadata.metadata, Instance.watermark)
-            .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
-            .switch(Instance)
-            .join(Series)
-            .switch(Instance)
-            .join(Study)
-            .where(Study.study_instance_uid == study_uid)
-        )
-        if series_uid is not None:
-            query = query.where(Series.series_instance_uid == series_uid)
-        if sop_uid is not None:
-            query = query.where(Instance.sop_instance_uid == sop_uid)
-        rows = list(query.order_by(Series.id, Instance.instance_number, Instance.id).tuples())
+        rows = self._execute_cached(_metadata_sql, study_uid, series_uid, sop_uid).fetchall()
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
         return [text for text, _ in rows], f"{max(w for _, w in rows)}-{len(rows)}"
@@ -560,13 +532,24 @@ def _with_value(multi_value: str | None, value: str) -> str:
 
 def _instances_sql(param: str, by_series: bool, by_sop: bool) -> str:
     columns = ", ".join(f'i."{f.column_name}"' for f in Instance._meta.sorted_fields)
+    return _by_uids(
+        f'{columns}, se."series_instance_uid", se."series_number", m."metadata"', param, by_series, by_sop
+    )
+
+
+def _metadata_sql(param: str, by_series: bool, by_sop: bool) -> str:
+    return _by_uids('m."metadata", i."watermark"', param, by_series, by_sop)
+
+
+def _by_uids(columns: str, param: str, by_series: bool, by_sop: bool) -> str:
+    """SELECT `columns` of a study's/series'/instance's instances, in series then instance order."""
     where = [f's."study_instance_uid" = {param}']
     if by_series:
         where.append(f'se."series_instance_uid" = {param}')
     if by_sop:
         where.append(f'i."sop_instance_uid" = {param}')
     return (
-        f'SELECT {columns}, se."series_instance_uid", se."series_number", m."metadata" '
+        f'SELECT {columns} '
         f'FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
         f'JOIN "study" AS s ON s."id" = i."study_id" JOIN "instance_metadata" AS m ON m."instance_id" = i."id" '
         f'WHERE {" AND ".join(where)} ORDER BY se."id", i."instance_number", i."id"'

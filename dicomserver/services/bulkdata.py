@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterator
+from functools import partial
 
 import pydicom
 from flask import Blueprint, Response, request
@@ -19,13 +19,13 @@ from ..extensions import server
 from ..frames import frame_count, frame_ranges
 from ..media import OCTET_STREAM, parse_accept
 from ..multipart import MultipartWriter
+from ..retrieve import Part, multipart_body, ranges_chunks
 from ..uids import require_uid
 
 bp = Blueprint("bulkdata", __name__)
 
 PIXEL_DATA = "7FE00010"
 _PATH = re.compile(r"[0-9A-F]{8}(/[0-9]+/[0-9A-F]{8})*")
-_CHUNK = 1 << 20
 #: Largest file whose Pixel Data is found by parsing it whole (deflated files only).
 MAX_PARSED_BYTES = 256 * 1024 * 1024
 
@@ -58,27 +58,23 @@ def bulkdata(study: str, series: str, instance: str, tag_path: str) -> Response:
         if byte_range is not None:
             start, stop = byte_range
             response = Response(
-                _stream(state.store, key, _slice(ranges, start, stop)), status=206, content_type=content_type
+                ranges_chunks(state.store, key, _slice(ranges, start, stop)), status=206, content_type=content_type
             )
             response.content_length = stop - start
             response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{total}"
         else:
-            response = Response(_stream(state.store, key, ranges), content_type=content_type)
+            response = Response(ranges_chunks(state.store, key, ranges), content_type=content_type)
             response.content_length = total
         response.headers["Accept-Ranges"] = "bytes"
         return response
-    writer = MultipartWriter()
-    headers = [{"Content-Type": content_type} for _ in parts]
-    length = writer.framing_size(headers) + sum(n for ranges in parts for _, n in ranges)
-
-    def generate() -> Iterator[bytes]:
-        for part_headers, ranges in zip(headers, parts):
-            yield writer.part_head(part_headers)
-            yield from _stream(state.store, key, ranges)
-        yield writer.close()
-
-    response = Response(generate(), content_type=writer.content_type(OCTET_STREAM))
-    response.content_length = length
+    part_headers = {"Content-Type": content_type}
+    body = multipart_body(
+        MultipartWriter(),
+        OCTET_STREAM,
+        [Part(part_headers, sum(n for _, n in r), partial(ranges_chunks, state.store, key, r)) for r in parts],
+    )
+    response = Response(body.chunks, content_type=body.content_type)
+    response.content_length = body.length
     return response
 
 
@@ -148,7 +144,3 @@ def _slice(ranges: Ranges, start: int, stop: int) -> Ranges:
         position += length
     return out
 
-
-def _stream(store, key: str, ranges: Ranges) -> Iterator[bytes]:
-    for offset, length in ranges:
-        yield from store.iter_bytes(key, start=offset, end=offset + length, chunk_size=_CHUNK)
