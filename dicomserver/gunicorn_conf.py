@@ -13,7 +13,7 @@ threads = int(os.environ.get("DICOMWEB_THREADS", 4))
 timeout = 300
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+accesslog = os.environ.get("DICOMWEB_ACCESS_LOG", "-") or None
 # gunicorn >= 25's control socket lives at one fixed path per user; several servers
 # on one host (tests, side-by-side deployments) would fight over it, and we do not use it.
 control_socket_disable = True
