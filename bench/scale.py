@@ -15,10 +15,16 @@ study QIDO by PatientID, by PatientName wildcard, by StudyDate range, and
     python -m bench.scale --sizes 10000,100000,1000000                # SQLite in a temp dir
     python -m bench.scale --database postgresql://...  --sizes 10000  # an existing PostgreSQL
     python -m bench.scale --postgres --sizes 10000,100000              # a throw-away PostgreSQL
+
+Two runs can load side by side (e.g. SQLite and PostgreSQL, to halve the wall time)
+without measuring each other's loading: give both the same `--measure-lock FILE`;
+a run measures holding it exclusively, and loads a batch only when nobody measures.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import copy
 import datetime as dt
 import io
@@ -171,7 +177,23 @@ def index_bytes(database_url: str) -> int:
         return cursor.fetchone()[0]
 
 
-def run(database_url: str, sizes: list[int], templates: int, batch: int, repeats: int) -> list[dict]:
+@contextlib.contextmanager
+def _lock(path: str | None, mode: int):
+    """flock `path` (shared while loading a batch, exclusive while measuring); no-op without a path."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run(
+    database_url: str, sizes: list[int], templates: int, batch: int, repeats: int, measure_lock: str | None = None
+) -> list[dict]:
     work = tempfile.mkdtemp(prefix="dicomserver-scale-")
     app = create_app(Settings(blobstore_url=os.path.join(work, "blobs"), database_url=database_url))
     state = app.extensions["dicomserver"]
@@ -187,15 +209,17 @@ def run(database_url: str, sizes: list[int], templates: int, batch: int, repeats
         while loaded < size:
             count = min(batch, size - loaded)
             records = [replicate(prepared[(loaded + i) % templates], loaded + i, rng) for i in range(count)]
-            state.index.connect()
-            try:
-                state.index.store_many(records)
-            finally:
-                state.index.close()
+            with _lock(measure_lock, fcntl.LOCK_SH):
+                state.index.connect()
+                try:
+                    state.index.store_many(records)
+                finally:
+                    state.index.close()
             loaded += count
             print(f"\r{loaded:>9} rows loaded ({time.perf_counter() - started:.0f} s)", end="", file=sys.stderr)
         print(file=sys.stderr)
-        figures = measure(client, loaded, rng, repeats)
+        with _lock(measure_lock, fcntl.LOCK_EX):
+            figures = measure(client, loaded, rng, repeats)
         size_bytes = index_bytes(database_url) - empty
         rows.append({"instances": loaded, "bytes_per_instance": size_bytes / loaded, "figures": figures,
                      "load_seconds": time.perf_counter() - started})
@@ -239,19 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--out", help="write the markdown report here")
+    parser.add_argument("--measure-lock", help="a file that runs sharing the machine lock (see above)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, list[dict]] = {}
     sqlite_url = args.database or f"sqlite:///{tempfile.mkdtemp(prefix='dicomserver-scale-db-')}/index.db"
     results["SQLite" if sqlite_url.startswith("sqlite") else "PostgreSQL"] = run(
-        sqlite_url, sizes, args.templates, args.batch, args.repeats
+        sqlite_url, sizes, args.templates, args.batch, args.repeats, args.measure_lock
     )
     if args.postgres:
         from pg_fixtures import start_postgres, stop_postgres
 
         server = start_postgres()
         try:
-            results["PostgreSQL"] = run(server.url(), sizes, args.templates, args.batch, args.repeats)
+            results["PostgreSQL"] = run(
+                server.url(), sizes, args.templates, args.batch, args.repeats, args.measure_lock
+            )
         finally:
             stop_postgres(server)
     report = markdown(results, "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]))

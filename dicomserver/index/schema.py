@@ -18,7 +18,24 @@ from .models import MODELS, Instance, InstanceMetadata, RequestAttribute, Schema
 if TYPE_CHECKING:
     from . import Index
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+
+#: Indexes only PostgreSQL needs (SQLite's single-column indexes already end in the
+#: rowid, and its LIKE uses a BINARY index under case_sensitive_like). A default B-tree
+#: can serve LIKE 'ABC%' only in the "C" collation, and initdb usually picks another
+#: (C.UTF-8, en_US.UTF-8): text_pattern_ops makes PatientName prefix wildcards
+#: index range scans. Both end in id so QIDO's page query (ids ordered by id) is an
+#: index-only scan of the matches, never a visit of their rows (see query.py).
+POSTGRES_INDEXES = (
+    'CREATE INDEX IF NOT EXISTS "study_patient_name_key_prefix" ON "study" ("patient_name_key" text_pattern_ops, "id")',
+    'CREATE INDEX IF NOT EXISTS "study_study_date_id" ON "study" ("study_date", "id")',
+)
+
+
+def _create_database_specific_indexes(index: "Index") -> None:
+    if not index.is_sqlite:
+        for statement in POSTGRES_INDEXES:
+            index.db.execute_sql(statement)
 
 
 def _v1_to_v2(index: "Index") -> bool:
@@ -77,9 +94,15 @@ def _v4_to_v5(index: "Index") -> bool:
         last = batch[-1][0]
 
 
+def _v5_to_v6(index: "Index") -> bool:
+    """QIDO scale: PostgreSQL indexes for prefix wildcards and date ranges (POSTGRES_INDEXES)."""
+    _create_database_specific_indexes(index)
+    return False
+
+
 #: MIGRATIONS[v] takes a database at version v to v + 1; True asks for derived columns
 #: to be recomputed once the schema is current (the code that does it expects that).
-MIGRATIONS: dict[int, Callable[["Index"], bool]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+MIGRATIONS: dict[int, Callable[["Index"], bool]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def ensure_schema(index: "Index") -> None:
@@ -88,6 +111,7 @@ def ensure_schema(index: "Index") -> None:
         tables = set(db.get_tables())
         if "study" not in tables:
             db.create_tables([*MODELS, SchemaInfo])
+            _create_database_specific_indexes(index)
             SchemaInfo.create(version=SCHEMA_VERSION)
             return
         if "schema_info" not in tables:
