@@ -316,10 +316,14 @@ def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part]) 
     if None not in lengths:
         length = writer.framing_size([p.headers for p in parts]) + sum(lengths)
 
+    # The first stored blob is opened now, before the status line goes out: a blob
+    # missing from the store is still an error status, not a body cut short.
+    first = parts[0].chunks() if parts else ()
+
     def generate() -> Iterator[bytes]:
-        for part in parts:
+        for number, part in enumerate(parts):
             yield writer.part_head(part.headers)
-            yield from part.chunks()
+            yield from first if number == 0 else part.chunks()
         yield writer.close()
 
     return Body(writer.content_type(media_type), length, generate())

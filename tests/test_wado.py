@@ -227,3 +227,15 @@ def test_unversioned_route_names_v2(client):
     assert response.status_code == 404
     assert b"/v2/studies" in response.data
     assert client.get("/v3/studies").status_code == 404
+
+
+@pytest.mark.parametrize("accept", [MULTI_ANY, "application/dicom; transfer-syntax=*"])
+def test_blob_lost_from_the_store_is_an_error_status_not_a_cut_body(app, client, tutorial_study, accept):
+    """Storage lost a blob the index still lists: the answer says so before any byte is sent."""
+    state = app.extensions["dicomserver"]
+    state.index.connect()
+    (row,) = state.index.instances(STUDY_UID, SERIES_GREEN_RED, SOP_RED)
+    state.store.delete(row.blob_key)
+    response = client.get(RED, headers={"Accept": accept})
+    assert response.status_code in (404, 500)
+    assert b"missing" in response.data or b"deleted" in response.data
