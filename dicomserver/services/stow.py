@@ -21,7 +21,9 @@ from ..uids import normalize_uid, require_uid
 
 bp = Blueprint("stow", __name__)
 
-READ_CHUNK = 64 * 1024
+#: Request body reads. gunicorn buffers up to 1 MiB of read-ahead and copies what is left
+#: of it on every read, so reads of less than that copy the same bytes many times over.
+READ_CHUNK = 1024 * 1024
 #: A DICOM JSON metadata part is parsed whole: keep it bounded.
 MAX_JSON_PART_BYTES = 64 * 1024 * 1024
 
