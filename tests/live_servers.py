@@ -93,3 +93,22 @@ def stop_server(server: LiveServer) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+
+
+def blob_files(server: LiveServer, *, study: str | None = None, sop: str | None = None) -> list[Path]:
+    """A local-disk server's blob files ('.tmp', puts in progress, left out), optionally of one
+    study and/or one instance (keys '<study>/<series>/<sop>_<time>-<random>.dcm')."""
+    root = Path(server.data_dir) / "blobs"
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d != ".tmp"]
+        for name in filenames:
+            path = Path(dirpath) / name
+            parts = path.relative_to(root).parts
+            if study is not None and parts[0] != study:
+                continue
+            if sop is not None and not (name.startswith(f"{sop}_") or sop in parts[:-1]):
+                continue
+            found.append(path)
+    return found

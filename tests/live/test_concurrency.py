@@ -11,7 +11,6 @@ tests can check that requests really were spread over more than one process.
 """
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.live
 
 
 import dicom_factory
-from live_servers import start_server, stop_server  # noqa: E402
+from live_servers import blob_files, start_server, stop_server  # noqa: E402
 
 TIMEOUT = 60
 WORKERS = 3
@@ -143,21 +142,6 @@ def value(item: dict, tag: str):
     return item[tag]["Value"][0]
 
 
-def blob_files(server, study: str, sop: str | None = None) -> list[Path]:
-    """Blob files of a study (or of one instance), '.tmp' (in-progress puts) ignored."""
-    root = Path(server.data_dir) / "blobs"
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if d != ".tmp"]
-        for name in filenames:
-            path = Path(dirpath) / name
-            parts = path.relative_to(root).parts
-            if study in parts and (sop is None or sop in parts):
-                found.append(path)
-    return found
-
-
 def assert_no_tmp_leftovers(server) -> None:
     """Once every response is in, no put is running: nothing may remain under '.tmp'."""
     tmp = Path(server.data_dir) / "blobs" / ".tmp"
@@ -240,7 +224,7 @@ def test_concurrent_uploads_of_one_instance_store_it_once(server):
 
     found = qido(server.url, f"/studies/{study}/instances")
     assert [value(i, "00080018") for i in found] == [sop]
-    blobs = blob_files(server, study)
+    blobs = blob_files(server, study=study)
     assert len(blobs) == 1 and blobs[0].suffix == ".dcm", blobs
     assert blobs[0].read_bytes() == body
     r = requests.get(instance_url(server.url, study, series, sop), headers={"Accept": ACCEPT_INSTANCE}, timeout=TIMEOUT)
@@ -292,7 +276,7 @@ def test_fifty_concurrent_uploads_into_one_new_study(server):
     found = qido(server.url, f"/studies/{study}/instances", limit=100)
     assert sorted(value(i, "00080018") for i in found) == sorted(sop for _, _, sop in instances)
 
-    blobs = blob_files(server, study)
+    blobs = blob_files(server, study=study)
     assert len(blobs) == 50 and all(b.suffix == ".dcm" for b in blobs), len(blobs)
     stored = {b.read_bytes() for b in blobs}
     assert stored == {body for body, _, _ in instances}, "the blobs are not the 50 uploaded files"
@@ -317,7 +301,7 @@ def test_concurrent_puts_of_one_instance_leave_one_version(server):
 
     found = qido(server.url, f"/studies/{study}/instances")
     assert [value(i, "00080018") for i in found] == [sop]
-    blobs = blob_files(server, study)
+    blobs = blob_files(server, study=study)
     assert len(blobs) == 1 and blobs[0].suffix == ".dcm", blobs
     assert blobs[0].read_bytes() == body
 
@@ -358,7 +342,7 @@ def test_racing_delete_and_put_never_split_index_and_blobs(server):
 
         wado = requests.get(url, headers={"Accept": ACCEPT_INSTANCE}, timeout=TIMEOUT)
         found = qido(server.url, "/instances", SOPInstanceUID=sop)
-        blobs = blob_files(server, study, sop)
+        blobs = blob_files(server, study=study, sop=sop)
         state = f"round {round_number}: WADO {wado.status_code}, QIDO {len(found)}, blobs {blobs}"
         if wado.status_code == 200:
             outcomes["present"] += 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shutil
 import struct
 import threading
@@ -29,7 +28,7 @@ import requests
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_factory import make_instance, multipart_body, to_bytes
-from live_servers import start_server, stop_server  # noqa: E402
+from live_servers import blob_files, start_server, stop_server  # noqa: E402
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -375,20 +374,6 @@ def server(tmp_path_factory):
         shutil.rmtree(spool, ignore_errors=True)
 
 
-def blob_files(server, sop: str | None = None) -> list[Path]:
-    """Blob files (not in-progress puts under .tmp), optionally only those of one instance."""
-    root = Path(server.data_dir) / "blobs"
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if d != ".tmp"]
-        for name in filenames:
-            path = Path(dirpath) / name
-            if sop is None or sop in path.relative_to(root).parts:
-                found.append(path)
-    return found
-
-
 def tmp_files(server) -> list[Path]:
     tmp = Path(server.data_dir) / "blobs" / ".tmp"
     return [p for p in tmp.rglob("*") if p.is_file()] if tmp.exists() else []
@@ -417,7 +402,7 @@ def ensure_absent(server, big: BigInstance) -> None:
     r = requests.delete(server.url + big.url, timeout=TIMEOUT)
     assert r.status_code in (204, 404), f"DELETE answered {r.status_code}: {r.text[:500]}"
     assert qido_instance(server, big) == []
-    assert blob_files(server, big.sop) == []
+    assert blob_files(server, sop=big.sop) == []
 
 
 def ensure_stored(server, big: BigInstance) -> None:
@@ -440,7 +425,7 @@ def assert_stored(server, big: BigInstance, response: requests.Response) -> None
     referenced = [item["00081155"]["Value"][0] for item in body["00081199"]["Value"]]
     assert referenced == [big.sop]
     assert len(qido_instance(server, big)) == 1
-    blobs = blob_files(server, big.sop)
+    blobs = blob_files(server, sop=big.sop)
     assert len(blobs) == 1, blobs
     assert blobs[0].stat().st_size == big.size
     assert sha256_of_file(blobs[0]) == big.sha256, "the stored blob differs from the uploaded file"
@@ -590,7 +575,7 @@ def test_truncated_multipart_upload_is_rejected_and_leaves_nothing(server, big):
         )
     assert r.status_code == 400, f"truncated multipart upload answered {r.status_code}: {r.text[:1000]}"
     assert qido_instance(server, big) == [], "a truncated instance was indexed"
-    assert blob_files(server, big.sop) == [], "a truncated instance left a blob"
+    assert blob_files(server, sop=big.sop) == [], "a truncated instance left a blob"
     assert set(tmp_files(server)) <= tmp_before, f"in-progress files were left behind: {tmp_files(server)}"
     r = requests.get(server.url + big.url, headers={"Accept": ACCEPT_INSTANCE}, timeout=60)
     assert r.status_code == 404, r.status_code
