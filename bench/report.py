@@ -228,19 +228,25 @@ def _target_cell(target: float | None, ratios: list[float], strict: bool = False
     return f"{'>' if strict else '>='} {target:g}x: {'met' if met else 'missed'}"
 
 
+FLOORS = ("gunicorn-wsgi", "gunicorn-flask")
+
+
 def _nginx_section(rec: Records, info: dict, servers: list[str], labels: dict[str, str]) -> str:
-    if not any(rec.rounds("nginx", CEILING_OP, c) for c in info["concurrency"]):
+    floors = [f for f in FLOORS if any(rec.rounds(f, CEILING_OP, c) for c in info["concurrency"])]
+    if not floors and not any(rec.rounds("nginx", CEILING_OP, c) for c in info["concurrency"]):
         return "## WADO instance against nginx\n\nnginx was not measured in this run.\n"
     lines = [
         "## WADO instance against nginx (the same files as static files)\n",
         "| concurrency | nginx req/s | wrk CPU with nginx (cores) | "
+        + "".join(f"{labels.get(f, f)} req/s | " for f in floors)
         + " | ".join(f"{labels[s]} req/s | {labels[s]}/nginx" for s in servers) + " |",
-        "|---|---|---|" + "---|---|" * len(servers),
+        "|---|---|---|" + "---|" * len(floors) + "---|---|" * len(servers),
     ]
     for conc in info["concurrency"]:
         nginx_rounds = rec.rounds("nginx", CEILING_OP, conc)
         cores = [r["client_cpu_s"] / r["seconds"] for r in nginx_rounds.values() if r["seconds"]]
         row = [str(conc), spread(rec.values("nginx", CEILING_OP, conc, "rps")), spread(cores)]
+        row += [spread(rec.values(f, CEILING_OP, conc, "rps")) for f in floors]
         for s in servers:
             mine = rec.rounds(s, CEILING_OP, conc)
             fractions = [mine[n]["rps"] / nginx_rounds[n]["rps"] for n in mine if n in nginx_rounds]
@@ -252,6 +258,16 @@ def _nginx_section(rec: Records, info: dict, servers: list[str], labels: dict[st
         f"{info['machine'].get('CPU', '?').split(',')[0]}), so the ceiling is a lower bound of what "
         "nginx could do alone.\n"
     )
+    if floors:
+        lines.append(
+            "The floors serve the same files through gunicorn with the repository's `gunicorn_conf.py` "
+            "(same workers, threads and access log as dicomserver) and `bench/floor_app.py`: a bare WSGI "
+            "callable (gunicorn's own cost per request) and one Flask route (gunicorn plus Flask), each "
+            "answering with `wsgi.file_wrapper` as dicomserver does. No server built on them can exceed "
+            "them; the gap between the Flask floor and dicomserver is dicomserver's own work (UID "
+            "checks, Accept negotiation, the index lookup); their server CPU per request is in the "
+            "details tables.\n"
+        )
     return "\n".join(lines)
 
 
@@ -262,7 +278,7 @@ def _details(rec: Records, conc: int, servers: list[str], labels: dict[str, str]
         "| server CPU ms/request | server peak RSS MB | peak PSS MB | client CPU (cores) | other CPU (cores) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in servers + ["nginx"]:
+    for s in servers + ["nginx", *FLOORS]:
         for key, label, metric, _ in _operations():
             rounds = rec.rounds(s, key, conc)
             if not rounds:

@@ -36,7 +36,7 @@ import psutil  # noqa: E402
 
 from bench import generate, ops, report  # noqa: E402
 from bench.load import BenchmarkError, QuietGate, ResourceMonitor, run_stow, run_wrk, wrk_available  # noqa: E402
-from bench.servers import REPO, DicomServer, External, Nginx, Orthanc, Server, export_commit  # noqa: E402
+from bench.servers import REPO, DicomServer, External, GunicornFloor, Nginx, Orthanc, Server, export_commit  # noqa: E402
 
 DEFAULT_N = 3000
 QUICK_N = 100
@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the Markdown report (default docs/benchmarks.md); raw records go next to it as .json")
     p.add_argument("--quick", action="store_true", help="a CI-sized smoke run (small N, 1 round, 1 s tests)")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx ceiling")
+    p.add_argument("--no-floors", action="store_true",
+                   help="skip the gunicorn floors (the files through gunicorn + a bare WSGI app / one Flask route)")
     p.add_argument("--seed", type=int, default=generate.DEFAULT_SEED)
     p.add_argument("--cache-dir", type=Path, default=generate.CACHE_ROOT, help="where generated data is kept")
     p.add_argument("--dicomserver-env", action="append", default=[], metavar="NAME=VALUE",
@@ -292,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     versions: dict[str, str] = {}
     settings: dict[str, str] = {}
     labels = {"dicomserver": DicomServer.label, "orthanc": Orthanc.label, "external": External.label,
-              "nginx": Nginx.label}
+              "nginx": Nginx.label, **{f"gunicorn-{a}": GunicornFloor(Path("."), a).label for a in GunicornFloor.APPS}}
     use_nginx = not args.no_nginx and ops.CEILING_OP in args.ops and Nginx.available()
     if not use_nginx and not args.no_nginx:
         log("nginx not measured (not installed, or WADO instance not selected)")
+    use_floors = not args.no_floors and ops.CEILING_OP in args.ops
     try:
         with ExitStack() as stack:
             source = commit = None
@@ -319,6 +322,14 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"round {round_no + 1}/{args.repeat}: nginx (ceiling for WADO instance)")
                     for conc in args.concurrency:
                         get_test(nginx, "nginx", ops.CEILING_OP, nginx_paths, None, conc, args, round_no, records)
+                if use_floors:
+                    for app in GunicornFloor.APPS:
+                        with GunicornFloor(data.directory, app) as floor:
+                            log(f"round {round_no + 1}/{args.repeat}: {floor.label} (floor for WADO instance)")
+                            versions.setdefault("gunicorn floors", floor.version())
+                            for conc in args.concurrency:
+                                get_test(floor, floor.name, ops.CEILING_OP, nginx_paths, None, conc, args, round_no,
+                                         records)
     finally:
         signal.alarm(0)
     info = {

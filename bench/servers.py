@@ -344,6 +344,37 @@ http {{
         return (out.stderr or out.stdout).strip().replace("nginx version: ", "")
 
 
+class GunicornFloor(Server):
+    """The stored files through gunicorn (repo gunicorn_conf.py) and a bare WSGI app or one
+    Flask route (bench/floor_app.py): the framework's share of a WADO instance request."""
+
+    APPS = {"wsgi": "bench.floor_app:wsgi", "flask": "bench.floor_app:flask_app"}
+
+    def __init__(self, root: Path, app: str) -> None:
+        super().__init__()
+        self.root = Path(root).resolve()
+        self.app = app
+        self.name = f"gunicorn-{app}"
+        self.label = {"wsgi": "gunicorn + bare WSGI app", "flask": "gunicorn + one Flask route"}[app]
+
+    def command(self):
+        env = dict(os.environ, BENCH_FLOOR_ROOT=str(self.root), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        argv = [
+            sys.executable, "-m", "gunicorn",
+            "-c", "python:dicomserver.gunicorn_conf",
+            "--bind", f"127.0.0.1:{self.port}",
+            self.APPS[self.app],
+        ]
+        return argv, env, REPO
+
+    def ready_url(self) -> str:
+        return self.origin + "/manifest.json"
+
+    def version(self) -> str:
+        return f"gunicorn {importlib.metadata.version('gunicorn')}, Flask {importlib.metadata.version('flask')}"
+
+
 class External(Server):
     """A DICOMweb server started elsewhere: only HTTP figures (no RSS/CPU of its processes)."""
 

@@ -67,6 +67,11 @@ def test_quick_run_against_dicomserver(tmp_path):
             assert _number(rows[label][2]) > 0, rows[label]
         assert _number(rows["peak RSS, whole run"][2]) > 0
 
+    # The gunicorn floors (bench/floor_app.py) are measured and reported beside dicomserver.
+    floors = _table_rows(markdown, "## WADO instance against nginx")
+    for conc in ("1", "4"):  # concurrency | nginx | wrk CPU | bare WSGI | Flask route | dicomserver | ...
+        assert _number(floors[conc][3]) > 0 and _number(floors[conc][4]) > 0, floors[conc]
+
     records = json.loads(out.with_suffix(".json").read_text())["records"]
     keys = {(r["op"], r["concurrency"]) for r in records if r["server"] == "dicomserver"}
     assert keys == {(op.key, c) for op in STOW_OPS + GET_OPS for c in (1, 4)}
