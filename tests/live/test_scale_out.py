@@ -157,10 +157,12 @@ def test_blob_store_and_index_agree_one_to_one(cluster):
     assert len(rows) > CLIENTS  # the earlier tests stored plenty
     # and every row's blob is served, through either host
     with psycopg2.connect(postgres.url()) as connection, connection.cursor() as cursor:
-        cursor.execute('SELECT blob_key FROM "instance" LIMIT 5')
-        keys = [row[0] for row in cursor.fetchall()]
-    for key in keys:
-        study, series, sop, _ = key.split("/")
+        cursor.execute(
+            'SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.blob_key FROM "instance" i '
+            'JOIN "series" se ON se.id = i.series_id JOIN "study" st ON st.id = i.study_id LIMIT 5'
+        )
+        instances = cursor.fetchall()
+    for study, series, sop, key in instances:
         response = requests.get(
             f"{servers[1].url}/v2/studies/{study}/series/{series}/instances/{sop}",
             headers={"Accept": "application/dicom; transfer-syntax=*"},
