@@ -181,69 +181,89 @@ def like_pattern(wildcard: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _like(column, pattern: str) -> pw.Node:
-    return pw.NodeList((column, pw.SQL("LIKE"), pattern, pw.SQL("ESCAPE '\\'")))
+#: Table aliases of the page query (the SQL below is written by hand: building it with
+#: peewee cost more than running it).
+_ALIAS = {Study: "s", Series: "se", Instance: "i", RequestAttribute: "ra"}
 
 
-def _condition(f: Filter) -> pw.Node:
+def _col(field: pw.Field) -> str:
+    return f'{_ALIAS[field.model]}."{field.column_name}"'
+
+
+class _Params:
+    """Collects bound values in the order their placeholders are written."""
+
+    def __init__(self, mark: str):
+        self.mark = mark
+        self.values: list[Any] = []
+
+    def one(self, value: Any) -> str:
+        self.values.append(value)
+        return self.mark
+
+    def many(self, values) -> str:
+        return "(" + ", ".join(self.one(v) for v in values) + ")"
+
+
+def _condition(f: Filter, p: _Params) -> str:
     m = f.matcher
     kind = f.attribute.kind
     if kind == "modalities":
-        return pw.fn.EXISTS(
-            Series.select(pw.SQL("1")).where(
-                (Series.study == Study.id) & Series.modality.in_(list(m.values))  # type: ignore[union-attr]
-            )
+        return (
+            f'EXISTS (SELECT 1 FROM "series" AS ms WHERE ms."study_id" = s."id" '
+            f'AND ms."modality" IN {p.many(m.values)})'  # type: ignore[union-attr]
         )
     if kind == "sopclasses":
-        inner = Instance.alias("sopclass")
-        return pw.fn.EXISTS(
-            inner.select(pw.SQL("1")).where(
-                (inner.study == Study.id) & inner.sop_class_uid.in_(list(m.values))  # type: ignore[union-attr]
-            )
+        return (
+            f'EXISTS (SELECT 1 FROM "instance" AS sc WHERE sc."study_id" = s."id" '
+            f'AND sc."sop_class_uid" IN {p.many(m.values)})'  # type: ignore[union-attr]
         )
     if isinstance(m, FuzzyName):
-        words = _WORDS[f.attribute.keyword]
-        condition = words.is_null(False)
-        for word in m.words:
-            condition &= _like(words, "% " + like_pattern(word) + "%")
-        return condition
+        words = _col(_WORDS[f.attribute.keyword])
+        return " AND ".join(
+            [f"{words} IS NOT NULL"] + [_like(words, "% " + like_pattern(word) + "%", p) for word in m.words]
+        )
     if isinstance(m, DateTimeRange):
-        date, time = _DATE_TIME[f.attribute.keyword]
-        combined = date.concat(pw.fn.COALESCE(time, "000000.000000"))
+        date, time = (_col(c) for c in _DATE_TIME[f.attribute.keyword])
         # The date bounds alone are implied by the combined ones; they let the date index
         # narrow the rows the combined comparison has to look at.
-        dates = _between(date, m.lower and m.lower[:8], m.upper and m.upper[:8])
-        return date.is_null(False) & dates & _between(combined, m.lower, m.upper)
-    column = _COLUMNS[f.attribute.keyword]
-    condition = _value_condition(column, m)
-    if column.model is RequestAttribute:
-        # Sequence matching: some item of the series' sequence matches.
-        return pw.fn.EXISTS(
-            RequestAttribute.select(pw.SQL("1")).where((RequestAttribute.series == Series.id) & condition)
+        return " AND ".join(
+            [f"{date} IS NOT NULL"]
+            + _between(date, m.lower and m.lower[:8], m.upper and m.upper[:8], p)
+            + _between(f"({date} || COALESCE({time}, '000000.000000'))", m.lower, m.upper, p)
         )
+    field = _COLUMNS[f.attribute.keyword]
+    condition = _value_condition(_col(field), m, p)
+    if field.model is RequestAttribute:
+        # Sequence matching: some item of the series' sequence matches.
+        return f'EXISTS (SELECT 1 FROM "request_attribute" AS ra WHERE ra."series_id" = se."id" AND {condition})'
     return condition
 
 
-def _value_condition(column, m) -> pw.Node:
+def _like(column: str, pattern: str, p: _Params) -> str:
+    return f"{column} LIKE {p.one(pattern)} ESCAPE '\\'"
+
+
+def _value_condition(column: str, m, p: _Params) -> str:
     if isinstance(m, SingleValue):
-        return column == m.value
+        return f"{column} = {p.one(m.value)}"
     if isinstance(m, ValueList):
-        return column.in_(list(m.values))
+        return f"{column} IN {p.many(m.values)}"
     if isinstance(m, Wildcard):
-        return _like(column, like_pattern(m.pattern))
+        return _like(column, like_pattern(m.pattern), p)
     if isinstance(m, Range):
-        return column.is_null(False) & _between(column, m.lower, m.upper)
+        return " AND ".join([f"{column} IS NOT NULL"] + _between(column, m.lower, m.upper, p))
     raise AssertionError(f"unknown matcher {m!r}")
 
 
-def _between(expression, lower: str | None, upper: str | None) -> pw.Node:
+def _between(expression: str, lower: str | None, upper: str | None, p: _Params) -> list[str]:
     """Inclusive range with either end open (PS3.4 C.2.2.2.5)."""
-    condition = pw.SQL("1 = 1")
+    conditions = []
     if lower is not None:
-        condition &= expression >= lower
+        conditions.append(f"{expression} >= {p.one(lower)}")
     if upper is not None:
-        condition &= expression <= upper
-    return condition
+        conditions.append(f"{expression} <= {p.one(upper)}")
+    return conditions
 
 
 def _tables(f: Filter) -> set:
@@ -285,22 +305,29 @@ def search(
         needed.add(Study)
     if series_uid is not None:
         needed.add(Series)
-    page = level_model.select(level_model.id.alias("page_id"))
+    db = Instance._meta.database
+    p = _Params(db.param)
+    alias = _ALIAS[level_model]
+    sources = [f'"{level_model._meta.table_name}" AS {alias}']
     if query.level == SERIES and Study in needed:
-        page = page.join(Study, on=(Series.study == Study.id))
+        sources.append('JOIN "study" AS s ON s."id" = se."study_id"')
     elif query.level == INSTANCE:
         if Series in needed:
-            page = page.join(Series, on=(Instance.series == Series.id)).switch(Instance)
+            sources.append('JOIN "series" AS se ON se."id" = i."series_id"')
         if Study in needed:
-            page = page.join(Study, on=(Instance.study == Study.id))
+            sources.append('JOIN "study" AS s ON s."id" = i."study_id"')
+    where = []
     if study_uid is not None:
-        page = page.where(Study.study_instance_uid == study_uid)
+        where.append(f's."study_instance_uid" = {p.one(study_uid)}')
     if series_uid is not None:
-        page = page.where(Series.series_instance_uid == series_uid)
-    for f in query.filters:
-        page = page.where(_condition(f))
-    page = page.order_by(level_model.id).offset(query.offset).limit(query.limit + 1)
-    inner_sql, params = page.sql()
+        where.append(f'se."series_instance_uid" = {p.one(series_uid)}')
+    where += [f"({_condition(f, p)})" for f in query.filters]
+    inner_sql = (
+        f'SELECT {alias}."id" AS page_id FROM {" ".join(sources)}'
+        + (f' WHERE {" AND ".join(where)}' if where else "")
+        + f' ORDER BY {alias}."id" LIMIT {p.one(query.limit + 1)} OFFSET {p.one(query.offset)}'
+    )
+    params = p.values
     db = Instance._meta.database
     return_tags = _return_tags(query, in_study_path=study_uid is not None)
     from_members = not query.include_all and return_tags <= QIDO_TAGS | COMPUTED_TAGS
