@@ -14,7 +14,7 @@ from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
-from pydicom.valuerep import PersonName, validate_value
+from pydicom.valuerep import MAX_VALUE_LEN, STR_VR_REGEXES, PersonName, validate_value
 
 from .dicomjson import BULK_VRS, DicomJson, string_value
 
@@ -27,11 +27,42 @@ def _problem(vr: str, value: Any) -> str | None:
         value = getattr(value, "original_string", None) or str(value)
     elif isinstance(value, PersonName):
         value = str(value)
+    if _surely_valid(vr, value):
+        return None
     try:
         validate_value(vr, value, config.RAISE)
     except (ValueError, TypeError) as exc:
         return str(exc).split(" Please see ")[0]
     return None
+
+
+#: VRs whose pydicom validator checks a str value by at most type, length and regex.
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_INT_RANGES = {
+    "US": (0, 0xFFFF),
+    "SS": (-0x8000, 0x7FFF),
+    "UL": (0, 0xFFFFFFFF),
+    "SL": (-0x80000000, 0x7FFFFFFF),
+    "UV": (0, 0xFFFFFFFFFFFFFFFF),
+    "SV": (-0x8000000000000000, 0x7FFFFFFFFFFFFFFF),
+}
+
+
+def _surely_valid(vr: str, value: Any) -> bool:
+    """True only where pydicom's validate_value would pass too (every check it could
+    make, done at once): the usual valid value skips pydicom's slower path, and any
+    other goes through it for its verdict and message."""
+    if isinstance(value, str):
+        if vr not in _TEXT_VRS or len(value) > MAX_VALUE_LEN.get(vr, len(value)):
+            return False
+        regex = STR_VR_REGEXES.get(vr)
+        return regex is None or (regex.match(value) is not None and not value.endswith("\n"))
+    if type(value) is int or type(value) is float:
+        if vr in ("FL", "FD"):
+            return True
+        bounds = _INT_RANGES.get(vr)
+        return bounds is not None and type(value) is int and bounds[0] <= value <= bounds[1]
+    return False
 
 
 def invalid_attributes(ds: Dataset, _path: str = "") -> Iterator[str]:

@@ -1,6 +1,7 @@
 """STOW validation: strict on the identifying UIDs, lenient (stored with a warning) on the rest."""
 from __future__ import annotations
 
+import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
 from dicom_factory import make_instance, to_bytes
@@ -90,3 +91,45 @@ def test_tutorial_samples_are_clean(client):
         response = client.post("/v2/studies", data=sample(name).read_bytes(), headers=DICOM)
         assert response.status_code == 200
         assert "00081196" not in response.json["00081199"]["Value"][0]
+
+
+_VALUES = {
+    "AE": ["STORESCP", "", "A" * 16, "A" * 17, "bad\\x01", "x\n"],
+    "AS": ["045Y", "45Y", "045X", "045Y\n"],
+    "CS": ["ORIGINAL", "lower", "A" * 17, "WITH SPACE", "HYPHEN-", "A\n"],
+    "DA": ["20240101", "20241301", "2024010", "20240101-20240201", "-20240101", "20240101\n"],
+    "DS": ["2.5", " 1e3 ", "abc", "1" * 17, "-0.0", "+.5", "1.\n"],
+    "DT": ["20240101083000.123456+0100", "2024", "20241301", "x"],
+    "IS": ["12", " -3 ", "1.5", "1" * 13, "12\n"],
+    "LO": ["text", "x" * 64, "x" * 65, "back\\slash"],
+    "LT": ["x" * 10240, "x" * 10241],
+    "SH": ["short", "x" * 17],
+    "ST": ["x" * 1024, "x" * 1025],
+    "TM": ["083000", "083000.123456", "250000", "0830", "083000-093000", "083000\n"],
+    "UI": ["1.2.3", "1.02.3", "1..2", "1.2.3a", "9" * 65, "1.2\n"],
+    "UR": ["http://example.org/a b", "http://x/\u00e9", "http://x/ "],
+    "UT": ["anything \x01 goes"],
+    "PN": ["Doe^John", "A" * 65],
+}
+_NUMBERS = {
+    "US": [0, 65535, 65536, -1], "SS": [-32768, 32767, 32768], "UL": [0, 2**32, -1], "SL": [2**31, -(2**31)],
+    "UV": [2**64, 0], "SV": [2**63, -(2**63)], "FL": [1.5, 2, "x"], "FD": [0.1, True],
+}
+
+
+@pytest.mark.parametrize("vr", sorted({**_VALUES, **_NUMBERS}))
+def test_quick_validity_check_never_passes_what_pydicom_refuses(vr):
+    """validation._surely_valid short-cuts pydicom's validate_value: it may say 'ask pydicom'
+    for a valid value, never 'valid' for an invalid one (the STOW warnings depend on it)."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    from dicomserver.validation import _surely_valid
+
+    for value in _VALUES.get(vr, []) + _NUMBERS.get(vr, []):
+        try:
+            validate_value(vr, value, config.RAISE)
+            valid = True
+        except (ValueError, TypeError):
+            valid = False
+        assert valid or not _surely_valid(vr, value), (vr, value)
