@@ -262,7 +262,7 @@ class LocalBlobStore(BlobStore):
         Races are harmless: rmdir only removes empty directories, and a put
         whose fresh directory disappears retries (see _install).
         """
-        while directory != self.root and directory.startswith(self.root + os.sep):
+        while directory != self.root and directory.startswith(self._root_prefix):
             try:
                 os.rmdir(directory)
             except OSError:

@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                         get_test(nginx, "nginx", ops.CEILING_OP, nginx_paths, None, conc, args, round_no, records)
                 if use_floors:
                     for app in GunicornFloor.APPS:
-                        with GunicornFloor(data.directory, app) as floor:
+                        floor_env = dict(item.split("=", 1) for item in args.dicomserver_env)
+                        with GunicornFloor(data.directory, app, env=floor_env, source=source) as floor:
                             log(f"round {round_no + 1}/{args.repeat}: {floor.label} (floor for WADO instance)")
                             versions.setdefault("gunicorn floors", floor.version())
                             for conc in args.concurrency:

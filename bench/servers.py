@@ -350,19 +350,24 @@ class GunicornFloor(Server):
 
     APPS = {"wsgi": "bench.floor_app:wsgi", "flask": "bench.floor_app:flask_app"}
 
-    def __init__(self, root: Path, app: str) -> None:
+    def __init__(self, root: Path, app: str, env: dict[str, str] | None = None, source: Path | None = None) -> None:
+        """env and source as dicomserver's (DicomServer): the same gunicorn settings file
+        and DICOMWEB_WORKERS/THREADS/ACCESS_LOG, so the floor differs only in the app."""
         super().__init__()
         self.root = Path(root).resolve()
         self.app = app
+        self.extra_env = dict(env or {})
+        self.source = Path(source) if source else REPO
         self.name = f"gunicorn-{app}"
         self.label = {"wsgi": "gunicorn + bare WSGI app", "flask": "gunicorn + one Flask route"}[app]
 
     def command(self):
         env = dict(os.environ, BENCH_FLOOR_ROOT=str(self.root), PYTHONUNBUFFERED="1")
+        env.update(self.extra_env)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         argv = [
             sys.executable, "-m", "gunicorn",
-            "-c", "python:dicomserver.gunicorn_conf",
+            "-c", str(self.source / "dicomserver" / "gunicorn_conf.py"),
             "--bind", f"127.0.0.1:{self.port}",
             self.APPS[self.app],
         ]

@@ -1,4 +1,4 @@
-"""Maintenance commands: `flask --app wsgi dicom gc` (and more to come).
+"""Maintenance commands: `flask --app wsgi dicom gc` and `flask --app wsgi dicom backfill-qido`.
 
 The orphan sweep reconciles the blob store with the index. STOW writes the blob
 before the index row and deletes run the other way round, so a crash can leave a
@@ -89,3 +89,18 @@ def gc(grace: str, dry_run: bool) -> None:
             click.echo(f"left alone (younger than {grace}): {young_blobs} blob(s), {young_rows} row(s)")
     finally:
         index.close()
+
+
+@dicom.command("backfill-qido")
+@click.option("--batch", default=2000, show_default=True, help="Rows per write transaction.")
+def backfill_qido(batch: int) -> None:
+    """Build the QIDO members of instances stored before index schema 5 (safe while serving)."""
+    index = server().index
+    index.connect()
+    done = 0
+    try:
+        for done in index.backfill_qido(batch=batch):
+            click.echo(f"{done} instances done")
+    finally:
+        index.close()
+    click.echo(f"backfill-qido: {done} instances filled; every instance has its QIDO members")

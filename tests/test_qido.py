@@ -126,6 +126,8 @@ def test_time_range(client, archive):
         ({"StudyDescription": "*%"}, [STUDY_A]),
         ({"ModalitiesInStudy": "MR"}, [STUDY_A]),
         ({"ModalitiesInStudy": "US,MR"}, [STUDY_A, STUDY_C]),
+        ({"ModalitiesInStudy": ","}, []),  # an empty list matches nothing (and is valid SQL on PostgreSQL)
+        ({"SOPClassesInStudy": "\\"}, []),
         ({"StudyID": "S1"}, [STUDY_A]),
     ],
 )

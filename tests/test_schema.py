@@ -58,22 +58,45 @@ def test_newer_schema_is_refused(tmp_path):
         _app(tmp_path)
 
 
-def test_version_4_database_gets_qido_members(tmp_path):
+def test_version_4_database_is_answered_then_backfilled(tmp_path):
     app = _app(tmp_path)
     client = app.test_client()
-    ds = make_instance(PatientName="Doe^Jane", PatientID="P-4")
-    client.post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    for number in range(3):
+        ds = make_instance(PatientName="Doe^Jane", PatientID="P-4", InstanceNumber=number + 1)
+        client.post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
     expected = client.get("/v2/instances?PatientID=P-4").json
+    assert len(expected) == 3
     app.extensions["dicomserver"].index.close()
     with sqlite3.connect(tmp_path / "i.db") as db:
         db.execute("ALTER TABLE instance_metadata DROP COLUMN qido")
         db.execute("UPDATE schema_info SET version = 4")
 
-    client = _app(tmp_path).test_client()
-    assert client.get("/v2/instances?PatientID=P-4").json == expected
+    app = _app(tmp_path)  # migrates: the column only, no start-up backfill
     with sqlite3.connect(tmp_path / "i.db") as db:
-        (members,) = db.execute("SELECT qido FROM instance_metadata").fetchone()
-    assert '"00100020":{"vr":"LO","Value":["P-4"]}' in members.split("\n")
+        assert db.execute("SELECT COUNT(*) FROM instance_metadata WHERE qido IS NULL").fetchone() == (3,)
+    assert app.test_client().get("/v2/instances?PatientID=P-4").json == expected  # from the full JSON
+
+    result = app.test_cli_runner().invoke(args=["dicom", "backfill-qido", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 instances done" in result.output and "3 instances filled" in result.output
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        members = [row[0] for row in db.execute("SELECT qido FROM instance_metadata")]
+    assert all('"00100020":{"vr":"LO","Value":["P-4"]}' in m.split("\n") for m in members)
+    assert app.test_client().get("/v2/instances?PatientID=P-4").json == expected
+
+
+def test_qido_members_fingerprint_matches_the_schema():
+    """Stored `qido` members were built from QIDO_TAGS: changing the set needs a migration."""
+    import hashlib
+
+    from dicomserver.index.query import QIDO_TAGS
+    from dicomserver.index.schema import QIDO_TAGS_FINGERPRINT
+
+    fingerprint = hashlib.sha256(",".join(sorted(QIDO_TAGS)).encode()).hexdigest()[:16]
+    assert fingerprint == QIDO_TAGS_FINGERPRINT, (
+        "query.QIDO_TAGS changed: add a schema migration that sets instance_metadata.qido to NULL "
+        "(backfill-qido rebuilds it) and set schema.QIDO_TAGS_FINGERPRINT to " + fingerprint
+    )
 
 
 def test_rows_without_qido_members_are_answered_from_the_full_json(tmp_path):

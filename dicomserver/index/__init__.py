@@ -2,8 +2,9 @@
 
 One concrete class over Peewee (SQLite by default, PostgreSQL by URL). Writes run in
 one short transaction each; on SQLite they take the write lock up front
-(BEGIN IMMEDIATE) so concurrent writers from several processes queue on the busy
-timeout instead of failing on a lock upgrade. Blob deletions are returned to the
+(BEGIN IMMEDIATE), after queueing on a host-wide lock (_SqliteWriteLock), so
+concurrent writers from several processes wait their turn, up to the busy timeout,
+instead of failing on a lock upgrade. Blob deletions are returned to the
 caller to run *after* the commit, so a crash can leave an orphan blob but never an
 index row without its blob.
 """
@@ -12,9 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import threading
-from contextlib import contextmanager
+import time
+import weakref
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Iterable, Iterator
@@ -28,6 +32,8 @@ from ..validation import indexed_string
 from .query import qido_members
 from .models import Change, Instance, InstanceMetadata, RequestAttribute, Series, Study, database_proxy
 from .writes import InstanceWriter
+
+log = logging.getLogger(__name__)
 
 # Attribute tags (GGGGEEEE) read from an instance's DICOM JSON into index columns.
 T = {
@@ -144,7 +150,7 @@ class Index:
             path = database_url[len("sqlite:///"):]
             if path and path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._write_lock = _SqliteWriteLock(path)
+            self._write_lock = _SqliteWriteLock(path, sqlite_busy_timeout_ms / 1000)
             self.db = pw.SqliteDatabase(
                 path,
                 pragmas={
@@ -187,6 +193,8 @@ class Index:
             self.db.close()
         if hasattr(self.db, "close_all"):
             self.db.close_all()
+        if self.is_sqlite:
+            self._write_lock.close()
 
     def check(self) -> None:
         self.db.execute_sql("SELECT 1")
@@ -324,6 +332,26 @@ class Index:
             study_id,
         )
         return StoreOutcome(replaced is not None, replaced.blob_key if replaced else None, sequence)
+
+    def backfill_qido(self, *, batch: int = 2000) -> Iterator[int]:
+        """Fill `qido` for rows stored before schema 5, `batch` rows per short write
+        transaction (STOW goes on meanwhile); yields the running count after each."""
+        select = (
+            f'SELECT "instance_id", "metadata" FROM "instance_metadata" WHERE "qido" IS NULL '
+            f'ORDER BY "instance_id" LIMIT {self.db.param}'
+        )
+        update = f'UPDATE "instance_metadata" SET "qido" = {self.db.param} WHERE "instance_id" = {self.db.param}'
+        done = 0
+        while True:
+            with self.write_transaction():
+                rows = self.db.execute_sql(select, (batch,)).fetchall()
+                if not rows:
+                    return
+                self.db.cursor().executemany(
+                    update, [(qido_members(json.loads(metadata)), instance_id) for instance_id, metadata in rows]
+                )
+            done += len(rows)
+            yield done
 
     def _set_request_attributes(self, series_id: int, meta: DicomJson) -> None:
         """Mirror the latest instance's Request Attributes Sequence items for matching."""
@@ -505,33 +533,75 @@ class _SqliteWriteLock:
     SQLite's own busy handler polls with sleeps of up to 100 ms, so writers that
     collide on the database lock (several threads and gunicorn workers storing at
     once) lose far more time sleeping than the transactions take. Threads of a process
-    queue on a mutex, processes on flock() of '<database>-writelock'; BEGIN IMMEDIATE
-    stays as the guarantee for any other process that writes the file.
+    queue on a mutex, processes on flock() of '<database>-writelock' (polled every
+    0.5-5 ms); BEGIN IMMEDIATE stays as the guarantee for any other process writing
+    the file. Both waits end after the busy timeout with OperationalError (a 503).
     """
 
-    def __init__(self, path: str):
-        self._mutex = threading.Lock()
+    def __init__(self, path: str, timeout_s: float):
+        self._timeout = timeout_s
         self._path = f"{os.path.abspath(path)}-writelock" if path and path != ":memory:" else None
         self._fd: int | None = None
-        self._pid = 0
+        self._mutex = threading.Lock()
+        _WRITE_LOCKS.add(self)
 
     def __enter__(self) -> None:
-        self._mutex.acquire()
+        deadline = time.monotonic() + self._timeout
+        if not self._mutex.acquire(timeout=self._timeout):
+            raise pw.OperationalError(f"database is locked: no write turn within {self._timeout:g} s")
         try:
-            if self._path is not None:
-                if self._pid != os.getpid():  # first use in this (possibly forked) process
-                    self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fd = self._lock_file()
+            if fd is not None:
+                self._flock(fd, deadline)
         except BaseException:
             self._mutex.release()
             raise
 
     def __exit__(self, *exc) -> None:
         try:
-            if self._path is not None:
+            if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._mutex.release()
+
+    def _lock_file(self) -> int | None:
+        if self._fd is None and self._path is not None:
+            try:  # read-only is enough for flock, so any user of the database can lock it
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o666)
+            except OSError as exc:
+                log.warning("cannot open %s (%s): writers wait on SQLite's busy handler", self._path, exc)
+                self._path = None
+        return self._fd
+
+    def _flock(self, fd: int, deadline: float) -> None:
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise pw.OperationalError(
+                        f"database is locked: another process held {self._path} for {self._timeout:g} s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's threads do not exist here: whatever they held is free."""
+        self._mutex = threading.Lock()
+        self.close()
+
+
+_WRITE_LOCKS: "weakref.WeakSet[_SqliteWriteLock]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: [lock._after_fork_in_child() for lock in list(_WRITE_LOCKS)])
 
 
 def _postgres(database_url: str, pool_size: int) -> pw.Database:

@@ -59,7 +59,7 @@ from ..matching import (
     ValueList,
     Wildcard,
 )
-from .models import Instance, InstanceMetadata, RequestAttribute, Series, Study
+from .models import Instance, RequestAttribute, Series, Study
 
 
 # PS3.18 Table 10.6.3-3/-4/-5 default return attributes (the reference's v1 lists
@@ -121,6 +121,7 @@ QIDO_TAGS = (
     frozenset(STUDY_DEFAULTS + SERIES_DEFAULTS + INSTANCE_DEFAULTS)
     | {tag.split(".")[0] for tag in SEARCHABLE}
 ) - COMPUTED_TAGS
+_QIDO_TAGS_SORTED = tuple(sorted(QIDO_TAGS))
 _SEPARATORS = (",", ":")
 
 
@@ -131,7 +132,7 @@ def qido_members(meta: dict[str, Any]) -> str:
     inside strings), so the lines split back exactly.
     """
     return "\n".join(
-        f'"{tag}":{json.dumps(meta[tag], separators=_SEPARATORS)}' for tag in sorted(meta) if tag in QIDO_TAGS
+        f'"{tag}":{json.dumps(meta[tag], separators=_SEPARATORS)}' for tag in _QIDO_TAGS_SORTED if tag in meta
     )
 
 
@@ -201,23 +202,22 @@ class _Params:
         self.values.append(value)
         return self.mark
 
-    def many(self, values) -> str:
-        return "(" + ", ".join(self.one(v) for v in values) + ")"
+    def is_in(self, column: str, values) -> str:
+        """`column IN (...)`; an empty list matches nothing (PostgreSQL refuses `IN ()`)."""
+        if not values:
+            return "1 = 0"
+        return f"{column} IN (" + ", ".join(self.one(v) for v in values) + ")"
 
 
 def _condition(f: Filter, p: _Params) -> str:
     m = f.matcher
     kind = f.attribute.kind
     if kind == "modalities":
-        return (
-            f'EXISTS (SELECT 1 FROM "series" AS ms WHERE ms."study_id" = s."id" '
-            f'AND ms."modality" IN {p.many(m.values)})'  # type: ignore[union-attr]
-        )
+        matches = p.is_in('ms."modality"', m.values)  # type: ignore[union-attr]
+        return f'EXISTS (SELECT 1 FROM "series" AS ms WHERE ms."study_id" = s."id" AND {matches})'
     if kind == "sopclasses":
-        return (
-            f'EXISTS (SELECT 1 FROM "instance" AS sc WHERE sc."study_id" = s."id" '
-            f'AND sc."sop_class_uid" IN {p.many(m.values)})'  # type: ignore[union-attr]
-        )
+        matches = p.is_in('sc."sop_class_uid"', m.values)  # type: ignore[union-attr]
+        return f'EXISTS (SELECT 1 FROM "instance" AS sc WHERE sc."study_id" = s."id" AND {matches})'
     if isinstance(m, FuzzyName):
         words = _col(_WORDS[f.attribute.keyword])
         return " AND ".join(
@@ -248,7 +248,7 @@ def _value_condition(column: str, m, p: _Params) -> str:
     if isinstance(m, SingleValue):
         return f"{column} = {p.one(m.value)}"
     if isinstance(m, ValueList):
-        return f"{column} IN {p.many(m.values)}"
+        return p.is_in(column, m.values)
     if isinstance(m, Wildcard):
         return _like(column, like_pattern(m.pattern), p)
     if isinstance(m, Range):
@@ -277,10 +277,6 @@ def _tables(f: Filter) -> set:
         return {_DATE_TIME[f.attribute.keyword][0].model}
     model = _COLUMNS[f.attribute.keyword].model
     return {Series} if model is RequestAttribute else {model}
-
-
-def _q(name: str) -> str:
-    return f'"{name}"'
 
 
 def search(
@@ -328,11 +324,9 @@ def search(
         + f' ORDER BY {alias}."id" LIMIT {p.one(query.limit + 1)} OFFSET {p.one(query.offset)}'
     )
     params = p.values
-    db = Instance._meta.database
     return_tags = _return_tags(query, in_study_path=study_uid is not None)
-    from_members = not query.include_all and return_tags <= QIDO_TAGS | COMPUTED_TAGS
+    from_members = not query.include_all and return_tags <= QIDO_TAGS | _computed_at(query.level)
     document = "qido" if from_members else "metadata"
-    study, series, instance = (_q(m._meta.table_name) for m in (Study, Series, Instance))
     columns = [
         'st."study_instance_uid" AS study_uid',
         'st."number_of_series" AS study_series_count',
@@ -341,24 +335,24 @@ def search(
         'st."sop_classes_in_study" AS study_sop_classes',
     ]
     if query.level == STUDY:
-        joins = f'JOIN {study} AS st ON st."id" = page.page_id'
+        joins = 'JOIN "study" AS st ON st."id" = page.page_id'
         rep = 'st."latest_instance_id"'
     else:
         columns += ['se."series_instance_uid" AS series_uid', 'se."number_of_instances" AS series_instance_count']
         if query.level == SERIES:
-            joins = f'JOIN {series} AS se ON se."id" = page.page_id JOIN {study} AS st ON st."id" = se."study_id"'
+            joins = 'JOIN "series" AS se ON se."id" = page.page_id JOIN "study" AS st ON st."id" = se."study_id"'
             rep = 'se."latest_instance_id"'
         else:
             columns.append('it."sop_instance_uid" AS sop_uid')
             joins = (
-                f'JOIN {instance} AS it ON it."id" = page.page_id '
-                f'JOIN {series} AS se ON se."id" = it."series_id" JOIN {study} AS st ON st."id" = it."study_id"'
+                'JOIN "instance" AS it ON it."id" = page.page_id '
+                'JOIN "series" AS se ON se."id" = it."series_id" JOIN "study" AS st ON st."id" = it."study_id"'
             )
             rep = "page.page_id"
     cursor = db.execute_sql(
         f'SELECT {", ".join(columns)}, {rep} AS rep_id, rep."{document}" AS rep_document '
         f"FROM ({inner_sql}) AS page {joins} "
-        f'JOIN {_q(InstanceMetadata._meta.table_name)} AS rep ON rep."instance_id" = {rep} ORDER BY page.page_id',
+        f'JOIN "instance_metadata" AS rep ON rep."instance_id" = {rep} ORDER BY page.page_id',
         params,
     )
     names = [d[0] for d in cursor.description]
@@ -366,15 +360,18 @@ def search(
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     computed = _Computed(query, return_tags, base_url)
+    missing = [row["rep_id"] for row in rows if from_members and row["rep_document"] is None]
+    # Rows stored before `qido` existed and not backfilled yet (`flask dicom backfill-qido`):
+    # their full DICOM JSON, in one query.
+    full = _full_metadata(db, missing) if missing else {}
     results = []
     for row in rows:
         members = row["rep_document"]
         if from_members and members is not None:
             results.append(_result_from_members(row, members, computed))
         else:
-            if from_members:  # stored before qido_members existed and not yet migrated
-                members = _full_metadata(db, row["rep_id"])
-            results.append(_result(row, query, return_tags, computed, json.loads(members)))
+            document = full[row["rep_id"]] if from_members else members
+            results.append(_result(row, query, return_tags, computed, json.loads(document)))
     return results, more
 
 
@@ -392,12 +389,18 @@ def _return_tags(query: QidoQuery, *, in_study_path: bool) -> set[str]:
     return tags
 
 
+def _computed_at(level: str) -> frozenset[str]:
+    """The attributes the index computes for results of a level (the rest are stored)."""
+    return COMPUTED_TAGS - {"00201209"} if level == STUDY else COMPUTED_TAGS
+
+
 class _Computed:
     """The computed members of results (JSON member texts), reused across rows of one study."""
 
     def __init__(self, query: QidoQuery, return_tags: set[str], base_url: str):
         self.level = query.level
-        self.wanted = COMPUTED_TAGS if query.include_all else COMPUTED_TAGS & return_tags
+        applicable = _computed_at(query.level)
+        self.wanted = applicable if query.include_all else applicable & return_tags
         #: Stored members a result keeps: the asked-for tags the index does not compute.
         self.stored = frozenset(return_tags) - self.wanted
         # UIDs in the index are validated (digits and dots), so only the base URL needs escaping.
@@ -444,11 +447,12 @@ def _result_from_members(row: dict[str, Any], members: str, computed: _Computed)
     return "{" + ",".join(picked) + "}"
 
 
-def _full_metadata(db, instance_id: int) -> str:
-    return db.execute_sql(
-        f'SELECT "metadata" FROM "{InstanceMetadata._meta.table_name}" WHERE "instance_id" = {db.param}',
-        (instance_id,),
-    ).fetchone()[0]
+def _full_metadata(db, instance_ids: list[int]) -> dict[int, str]:
+    marks = ", ".join([db.param] * len(instance_ids))
+    cursor = db.execute_sql(
+        f'SELECT "instance_id", "metadata" FROM "instance_metadata" WHERE "instance_id" IN ({marks})', instance_ids
+    )
+    return dict(cursor.fetchall())
 
 
 def _result(

@@ -8,7 +8,7 @@ DICOM JSON already stored on each instance: no blob is read.
 """
 from __future__ import annotations
 
-import json
+import logging
 from typing import TYPE_CHECKING, Callable
 
 from playhouse.migrate import SchemaMigrator, migrate
@@ -18,7 +18,13 @@ from .models import MODELS, Instance, InstanceMetadata, RequestAttribute, Schema
 if TYPE_CHECKING:
     from . import Index
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 6
+#: What the stored `instance_metadata.qido` members were built from (query.QIDO_TAGS).
+#: A change of QIDO_TAGS needs a migration that sets `qido` to NULL (the backfill then
+#: rebuilds it) and a new fingerprint here; tests/test_schema.py compares the two.
+QIDO_TAGS_FINGERPRINT = "2f29c5c31f2f216d"
 
 #: Indexes only PostgreSQL needs (SQLite's single-column indexes already end in the
 #: rowid, and its LIKE uses a BINARY index under case_sensitive_like). A default B-tree
@@ -69,29 +75,21 @@ def _v3_to_v4(index: "Index") -> bool:
 
 
 def _v4_to_v5(index: "Index") -> bool:
-    """QIDO results are assembled from pre-serialised members (query.qido_members)."""
-    from .query import qido_members
+    """QIDO results are assembled from pre-serialised members (query.qido_members).
 
+    Only the column is added here: filling it takes minutes per million instances, too
+    long for a worker's start-up. Until `flask --app wsgi dicom backfill-qido` has run,
+    QIDO reads the full DICOM JSON of the rows without it (same results, slower).
+    """
     # A database migrated from version 3 got instance_metadata with today's columns.
     if "qido" not in {c.name for c in index.db.get_columns("instance_metadata")}:
         migrator = SchemaMigrator.from_database(index.db)
         migrate(migrator.add_column("instance_metadata", "qido", InstanceMetadata.qido))
-    last = 0
-    while True:
-        batch = list(
-            InstanceMetadata.select(InstanceMetadata.instance_id, InstanceMetadata.metadata)
-            .where(InstanceMetadata.instance_id > last)
-            .order_by(InstanceMetadata.instance_id)
-            .limit(1000)
-            .tuples()
-        )
-        if not batch:
-            return False
-        for instance_id, metadata in batch:
-            InstanceMetadata.update(qido=qido_members(json.loads(metadata))).where(
-                InstanceMetadata.instance_id == instance_id
-            ).execute()
-        last = batch[-1][0]
+    log.warning(
+        "index schema 5: instances stored before it have no QIDO members yet; "
+        "run `flask --app wsgi dicom backfill-qido` once (QIDO answers are slower until then)"
+    )
+    return False
 
 
 def _v5_to_v6(index: "Index") -> bool:
