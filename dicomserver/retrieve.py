@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -286,7 +287,7 @@ def frames_body(
         Part(
             {"Content-Type": content_type},
             sum(n for _, n in frame),
-            _ranges_chunks_of(store, instance.blob_key, frame),
+            partial(ranges_chunks, store, instance.blob_key, frame),
         )
         for frame in ranges
     ]
@@ -331,10 +332,6 @@ def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part]) 
 
 def _stored_chunks_of(store: BlobStore, key: str, start: int, length: int):
     return lambda: _blob_chunks(store, key, start, length)
-
-
-def _ranges_chunks_of(store: BlobStore, key: str, ranges: list[tuple[int, int]]):
-    return lambda: ranges_chunks(store, key, ranges)
 
 
 def ranges_chunks(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> Iterator[bytes]:

@@ -528,7 +528,7 @@ class Index:
 
 
 class _SqliteWriteLock:
-    """Queue this host's SQLite writers on a lock that wakes the next one at once.
+    """Queue this host's SQLite writers on a lock that hands over within milliseconds.
 
     SQLite's own busy handler polls with sleeps of up to 100 ms, so writers that
     collide on the database lock (several threads and gunicorn workers storing at

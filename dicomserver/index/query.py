@@ -2,7 +2,8 @@
 
 Attribute values come from each entity's representative (latest) instance; computed
 attributes (counts, ModalitiesInStudy) from the counters kept on Study/Series rows.
-One query per request, no N+1.
+One query per request, no N+1 (a second one only while rows stored before schema 5
+wait for `flask dicom backfill-qido`).
 
 Results are assembled as text. At STOW every attribute a result can carry without
 `includefield` (QIDO_TAGS) is serialised once into `qido_members` text, one JSON
