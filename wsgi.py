@@ -1,7 +1,7 @@
-"""WSGI entry point for gunicorn (`gunicorn wsgi:app`) and `flask --app wsgi run`.
+"""WSGI entry point in a checkout: `gunicorn wsgi:app` and `flask --app wsgi run`.
 
-Configuration comes from the DICOMWEB_* environment variables (see README.md).
+The same app ships inside the package as `dicomserver.wsgi:app`.
 """
-from dicomserver import create_app
+from dicomserver.wsgi import app
 
-app = create_app()
+__all__ = ["app"]

@@ -19,8 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app; raise ConfigError (naming the variable) on bad configuration."""
     from backends import open_blobstore
 
-    from .errors import register_error_handlers
-    from .extensions import Server
+    from .archive import Archive
     from .index import open_index
     from .services import register_services
 
@@ -41,8 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise ConfigError(f"DICOMWEB_DATABASE_URL={settings.database_url!r} is unusable: {exc}") from None
 
     app = Flask(__name__)
-    app.extensions["dicomserver"] = Server(settings=settings, store=store, index=index)
-    register_error_handlers(app)
+    app.extensions["dicomserver"] = Archive(settings=settings, store=store, index=index)
     register_services(app)
     from .cli import dicom
 

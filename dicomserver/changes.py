@@ -2,38 +2,72 @@
 
 `state` is derived when read, by comparing an entry's sequence with the watermark of
 the instance's current version: equal → current, older → replaced, no instance →
-deleted. Values are the documented lower-case ones.
+deleted. Values are the documented lower-case ones. v1 pages by sequence (`offset` =
+last sequence seen); v2 by time window (`startTime` inclusive, `endTime` exclusive,
+`offset` = entries to skip).
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .errors import BadRequest
-from .index.models import Change, Instance
+from .index import FeedEntry, Index
+
+#: A query parameter's value by name (None when absent).
+Arg = Callable[[str], "str | None"]
 
 
-def entry_json(change: Change, current: Instance | None, include_metadata: bool) -> dict[str, Any]:
-    watermark = getattr(current, "watermark", None)
-    if watermark is None:
+def feed(index: Index, api_version: str, arg: Arg) -> list[dict[str, Any]]:
+    """One page of the change feed, as the query parameters ask."""
+    include_metadata = parse_bool("includeMetadata", arg("includeMetadata"), True)
+    if api_version == "v1":
+        entries = index.changes(
+            after_sequence=parse_int("offset", arg("offset"), 0, 0),
+            limit=parse_int("limit", arg("limit"), 10, 1, 100),
+        )
+    else:
+        start = parse_time("startTime", arg("startTime"))
+        end = parse_time("endTime", arg("endTime"))
+        if start is not None and end is not None and end <= start:
+            raise BadRequest("endTime must be later than startTime")
+        entries = index.changes(
+            start=start,
+            end=end,
+            offset=parse_int("offset", arg("offset"), 0, 0),
+            limit=parse_int("limit", arg("limit"), 100, 1, 200),
+        )
+    return [entry_json(entry, include_metadata) for entry in entries]
+
+
+def latest(index: Index, arg: Arg) -> dict[str, Any] | None:
+    """The newest entry, or None when the feed is empty."""
+    include_metadata = parse_bool("includeMetadata", arg("includeMetadata"), True)
+    entries = index.changes(limit=1, newest_first=True)
+    return entry_json(entries[0], include_metadata) if entries else None
+
+
+def entry_json(entry: FeedEntry, include_metadata: bool) -> dict[str, Any]:
+    if entry.current_watermark is None:
         state = "deleted"
-    elif watermark == change.sequence:
+    elif entry.current_watermark == entry.sequence:
         state = "current"
     else:
         state = "replaced"
-    entry: dict[str, Any] = {
-        "sequence": change.sequence,
-        "studyInstanceUid": change.study_instance_uid,
-        "seriesInstanceUid": change.series_instance_uid,
-        "sopInstanceUid": change.sop_instance_uid,
-        "action": change.action,
-        "timestamp": change.timestamp.replace(tzinfo=dt.timezone.utc).isoformat(),
+    out: dict[str, Any] = {
+        "sequence": entry.sequence,
+        "studyInstanceUid": entry.study_instance_uid,
+        "seriesInstanceUid": entry.series_instance_uid,
+        "sopInstanceUid": entry.sop_instance_uid,
+        "action": entry.action,
+        "timestamp": entry.timestamp.replace(tzinfo=dt.timezone.utc).isoformat(),
         "state": state,
     }
-    if include_metadata and state != "deleted":
-        entry["metadata"] = json.loads(current.metadata)  # type: ignore[union-attr]
-    return entry
+    if include_metadata and entry.current_metadata is not None:
+        out["metadata"] = json.loads(entry.current_metadata)
+    return out
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:

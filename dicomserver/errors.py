@@ -1,28 +1,20 @@
-"""Errors of the DICOMweb services and the one place that maps them to HTTP.
+"""Errors of the DICOMweb services and the one table that gives each its HTTP status.
 
-Domain code raises these (or lets a storage/index error through); views never build
-error responses themselves. Bodies are plain text, as the reference server's are.
-STOW is the single exception by design: its per-part failures become
-FailedSOPSequence items (see `ingest.py`), not HTTP errors.
+Domain code raises these (or lets a storage or index error through); nothing below
+the views builds an error response. The Flask handlers that turn an exception into
+a response live with the blueprints (`services/web.py`) and ask `http_status` for
+the status and message. STOW is the single exception by design: its per-part
+failures become FailedSOPSequence items (see `stow.py`), not HTTP errors.
 """
 from __future__ import annotations
 
-import logging
-import uuid
-
 import peewee
-from flask import Flask, Response
-from werkzeug.exceptions import HTTPException
 
 from backends.base import BlobNotFound, BlobStoreError, InvalidKey, StorageUnavailable
 
-log = logging.getLogger(__name__)
-
 
 class DicomWebError(Exception):
-    """Base of errors that carry a client-facing message."""
-
-    status = 500
+    """Base of errors that carry a client-facing message; its status is in STATUS."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -30,90 +22,53 @@ class DicomWebError(Exception):
 
 
 class BadRequest(DicomWebError):
-    status = 400
-
-
-class InvalidUID(BadRequest):
-    pass
-
-
-class InvalidFrameList(BadRequest):
-    pass
+    """The request is malformed: a path parameter, query parameter, header or body."""
 
 
 class InvalidQuery(BadRequest):
-    pass
+    """A QIDO or change-feed query parameter is unknown or malformed."""
 
 
 class NotFound(DicomWebError):
-    status = 404
+    """The study, series, instance, frame or value asked for does not exist."""
 
 
 class NotAcceptable(DicomWebError):
-    status = 406
-
-
-class Conflict(DicomWebError):
-    status = 409
+    """No representation the client accepts can be produced (Accept, transfer syntax)."""
 
 
 class PayloadTooLarge(DicomWebError):
-    status = 413
+    """An instance is larger than the configured limit."""
 
 
 class UnsupportedMediaType(DicomWebError):
-    status = 415
+    """The request body's Content-Type is not one this service reads."""
 
 
-class ServiceUnavailable(DicomWebError):
-    status = 503
+#: Exception type → (HTTP status, message for the client or None to use the exception's
+#: own). The first entry in a type's MRO wins, so subclasses may be listed before bases.
+STATUS: dict[type[BaseException], tuple[int, str | None]] = {
+    BadRequest: (400, None),
+    NotFound: (404, None),
+    NotAcceptable: (406, None),
+    PayloadTooLarge: (413, None),
+    UnsupportedMediaType: (415, None),
+    # The layers below the services say nothing a client should read; these say it for them.
+    InvalidKey: (400, "invalid storage key"),
+    StorageUnavailable: (503, "the blob store is unavailable; try again later"),
+    BlobNotFound: (500, "the index references a blob that is missing from the store"),
+    BlobStoreError: (503, "the blob store failed; try again later"),
+    peewee.OperationalError: (503, "the index database is unavailable; try again later"),
+}
 
 
-#: Errors raised by the layers below the services, mapped to HTTP here and only here.
-_LOWER_LAYER_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
-    (InvalidKey, 400, "invalid storage key"),
-    (StorageUnavailable, 503, "the blob store is unavailable; try again later"),
-    (BlobNotFound, 500, "the index references a blob that is missing from the store"),
-    (BlobStoreError, 503, "the blob store failed; try again later"),
-    (peewee.OperationalError, 503, "the index database is unavailable; try again later"),
-)
-
-
-def text_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        message + "\n", status=status, mimetype="text/plain", headers=headers or {}
-    )
-
-
-def register_error_handlers(app: Flask) -> None:
-    """Install the single mapping from exceptions to HTTP responses."""
-
-    @app.errorhandler(DicomWebError)
-    def _dicomweb_error(exc: DicomWebError) -> Response:
-        return text_response(exc.status, exc.message)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        response = text_response(exc.code or 500, exc.description or exc.name)
-        for name, value in exc.get_headers():
-            if name.lower() not in ("content-type", "content-length"):
-                response.headers[name] = value
-        return response
-
-    for exc_type, status, message in _LOWER_LAYER_STATUS:
-        app.register_error_handler(exc_type, _lower_layer_handler(status, message))
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        request_id = uuid.uuid4().hex
-        log.exception("unhandled error (request id %s)", request_id)
-        return text_response(500, f"internal server error (request id {request_id})")
-
-
-def _lower_layer_handler(status: int, message: str):
-    def handler(exc: BaseException) -> Response:
-        if status >= 500:
-            log.error("%s: %r", message, exc)
-        return text_response(status, message)
-
-    return handler
+def http_status(exc: BaseException) -> tuple[int, str] | None:
+    """The status and client message for `exc`, or None for an unexpected error (a 500)."""
+    for cls in type(exc).__mro__:
+        entry = STATUS.get(cls)
+        if entry is not None:
+            status, message = entry
+            if message is None:
+                message = exc.message if isinstance(exc, DicomWebError) else str(exc)
+            return status, message
+    return None

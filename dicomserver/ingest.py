@@ -1,4 +1,4 @@
-"""The STOW-RS pipeline for one instance: spool → read header → validate → blob → index.
+"""The STOW-RS pipeline for one instance: a spooled part → header → validate → blob → index.
 
 Every part ends as exactly one `PartResult`: stored (ReferencedSOPSequence) or
 failed with a PS3.18/PS3.4 failure reason (FailedSOPSequence). The blob is written
@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable
+from typing import IO, Any
 
 import peewee
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 
 from backends.base import BlobStore, BlobStoreError, StorageUnavailable
 
-from .dicomjson import bulk_data_uri, dataset_to_json
-from .errors import PayloadTooLarge
+from .dicomjson import BulkMap, DicomJson, bulk_data_uri, dataset_to_json
 from .frames import FrameMapError, build_frame_map
 from .index import DuplicateInstance, Index, InstanceRecord
-from .media import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from .searchable import index_columns
+from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
 from .uids import normalize_uid
 from .validation import invalid_attributes
 
@@ -87,12 +85,15 @@ class Prepared:
 
     result: PartResult
     transfer_syntax: str
-    frame_map: dict | None
-    metadata: dict
-    bulk: dict
+    frame_map: dict[str, Any] | None
+    metadata: DicomJson
+    bulk: BulkMap
+    #: Top-level attributes with a value validation refused: stored, never indexed.
+    invalid: frozenset[str] = frozenset()
 
     def record(self, blob_key: str, size: int, sha256: str | None) -> InstanceRecord:
         r = self.result
+        assert r.study_instance_uid and r.series_instance_uid and r.sop_instance_uid and r.sop_class_uid
         return InstanceRecord(
             study_instance_uid=r.study_instance_uid,
             series_instance_uid=r.series_instance_uid,
@@ -104,30 +105,9 @@ class Prepared:
             sha256=sha256,
             frames=None if self.frame_map is None else _compact_json(self.frame_map),
             metadata=self.metadata,
+            columns=index_columns(self.metadata, self.invalid),
             bulkdata=_compact_json(self.bulk) if self.bulk else None,
         )
-
-
-def spool(chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None) -> tuple[BinaryIO, int]:
-    """Copy a part's chunks into a spooled temp file; 413 past max_bytes.
-
-    The caller owns (and must close) the returned file.
-    """
-    target = tempfile.SpooledTemporaryFile(max_size=memory_bytes, dir=spool_dir)
-    size = 0
-    try:
-        for chunk in chunks:
-            size += len(chunk)
-            if size > max_bytes:
-                raise PayloadTooLarge(
-                    f"a DICOM instance is larger than this server's limit of {max_bytes} bytes"
-                )
-            target.write(chunk)
-    except BaseException:
-        target.close()
-        raise
-    target.seek(0)
-    return target, size
 
 
 class Ingestor:
@@ -138,7 +118,7 @@ class Ingestor:
         self.index = index
         self.bulkdata_inline_threshold = bulkdata_inline_threshold
 
-    def ingest(self, fp: BinaryIO, size: int, *, study_uid: str | None, replace: bool) -> PartResult:
+    def ingest(self, fp: IO[bytes], size: int, *, study_uid: str | None, replace: bool) -> PartResult:
         """Store one spooled Part 10 file; never raises for bad input, only for outages."""
         try:
             prepared = self.prepare(fp, size, study_uid=study_uid)
@@ -152,7 +132,7 @@ class Ingestor:
             prepared.result.comments = rejection.comments
         return prepared.result
 
-    def prepare(self, fp: BinaryIO, size: int, *, study_uid: str | None) -> "Prepared":
+    def prepare(self, fp: IO[bytes], size: int, *, study_uid: str | None) -> Prepared:
         """Everything STOW learns from a file before storing it; raise InstanceRejected."""
         result = PartResult()
         try:
@@ -160,7 +140,7 @@ class Ingestor:
                 raise InstanceRejected(INVALID_DATASET, "the part is empty")
             ds, transfer_syntax, frame_map = _read_header(fp)
             _validate(ds, result, study_uid)
-            _check_values(ds, transfer_syntax, result)
+            invalid = _check_values(ds, transfer_syntax, result)
             instance_path = (
                 f"/studies/{result.study_instance_uid}/series/{result.series_instance_uid}"
                 f"/instances/{result.sop_instance_uid}"
@@ -190,10 +170,11 @@ class Ingestor:
             result.comments = rejection.comments
             rejection.result = result
             raise
-        return Prepared(result, transfer_syntax, frame_map, metadata, bulk)
+        return Prepared(result, transfer_syntax, frame_map, metadata, bulk, invalid)
 
-    def _store(self, fp: BinaryIO, size: int, prepared: "Prepared", replace: bool) -> None:
+    def _store(self, fp: IO[bytes], size: int, prepared: Prepared, replace: bool) -> None:
         result = prepared.result
+        assert result.study_instance_uid and result.series_instance_uid and result.sop_instance_uid
         key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
         fp.seek(0)
         info = self.store.put(key, fp, size=size)
@@ -201,26 +182,28 @@ class Ingestor:
         try:
             outcome = self.index.store_instance(record, replace=replace)
         except DuplicateInstance:
-            self._discard(key)
+            discard_blob(self.store, key)
             raise InstanceRejected(
                 INSTANCE_ALREADY_EXISTS,
                 f"instance {result.sop_instance_uid} already exists; use PUT to replace it",
             ) from None
         except BaseException as exc:
-            self._discard(key)
+            discard_blob(self.store, key)
             if isinstance(exc, (peewee.OperationalError, StorageUnavailable)) or not isinstance(exc, Exception):
                 raise
             log.exception("indexing instance %s failed", result.sop_instance_uid)
             raise InstanceRejected(PROCESSING_FAILURE, "the instance could not be indexed") from None
         result.replaced = outcome.replaced
         if outcome.obsolete_blob_key:
-            self._discard(outcome.obsolete_blob_key)
+            discard_blob(self.store, outcome.obsolete_blob_key)
 
-    def _discard(self, key: str) -> None:
-        try:
-            self.store.delete(key)
-        except BlobStoreError:
-            log.exception("could not delete blob %s; it is an orphan for `dicom gc`", key)
+
+def discard_blob(store: BlobStore, key: str) -> None:
+    """Delete a blob no index row points to; a failure leaves an orphan for `dicom gc`."""
+    try:
+        store.delete(key)
+    except BlobStoreError:
+        log.exception("could not delete blob %s; it is an orphan for `dicom gc`", key)
 
 
 def blob_key(study_uid: str, series_uid: str, sop_uid: str, *, now: float | None = None) -> str:
@@ -245,18 +228,15 @@ def blob_created(key: str) -> int | None:
 
 def _pixel_data_vr(ds: Dataset, transfer_syntax: str) -> str:
     """PS3.5 §8.2: encapsulated or up to 8 bits allocated is OB, otherwise OW."""
-    try:
-        encapsulated = UID(transfer_syntax).is_encapsulated
-    except Exception:
-        encapsulated = False
+    encapsulated = is_encapsulated(transfer_syntax)
     return "OB" if encapsulated or int(ds.get("BitsAllocated") or 8) <= 8 else "OW"
 
 
-def _compact_json(value) -> str:
+def _compact_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _read_header(fp: BinaryIO) -> tuple[Dataset, str, dict | None]:
+def _read_header(fp: IO[bytes]) -> tuple[Dataset, str, dict[str, Any] | None]:
     """Parse everything before Pixel Data and locate the frames; reject non-DICOM."""
     fp.seek(0)
     try:
@@ -271,28 +251,28 @@ def _read_header(fp: BinaryIO) -> tuple[Dataset, str, dict | None]:
             INVALID_DATASET, "the file meta information has no valid TransferSyntaxUID (0002,0010)"
         )
     try:
-        encapsulated = UID(transfer_syntax).is_encapsulated
-    except Exception:
-        encapsulated = False
-    try:
-        frame_map = build_frame_map(fp, ds, transfer_syntax, encapsulated)
+        frame_map = build_frame_map(fp, ds, transfer_syntax, is_encapsulated(transfer_syntax))
     except FrameMapError as exc:
         log.info("frames of an instance cannot be located by offset: %s", exc)
         frame_map = None
     return ds, transfer_syntax, frame_map
 
 
-def _check_values(ds: Dataset, transfer_syntax: str, result: PartResult) -> None:
-    """Lenient checks: the instance is stored, with a WarningReason and comments."""
+def _check_values(ds: Dataset, transfer_syntax: str, result: PartResult) -> frozenset[str]:
+    """Lenient checks: the instance is stored, with a WarningReason and comments.
+
+    Returns the top-level attributes that had an invalid value (never indexed).
+    """
     problems = list(invalid_attributes(ds))
     if problems:
         result.warning_reason = ELEMENTS_DISCARDED
-        result.comments.extend(f"{p} (stored, not searchable)" for p in problems)
+        result.comments.extend(f"{comment} (stored, not searchable)" for _tag, comment in problems)
     if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
         result.warning_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
         result.comments.append(
             "the file is encoded in Implicit VR Little Endian; value representations were taken from the data dictionary"
         )
+    return frozenset(tag for tag, _comment in problems)
 
 
 def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:

@@ -5,8 +5,9 @@ parsing the rendering query parameters (`quality`, `viewport`, `window`),
 decoding one frame with pydicom, the grayscale display pipeline of PS3.3 C.11
 (Modality LUT → VOI LUT or window → MONOCHROME1 inversion → 8 bits), colour
 (YBR and palette to RGB), cropping and scaling to the viewport, and encoding
-with Pillow. It knows nothing of HTTP: it raises `RenderError` subclasses and
-the rendered service maps them to status codes.
+with Pillow; and the policy of which instance represents a study or series and what
+may be rendered at all (`render_resource`). It knows nothing of HTTP: its errors are
+the DICOMweb errors of errors.py, whose one table gives their status codes.
 
 Memory: only the requested frame is decoded (pydicom seeks to it in native
 data and to its fragments in encapsulated data); the caller bounds the size of
@@ -17,8 +18,9 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 import pydicom
@@ -33,7 +35,13 @@ from pydicom.pixels import (
     get_decoder,
     pixel_array,
 )
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID
+
+from .archive import Archive
+from .errors import BadRequest, NotAcceptable, NotFound
+from .index import StoredInstance
+from .media import MediaRange
+from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 
 JPEG = "image/jpeg"
 PNG = "image/png"
@@ -67,20 +75,20 @@ class RenderError(Exception):
     """Base of the errors of this module; the message is for the client."""
 
 
-class InvalidParameter(RenderError, ValueError):
-    """A rendering query parameter is malformed or out of range (400)."""
+class InvalidParameter(RenderError, BadRequest, ValueError):
+    """A rendering query parameter is malformed or out of range."""
 
 
-class NoPixelData(RenderError):
-    """The instance has no pixel data to render (404)."""
+class NoPixelData(RenderError, NotFound):
+    """The instance has no pixel data to render."""
 
 
-class FrameNotFound(RenderError):
-    """The requested frame does not exist (404)."""
+class FrameNotFound(RenderError, NotFound):
+    """The requested frame does not exist."""
 
 
-class CannotRender(RenderError):
-    """The pixel data cannot be decoded or displayed by this server (406)."""
+class CannotRender(RenderError, NotAcceptable):
+    """The pixel data cannot be decoded or displayed by this server."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,7 @@ def parse_window(value: str | None) -> Window | None:
 # -- decoding -----------------------------------------------------------------
 
 
-def read_frame(fp: BinaryIO, frame: int) -> tuple[Dataset, np.ndarray]:
+def read_frame(fp: IO[bytes], frame: int) -> tuple[Dataset, np.ndarray]:
     """Decode frame `frame` (1-based) of the Part 10 file in `fp`.
 
     Returns the header (the Image Pixel module, Modality, functional groups) and
@@ -218,7 +226,7 @@ def read_frame(fp: BinaryIO, frame: int) -> tuple[Dataset, np.ndarray]:
     _require_decoder(transfer_syntax)
     fp.seek(0)
     try:
-        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
             # A deflated body must be inflated before its pixel data can be found.
             header = pydicom.dcmread(fp)
             array = pixel_array(header, index=frame - 1)
@@ -454,10 +462,90 @@ def render_array(array: np.ndarray, ds: Dataset, params: RenderParams = RenderPa
     return encode(fit(image, params.viewport, thumbnail=params.thumbnail), params.media_type, params.quality)
 
 
-def render_file(fp: BinaryIO, frame: int = 1, params: RenderParams = RenderParams()) -> bytes:
+def render_file(fp: IO[bytes], frame: int = 1, params: RenderParams = RenderParams()) -> bytes:
     """Render frame `frame` (1-based) of the Part 10 file in `fp` (seekable)."""
     header, array = read_frame(fp, frame)
     return render_array(array, header, params)
+
+
+# -- which image a resource means -------------------------------------------------
+
+#: Accept entries that mean "the default rendered type" (JPEG).
+_WILDCARDS = ("*/*", "image/*")
+
+
+def negotiate(ranges: Sequence[MediaRange], *, from_query: bool = False) -> str:
+    """The first rendered media type the client accepts (in q order); else 406."""
+    for r in ranges:
+        if r.mimetype in MEDIA_TYPES:
+            return r.mimetype
+        if r.mimetype in _WILDCARDS:
+            return JPEG
+    source = "the accept query parameter" if from_query else "the Accept header"
+    raise NotAcceptable(
+        f"{source} allows no media type this resource offers; rendered images are available as "
+        + ", ".join(MEDIA_TYPES)
+    )
+
+
+def render_resource(
+    archive: Archive, uids: tuple[str, str | None, str | None], frame: int, params: RenderParams
+) -> bytes:
+    """Render a study, series, instance or frame resource: one image of the instance it means.
+
+    A study or series is rendered by its representative image (see `representative`);
+    what cannot be rendered is refused from the index alone, before the blob is opened.
+    """
+    rows = archive.index.instances(*uids)
+    row = rows[0] if uids[2] is not None else representative(rows)
+    _check_renderable(row, frame, archive.settings.max_render_bytes)
+    try:
+        with archive.store.open(row.blob_key) as fp:
+            return render_file(fp, frame, params)
+    except (NoPixelData, FrameNotFound) as exc:
+        raise type(exc)(f"instance {row.sop_instance_uid}: {exc}") from None
+    except CannotRender as exc:
+        raise CannotRender(f"instance {row.sop_instance_uid} cannot be rendered: {exc}") from None
+
+
+def representative(rows: list[StoredInstance]) -> StoredInstance:
+    """The instance a study or series is rendered by.
+
+    The first series by SeriesNumber (a series without one comes last; ties in
+    stored order) that has an image, and in it the middle image by InstanceNumber
+    (the lower middle for an even count). Instances without Rows (SR, PDF,
+    waveforms...) are never chosen; if there is no image at all, 404.
+    """
+    series: dict[int, list[StoredInstance]] = {}
+    for row in rows:  # the index orders rows by series, then InstanceNumber
+        if row.rows is not None and row.columns is not None:
+            series.setdefault(row.series_id, []).append(row)
+    if not series:
+        raise NoPixelData("there is no image to render: no instance here has pixel data")
+
+    def series_order(images: list[StoredInstance]) -> tuple[bool, int]:
+        number = images[0].series_number
+        return (number is None, number or 0)
+
+    images = min(series.values(), key=series_order)  # min() is stable: ties keep stored order
+    return images[(len(images) - 1) // 2]
+
+
+def _check_renderable(row: StoredInstance, frame: int, max_bytes: int) -> None:
+    """Refuse, from the index alone, what cannot be rendered, before opening the blob."""
+    if row.rows is None or row.columns is None:
+        raise NoPixelData(f"instance {row.sop_instance_uid} has no pixel data")
+    count = row.number_of_frames or 1
+    if frame > count:
+        raise FrameNotFound(
+            f"frame {frame} does not exist: instance {row.sop_instance_uid} has {count} "
+            f"frame{'s' * (count != 1)}"
+        )
+    if row.size > max_bytes:
+        raise CannotRender(
+            f"instance {row.sop_instance_uid} is {row.size} bytes, larger than this server renders "
+            f"({max_bytes} bytes, DICOMWEB_MAX_RENDER_BYTES)"
+        )
 
 
 def _reason(exc: BaseException, limit: int = 400) -> str:

@@ -16,27 +16,25 @@ from __future__ import annotations
 
 import json
 import math
-from functools import partial
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
+from typing import IO
 
 from backends.base import BlobStore
 
+from .archive import Archive
+from .dicomjson import absolute_uris
 from .errors import BadRequest, NotAcceptable, NotFound
 from .frames import frame_count, frame_ranges
-from .index.models import Instance
-from .media import (
-    ANY_TRANSFER_SYNTAX,
-    NATIVE_LITTLE_ENDIAN,
-    Rendition,
-    part_content_type,
-    syntax_fits,
-)
+from .index import StoredInstance
+from .media import ANY_TRANSFER_SYNTAX, Rendition, part_content_type, syntax_fits
 from .multipart import MultipartWriter
 from .settings import Settings
+from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_LITTLE_ENDIAN
 from .transcode import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
     TARGETS,
     can_transcode,
     transcode_frames,
@@ -57,6 +55,45 @@ class Body:
     chunks: Iterable[bytes]
     #: Set for a single stored file on local disk: serve it with sendfile (`chunks` is empty).
     local_path: str | None = None
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def retrieve_instances(
+    archive: Archive, uids: tuple[str, str | None, str | None], renditions: list[Rendition]
+) -> Body:
+    """A study, series or instance (WADO-RS retrieve) in the first rendition that fits them all."""
+    instances = archive.index.instances(*uids)
+    rendition = choose(renditions, instances, archive.settings)
+    return instances_body(archive.store, instances, rendition, archive.settings)
+
+
+def retrieve_frames(
+    archive: Archive, uids: tuple[str, str | None, str | None], numbers: list[int], renditions: list[Rendition]
+) -> Body:
+    """Frames of one instance (WADO-RS frames)."""
+    (instance,) = archive.index.instances(*uids)
+    rendition = choose(renditions, [instance], archive.settings, frames=True)
+    return frames_body(archive.store, instance, numbers, rendition, archive.settings)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """The metadata of a study, series or instance: its ETag, and its body made on demand."""
+
+    etag: str
+    documents: list[str]
+    base_url: str
+
+    def body(self) -> str:
+        # Each instance's DICOM JSON was serialised at STOW: join, never re-parse.
+        return absolute_uris("[" + ",".join(self.documents) + "]", self.base_url)
+
+
+def metadata(archive: Archive, uids: tuple[str, str | None, str | None], base_url: str) -> Metadata:
+    """WADO-RS metadata; the ETag follows the stored versions and the base URL the URIs use."""
+    documents, version = archive.index.metadata(*uids)
+    return Metadata(f"{version}-{zlib.crc32(base_url.encode()):08x}", documents, base_url)
 
 
 class _Refused(Exception):
@@ -72,7 +109,7 @@ class _Plan:
 
 
 def choose(
-    renditions: list[Rendition], instances: list[Instance], settings: Settings, *, frames: bool = False
+    renditions: list[Rendition], instances: list[StoredInstance], settings: Settings, *, frames: bool = False
 ) -> Rendition:
     """The first acceptable rendition every instance can be served in; else 406 saying why."""
     reasons: list[str] = []
@@ -90,7 +127,7 @@ def choose(
     )
 
 
-def _plan(instance: Instance, rendition: Rendition, settings: Settings, *, frames: bool) -> _Plan:
+def _plan(instance: StoredInstance, rendition: Rendition, settings: Settings, *, frames: bool) -> _Plan:
     """Decide how `instance` is served in `rendition`, or raise _Refused."""
     stored = instance.transfer_syntax_uid
     wanted = rendition.transfer_syntax
@@ -137,7 +174,7 @@ def _plan(instance: Instance, rendition: Rendition, settings: Settings, *, frame
     return _Plan(wanted, True)
 
 
-def _check_size(instance: Instance, limit: int, *, frames: bool) -> None:
+def _check_size(instance: StoredInstance, limit: int, *, frames: bool) -> None:
     """Transcoding holds decoded pixels in memory: refuse what would not fit the limit.
 
     Frames are decoded one at a time, so for them the frame counts (and the whole
@@ -157,7 +194,7 @@ def _check_size(instance: Instance, limit: int, *, frames: bool) -> None:
         )
 
 
-def _decoded_frame_bytes(instance: Instance) -> int:
+def _decoded_frame_bytes(instance: StoredInstance) -> int:
     samples = 1
     try:
         value = json.loads(instance.metadata).get("00280002", {}).get("Value")
@@ -171,7 +208,7 @@ def _decoded_frame_bytes(instance: Instance) -> int:
 # -- whole instances --------------------------------------------------------------
 
 
-def instances_body(store: BlobStore, instances: list[Instance], rendition: Rendition, settings: Settings) -> Body:
+def instances_body(store: BlobStore, instances: list[StoredInstance], rendition: Rendition, settings: Settings) -> Body:
     """Whole instances, as one single-part body or multipart/related."""
     plans = [_plan(i, rendition, settings, frames=False) for i in instances]
     if not rendition.multipart:
@@ -197,14 +234,14 @@ def instances_body(store: BlobStore, instances: list[Instance], rendition: Rendi
     return multipart_body(MultipartWriter(), rendition.media_type, parts)
 
 
-def _transcode(store: BlobStore, instance: Instance, target: str, settings: Settings):
+def _transcode(store: BlobStore, instance: StoredInstance, target: str, settings: Settings):
     with store.open(instance.blob_key) as fp:
         return transcode_instance(
             fp, target, spool_memory_bytes=settings.spool_memory_bytes, spool_dir=settings.spool_dir
         )
 
 
-def _transcoded_chunks_of(store: BlobStore, instance: Instance, target: str, settings: Settings):
+def _transcoded_chunks_of(store: BlobStore, instance: StoredInstance, target: str, settings: Settings):
     def chunks() -> Iterator[bytes]:
         with _SpoolChunks(_transcode(store, instance, target, settings)) as spooled:
             yield from spooled
@@ -247,7 +284,7 @@ class _SpoolChunks:
 
 
 def frames_body(
-    store: BlobStore, instance: Instance, numbers: list[int], rendition: Rendition, settings: Settings
+    store: BlobStore, instance: StoredInstance, numbers: list[int], rendition: Rendition, settings: Settings
 ) -> Body:
     """Frames of one instance: ranged reads at the offsets recorded at STOW, or decoded."""
     if instance.rows is None:
@@ -294,7 +331,7 @@ def frames_body(
     return multipart_body(MultipartWriter(), rendition.media_type, parts)
 
 
-def _transcoded_frames(store: BlobStore, instance: Instance, numbers: list[int], target: str) -> Iterator[bytes]:
+def _transcoded_frames(store: BlobStore, instance: StoredInstance, numbers: list[int], target: str) -> Iterator[bytes]:
     with store.open(instance.blob_key) as fp:
         yield from transcode_frames(fp, numbers, target)
 

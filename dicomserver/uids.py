@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidFrameList, InvalidUID
+from .errors import BadRequest
 
 _UID_RE = re.compile(r"[0-9.]*[0-9]")
 MAX_UID_LENGTH = 64
@@ -30,34 +30,45 @@ def is_valid_uid(value: str | None) -> bool:
 
 
 def require_uid(value: str, name: str) -> str:
-    """Validate a UID taken from the URL; raise InvalidUID (400) with a message."""
+    """Validate a UID taken from the URL; raise BadRequest (400) with a message."""
     uid = normalize_uid(value)
     if uid is None:
         shown = value if len(value) <= 80 else value[:77] + "..."
-        raise InvalidUID(
+        raise BadRequest(
             f"{name} {shown!r} is not a valid DICOM UID "
             f"(digits and dots, at most {MAX_UID_LENGTH} characters, ending with a digit)"
         )
     return uid
 
 
+def require_uids(
+    study: str, series: str | None = None, instance: str | None = None
+) -> tuple[str, str | None, str | None]:
+    """The study, series and SOP instance UIDs of a resource path, validated (400 on a bad one)."""
+    return (
+        require_uid(study, "StudyInstanceUID"),
+        require_uid(series, "SeriesInstanceUID") if series is not None else None,
+        require_uid(instance, "SOPInstanceUID") if instance is not None else None,
+    )
+
+
 def parse_frame_list(value: str) -> list[int]:
-    """Parse '1,3,5' into 1-based frame numbers; raise InvalidFrameList (400)."""
+    """Parse '1,3,5' into 1-based frame numbers; raise BadRequest (400)."""
     frames: list[int] = []
     for item in value.split(","):
         item = item.strip()
         if not item.isdigit():
-            raise InvalidFrameList(
+            raise BadRequest(
                 f"invalid frame list {value!r}: expected comma-separated frame numbers like 1,3"
             )
         number = int(item)
         if number < 1:
-            raise InvalidFrameList(
+            raise BadRequest(
                 f"invalid frame list {value!r}: frame numbers start at 1"
             )
         frames.append(number)
     if len(frames) > MAX_FRAMES_PER_REQUEST:
-        raise InvalidFrameList(
+        raise BadRequest(
             f"too many frames requested (at most {MAX_FRAMES_PER_REQUEST} per request)"
         )
     return frames

@@ -8,7 +8,8 @@ so a malformed StudyDate cannot match a date range.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pydicom import config
 from pydicom.dataset import Dataset
@@ -16,7 +17,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.valuerep import MAX_VALUE_LEN, STR_VR_REGEXES, PersonName, validate_value
 
-from .dicomjson import BULK_VRS, DicomJson, string_value
+from .dicomjson import BULK_VRS
 
 
 def _problem(vr: str, value: Any) -> str | None:
@@ -65,8 +66,12 @@ def _surely_valid(vr: str, value: Any) -> bool:
     return False
 
 
-def invalid_attributes(ds: Dataset, _path: str = "") -> Iterator[str]:
-    """One 'where: why' comment per invalid value, sequences included."""
+def invalid_attributes(ds: Dataset, _path: str = "", _top: str | None = None) -> Iterator[tuple[str, str]]:
+    """(top-level tag as GGGGEEEE, 'where: why') per invalid value, sequences included.
+
+    The tag is the top-level attribute the value belongs to (a sequence's own tag for a
+    value inside one), so the caller knows which attributes must not be indexed.
+    """
     for tag in ds.keys():
         raw = ds.get_item(tag, keep_deferred=True)
         if tag >> 16 == 0x0002 or (raw.VR and any(v in BULK_VRS for v in raw.VR.split(" or "))):
@@ -74,7 +79,7 @@ def invalid_attributes(ds: Dataset, _path: str = "") -> Iterator[str]:
         try:
             element = ds[tag]
         except Exception as exc:  # the value could not even be converted
-            yield f"{_path}{Tag(tag)!s}: {exc}"
+            yield _top or f"{int(tag):08X}", f"{_path}{Tag(tag)!s}: {exc}"
             continue
         vr = element.VR
         if vr in BULK_VRS:
@@ -82,21 +87,16 @@ def invalid_attributes(ds: Dataset, _path: str = "") -> Iterator[str]:
         if vr == "SQ":
             name = f"{_path}{element.tag!s} {element.keyword}".rstrip()
             for number, item in enumerate(element.value or [], start=1):
-                yield from invalid_attributes(item, f"{name} item {number} > ")
+                yield from invalid_attributes(item, f"{name} item {number} > ", _top or f"{int(tag):08X}")
             continue
         values = element.value if isinstance(element.value, (MultiValue, list)) else (element.value,)
         for value in values:
             problem = _problem(vr, value)
             if problem:
-                yield f"{_path}{element.tag!s} {element.keyword}".rstrip() + f": {problem}"
+                yield _top or f"{int(tag):08X}", f"{_path}{element.tag!s} {element.keyword}".rstrip() + f": {problem}"
                 break
 
 
-def indexed_string(meta: DicomJson, key: str) -> str | None:
-    """An attribute's first value for an index column, or None when absent or invalid."""
-    value = string_value(meta, key)
-    element = meta.get(key) or {}
-    vr = element.get("vr")
-    if value is None or not vr:
-        return None
-    return value if _problem(vr, value) is None else None
+def is_valid_value(vr: str, value: Any) -> bool:
+    """Whether one value is valid for its VR (PS3.5 §6.2)."""
+    return _problem(vr, value) is None

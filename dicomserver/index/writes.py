@@ -1,19 +1,62 @@
-"""The STOW write path of the index as plain parametrised SQL, built once per database.
+"""Writes of the index: STOW's instances, deletes, and the counters and columns they move.
 
-Building a statement with peewee's query builder costs far more than SQLite needs to
-run it (about 1 ms against 50 µs for the dozen statements one instance needs), so the
-hot path keeps its SQL text in a cache keyed by the columns it sets and only binds
-values. Column names come from the peewee models, so the two cannot drift apart.
-The statements are portable between SQLite (3.35+) and PostgreSQL: `RETURNING` gives
-new ids on both. Callers hold the index's write lock.
+Every write runs in one short transaction under the index's single write lock
+(connection.py). Blob deletions are returned to the caller to run *after* the commit,
+so a crash can leave an orphan blob but never an index row without its blob.
+
+STOW's path is plain parametrised SQL, built once per database: building a statement
+with peewee's query builder costs far more than SQLite needs to run it (about 1 ms
+against 50 µs for the dozen statements one instance needs), so the hot path keeps its
+SQL text in a cache keyed by the columns it sets and only binds values. Column names
+come from the peewee models, so the two cannot drift apart. The statements are
+portable between SQLite (3.35+) and PostgreSQL: `RETURNING` gives new ids on both.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import peewee as pw
 
-from .models import Change, Instance, RequestAttribute, Series, Study
+from ..dicomjson import DicomJson
+from ..searchable import IndexColumns, request_attributes, series_columns, study_columns
+from .connection import utcnow
+from .models import Change, Instance, InstanceMetadata, RequestAttribute, Series, Study
+from .query import qido_members
+from .reads import IndexReads
+
+
+class DuplicateInstance(Exception):
+    """The SOP Instance UID is already stored (STOW failure 45070)."""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Everything STOW learned about one instance, ready to index."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str | None
+    frames: str | None
+    metadata: DicomJson
+    #: The searchable column values, from the attributes STOW found valid (searchable.py).
+    columns: IndexColumns
+    bulkdata: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    replaced: bool
+    #: Blob of the replaced version, to delete after the commit.
+    obsolete_blob_key: str | None
+    sequence: int
 
 
 class WriteStatements:
@@ -81,7 +124,8 @@ class InstanceWriter:
         self.s = WriteStatements(db)
         p = db.param
         self.instance_by_sop = (
-            f"SELECT {column(Instance.id)} FROM {table(Instance)} WHERE {column(Instance.sop_instance_uid)} = {p}"
+            f"SELECT {column(Instance.id)}, {column(Instance.study)}, {column(Instance.series)}, "
+            f"{column(Instance.blob_key)} FROM {table(Instance)} WHERE {column(Instance.sop_instance_uid)} = {p}"
         )
         self.next_sequence = f"SELECT COALESCE(MAX({column(Change.sequence)}), 0) + 1 FROM {table(Change)}"
         self.study_by_uid = (
@@ -100,3 +144,259 @@ class InstanceWriter:
             f"DELETE FROM {table(RequestAttribute)} WHERE {column(RequestAttribute.series)} = {p}"
         )
         self.timestamp = Change.timestamp.db_value
+
+
+class IndexWrites(IndexReads):
+    def __init__(self, database_url: str, **options: Any):
+        super().__init__(database_url, **options)
+        self._writer = InstanceWriter(self.db)
+
+    def _next_sequence(self) -> int:
+        """The next change-feed sequence; callers hold the write lock."""
+        return (Change.select(pw.fn.COALESCE(pw.fn.MAX(Change.sequence), 0)).scalar() or 0) + 1
+
+    # -- writes ------------------------------------------------------------
+    def store_instance(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
+        """Index one stored blob; raise DuplicateInstance unless `replace`."""
+        try:
+            with self.write_transaction():
+                return self._insert(rec, replace=replace)
+        except pw.IntegrityError:
+            # Defence in depth: writers are serialised, but a unique index has the last word.
+            raise DuplicateInstance(rec.sop_instance_uid) from None
+
+    def store_many(self, records: Iterable[InstanceRecord]) -> int:
+        """Index a batch in one transaction (bulk loading, e.g. the scale benchmark)."""
+        count = 0
+        with self.write_transaction():
+            for rec in records:
+                self._insert(rec, replace=False)
+                count += 1
+        return count
+
+    def _insert(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
+        """The rows of one instance and their counters; callers hold the write lock."""
+        meta = rec.metadata
+        w = self._writer
+        s = w.s
+        found = s.one(w.instance_by_sop, (rec.sop_instance_uid,))
+        if found is not None:
+            if not replace:
+                raise DuplicateInstance(rec.sop_instance_uid)
+            self._remove_instances([found[:3]])
+        sequence = s.one(w.next_sequence)[0]
+        s.insert(
+            Change,
+            ("sequence", "timestamp", "action", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
+            (
+                sequence,
+                w.timestamp(utcnow()),
+                "update" if found is not None else "create",
+                rec.study_instance_uid,
+                rec.series_instance_uid,
+                rec.sop_instance_uid,
+            ),
+        )
+        study = s.one(w.study_by_uid, (rec.study_instance_uid,))
+        if study is None:
+            study_id, sop_classes = s.insert(
+                Study,
+                ("study_instance_uid", "number_of_series", "number_of_instances"),
+                (rec.study_instance_uid, 0, 0),
+                returning="id",
+            ), None
+        else:
+            study_id, sop_classes = study
+        series = s.one(w.series_by_uid, (rec.series_instance_uid,))
+        new_series = series is None
+        if new_series:
+            series_id = s.insert(
+                Series,
+                ("study_id", "series_instance_uid", "number_of_instances"),
+                (study_id, rec.series_instance_uid, 0),
+                returning="id",
+            )
+        elif series[1] != study_id:
+            # A series UID re-used under another study: keep the first owner.
+            raise DuplicateInstance(rec.sop_instance_uid)
+        else:
+            series_id = series[0]
+        instance_columns = rec.columns.instance
+        instance_id = s.insert(
+            Instance,
+            (
+                "study_id", "series_id", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "blob_key",
+                "size", "sha256", "frames", "bulkdata", "watermark", *instance_columns,
+            ),
+            (
+                study_id, series_id, rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid, rec.blob_key,
+                rec.size, rec.sha256, rec.frames, rec.bulkdata, sequence, *instance_columns.values(),
+            ),
+            returning="id",
+        )
+        s.insert(
+            InstanceMetadata,
+            ("instance_id", "metadata", "qido"),
+            (instance_id, json.dumps(meta, separators=(",", ":")), qido_members(meta)),
+        )
+        # Counters move by increments: no recount of a large study per STOW.
+        series_columns = rec.columns.series
+        s.update(
+            Series,
+            ("latest_instance_id", *series_columns),
+            ("number_of_instances",),
+            (instance_id, *series_columns.values(), 1),
+            series_id,
+        )
+        self._set_request_attributes(series_id, meta)
+        modalities = "\\".join(sorted(row[0] for row in s.all(w.modalities, (study_id,)))) or None
+        study_columns = rec.columns.study
+        s.update(
+            Study,
+            ("latest_instance_id", "modalities_in_study", "sop_classes_in_study", *study_columns),
+            ("number_of_instances", "number_of_series"),
+            (
+                instance_id,
+                modalities,
+                _with_value(sop_classes, rec.sop_class_uid),
+                *study_columns.values(),
+                1,
+                1 if new_series else 0,
+            ),
+            study_id,
+        )
+        return StoreOutcome(found is not None, found[3] if found is not None else None, sequence)
+
+    def backfill_qido(self, *, batch: int = 2000) -> Iterator[int]:
+        """Fill `qido` for rows stored before schema 5, `batch` rows per short write
+        transaction (STOW goes on meanwhile); yields the running count after each."""
+        select = (
+            f'SELECT "instance_id", "metadata" FROM "instance_metadata" WHERE "qido" IS NULL '
+            f'ORDER BY "instance_id" LIMIT {self.db.param}'
+        )
+        update = f'UPDATE "instance_metadata" SET "qido" = {self.db.param} WHERE "instance_id" = {self.db.param}'
+        done = 0
+        while True:
+            with self.write_transaction():
+                rows = self.db.execute_sql(select, (batch,)).fetchall()
+                if not rows:
+                    return
+                self.db.cursor().executemany(
+                    update, [(qido_members(json.loads(metadata)), instance_id) for instance_id, metadata in rows]
+                )
+            done += len(rows)
+            yield done
+
+    def _set_request_attributes(self, series_id: int, meta: DicomJson) -> None:
+        """Mirror the latest instance's Request Attributes Sequence items for matching."""
+        s = self._writer.s
+        s.run(self._writer.delete_request_attributes, (series_id,))
+        for scheduled_procedure_step_id, requested_procedure_id in request_attributes(meta):
+            s.insert(
+                RequestAttribute,
+                ("series_id", "scheduled_procedure_step_id", "requested_procedure_id"),
+                (series_id, scheduled_procedure_step_id, requested_procedure_id),
+            )
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
+        """Remove matching instances, record 'delete' changes; return their blob keys."""
+        with self.write_transaction():
+            instances = self.instances(study_uid, series_uid, sop_uid)  # 404 if none
+            now = utcnow()
+            first = self._next_sequence()
+            Change.insert_many(
+                [
+                    {
+                        "sequence": first + number,
+                        "timestamp": now,
+                        "action": "delete",
+                        "study_instance_uid": study_uid,
+                        "series_instance_uid": i.series_instance_uid,
+                        "sop_instance_uid": i.sop_instance_uid,
+                    }
+                    for number, i in enumerate(instances)
+                ]
+            ).execute()
+            self._remove_instances([(i.id, i.study_id, i.series_id) for i in instances])
+        return [i.blob_key for i in instances]
+
+    def _remove_instances(self, instances: Sequence[tuple[int, int, int]]) -> None:
+        """Delete instance rows (id, study id, series id) and keep their series and study
+        rows consistent; callers hold the write lock."""
+        ids = [instance_id for instance_id, _, _ in instances]
+        study_ids = sorted({study_id for _, study_id, _ in instances})
+        series_ids = sorted({series_id for _, _, series_id in instances})
+        for chunk in _chunks(ids, 500):
+            Instance.delete().where(Instance.id.in_(chunk)).execute()
+        self.rederive(study_ids, series_ids)
+
+    def rederive(self, study_ids: Iterable[int], series_ids: Iterable[int]) -> None:
+        """Recount, re-pick the latest instance and its columns, drop empty series/studies.
+
+        The new latest instance's columns come from its stored JSON, whose values are
+        checked again here (searchable.py): which of them were valid is not stored.
+        """
+        for series_id in series_ids:
+            latest = (
+                Instance.select(Instance.id, InstanceMetadata.metadata)
+                .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
+                .where(Instance.series == series_id)
+                .order_by(Instance.id.desc())
+                .objects()
+                .first()
+            )
+            if latest is None:
+                Series.delete().where(Series.id == series_id).execute()
+                continue
+            count = Instance.select().where(Instance.series == series_id).count()
+            meta = json.loads(latest.metadata)
+            Series.update(
+                number_of_instances=count,
+                latest_instance_id=latest.id,
+                **series_columns(meta),
+            ).where(Series.id == series_id).execute()
+            self._set_request_attributes(series_id, meta)
+        for study_id in study_ids:
+            latest = (
+                Instance.select(Instance.id, InstanceMetadata.metadata)
+                .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
+                .where(Instance.study == study_id)
+                .order_by(Instance.id.desc())
+                .objects()
+                .first()
+            )
+            if latest is None:
+                Study.delete().where(Study.id == study_id).execute()
+                continue
+            Study.update(
+                number_of_instances=Instance.select().where(Instance.study == study_id).count(),
+                number_of_series=Series.select().where(Series.study == study_id).count(),
+                modalities_in_study=_modalities(study_id),
+                sop_classes_in_study=_sop_classes(study_id),
+                latest_instance_id=latest.id,
+                **study_columns(json.loads(latest.metadata)),
+            ).where(Study.id == study_id).execute()
+
+
+def _modalities(study_id: int) -> str | None:
+    """ModalitiesInStudy as a DICOM multi-value: the distinct modalities of its series."""
+    rows = Series.select(Series.modality).where((Series.study == study_id) & Series.modality.is_null(False))
+    return "\\".join(sorted({r.modality for r in rows})) or None
+
+
+def _sop_classes(study_id: int) -> str | None:
+    rows = Instance.select(Instance.sop_class_uid).where(Instance.study == study_id).distinct()
+    return "\\".join(sorted(r.sop_class_uid for r in rows)) or None
+
+
+def _with_value(multi_value: str | None, value: str) -> str:
+    """Add a value to a backslash-joined set, kept sorted."""
+    values = set(multi_value.split("\\")) if multi_value else set()
+    values.add(value)
+    return "\\".join(sorted(values))
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+

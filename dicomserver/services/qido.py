@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from ..dicomjson import absolute_uris
-from ..extensions import base_url, server
-from ..index.query import search
-from ..matching import INSTANCE, SERIES, STUDY, parse_query
+from ..matching import INSTANCE, SERIES, STUDY
 from ..media import DICOM_JSON, parse_accept, require_json
-from ..uids import require_uid
+from ..search import search
+from ..uids import require_uids
+from .web import archive, base_url, warning
 
 bp = Blueprint("qido", __name__)
 
@@ -33,32 +32,10 @@ def search_instances(study: str | None = None, series: str | None = None) -> Res
 
 def _search(level: str, study: str | None = None, series: str | None = None) -> Response:
     require_json(parse_accept(request.headers.get("Accept")))
-    study_uid = require_uid(study, "StudyInstanceUID") if study is not None else None
-    series_uid = require_uid(series, "SeriesInstanceUID") if series is not None else None
-    settings = server().settings
-    query = parse_query(
-        list(request.args.items(multi=True)),
-        level,
-        default_limit=settings.qido_default_limit,
-        max_limit=settings.qido_max_limit,
-    )
-    root = base_url()
-    results, more = search(query, base_url=root, study_uid=study_uid, series_uid=series_uid)
-    warnings = []
-    host = request.host
-    if query.ignored:
-        warnings.append(
-            f'299 {host} "The following attributes are not supported for matching at this '
-            f'level and were ignored: {", ".join(query.ignored)}"'
-        )
-    for text in query.warnings:
-        warnings.append(f'299 {host} "{text}"')
-    if more and query.limit_was_capped:
-        warnings.append(
-            f'299 {host} "The number of results exceeded the maximum supported by the server. '
-            f'Additional results can be requested with offset={query.offset + query.limit}."'
-        )
-    response = Response(absolute_uris("[" + ",".join(results) + "]", root), content_type=DICOM_JSON)
-    for warning in warnings:
-        response.headers.add("Warning", warning)
+    study_uid, series_uid, _ = require_uids(study, series) if study is not None else (None, None, None)
+    args = list(request.args.items(multi=True))
+    found = search(archive(), level, args, base_url=base_url(), study_uid=study_uid, series_uid=series_uid)
+    response = Response(found.body, content_type=DICOM_JSON)
+    for text in found.warnings:
+        response.headers.add("Warning", warning(text))
     return response

@@ -1,0 +1,103 @@
+"""The archive: settings, blob store and index, and what spans the two stores.
+
+One `Archive` is built by `create_app` and handed to every domain function, so no
+domain code reaches for Flask to find its dependencies. The operations here are the
+ones that keep blob store and index consistent with each other outside STOW: DELETE
+(index rows first, blobs after the commit), the orphan sweep of `dicom gc`, and the
+readiness probe.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from backends.base import BlobStore
+
+from .index import Index, StoredBlob
+from .ingest import Ingestor, blob_created, discard_blob
+from .settings import Settings
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    store: BlobStore
+    index: Index
+    ingestor: Ingestor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ingestor = Ingestor(
+            self.store, self.index, bulkdata_inline_threshold=self.settings.bulkdata_inline_threshold
+        )
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> int:
+        """Delete a study, series or instance (404 if absent); return how many instances went.
+
+        Index rows go first, in one transaction with their 'delete' change-feed entries;
+        blobs are removed after the commit, so no index row ever points at a missing blob.
+        """
+        keys = self.index.delete(study_uid, series_uid, sop_uid)
+        for key in keys:
+            discard_blob(self.store, key)
+        return len(keys)
+
+    def readiness(self) -> dict[str, str]:
+        """Probe the index and the blob store: 'ok' or 'failed: why' for each."""
+        checks: dict[str, str] = {}
+        probes: tuple[tuple[str, Callable[[], None]], ...] = (("index", self.index.check), ("blobstore", self.store.check))
+        for name, probe in probes:
+            try:
+                probe()
+                checks[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - a probe reports every failure, it does not raise
+                checks[name] = f"failed: {exc}"
+        return checks
+
+    def find_orphans(self, grace_seconds: int, *, now: float | None = None) -> Orphans:
+        """Blobs without an index row and index rows without a blob, older than the grace period.
+
+        STOW writes the blob before its index row, so a blob younger than the grace
+        period may simply be waiting for its commit and is left alone; so is a row
+        younger than it (its blob may be on a store that lags).
+        """
+        now = time.time() if now is None else now
+        rows = self.index.stored_blobs()
+        indexed = {row.blob_key for row in rows}
+        orphans = Orphans(indexed=len(indexed))
+        for key in self.store.list():
+            if key in indexed:
+                continue
+            created = blob_created(key)
+            if created is not None and now - created < grace_seconds:
+                orphans.young_blobs += 1
+            else:
+                orphans.blobs.append(key)
+        for row in rows:
+            if self.store.exists(row.blob_key):
+                continue
+            if now - row.stored_at.replace(tzinfo=dt.timezone.utc).timestamp() < grace_seconds:
+                orphans.young_rows += 1
+            else:
+                orphans.rows.append(row)
+        return orphans
+
+    def remove_orphan_blob(self, key: str) -> None:
+        self.store.delete(key)
+
+    def remove_dangling_row(self, row: StoredBlob) -> None:
+        """Remove an index row whose blob is gone, with its 'delete' change-feed entry."""
+        self.index.delete(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+
+
+@dataclass
+class Orphans:
+    """What `Archive.find_orphans` found."""
+
+    indexed: int
+    blobs: list[str] = field(default_factory=list)
+    rows: list[StoredBlob] = field(default_factory=list)
+    young_blobs: int = 0
+    young_rows: int = 0
+

@@ -1,0 +1,188 @@
+"""The index's database: opening it, per-request connections, and the single writer lock.
+
+SQLite by default, PostgreSQL by URL (pooled). Writers are serialised on both: on
+SQLite they take the write lock up front (BEGIN IMMEDIATE) after queueing on a
+host-wide lock (_SqliteWriteLock), so concurrent writers from several processes wait
+their turn, up to the busy timeout, instead of failing on a lock upgrade; on
+PostgreSQL a transaction-scoped advisory lock does the same. So change-feed sequences
+are assigned in commit order without gaps, and check-then-insert needs no retries.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+import peewee as pw
+from playhouse.db_url import parse as parse_url
+
+from .models import database_proxy
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+#: pg_advisory_xact_lock key that serialises writers on PostgreSQL (as BEGIN IMMEDIATE does on SQLite).
+_WRITE_LOCK_KEY = 0x44494357  # "DICW"
+
+
+class IndexDatabase:
+    """One database (SQLite or PostgreSQL) and its writer lock; the base of `Index`."""
+
+    def __init__(self, database_url: str, *, sqlite_busy_timeout_ms: int = 30000, pool_size: int = 16):
+        self.database_url = database_url
+        self.is_sqlite = database_url.startswith("sqlite")
+        if self.is_sqlite:
+            path = database_url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._write_lock = _SqliteWriteLock(path, sqlite_busy_timeout_ms / 1000)
+            self.db = pw.SqliteDatabase(
+                path,
+                pragmas={
+                    "journal_mode": "wal",
+                    "synchronous": "full",  # a 200 to STOW survives power loss
+                    "foreign_keys": 1,
+                    "busy_timeout": sqlite_busy_timeout_ms,
+                    "case_sensitive_like": 1,
+                },
+                timeout=sqlite_busy_timeout_ms / 1000,
+            )
+        else:
+            self.db = _postgres(database_url, pool_size)
+        database_proxy.initialize(self.db)
+
+    def connect(self) -> None:
+        self.db.connect(reuse_if_open=True)
+
+    def close(self) -> None:
+        """End a request's use of the database: a pooled connection goes back to the pool.
+
+        A SQLite connection stays open for the thread's next request: opening one costs
+        more than most queries (its PRAGMAs run on every open).
+        """
+        if not self.is_sqlite and not self.db.is_closed():
+            self.db.close()
+
+    def shutdown(self) -> None:
+        """Close every connection, pooled ones included (app teardown)."""
+        if not self.db.is_closed():
+            self.db.close()
+        if hasattr(self.db, "close_all"):
+            self.db.close_all()
+        if self.is_sqlite:
+            self._write_lock.close()
+
+    def check(self) -> None:
+        self.db.execute_sql("SELECT 1")
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        """A write transaction that holds the database's single write lock.
+
+        Writers are serialised on both databases (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+        a transaction-scoped advisory lock), so change-feed sequences are assigned in
+        commit order without gaps, and check-then-insert needs no retry logic.
+        """
+        if self.is_sqlite:
+            with self._write_lock, self.db.atomic("IMMEDIATE"):
+                yield
+            return
+        with self.db.atomic():
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,))
+            yield
+
+
+class _SqliteWriteLock:
+    """Queue this host's SQLite writers on a lock that hands over within milliseconds.
+
+    SQLite's own busy handler polls with sleeps of up to 100 ms, so writers that
+    collide on the database lock (several threads and gunicorn workers storing at
+    once) lose far more time sleeping than the transactions take. Threads of a process
+    queue on a mutex, processes on flock() of '<database>-writelock' (polled every
+    0.5-5 ms); BEGIN IMMEDIATE stays as the guarantee for any other process writing
+    the file. Both waits end after the busy timeout with OperationalError (a 503).
+    """
+
+    def __init__(self, path: str, timeout_s: float):
+        self._timeout = timeout_s
+        self._path = f"{os.path.abspath(path)}-writelock" if path and path != ":memory:" else None
+        self._fd: int | None = None
+        self._mutex = threading.Lock()
+        _WRITE_LOCKS.add(self)
+
+    def __enter__(self) -> None:
+        deadline = time.monotonic() + self._timeout
+        if not self._mutex.acquire(timeout=self._timeout):
+            raise pw.OperationalError(f"database is locked: no write turn within {self._timeout:g} s")
+        try:
+            fd = self._lock_file()
+            if fd is not None:
+                self._flock(fd, deadline)
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def _lock_file(self) -> int | None:
+        if self._fd is None and self._path is not None:
+            try:  # read-only is enough for flock, so any user of the database can lock it
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o666)
+            except OSError as exc:
+                log.warning("cannot open %s (%s): writers wait on SQLite's busy handler", self._path, exc)
+                self._path = None
+        return self._fd
+
+    def _flock(self, fd: int, deadline: float) -> None:
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise pw.OperationalError(
+                        f"database is locked: another process held {self._path} for {self._timeout:g} s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's threads do not exist here: whatever they held is free."""
+        self._mutex = threading.Lock()
+        self.close()
+
+
+_WRITE_LOCKS: "weakref.WeakSet[_SqliteWriteLock]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: [lock._after_fork_in_child() for lock in list(_WRITE_LOCKS)])
+
+
+def _postgres(database_url: str, pool_size: int) -> pw.Database:
+    """A pooled PostgreSQL database from postgresql[+pool]://user:password@host:port/name."""
+    from playhouse.pool import PooledPostgresqlDatabase
+
+    url = database_url.replace("+pool", "", 1).replace("postgres://", "postgresql://", 1)
+    params = parse_url(url)
+    database = params.pop("database")
+    return PooledPostgresqlDatabase(database, max_connections=pool_size, stale_timeout=300, timeout=30, **params)

@@ -1,0 +1,85 @@
+"""What every view shares: the archive, the versioned base URL, streamed bodies, and
+the Flask error handlers that apply the one status table of `errors.py`.
+
+This module and the blueprints are the only places (with the app factory, the CLI and
+the WSGI entry) that import Flask; domain functions get what they need as arguments.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import wrap_file
+
+from ..archive import Archive
+from ..errors import NotFound, http_status
+from ..retrieve import Body
+
+log = logging.getLogger(__name__)
+
+
+def archive() -> Archive:
+    archive: Archive = current_app.extensions["dicomserver"]
+    return archive
+
+
+def api_version() -> str:
+    version: str = g.get("api_version", "v2")
+    return version
+
+
+def base_url() -> str:
+    """Absolute URL of the versioned API root, for RetrieveURLs (PS3.18 wants them absolute)."""
+    root = archive().settings.public_url or request.host_url.rstrip("/")
+    return f"{root}/{api_version()}"
+
+
+def warning(text: str) -> str:
+    """A Warning header value (RFC 7234 §5.5, code 299) as the reference server sends them."""
+    return f'299 {request.host} "{text}"'
+
+
+def stream(body: Body) -> Response:
+    """A streamed response for a retrieve body; a single local file goes out by sendfile."""
+    if body.local_path is not None:
+        try:
+            chunks = wrap_file(request.environ, open(body.local_path, "rb"))  # noqa: SIM115 - closed by the WSGI server
+        except FileNotFoundError:
+            raise NotFound("the instance was deleted while it was being retrieved") from None
+    else:
+        chunks = body.chunks
+    response = Response(chunks, status=body.status, content_type=body.content_type, direct_passthrough=True)
+    if body.length is not None:  # else unknown (transcoded parts): sent chunked
+        response.content_length = body.length
+    response.headers.extend(body.headers)
+    return response
+
+
+def text_response(status: int, message: str) -> Response:
+    return Response(message + "\n", status=status, mimetype="text/plain")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every exception becomes a plain-text answer with the status errors.STATUS gives it."""
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        response = text_response(exc.code or 500, exc.description or exc.name)
+        for name, value in exc.get_headers():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def _error(exc: Exception) -> Response:
+        known = http_status(exc)
+        if known is None:
+            request_id = uuid.uuid4().hex
+            log.exception("unhandled error (request id %s)", request_id)
+            return text_response(500, f"internal server error (request id {request_id})")
+        status, message = known
+        if status >= 500:
+            log.error("%s: %r", message, exc)
+        return text_response(status, message)

@@ -1,0 +1,267 @@
+"""STOW-RS requests (PS3.18 §10.5): a request body in, the response dataset out.
+
+The body is read as a stream: each part is spooled (memory, then disk) and handed to
+the ingest pipeline as soon as its closing delimiter arrives, so memory stays flat for
+any size and a truncated part is never stored. Every part ends as one `PartResult`;
+`response` turns them into the Store Instances Response dataset and its status.
+PUT is the reference server's upsert: new instances are stored, existing ones replaced.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .ingest import INVALID_DATASET, Ingestor, PartResult
+from .media import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, parse_media_type
+from .multipart import End, Event, MultipartError, PartData, PartEnd, PartStart, iter_events
+from .settings import Settings
+from .stow_json import BulkPart, MetadataRejected, build_part10, is_bulk_media_type
+from .uids import normalize_uid
+
+#: Request body reads. gunicorn buffers up to 1 MiB of read-ahead and copies what is left
+#: of it on every read, so reads of less than that copy the same bytes many times over.
+READ_CHUNK = 1024 * 1024
+#: A DICOM JSON metadata part is parsed whole: keep it bounded.
+MAX_JSON_PART_BYTES = 64 * 1024 * 1024
+
+#: Reads up to n bytes of the request body; b"" at its end (a WSGI input stream's read).
+Read = Callable[[int], bytes]
+DicomJsonDataset = dict[str, Any]
+
+
+def store(
+    ingestor: Ingestor, settings: Settings, read: Read, content_type: str, *, study_uid: str | None, replace: bool
+) -> list[PartResult]:
+    """Store every instance of a STOW request body; one result per part.
+
+    Raises for what makes the whole request unusable (a media type this service does not
+    read, a malformed multipart body, an instance over the size limit); a bad instance
+    is a failed result, never an exception.
+    """
+    request = _StowRequest(ingestor, settings, study_uid=study_uid, replace=replace)
+    mimetype, params = parse_media_type(content_type)
+    if mimetype == DICOM:
+        return [request.single(read)]
+    if mimetype == MULTIPART_RELATED:
+        part_type = (params.get("type") or DICOM).lower()
+        if part_type not in (DICOM, DICOM_JSON):
+            raise UnsupportedMediaType(
+                f'multipart/related with type="{part_type}" is not supported; use type="application/dicom" '
+                'or type="application/dicom+json" (metadata and bulk data)'
+            )
+        return request.multipart(read, params.get("boundary"), part_type)
+    raise UnsupportedMediaType(
+        f"Content-Type {mimetype or '(none)'!r} is not supported; send "
+        'multipart/related; type="application/dicom" or application/dicom'
+    )
+
+
+def spool(chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None) -> tuple[IO[bytes], int]:
+    """Copy a part's chunks into a spooled temp file; 413 past max_bytes.
+
+    The caller owns (and must close) the returned file.
+    """
+    target = tempfile.SpooledTemporaryFile(max_size=memory_bytes, dir=spool_dir)  # noqa: SIM115 - handed to the caller
+    size = 0
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"a DICOM instance is larger than this server's limit of {max_bytes} bytes")
+            target.write(chunk)
+    except BaseException:
+        target.close()
+        raise
+    target.seek(0)
+    return target, size
+
+
+class _StowRequest:
+    """One request's parts on their way through spooling into the ingest pipeline."""
+
+    def __init__(self, ingestor: Ingestor, settings: Settings, *, study_uid: str | None, replace: bool):
+        self.ingestor = ingestor
+        self.settings = settings
+        self.study_uid = study_uid
+        self.replace = replace
+        self.results: list[PartResult] = []
+        #: The media type of parts that name none (the `type` parameter of multipart/related).
+        self.root_type = DICOM
+
+    def spool(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[IO[bytes], int]:
+        return spool(
+            chunks,
+            max_bytes=self.settings.max_instance_bytes if max_bytes is None else max_bytes,
+            memory_bytes=self.settings.spool_memory_bytes,
+            spool_dir=self.settings.spool_dir,
+        )
+
+    def ingest(self, fp: IO[bytes], size: int) -> PartResult:
+        return self.ingestor.ingest(fp, size, study_uid=self.study_uid, replace=self.replace)
+
+    def single(self, read: Read) -> PartResult:
+        fp, size = self.spool(iter(lambda: read(READ_CHUNK), b""))
+        with fp:
+            if size == 0:
+                raise BadRequest("the request body is empty; send a DICOM Part 10 file")
+            return self.ingest(fp, size)
+
+    def multipart(self, read: Read, boundary: str | None, root_type: str) -> list[PartResult]:
+        """Store each Part 10 part as soon as it is complete.
+
+        DICOM JSON parts (PS3.18 §10.5: metadata and bulk data) are assembled into Part 10
+        files once the whole body has arrived, since their bulk data parts may follow them.
+        """
+        self.root_type = root_type
+        datasets: list[DicomJsonDataset] = []
+        bulk: dict[str, BulkPart] = {}
+        events = iter_events(read, boundary, chunk_size=READ_CHUNK)
+        try:
+            try:
+                for event in events:
+                    if isinstance(event, End):
+                        break
+                    if isinstance(event, PartStart):
+                        self.part(event, events, datasets, bulk)
+            except MultipartError as exc:
+                stored = sum(r.stored for r in self.results)
+                raise BadRequest(
+                    f"malformed multipart/related body: {exc} "
+                    f"({stored} instance(s) that arrived complete before the error were stored)"
+                ) from None
+            for metadata in datasets:
+                self.results.append(self.json_dataset(metadata, bulk))
+        finally:
+            for part in bulk.values():
+                part.fp.close()
+        if not self.results:
+            raise BadRequest("the multipart/related body contains no DICOM instances")
+        return self.results
+
+    def part(
+        self, start: PartStart, events: Iterator[Event], datasets: list[DicomJsonDataset], bulk: dict[str, BulkPart]
+    ) -> None:
+        """One part: a Part 10 file is stored now; JSON and bulk data parts are kept for later."""
+        content_type = start.content_type or self.root_type
+        media = parse_media_type(content_type)[0]
+        if media in (DICOM_JSON, JSON):
+            datasets.extend(self.json_part(_part_data(events)))
+            return
+        location = start.headers.get("content-location")
+        if media != DICOM and location and is_bulk_media_type(media):
+            fp, size = self.spool(_part_data(events))
+            bulk[location.strip()] = BulkPart(content_type, fp, size)
+            return
+        fp, size = self.spool(_part_data(events))
+        with fp:
+            if media == DICOM:
+                self.results.append(self.ingest(fp, size))
+                return
+        self.results.append(
+            PartResult(
+                failure_reason=INVALID_DATASET,
+                comments=[
+                    f"part media type {media!r} is not supported here; use application/dicom, "
+                    "or application/dicom+json with bulk data parts that have a Content-Location"
+                ],
+            )
+        )
+
+    def json_part(self, chunks: Iterable[bytes]) -> list[DicomJsonDataset]:
+        """The datasets of one application/dicom+json part (a JSON array, or one object)."""
+        fp, _size = self.spool(chunks, MAX_JSON_PART_BYTES)
+        with fp:
+            try:
+                document = json.load(fp)
+            except ValueError as exc:
+                self.results.append(
+                    PartResult(failure_reason=INVALID_DATASET, comments=[f"the DICOM JSON part is not valid JSON: {exc}"])
+                )
+                return []
+        items = document if isinstance(document, list) else [document]
+        good = [item for item in items if isinstance(item, dict)]
+        if len(good) != len(items):
+            self.results.append(
+                PartResult(
+                    failure_reason=INVALID_DATASET, comments=["the DICOM JSON part must be an array of DICOM JSON objects"]
+                )
+            )
+        return good
+
+    def json_dataset(self, metadata: DicomJsonDataset, bulk: dict[str, BulkPart]) -> PartResult:
+        settings = self.settings
+        try:
+            fp, size = build_part10(metadata, bulk, spool_dir=settings.spool_dir, memory_bytes=settings.spool_memory_bytes)
+        except MetadataRejected as exc:
+            return PartResult(
+                sop_class_uid=_json_uid(metadata, "00080016"),
+                sop_instance_uid=_json_uid(metadata, "00080018"),
+                failure_reason=INVALID_DATASET,
+                comments=[str(exc)],
+            )
+        with fp:
+            if size > settings.max_instance_bytes:
+                raise PayloadTooLarge(
+                    f"a DICOM instance is larger than this server's limit of {settings.max_instance_bytes} bytes"
+                )
+            return self.ingest(fp, size)
+
+
+def _json_uid(metadata: DicomJsonDataset, key: str) -> str | None:
+    values = (metadata.get(key) or {}).get("Value") or []
+    return normalize_uid(str(values[0])) if values else None
+
+
+def _part_data(events: Iterator[Event]) -> Iterator[bytes]:
+    """The data chunks of the current part, up to its PartEnd."""
+    for event in events:
+        if isinstance(event, PartData):
+            yield event.data
+        elif isinstance(event, PartEnd):
+            return
+        else:  # the reader never yields another event inside a part
+            raise MultipartError(f"unexpected {type(event).__name__} inside a part")
+    raise MultipartError("multipart body ended before the closing boundary")
+
+
+def response(
+    results: list[PartResult], *, base_url: str, study_uid: str | None, api_version: str
+) -> tuple[int, dict[str, Any]]:
+    """The Store Instances Response dataset (PS3.18 §10.5.3) and its status: 200, 202 or 409."""
+    referenced, failed = [], []
+    for r in results:
+        item: dict[str, Any] = {}
+        if r.sop_class_uid:
+            item["00081150"] = {"vr": "UI", "Value": [r.sop_class_uid]}
+        if r.sop_instance_uid:
+            item["00081155"] = {"vr": "UI", "Value": [r.sop_instance_uid]}
+        comments = [{"00000902": {"vr": "LO", "Value": [c]}} for c in r.comments]
+        if r.stored:
+            item["00081190"] = {
+                "vr": "UR",
+                "Value": [
+                    f"{base_url}/studies/{r.study_instance_uid}/series/{r.series_instance_uid}"
+                    f"/instances/{r.sop_instance_uid}"
+                ],
+            }
+            if r.warning_reason is not None:
+                item["00081196"] = {"vr": "US", "Value": [r.warning_reason]}
+        else:
+            item["00081197"] = {"vr": "US", "Value": [r.failure_reason]}
+        if comments:
+            item["00741048"] = {"vr": "SQ", "Value": comments}
+        (referenced if r.stored else failed).append(dict(sorted(item.items())))
+    body: dict[str, Any] = {}
+    if study_uid is not None and referenced:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base_url}/studies/{study_uid}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    # As the reference server: warnings make a v2 answer 202; v1 keeps 200.
+    warned = api_version != "v1" and any(r.warning_reason is not None for r in results if r.stored)
+    status = 409 if not referenced else (202 if failed or warned else 200)
+    return status, body
