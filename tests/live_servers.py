@@ -42,7 +42,15 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, *, workers: int = 2, threads: int = 4, env: dict | None = None) -> LiveServer:
+def start_server(
+    data_dir: Path,
+    *,
+    workers: int = 2,
+    threads: int = 4,
+    env: dict | None = None,
+    app: str = "wsgi:app",
+    cwd: Path = REPO,
+) -> LiveServer:
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "gunicorn.log"
@@ -63,9 +71,9 @@ def start_server(data_dir: Path, *, workers: int = 2, threads: int = 4, env: dic
             sys.executable, "-m", "gunicorn",
             "-c", "python:dicomserver.gunicorn_conf",
             "--bind", f"127.0.0.1:{port}",
-            "wsgi:app",
+            app,
         ],
-        cwd=REPO,
+        cwd=cwd,
         env=environment,
         stdout=log_file,
         stderr=subprocess.STDOUT,
