@@ -1,0 +1,122 @@
+"""The layering docs/architecture.md describes, checked on the imports of every module.
+
+A module may import from its own layer and the layers below it, never above; only the
+views (dicomserver/services), the app factory, the CLI and the WSGI entry import Flask.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Lowest first. A module not listed here fails the test: place it in a layer.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "wire codec": ("dicomserver.multipart",),
+    "blob stores": ("backends",),
+    "DICOM vocabulary": (
+        "dicomserver.settings",
+        "dicomserver.errors",
+        "dicomserver.transfer_syntax",
+        "dicomserver.uids",
+        "dicomserver.media",
+        "dicomserver.dicomjson",
+        "dicomserver.validation",
+        "dicomserver.searchable",
+        "dicomserver.matching",
+        "dicomserver.frames",
+    ),
+    "index": ("dicomserver.index",),
+    "pipelines": (
+        "dicomserver.transcode",
+        "dicomserver.stow_json",
+        "dicomserver.ingest",
+        "dicomserver.archive",
+        "dicomserver.stow",
+        "dicomserver.retrieve",
+        "dicomserver.bulkdata",
+        "dicomserver.render",
+        "dicomserver.search",
+        "dicomserver.changes",
+    ),
+    "views": (
+        "dicomserver.services",
+        "dicomserver.cli",
+        "dicomserver.wsgi",
+        "dicomserver.gunicorn_conf",
+        "dicomserver",  # the app factory (dicomserver/__init__.py)
+    ),
+}
+FLASK_ALLOWED = ("dicomserver.services", "dicomserver.cli", "dicomserver.wsgi", "dicomserver")
+WEB_PACKAGES = ("flask", "werkzeug", "click")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _layer_of(module: str) -> int:
+    """Index of the layer whose longest matching prefix names `module`."""
+    best, best_length = -1, -1
+    for number, prefixes in enumerate(LAYERS.values()):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_length:
+                best, best_length = number, len(prefix)
+    return best
+
+
+def _is_module(name: str) -> bool:
+    path = REPO.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _imports(path: Path, module: str) -> list[str]:
+    """Absolute names of what `path` imports (relative imports resolved)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            imported = [f"{prefix}.{alias.name}" for alias in node.names]
+            names.extend(imported)
+            if not all(_is_module(name) for name in imported):  # `from pkg import attribute`
+                names.append(prefix)
+    return names
+
+
+SOURCES = sorted(p for root in ("dicomserver", "backends") for p in (REPO / root).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    module = _module_name(path)
+    layer = _layer_of(module)
+    assert layer >= 0, f"{module} is in no layer of docs/architecture.md (tests/test_architecture.py LAYERS)"
+    upward = sorted(
+        {
+            name
+            for name in _imports(path, module)
+            if name.startswith(("dicomserver", "backends")) and _layer_of(name) > layer
+        }
+    )
+    assert not upward, f"{module} ({list(LAYERS)[layer]}) imports from a higher layer: {upward}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_only_views_import_flask(path: Path) -> None:
+    module = _module_name(path)
+    allowed = any(module == p or module.startswith(p + ".") for p in FLASK_ALLOWED[:-1]) or module == "dicomserver"
+    web = sorted({name for name in _imports(path, module) if name.split(".")[0] in WEB_PACKAGES})
+    assert allowed or not web, f"{module} imports {web}; only views, the app factory, the CLI and the WSGI entry may"
