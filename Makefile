@@ -10,13 +10,13 @@ N ?= 3000
 REPEAT ?= 3
 BENCH_ARGS ?=
 
-.PHONY: run dev install install-test install-bench test test-unit test-live bench bench-quick clean
+.PHONY: run dev install install-test install-bench install-lint lint test test-unit test-live bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python setup.cfg setup.py
+$(VENV)/.installed: $(BIN)/python setup.cfg setup.py pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[codecs,render]'
 	touch $@
 
@@ -36,6 +36,12 @@ install-test: $(VENV)/.installed-test
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
 		else echo "the full suite needs:$$missing (apt-get install as root)"; fi; \
 	fi
+
+$(VENV)/.installed-lint: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[codecs,render,lint]'
+	touch $@
+
+install-lint: $(VENV)/.installed-lint
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[codecs,render,bench]'
@@ -64,8 +70,16 @@ dev: install
 	mkdir -p data
 	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT) --debug
 
-## Everything: unit tests and end-to-end tests against real gunicorn processes
-test: install-test
+## ruff (the rules are in pyproject.toml) and mypy (dicomserver/ and backends/, every def typed);
+## both run, and any finding of either fails
+lint: install-lint
+	@status=0; \
+	$(BIN)/ruff check dicomserver backends bench wsgi.py setup.py || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
+
+## Everything: lint, then unit tests and end-to-end tests against real gunicorn processes
+test: install-test lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install-test
@@ -85,4 +99,4 @@ bench-quick: install-bench
 	$(BIN)/python bench/run.py --quick --out bench/.data/benchmarks-quick.md $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

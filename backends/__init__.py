@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from typing import TYPE_CHECKING, cast
 
 from .base import (
     BlobInfo,
@@ -22,6 +23,9 @@ from .base import (
     StorageUnavailable,
     validate_key,
 )
+
+if TYPE_CHECKING:
+    from .local import LocalBlobStore
 
 __all__ = [
     "BLOBSTORES",
@@ -94,7 +98,7 @@ def open_blobstore(url: str | os.PathLike[str]) -> BlobStore:
         raise ValueError(f"empty blob store URL: expected {EXPECTED_FORMS}")
     match = _SCHEME_RE.match(url)
     if match is None:
-        return blobstore_class("file")(os.path.abspath(url))
+        return cast("type[LocalBlobStore]", blobstore_class("file"))(os.path.abspath(url))
     scheme = match.group(1).lower()
     if scheme not in BLOBSTORES:
         raise ValueError(

@@ -17,9 +17,10 @@ from __future__ import annotations
 import abc
 import hashlib
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO, Callable, ClassVar, Iterator
+from typing import IO, BinaryIO, ClassVar
 
 __all__ = [
     "COPY_CHUNK_SIZE",
@@ -165,7 +166,7 @@ def check_range(start: int, end: int | None, chunk_size: int) -> None:
 
 
 def copy_stream(
-    stream: BinaryIO,
+    stream: IO[bytes],
     write: Callable[[bytes], object],
     *,
     key: str,
@@ -226,7 +227,7 @@ class BlobStore(abc.ABC):
         raise ValueError(f"{cls.__name__} cannot be opened from a URL")
 
     @abc.abstractmethod
-    def put(self, key: str, stream: BinaryIO, *, size: int | None = None) -> BlobInfo:
+    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
         """Store everything `stream` yields under `key`, atomically.
 
         Replaces an existing blob atomically. If `size` is given and the stream
@@ -297,10 +298,10 @@ class BlobStore(abc.ABC):
         validate_key(key)
         return None
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - an optional hook: stores that can tell override it
         """Readiness probe: raise StorageUnavailable if the store cannot be used."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: stores that hold resources override it
         """Release connections or handles; the store must not be used afterwards."""
 
     def __enter__(self) -> BlobStore:

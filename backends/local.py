@@ -19,8 +19,9 @@ import os
 import stat as stat_module
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import BinaryIO, Iterator
+from typing import IO, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from .base import (
@@ -152,7 +153,7 @@ class LocalBlobStore(BlobStore):
 
     # -- writing -----------------------------------------------------------
 
-    def put(self, key: str, stream: BinaryIO, *, size: int | None = None) -> BlobInfo:
+    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
         dest = self._path(key)
         with _storage_errors(f"cannot create a temporary file for blob {key!r}"):
             fd, tmp = tempfile.mkstemp(dir=self._tmp_dir, prefix="put-", suffix=".part")
@@ -274,7 +275,7 @@ class LocalBlobStore(BlobStore):
     def _open_existing(self, key: str, buffering: int = -1) -> BinaryIO:
         path = self._path(key)
         try:
-            return open(path, "rb", buffering=buffering)  # noqa: SIM115 - caller closes
+            return open(path, "rb", buffering=buffering)  # the caller closes it
         except _NOT_FOUND_ERRORS:
             raise BlobNotFound(key) from None
         except OSError as exc:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import IO, BinaryIO, cast
 
 from .base import (
     COPY_CHUNK_SIZE,
@@ -60,12 +61,12 @@ class MemoryBlobStore(BlobStore):
             except KeyError:
                 raise BlobNotFound(key) from None
 
-    def put(self, key: str, stream: BinaryIO, *, size: int | None = None) -> BlobInfo:
+    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
         validate_key(key)
         with self._lock:
             fail_after, self.fail_after_bytes = self.fail_after_bytes, None
         if fail_after is not None:
-            stream = _FailAfter(stream, fail_after)
+            stream = cast(IO[bytes], _FailAfter(stream, fail_after))  # copy_stream only calls read()
         # The stream is read without holding the lock, into a private buffer
         # that is published only once the whole stream was read successfully.
         buffer = io.BytesIO()
@@ -121,7 +122,7 @@ def _chunks(data: bytes, start: int, stop: int, chunk_size: int) -> Iterator[byt
 class _FailAfter:
     """Stream wrapper that raises StorageUnavailable after `limit` bytes were read."""
 
-    def __init__(self, stream: BinaryIO, limit: int) -> None:
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
         self._stream = stream
         self._remaining = limit
         self._limit = limit

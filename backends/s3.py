@@ -38,7 +38,7 @@ import hashlib
 import io
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, NoReturn
+from typing import IO, Any, BinaryIO, NoReturn
 from urllib.parse import urlsplit
 
 import boto3
@@ -271,7 +271,7 @@ class S3BlobStore(BlobStore):
 
     # -- writing -----------------------------------------------------------
 
-    def put(self, key: str, stream: BinaryIO, *, size: int | None = None) -> BlobInfo:
+    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
         object_key = self._object_key(key)
         if size is not None and size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
@@ -292,7 +292,7 @@ class S3BlobStore(BlobStore):
             self._client.upload_fileobj(
                 reader, self.bucket, object_key, ExtraArgs=extra_args, Config=_transfer_config(size)
             )
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, translated or as is
+        except BaseException as exc:  # re-raised below, translated or as is
             failure = exc
         if failure is not None:
             if reader.stream_error is not None:
@@ -432,7 +432,7 @@ def _transfer_config(size: int | None) -> TransferConfig:
     return config
 
 
-def _is_seekable(stream: BinaryIO) -> bool:
+def _is_seekable(stream: IO[bytes]) -> bool:
     try:
         return bool(stream.seekable()) and stream.tell() >= 0
     except (AttributeError, OSError, ValueError):
@@ -457,7 +457,7 @@ class _HashingReader:
     wait forever.
     """
 
-    def __init__(self, stream: BinaryIO, key: str, size: int | None, expected_sha256: str | None) -> None:
+    def __init__(self, stream: IO[bytes], key: str, size: int | None, expected_sha256: str | None) -> None:
         self._stream = stream
         self._key = key
         self._size = size
@@ -475,7 +475,7 @@ class _HashingReader:
         while wanted > 0 and not self.finished:
             try:
                 piece = self._stream.read(min(wanted, 1 << 30))
-            except BaseException as exc:  # noqa: BLE001 - kept for put() to re-raise unchanged
+            except BaseException as exc:  # kept for put() to re-raise unchanged
                 self.stream_error = exc
                 raise _StreamFailed(f"the input stream of blob {_shorten(self._key)} failed") from None
             if not piece:
@@ -632,7 +632,7 @@ class _RangedReader(io.RawIOBase):
         self._position_body()
         try:
             data = self._body.read(want)
-        except Exception as exc:  # noqa: BLE001 - translated or re-raised
+        except Exception as exc:  # translated or re-raised
             self._drop_body()
             self._raise(exc)
         if not data:
@@ -655,7 +655,7 @@ class _RangedReader(io.RawIOBase):
                     if not skipped:
                         break
                     self._body_pos += len(skipped)
-            except Exception:  # noqa: BLE001 - a broken GET is replaced by a new one
+            except Exception:  # a broken GET is replaced by a new one
                 self._drop_body()
         if self._body is not None and self._body_pos == self._pos:
             return
@@ -665,7 +665,7 @@ class _RangedReader(io.RawIOBase):
             kwargs["IfMatch"] = self._etag
         try:
             response = self._store._client.get_object(Bucket=self._store.bucket, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - translated or re-raised
+        except Exception as exc:  # translated or re-raised
             self._raise(exc)
         self._body, self._body_pos = response["Body"], self._pos
 
@@ -683,7 +683,7 @@ class _RangedReader(io.RawIOBase):
         if body is not None:
             try:
                 body.close()
-            except Exception:  # noqa: BLE001, S110 - closing a dropped response cannot fail usefully
+            except Exception:  # closing a dropped response cannot fail usefully
                 pass
 
     def close(self) -> None:

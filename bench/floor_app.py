@@ -23,7 +23,7 @@ def _open(path: str):
     if not full.startswith(ROOT + os.sep):
         return None
     try:
-        return open(full, "rb")  # noqa: SIM115 - the WSGI server closes it
+        return open(full, "rb")  # the WSGI server closes it
     except OSError:
         return None
 

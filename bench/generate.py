@@ -92,7 +92,7 @@ class DataSet:
             (study, series, sop, self.directory / rel)
             for study in self.studies
             for series in study.series
-            for sop, rel in zip(series.instances, series.files)
+            for sop, rel in zip(series.instances, series.files, strict=True)
         ]
 
     @property
@@ -262,7 +262,7 @@ def generate(n: int, seed: int = DEFAULT_SEED, cache_root: Path = CACHE_ROOT, *,
         (str(directory), seed, s, asdict(study), asdict(series), i, sop, rel)
         for s, study in enumerate(studies)
         for series in study.series
-        for i, (sop, rel) in enumerate(zip(series.instances, series.files))
+        for i, (sop, rel) in enumerate(zip(series.instances, series.files, strict=True))
     ]
     log(f"generating {n} instances into {directory} ...")
     jobs = jobs or os.cpu_count() or 1

@@ -18,10 +18,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import requests
@@ -108,7 +108,7 @@ class ResourceMonitor:
             count += 1
             self._sample(with_pss=count % PSS_EVERY == 0)
 
-    def __enter__(self) -> "ResourceMonitor":
+    def __enter__(self) -> ResourceMonitor:
         self._started = time.time() - 1.0  # create_time has a coarse clock
         self._sample(with_pss=True)
         self._machine_start = psutil.cpu_times()
@@ -255,7 +255,7 @@ def run_wrk(origin: str, paths: list[str], accept: str | None, *, connections: i
         output = out_file.read_text(errors="replace")
     if process.returncode != 0:
         raise BenchmarkError(f"wrk failed ({process.returncode}): {' '.join(argv)}\n{output}")
-    line = next((l for l in output.splitlines() if l.startswith("{")), None)
+    line = next((text for text in output.splitlines() if text.startswith("{")), None)
     if line is None:
         raise BenchmarkError(f"no results from wrk: {' '.join(argv)}\n{output}")
     summary = json.loads(line)

@@ -26,9 +26,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (python bench/profile.py): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import generate, ops  # noqa: E402
-from bench.load import run_stow, run_wrk  # noqa: E402
-from bench.servers import DicomServer, export_commit  # noqa: E402
+from bench import generate, ops
+from bench.load import run_stow, run_wrk
+from bench.servers import DicomServer, export_commit
 
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 

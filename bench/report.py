@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .load import median
-from .ops import GET_OPS, STOW_OPS, CEILING_OP
+from .ops import CEILING_OP, GET_OPS, STOW_OPS
 
 INTRO = """\
 # Benchmarks: dicomserver beside Orthanc
@@ -278,13 +278,13 @@ def _details(rec: Records, conc: int, servers: list[str], labels: dict[str, str]
         "| server CPU ms/request | server peak RSS MB | peak PSS MB | client CPU (cores) | other CPU (cores) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in servers + ["nginx", *FLOORS]:
-        for key, label, metric, _ in _operations():
+    for s in [*servers, "nginx", *FLOORS]:
+        for key, label, _metric, _ in _operations():
             rounds = rec.rounds(s, key, conc)
             if not rounds:
                 continue
-            def m(field, scale=1.0):
-                values = [r[field] * scale for r in rounds.values() if r.get(field) is not None]
+            def m(field, scale=1.0):  # called only within this iteration, so `rounds` is the current one
+                values = [r[field] * scale for r in rounds.values() if r.get(field) is not None]  # noqa: B023
                 return fmt(median(values)) if values else "–"
             throughput = f"{m('instances_per_s')} inst/s" if key.startswith("stow") else f"{m('rps')} req/s"
             per_request = [r["server_cpu_s"] / r["requests"] * 1000 for r in rounds.values()

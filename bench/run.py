@@ -32,11 +32,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (python bench/run.py): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
+import psutil
 
-from bench import generate, ops, report  # noqa: E402
-from bench.load import BenchmarkError, QuietGate, ResourceMonitor, run_stow, run_wrk, wrk_available  # noqa: E402
-from bench.servers import REPO, DicomServer, External, GunicornFloor, Nginx, Orthanc, Server, export_commit  # noqa: E402
+from bench import generate, ops, report
+from bench.load import BenchmarkError, QuietGate, ResourceMonitor, run_stow, run_wrk, wrk_available
+from bench.servers import REPO, DicomServer, External, GunicornFloor, Nginx, Orthanc, Server, export_commit
 
 DEFAULT_N = 3000
 QUICK_N = 100

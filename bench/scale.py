@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import copy
 import datetime as dt
+import fcntl
 import io
 import os
 import platform
@@ -139,7 +139,7 @@ def replicate(prepared, number: int, rng: random.Random):
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure(client, loaded: int, rng: random.Random, repeats: int) -> dict[str, tuple[float, float]]:
@@ -147,8 +147,10 @@ def measure(client, loaded: int, rng: random.Random, repeats: int) -> dict[str, 
     queries = {
         "QIDO studies by PatientID": lambda: f"/v2/studies?PatientID=P{rng.randrange(studies) // 2:07d}",
         "QIDO studies by PatientName wildcard": lambda: f"/v2/studies?PatientName={rng.choice(FAMILY)[:3]}*&limit=100",
-        "QIDO studies by StudyDate range": lambda: "/v2/studies?StudyDate={0}-{1}&limit=100".format(
-            *sorted((dt.date(2010, 1, 1) + dt.timedelta(days=rng.randrange(15 * 365))).strftime("%Y%m%d") for _ in range(2))
+        "QIDO studies by StudyDate range": lambda: "/v2/studies?StudyDate={}-{}&limit=100".format(
+            *sorted(
+                (dt.date(2010, 1, 1) + dt.timedelta(days=rng.randrange(15 * 365))).strftime("%Y%m%d") for _ in range(2)
+            )
         ),
         "QIDO /instances?limit=100": lambda: f"/v2/instances?limit=100&offset={rng.randrange(max(1, loaded - 100))}",
     }
@@ -244,7 +246,12 @@ def markdown(results: dict[str, list[dict]], command: str) -> str:
         "",
     ]
     for database, rows in results.items():
-        lines += [f"## {database}", "", "| instances | index bytes/instance | query | p50 ms | p95 ms |", "|---|---|---|---|---|"]
+        lines += [
+            f"## {database}",
+            "",
+            "| instances | index bytes/instance | query | p50 ms | p95 ms |",
+            "|---|---|---|---|---|",
+        ]
         for row in rows:
             for name, (p50, p95) in row["figures"].items():
                 lines.append(

@@ -28,6 +28,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 REPO = Path(__file__).resolve().parents[1]
 ORTHANC_TEMPLATE = Path(__file__).resolve().with_name("orthanc.json")
@@ -106,7 +107,7 @@ class Server:
     def ready_url(self) -> str:
         return self.origin + "/"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         self.port = free_port()
         self.log_path = self.workdir / "server.log"
@@ -146,7 +147,7 @@ class Server:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -348,7 +349,7 @@ class GunicornFloor(Server):
     """The stored files through gunicorn (repo gunicorn_conf.py) and a bare WSGI app or one
     Flask route (bench/floor_app.py): the framework's share of a WADO instance request."""
 
-    APPS = {"wsgi": "bench.floor_app:wsgi", "flask": "bench.floor_app:flask_app"}
+    APPS: ClassVar[dict[str, str]] = {"wsgi": "bench.floor_app:wsgi", "flask": "bench.floor_app:flask_app"}
 
     def __init__(self, root: Path, app: str, env: dict[str, str] | None = None, source: Path | None = None) -> None:
         """env and source as dicomserver's (DicomServer): the same gunicorn settings file
@@ -401,7 +402,7 @@ class External(Server):
     def base_path(self) -> str:
         return self._path
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         return self
 
     def stop(self) -> None:

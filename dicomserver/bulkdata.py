@@ -48,24 +48,22 @@ def retrieve_bulkdata(
     if not _PATH.fullmatch(path):
         raise BadRequest(f"invalid bulk data path {tag_path!r}: expected GGGGEEEE[/item/GGGGEEEE...]")
     (row,) = archive.index.instances(*uids)
+    store = archive.store
     if path == PIXEL_DATA and row.frames is None:
-        return _parsed_pixel_data(archive.store, row, accept, byte_range is not None)
+        return _parsed_pixel_data(store, row, accept, byte_range is not None)
     parts, content_type = _locate(row, path)
     if _wants_multipart(accept, len(parts), byte_range is not None):
-        body = multipart_body(
+        headers = {"Content-Type": content_type}
+        return multipart_body(
             MultipartWriter(),
             OCTET_STREAM,
-            [
-                Part({"Content-Type": content_type}, sum(n for _, n in r), partial(ranges_chunks, archive.store, row.blob_key, r))
-                for r in parts
-            ],
+            [Part(headers, sum(n for _, n in r), partial(ranges_chunks, store, row.blob_key, r)) for r in parts],
         )
-        return body
     ranges = parts[0]
     total = sum(n for _, n in ranges)
     accept_ranges = ("Accept-Ranges", "bytes")
     if byte_range is None:
-        return Body(content_type, total, ranges_chunks(archive.store, row.blob_key, ranges), headers=(accept_ranges,))
+        return Body(content_type, total, ranges_chunks(store, row.blob_key, ranges), headers=(accept_ranges,))
     satisfiable = byte_range(total)
     if satisfiable is None:
         return Body(content_type, 0, (), status=416, headers=(("Content-Range", f"bytes */{total}"), accept_ranges))
@@ -73,7 +71,7 @@ def retrieve_bulkdata(
     return Body(
         content_type,
         stop - start,
-        ranges_chunks(archive.store, row.blob_key, _slice(ranges, start, stop)),
+        ranges_chunks(store, row.blob_key, _slice(ranges, start, stop)),
         status=206,
         headers=(("Content-Range", f"bytes {start}-{stop - 1}/{total}"), accept_ranges),
     )

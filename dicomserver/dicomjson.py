@@ -16,12 +16,12 @@ from __future__ import annotations
 import base64
 import json
 import unicodedata
-from typing import Any, BinaryIO
+from typing import IO, Any
 
-from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
-from pydicom.multival import MultiValue
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -35,6 +35,8 @@ _MAX_FALLBACK_INLINE = 1 << 20
 DicomJson = dict[str, dict[str, Any]]
 #: Bulk data locations: "GGGGEEEE[/item/GGGGEEEE...]" -> [offset, length] in the stored file.
 BulkMap = dict[str, list[int]]
+#: An element as `Dataset.get_item(keep_deferred=True)` returns it: raw until first accessed.
+_Element = DataElement | RawDataElement
 
 
 def tag_key(tag: int) -> str:
@@ -64,7 +66,7 @@ def element_json(element: DataElement) -> dict[str, Any]:
     if isinstance(value, (str, bytes)):
         if not value:
             return {"vr": vr}
-        values = [value]
+        values: list[Any] = [value]
     elif isinstance(value, (MultiValue, list, tuple)):
         if not value:
             return {"vr": vr}
@@ -83,7 +85,7 @@ def element_json(element: DataElement) -> dict[str, Any]:
 def dataset_to_json(
     ds: Dataset,
     *,
-    fp: BinaryIO | None = None,
+    fp: IO[bytes] | None = None,
     instance_path: str | None = None,
     inline_threshold: int = 1024,
 ) -> tuple[DicomJson, list[str], BulkMap]:
@@ -100,7 +102,7 @@ def dataset_to_json(
 
 
 class _Converter:
-    def __init__(self, fp: BinaryIO | None, instance_path: str | None, inline_threshold: int):
+    def __init__(self, fp: IO[bytes] | None, instance_path: str | None, inline_threshold: int):
         self.fp = fp
         self.instance_path = instance_path
         self.inline_threshold = inline_threshold
@@ -129,7 +131,7 @@ class _Converter:
                 out[key] = value
         return out
 
-    def sequence(self, ds: Dataset, tag: int, raw, base: int | None, path: str) -> dict:
+    def sequence(self, ds: Dataset, tag: int, raw: _Element, base: int | None, path: str) -> dict[str, Any]:
         # Items are parsed from the sequence's value, so nested offsets are relative to it.
         value_tell = _value_tell(raw)
         item_base = base + value_tell if base is not None and value_tell is not None else None
@@ -139,7 +141,7 @@ class _Converter:
         ]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
 
-    def binary(self, ds: Dataset, tag: int, raw, base: int | None, path: str) -> dict | None:
+    def binary(self, ds: Dataset, tag: int, raw: _Element, base: int | None, path: str) -> dict[str, Any] | None:
         element_vr = "OW" if " or " in _vr_of(raw) else _vr_of(raw)
         length = raw.length if isinstance(raw, RawDataElement) else len(ds[tag].value or b"")
         if length == 0:
@@ -157,7 +159,7 @@ class _Converter:
         value = element.value or b""
         return {"vr": element.VR if element.VR in BULK_VRS else "OB", "InlineBinary": base64.b64encode(value).decode()}
 
-    def offset_of(self, ds: Dataset, tag: int, raw, base: int | None) -> int | None:
+    def offset_of(self, ds: Dataset, tag: int, raw: _Element, base: int | None) -> int | None:
         """Absolute offset of a defined-length value, checked against the file."""
         value_tell = _value_tell(raw)
         if self.fp is None or base is None or value_tell is None:
@@ -182,7 +184,7 @@ def absolute_uris(text: str, base_url: str) -> str:
     return text.replace('"' + _PLACEHOLDER_IN_JSON, '"' + base_url)
 
 
-def _value_tell(element) -> int | None:
+def _value_tell(element: _Element) -> int | None:
     """Where an element's value starts, relative to what it was parsed from."""
     if isinstance(element, RawDataElement):
         return element.value_tell
@@ -193,7 +195,7 @@ def _is_bulk(vr: str) -> bool:
     return any(v in BULK_VRS for v in vr.split(" or "))
 
 
-def _vr_of(raw) -> str:
+def _vr_of(raw: _Element) -> str:
     """VR of a possibly not yet converted element (implicit VR files carry none)."""
     if raw.VR:
         return raw.VR

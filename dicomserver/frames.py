@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 from pydicom.dataset import Dataset
 
-from .media import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 _ITEM = 0xE000
@@ -49,7 +50,7 @@ def number_of_frames(ds: Dataset) -> int:
         return 1
 
 
-def build_frame_map(fp: BinaryIO, ds: Dataset, transfer_syntax: str, encapsulated: bool) -> dict | None:
+def build_frame_map(fp: IO[bytes], ds: Dataset, transfer_syntax: str, encapsulated: bool) -> dict | None:
     """Locate every frame of the pixel data that starts at fp's current position.
 
     `fp` must be positioned at the Pixel Data tag (where pydicom stops with
@@ -78,7 +79,7 @@ def build_frame_map(fp: BinaryIO, ds: Dataset, transfer_syntax: str, encapsulate
     return {"fragments": _encapsulated_frames(fp, ds, frames)}
 
 
-def _read_element_header(fp: BinaryIO, big_endian: bool, implicit: bool) -> tuple[tuple[int, int], int] | None:
+def _read_element_header(fp: IO[bytes], big_endian: bool, implicit: bool) -> tuple[tuple[int, int], int] | None:
     start = fp.read(8)
     if len(start) < 8:
         return None
@@ -98,7 +99,7 @@ def _read_element_header(fp: BinaryIO, big_endian: bool, implicit: bool) -> tupl
     return (group, element), length
 
 
-def _read_items(fp: BinaryIO) -> Iterator[tuple[int, int]]:
+def _read_items(fp: IO[bytes]) -> Iterator[tuple[int, int]]:
     """Yield (value offset, length) of each item up to the sequence delimiter."""
     while True:
         head = fp.read(8)
@@ -116,7 +117,7 @@ def _read_items(fp: BinaryIO) -> Iterator[tuple[int, int]]:
         fp.seek(offset + length)
 
 
-def _encapsulated_frames(fp: BinaryIO, ds: Dataset, frames: int) -> list[list[list[int]]]:
+def _encapsulated_frames(fp: IO[bytes], ds: Dataset, frames: int) -> list[list[list[int]]]:
     items = list(_read_items(fp))
     if not items:
         raise FrameMapError("encapsulated Pixel Data has no Basic Offset Table item")

@@ -270,7 +270,8 @@ def _check_values(ds: Dataset, transfer_syntax: str, result: PartResult) -> froz
     if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
         result.warning_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
         result.comments.append(
-            "the file is encoded in Implicit VR Little Endian; value representations were taken from the data dictionary"
+            "the file is encoded in Implicit VR Little Endian; "
+            "value representations were taken from the data dictionary"
         )
     return frozenset(tag for tag, _comment in problems)
 

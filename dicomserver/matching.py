@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from .dicomjson import name_key, normalize_time
 from .errors import InvalidQuery
@@ -225,7 +226,7 @@ def _build_filters(query: QidoQuery, raw_filters: list[tuple[Attribute, str]]) -
             continue
         if attribute.kind == "name" and query.fuzzy and "*" not in value and "?" not in value:
             words = tuple((name_key(value) or "").replace("^", " ").replace("=", " ").split())
-            matcher: Matcher = FuzzyName(words) if words else None  # type: ignore[assignment]
+            matcher: Matcher | None = FuzzyName(words) if words else None
             if matcher is None:
                 continue
         else:
@@ -234,11 +235,20 @@ def _build_filters(query: QidoQuery, raw_filters: list[tuple[Attribute, str]]) -
         attributes[attribute.keyword] = attribute
     for date_keyword, time_keyword in _DATE_TIME_PAIRS:
         date, time = by_keyword.get(date_keyword), by_keyword.get(time_keyword)
-        if isinstance(time, Range) and isinstance(date, (Range, SingleValue)) and _is_time_range_query(raw_filters, time_keyword):
+        if (
+            isinstance(time, Range)
+            and isinstance(date, (Range, SingleValue))
+            and _is_time_range_query(raw_filters, time_keyword)
+        ):
             by_keyword[date_keyword] = _combine(date, time)
             del by_keyword[time_keyword]
     for keyword, matcher in by_keyword.items():
-        if isinstance(matcher, (Range, DateTimeRange)) and matcher.lower and matcher.upper and matcher.lower > matcher.upper:
+        if (
+            isinstance(matcher, (Range, DateTimeRange))
+            and matcher.lower
+            and matcher.upper
+            and matcher.lower > matcher.upper
+        ):
             raise InvalidQuery(f"{keyword}: the range starts after it ends")
     query.filters = [Filter(attributes[k], m) for k, m in by_keyword.items()]
 
@@ -248,11 +258,13 @@ def _is_time_range_query(raw_filters: list[tuple[Attribute, str]], time_keyword:
     return any(a.keyword == time_keyword and "-" in v for a, v in raw_filters)
 
 
-def _combine(date: Matcher, time: Range) -> DateTimeRange:
+def _combine(date: Range | SingleValue, time: Range) -> DateTimeRange:
+    date_lower: str | None
+    date_upper: str | None
     if isinstance(date, SingleValue):
         date_lower = date_upper = str(date.value)
     else:
-        date_lower, date_upper = date.lower, date.upper  # type: ignore[union-attr]
+        date_lower, date_upper = date.lower, date.upper
     lower = date_lower + (time.lower or "000000.000000") if date_lower else None
     upper = date_upper + (time.upper or "235959.999999") if date_upper else None
     return DateTimeRange(lower, upper)
@@ -295,11 +307,12 @@ def _parse_matcher(attribute: Attribute, value: str) -> Matcher:
     kind = attribute.kind
     name = attribute.keyword
     if kind == "uid":
-        uids = [u for u in re.split(r"[,\\]", value)]
+        uids = re.split(r"[,\\]", value)
         normalized = [normalize_uid(u.strip()) for u in uids]
         if any(u is None for u in normalized):
             raise InvalidQuery(f"{name}={value!r} is not a UID or a list of UIDs")
-        return ValueList(tuple(normalized)) if len(normalized) > 1 else SingleValue(normalized[0])
+        valid = cast("list[str]", normalized)  # none is None, as just checked
+        return ValueList(tuple(valid)) if len(valid) > 1 else SingleValue(valid[0])
     if kind == "date":
         return _date_matcher(name, value)
     if kind == "time":
@@ -332,6 +345,8 @@ def _check_date(name: str, value: str) -> str:
 def _date_matcher(name: str, value: str) -> Matcher:
     if "-" not in value:
         return SingleValue(_check_date(name, value))
+    lower: str | None
+    upper: str | None
     lower, _, upper = value.partition("-")
     lower, upper = lower.strip(), upper.strip()
     if not lower and not upper:
@@ -361,9 +376,3 @@ def _time_matcher(name: str, value: str) -> Matcher:
     # The order is checked once it is known whether a date combines with it.
     return Range(lo, hi)
 
-
-def vr_of(tag: str) -> str | None:
-    try:
-        return dictionary_VR(int(tag, 16))
-    except KeyError:
-        return None

@@ -8,11 +8,12 @@ the C# client), several entries with q-values (dicomweb-client), a trailing `;`
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
 
 from .errors import NotAcceptable
+from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMAGE_MEDIA_TYPES
 from .uids import is_valid_uid
 
 DICOM = "application/dicom"
@@ -21,12 +22,6 @@ JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 MULTIPART_RELATED = "multipart/related"
 
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-#: Native (uncompressed, little endian) encodings: their pixel bytes are identical.
-NATIVE_LITTLE_ENDIAN = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
 ANY_TRANSFER_SYNTAX = "*"
 
 
@@ -47,6 +42,8 @@ def _split_unquoted(text: str, separator: str) -> list[str]:
     """Split on `separator` where it is not inside a double-quoted string."""
     if '"' not in text:  # the usual header: nothing quoted
         return text.split(separator)
+    items: list[str]
+    current: list[str]
     items, current, quoted, escaped = [], [], False, False
     for char in text:
         if escaped:
@@ -154,19 +151,7 @@ _RESOURCES = {
 #: Frames may also be asked for in a compressed media type (PS3.18 Table 8.7.3-5):
 #: the transfer syntax it implies when the entry names none, and those it may name.
 FRAME_MEDIA_TYPES: dict[str, tuple[str, frozenset[str]]] = {
-    "image/jpeg": (
-        "1.2.840.10008.1.2.4.50",
-        frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}),
-    ),
-    "image/jls": ("1.2.840.10008.1.2.4.80", frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})),
-    "image/jp2": ("1.2.840.10008.1.2.4.90", frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})),
-    "image/jpx": ("1.2.840.10008.1.2.4.92", frozenset({"1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"})),
-    "image/jphc": (
-        "1.2.840.10008.1.2.4.201",
-        frozenset({"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}),
-    ),
-    "image/dicom-rle": ("1.2.840.10008.1.2.5", frozenset({"1.2.840.10008.1.2.5"})),
-    "image/x-dicom-rle": ("1.2.840.10008.1.2.5", frozenset({"1.2.840.10008.1.2.5"})),
+    media_type: (syntaxes[0], frozenset(syntaxes)) for media_type, syntaxes in IMAGE_MEDIA_TYPES.items()
 }
 
 

@@ -22,8 +22,8 @@ import enum
 import re
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 __all__ = [
     "END",
@@ -97,7 +97,7 @@ PART_END = PartEnd()
 END = End()
 NEED_DATA = _NeedData()
 
-Event = Union[PartStart, PartData, PartEnd, End]
+Event = PartStart | PartData | PartEnd | End
 
 
 # --------------------------------------------------------------------------- reader
@@ -539,7 +539,7 @@ class MultipartWriter:
         for name, value in headers.items():
             if not name or ":" in name or any(c in name + value for c in "\r\n"):
                 raise ValueError(f"invalid part header {name!r}: {value!r}")
-            lines.append(f"{name}: {value}".encode("utf-8"))
+            lines.append(f"{name}: {value}".encode())
         lines.append(CRLF)
         return CRLF.join(lines)
 

@@ -20,7 +20,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -159,7 +159,7 @@ def parse_viewport(value: str | None) -> Viewport | None:
             f"viewport={value!r} is invalid: expected vw,vh or vw,vh,sx,sy,sw,sh"
         )
     sides: list[int | None] = []
-    for name, item in zip(("vw", "vh"), items[:2]):
+    for name, item in zip(("vw", "vh"), items[:2], strict=False):  # "vw" alone is allowed
         if item == "":
             sides.append(None)
         elif item.isdigit() and 1 <= int(item) <= MAX_VIEWPORT_SIDE:
@@ -207,7 +207,7 @@ def parse_window(value: str | None) -> Window | None:
 # -- decoding -----------------------------------------------------------------
 
 
-def read_frame(fp: IO[bytes], frame: int) -> tuple[Dataset, np.ndarray]:
+def read_frame(fp: BinaryIO, frame: int) -> tuple[Dataset, np.ndarray]:
     """Decode frame `frame` (1-based) of the Part 10 file in `fp`.
 
     Returns the header (the Image Pixel module, Modality, functional groups) and
@@ -225,6 +225,7 @@ def read_frame(fp: IO[bytes], frame: int) -> tuple[Dataset, np.ndarray]:
     _check_frame(probe, frame)
     _require_decoder(transfer_syntax)
     fp.seek(0)
+    header: Dataset
     try:
         if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
             # A deflated body must be inflated before its pixel data can be found.
@@ -348,7 +349,7 @@ def _file_window(ds: Dataset) -> Window | None:
     return Window(center, width, function)
 
 
-def _first(value):
+def _first(value: Any) -> Any:
     """Window Center/Width may hold several windows (VM 1-n); the first is the default."""
     return value[0] if isinstance(value, (list, tuple, MultiValue)) else value
 
@@ -462,7 +463,7 @@ def render_array(array: np.ndarray, ds: Dataset, params: RenderParams = RenderPa
     return encode(fit(image, params.viewport, thumbnail=params.thumbnail), params.media_type, params.quality)
 
 
-def render_file(fp: IO[bytes], frame: int = 1, params: RenderParams = RenderParams()) -> bytes:
+def render_file(fp: BinaryIO, frame: int = 1, params: RenderParams = RenderParams()) -> bytes:
     """Render frame `frame` (1-based) of the Part 10 file in `fp` (seekable)."""
     header, array = read_frame(fp, frame)
     return render_array(array, header, params)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -33,7 +33,6 @@ from .index import StoredInstance
 from .media import ANY_TRANSFER_SYNTAX, Rendition, part_content_type, syntax_fits
 from .multipart import MultipartWriter
 from .settings import Settings
-from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_LITTLE_ENDIAN
 from .transcode import (
     TARGETS,
     can_transcode,
@@ -41,6 +40,7 @@ from .transcode import (
     transcode_instance,
     why_not,
 )
+from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_LITTLE_ENDIAN
 
 CHUNK = 1 << 20
 
@@ -152,7 +152,8 @@ def _plan(instance: StoredInstance, rendition: Rendition, settings: Settings, *,
             )
     if wanted == stored and cut_as_stored:
         return _Plan(stored, False)
-    if frames and (not has_pixels or (cut_as_stored and stored in NATIVE_LITTLE_ENDIAN and wanted in NATIVE_LITTLE_ENDIAN)):
+    same_native_bytes = cut_as_stored and stored in NATIVE_LITTLE_ENDIAN and wanted in NATIVE_LITTLE_ENDIAN
+    if frames and (not has_pixels or same_native_bytes):
         # No pixel data is a 404 later; native little endian frames are the same bytes.
         return _Plan(wanted, False)
     if not has_pixels:
@@ -225,7 +226,7 @@ def instances_body(store: BlobStore, instances: list[StoredInstance], rendition:
             local_path=local_path,
         )
     parts: list[Part] = []
-    for instance, plan in zip(instances, plans):
+    for instance, plan in zip(instances, plans, strict=True):
         headers = {"Content-Type": part_content_type(rendition.media_type, plan.syntax)}
         if plan.transcode:
             parts.append(Part(headers, None, _transcoded_chunks_of(store, instance, plan.syntax, settings)))
@@ -234,14 +235,16 @@ def instances_body(store: BlobStore, instances: list[StoredInstance], rendition:
     return multipart_body(MultipartWriter(), rendition.media_type, parts)
 
 
-def _transcode(store: BlobStore, instance: StoredInstance, target: str, settings: Settings):
+def _transcode(store: BlobStore, instance: StoredInstance, target: str, settings: Settings) -> IO[bytes]:
     with store.open(instance.blob_key) as fp:
         return transcode_instance(
             fp, target, spool_memory_bytes=settings.spool_memory_bytes, spool_dir=settings.spool_dir
         )
 
 
-def _transcoded_chunks_of(store: BlobStore, instance: StoredInstance, target: str, settings: Settings):
+def _transcoded_chunks_of(
+    store: BlobStore, instance: StoredInstance, target: str, settings: Settings
+) -> Callable[[], Iterator[bytes]]:
     def chunks() -> Iterator[bytes]:
         with _SpoolChunks(_transcode(store, instance, target, settings)) as spooled:
             yield from spooled
@@ -249,7 +252,7 @@ def _transcoded_chunks_of(store: BlobStore, instance: StoredInstance, target: st
     return chunks
 
 
-def _spool_size(spool) -> int:
+def _spool_size(spool: IO[bytes]) -> int:
     spool.seek(0, 2)
     size = spool.tell()
     spool.seek(0)
@@ -260,7 +263,7 @@ class _SpoolChunks:
     """Iterate a spool file in chunks and close it at the end, or when the server
     closes the response early (werkzeug calls close() on the body iterable)."""
 
-    def __init__(self, spool) -> None:
+    def __init__(self, spool: IO[bytes]) -> None:
         self._spool = spool
 
     def __iter__(self) -> Iterator[bytes]:
@@ -276,7 +279,7 @@ class _SpoolChunks:
     def __enter__(self) -> _SpoolChunks:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -317,6 +320,7 @@ def frames_body(
 
         return Body(writer.content_type(rendition.media_type), None, generate())
 
+    assert instance.frames is not None  # _plan transcodes frames that have no recorded offsets
     ranges = [frame_ranges(instance.frames, n) for n in numbers]
     if not rendition.multipart:
         return Body(content_type, sum(n for _, n in ranges[0]), ranges_chunks(store, instance.blob_key, ranges[0]))
@@ -331,7 +335,9 @@ def frames_body(
     return multipart_body(MultipartWriter(), rendition.media_type, parts)
 
 
-def _transcoded_frames(store: BlobStore, instance: StoredInstance, numbers: list[int], target: str) -> Iterator[bytes]:
+def _transcoded_frames(
+    store: BlobStore, instance: StoredInstance, numbers: list[int], target: str
+) -> Generator[bytes, None, None]:
     with store.open(instance.blob_key) as fp:
         yield from transcode_frames(fp, numbers, target)
 
@@ -349,9 +355,9 @@ class Part:
 
 
 def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part]) -> Body:
-    lengths = [p.length for p in parts]
+    lengths = [p.length for p in parts if p.length is not None]
     length = None
-    if None not in lengths:
+    if len(lengths) == len(parts):
         length = writer.framing_size([p.headers for p in parts]) + sum(lengths)
 
     # The first stored blob is opened now, before the status line goes out: a blob
@@ -367,7 +373,7 @@ def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part]) 
     return Body(writer.content_type(media_type), length, generate())
 
 
-def _stored_chunks_of(store: BlobStore, key: str, start: int, length: int):
+def _stored_chunks_of(store: BlobStore, key: str, start: int, length: int) -> Callable[[], Iterator[bytes]]:
     return lambda: _blob_chunks(store, key, start, length)
 
 

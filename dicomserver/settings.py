@@ -46,7 +46,7 @@ class Settings:
     max_render_bytes: int = 512 * 1024**2
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Build settings from DICOMWEB_* variables; raise ConfigError naming the bad one."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}

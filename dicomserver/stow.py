@@ -59,7 +59,9 @@ def store(
     )
 
 
-def spool(chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None) -> tuple[IO[bytes], int]:
+def spool(
+    chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None
+) -> tuple[IO[bytes], int]:
     """Copy a part's chunks into a spooled temp file; 413 past max_bytes.
 
     The caller owns (and must close) the returned file.
@@ -177,24 +179,22 @@ class _StowRequest:
             try:
                 document = json.load(fp)
             except ValueError as exc:
-                self.results.append(
-                    PartResult(failure_reason=INVALID_DATASET, comments=[f"the DICOM JSON part is not valid JSON: {exc}"])
-                )
+                problem = f"the DICOM JSON part is not valid JSON: {exc}"
+                self.results.append(PartResult(failure_reason=INVALID_DATASET, comments=[problem]))
                 return []
         items = document if isinstance(document, list) else [document]
         good = [item for item in items if isinstance(item, dict)]
         if len(good) != len(items):
-            self.results.append(
-                PartResult(
-                    failure_reason=INVALID_DATASET, comments=["the DICOM JSON part must be an array of DICOM JSON objects"]
-                )
-            )
+            problem = "the DICOM JSON part must be an array of DICOM JSON objects"
+            self.results.append(PartResult(failure_reason=INVALID_DATASET, comments=[problem]))
         return good
 
     def json_dataset(self, metadata: DicomJsonDataset, bulk: dict[str, BulkPart]) -> PartResult:
         settings = self.settings
         try:
-            fp, size = build_part10(metadata, bulk, spool_dir=settings.spool_dir, memory_bytes=settings.spool_memory_bytes)
+            fp, size = build_part10(
+                metadata, bulk, spool_dir=settings.spool_dir, memory_bytes=settings.spool_memory_bytes
+            )
         except MetadataRejected as exc:
             return PartResult(
                 sop_class_uid=_json_uid(metadata, "00080016"),
@@ -231,7 +231,8 @@ def response(
     results: list[PartResult], *, base_url: str, study_uid: str | None, api_version: str
 ) -> tuple[int, dict[str, Any]]:
     """The Store Instances Response dataset (PS3.18 §10.5.3) and its status: 200, 202 or 409."""
-    referenced, failed = [], []
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     for r in results:
         item: dict[str, Any] = {}
         if r.sop_class_uid:

@@ -14,29 +14,23 @@ import io
 import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID
 
 from .media import OCTET_STREAM, parse_media_type
+from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMAGE_MEDIA_TYPES
 
 #: Our implementation's identity in the file meta of files we create.
-IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "https://dicomserver.invalid/").int)
+IMPLEMENTATION_CLASS_UID = UID("2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "https://dicomserver.invalid/").int))
 IMPLEMENTATION_VERSION_NAME = "DICOMSERVER"
 
 PIXEL_DATA_TAG = 0x7FE00010
 _COPY_CHUNK = 1 << 20
-#: Media types of compressed pixel data parts and the transfer syntax each implies (PS3.18 Table 8.7.3-2).
-_PIXEL_MEDIA_TYPES = {
-    "image/jpeg": "1.2.840.10008.1.2.4.50",
-    "image/jls": "1.2.840.10008.1.2.4.80",
-    "image/jp2": "1.2.840.10008.1.2.4.90",
-    "image/jpx": "1.2.840.10008.1.2.4.92",
-    "image/jphc": "1.2.840.10008.1.2.4.201",
-    "image/dicom-rle": "1.2.840.10008.1.2.5",
-}
+#: Media types of compressed pixel data parts and the transfer syntax each implies.
+_PIXEL_MEDIA_TYPES = {media_type: syntaxes[0] for media_type, syntaxes in IMAGE_MEDIA_TYPES.items()}
 
 
 class MetadataRejected(ValueError):
@@ -48,7 +42,7 @@ class BulkPart:
     """A spooled bulk data part, keyed by its Content-Location."""
 
     content_type: str
-    fp: BinaryIO
+    fp: IO[bytes]
     size: int
 
     @property
@@ -73,7 +67,9 @@ def _path_of(uri: str) -> str:
     return "/" + without_scheme.split("/", 1)[-1] if "://" in uri else uri
 
 
-def build_part10(metadata: dict, parts: dict[str, BulkPart], *, spool_dir: str | None, memory_bytes: int) -> tuple[BinaryIO, int]:
+def build_part10(
+    metadata: dict[str, Any], parts: dict[str, BulkPart], *, spool_dir: str | None, memory_bytes: int
+) -> tuple[IO[bytes], int]:
     """Write one JSON dataset and its bulk parts as a Part 10 file (spooled); return it and its size."""
     pixel: BulkPart | None = None
 
@@ -102,18 +98,18 @@ def build_part10(metadata: dict, parts: dict[str, BulkPart], *, spool_dir: str |
     ]
     if missing:  # the file meta cannot be written without them
         raise MetadataRejected("; ".join(missing))
-    transfer_syntax = ExplicitVRLittleEndian
+    transfer_syntax: str = EXPLICIT_VR_LITTLE_ENDIAN
     if pixel is not None:
-        transfer_syntax = pixel.transfer_syntax or ExplicitVRLittleEndian
+        transfer_syntax = pixel.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
         try:
-            UID(transfer_syntax).is_encapsulated
+            UID(transfer_syntax).is_encapsulated  # noqa: B018 - raises for a UID that is not a transfer syntax
         except Exception:
             raise MetadataRejected(f"unknown transfer syntax {transfer_syntax!r} for Pixel Data") from None
         if PIXEL_DATA_TAG in ds:
             del ds[PIXEL_DATA_TAG]
     ds.file_meta = _file_meta(ds, transfer_syntax)
 
-    target = tempfile.SpooledTemporaryFile(max_size=memory_bytes, dir=spool_dir)
+    target = tempfile.SpooledTemporaryFile(max_size=memory_bytes, dir=spool_dir)  # noqa: SIM115 - returned open
     try:
         head = io.BytesIO()
         pydicom.dcmwrite(head, ds, enforce_file_format=True)
@@ -135,13 +131,13 @@ def _file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "")
     meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.TransferSyntaxUID = UID(transfer_syntax)  # what pydicom would make of the str anyway
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return meta
 
 
-def _append_pixel_data(target: BinaryIO, ds: Dataset, part: BulkPart, transfer_syntax: UID) -> None:
+def _append_pixel_data(target: IO[bytes], ds: Dataset, part: BulkPart, transfer_syntax: UID) -> None:
     """Pixel Data element (7FE0,0010) in explicit VR little endian, streamed from the part."""
     tag = b"\xe0\x7f\x10\x00"
     if transfer_syntax.is_encapsulated:
@@ -165,7 +161,7 @@ def _append_pixel_data(target: BinaryIO, ds: Dataset, part: BulkPart, transfer_s
         target.write(b"\x00")
 
 
-def _copy(part: BulkPart, target: BinaryIO) -> None:
+def _copy(part: BulkPart, target: IO[bytes]) -> None:
     part.fp.seek(0)
     while chunk := part.fp.read(_COPY_CHUNK):
         target.write(chunk)

@@ -35,44 +35,54 @@ import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import pydicom
-from pydicom import uid as uids
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from .errors import NotAcceptable
+from .transfer_syntax import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_BASELINE_8BIT,
+    JPEG_EXTENDED_12BIT,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    NATIVE,
+    NATIVE_LITTLE_ENDIAN,
+    RLE_LOSSLESS,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
-EXPLICIT_VR_LITTLE_ENDIAN = uids.ExplicitVRLittleEndian
-IMPLICIT_VR_LITTLE_ENDIAN = uids.ImplicitVRLittleEndian
-EXPLICIT_VR_BIG_ENDIAN = uids.ExplicitVRBigEndian
-DEFLATED = uids.DeflatedExplicitVRLittleEndian
-JPEG_2000_LOSSLESS = uids.JPEG2000Lossless
-HTJ2K_LOSSLESS = uids.HTJ2KLossless
-JPEG_LS_LOSSLESS = uids.JPEGLSLossless
-RLE_LOSSLESS = uids.RLELossless
-
-#: Native encodings whose pixel bytes are the same: converting between them copies.
-NATIVE_LITTLE_ENDIAN = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
-NATIVE = NATIVE_LITTLE_ENDIAN | {EXPLICIT_VR_BIG_ENDIAN, DEFLATED}
 
 #: Compressed syntaxes this server will decode when a codec for them is installed.
-COMPRESSED_SOURCES = (
+COMPRESSED_SOURCES: tuple[str, ...] = (
     RLE_LOSSLESS,
-    uids.JPEGBaseline8Bit,
-    uids.JPEGExtended12Bit,
-    uids.JPEGLossless,
-    uids.JPEGLosslessSV1,
+    JPEG_BASELINE_8BIT,
+    JPEG_EXTENDED_12BIT,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
     JPEG_LS_LOSSLESS,
-    uids.JPEGLSNearLossless,
+    JPEG_LS_NEAR_LOSSLESS,
     JPEG_2000_LOSSLESS,
-    uids.JPEG2000,
+    JPEG_2000,
     HTJ2K_LOSSLESS,
-    uids.HTJ2KLosslessRPCL,
-    uids.HTJ2K,
+    HTJ2K_LOSSLESS_RPCL,
+    HTJ2K,
 )
 
 #: What this server can produce, best first: native, then the lossless encodings.
@@ -88,31 +98,31 @@ TARGETS = (
 #: Syntaxes whose encoding may have lost information, with the Lossy Image
 #: Compression Method (0028,2114) term of each (PS3.3 C.7.6.1.1.5.1).
 LOSSY_METHODS = {
-    uids.JPEGBaseline8Bit: "ISO_10918_1",
-    uids.JPEGExtended12Bit: "ISO_10918_1",
-    uids.JPEGLSNearLossless: "ISO_14495_1",
-    uids.JPEG2000: "ISO_15444_1",
-    uids.HTJ2K: "ISO_15444_15",
+    JPEG_BASELINE_8BIT: "ISO_10918_1",
+    JPEG_EXTENDED_12BIT: "ISO_10918_1",
+    JPEG_LS_NEAR_LOSSLESS: "ISO_14495_1",
+    JPEG_2000: "ISO_15444_1",
+    HTJ2K: "ISO_15444_15",
 }
 #: Of those, the ones that are lossy whatever the header says (JPEG DCT processes).
-_ALWAYS_LOSSY = frozenset({uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit})
+_ALWAYS_LOSSY = frozenset({JPEG_BASELINE_8BIT, JPEG_EXTENDED_12BIT})
 
 #: pydicom plugins to use, best first. gdcm comes last or not at all: its RLE encoder
 #: aborts the whole process (an uncatchable C++ exception) on some image sizes.
-_ENCODER_PREFERENCE = {
+_ENCODER_PREFERENCE: dict[str, tuple[str, ...]] = {
     JPEG_2000_LOSSLESS: ("pylibjpeg",),
     JPEG_LS_LOSSLESS: ("pyjpegls",),
     RLE_LOSSLESS: ("pylibjpeg", "pydicom"),
 }
 _J2K_DECODERS = ("pylibjpeg", "pillow", "gdcm")
-_DECODER_PREFERENCE = {
+_DECODER_PREFERENCE: dict[str, tuple[str, ...]] = {
     JPEG_2000_LOSSLESS: _J2K_DECODERS,
-    uids.JPEG2000: _J2K_DECODERS,
+    JPEG_2000: _J2K_DECODERS,
     HTJ2K_LOSSLESS: _J2K_DECODERS,
-    uids.HTJ2KLosslessRPCL: _J2K_DECODERS,
-    uids.HTJ2K: _J2K_DECODERS,
+    HTJ2K_LOSSLESS_RPCL: _J2K_DECODERS,
+    HTJ2K: _J2K_DECODERS,
     JPEG_LS_LOSSLESS: ("pyjpegls", "gdcm"),
-    uids.JPEGLSNearLossless: ("pyjpegls", "gdcm"),
+    JPEG_LS_NEAR_LOSSLESS: ("pyjpegls", "gdcm"),
     RLE_LOSSLESS: ("pylibjpeg", "pydicom"),
 }
 
@@ -153,14 +163,14 @@ def codecs() -> Codecs:
         return Codecs(frozenset(), frozenset())
     from pydicom.pixels import get_decoder, get_encoder
 
-    decoders = set(NATIVE)
+    decoders: set[str] = set(NATIVE)
     for syntax in COMPRESSED_SOURCES:
         try:
             if get_decoder(syntax).is_available:
                 decoders.add(syntax)
         except NotImplementedError:
             pass
-    encoders = set(NATIVE_LITTLE_ENDIAN)
+    encoders: set[str] = set(NATIVE_LITTLE_ENDIAN)
     for syntax, preference in _ENCODER_PREFERENCE.items():
         if _plugin(get_encoder(syntax).available_plugins, preference):
             encoders.add(syntax)
@@ -183,8 +193,8 @@ def _decoding_plugin(syntax: str) -> str:
     return _plugin(get_decoder(syntax).available_plugins, preference) or ""
 
 
-def _imagecodecs():
-    """imagecodecs, when installed with its JPEG 2000 and HTJ2K (OpenJPH) codecs.
+def _imagecodecs() -> Any:
+    """imagecodecs (the module), when installed with its JPEG 2000 and HTJ2K (OpenJPH) codecs; else None.
 
     pydicom 3.0 cannot encode HTJ2K, and its JPEG 2000 encoder fails on images
     smaller than 32 pixels a side; imagecodecs does both.
@@ -200,7 +210,7 @@ def _imagecodecs():
 
 def _copies_pixels(source: str, target: str) -> bool:
     """True when the pixel data moves across untouched (no codec, no numpy)."""
-    return target in NATIVE_LITTLE_ENDIAN and source in NATIVE_LITTLE_ENDIAN | {DEFLATED}
+    return target in NATIVE_LITTLE_ENDIAN and source in NATIVE_LITTLE_ENDIAN | {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
 
 
 def can_transcode(source: str, target: str) -> bool:
@@ -268,7 +278,10 @@ class _Source:
 
     @property
     def pixel_source(self) -> BinaryIO | bytes:
-        return self.data if self.data is not None else self.fp
+        if self.data is not None:
+            return self.data
+        assert self.fp is not None  # one of the two is set when there is pixel data
+        return self.fp
 
 
 def _open(fp: BinaryIO) -> _Source:
@@ -276,7 +289,7 @@ def _open(fp: BinaryIO) -> _Source:
     fp.seek(0)
     ds = pydicom.dcmread(fp, stop_before_pixels=True)
     syntax = UID(ds.file_meta.TransferSyntaxUID)
-    if syntax == DEFLATED:
+    if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         # A deflate stream cannot be entered in the middle: inflate the whole file.
         fp.seek(0)
         ds = pydicom.dcmread(fp)
@@ -317,7 +330,7 @@ def _lossy(source: UID) -> bool:
     return source in LOSSY_METHODS
 
 
-def _decoded_frames(source: _Source, indices: list[int] | None = None) -> Iterator[tuple[Any, dict]]:
+def _decoded_frames(source: _Source, indices: list[int] | None = None) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
     """Yield (array, image pixel properties) per frame, converted to little endian."""
     from pydicom.pixels import get_decoder
 
@@ -349,7 +362,7 @@ def _encoded_photometric(props: dict, target: str) -> tuple[str, bool]:
     return pi, False
 
 
-def _encode(arr, props: dict, target: str) -> bytes:
+def _encode(arr: np.ndarray, props: dict[str, Any], target: str) -> bytes:
     """One decoded frame as a `target` codestream; NotAcceptable if the codec refuses it."""
     from pydicom.pixels import get_encoder
 
@@ -390,7 +403,7 @@ def _encode(arr, props: dict, target: str) -> bytes:
             opts["use_mct"] = mct
         encoder = get_encoder(target)
         plugin = _plugin(encoder.available_plugins, _ENCODER_PREFERENCE[target])
-        return bytes(encoder.encode(arr, encoding_plugin=plugin, **opts))
+        return bytes(encoder.encode(arr, encoding_plugin=plugin or "", **opts))
     except _CODEC_ERRORS as exc:
         reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise NotAcceptable(
@@ -399,12 +412,12 @@ def _encode(arr, props: dict, target: str) -> bytes:
         ) from None
 
 
-def _resolutions(arr) -> int:
+def _resolutions(arr: np.ndarray) -> int:
     """Wavelet resolution levels: OpenJPEG's default 6 fails below 32 pixels a side."""
     return max(1, min(6, min(arr.shape[:2]).bit_length()))
 
 
-def _native_bytes(arr, props: dict) -> bytes:
+def _native_bytes(arr: np.ndarray, props: dict[str, Any]) -> bytes:
     """One decoded frame as native little endian bytes (bit-packed when 1 bit allocated)."""
     if props["bits_allocated"] == 1:
         from pydicom.pixels import pack_bits
@@ -464,13 +477,13 @@ def transcode_instance(
     *,
     spool_memory_bytes: int = 1 << 20,
     spool_dir: str | None = None,
-) -> tempfile.SpooledTemporaryFile:
+) -> tempfile.SpooledTemporaryFile[bytes]:
     """The Part 10 file in fp re-written in `target`, in a spool file positioned at 0.
 
     The caller closes the returned file. Raises NotAcceptable (with both syntaxes in
     the message) when the conversion is not possible for this data.
     """
-    out = tempfile.SpooledTemporaryFile(max_size=spool_memory_bytes, dir=spool_dir)
+    out = tempfile.SpooledTemporaryFile(max_size=spool_memory_bytes, dir=spool_dir)  # noqa: SIM115 - returned open
     try:
         source = _open(fp)
         with _as_not_acceptable(source.syntax, target):
@@ -482,7 +495,7 @@ def transcode_instance(
     return out
 
 
-def _write(source: _Source, target: UID, out: BinaryIO) -> None:
+def _write(source: _Source, target: UID, out: IO[bytes]) -> None:
     ds = source.ds
     for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
         if keyword in ds:
@@ -514,7 +527,7 @@ def _write(source: _Source, target: UID, out: BinaryIO) -> None:
         _write_encapsulated(out, target, frames, int(ds.get("NumberOfFrames") or 1))
 
 
-def _write_header(ds: Dataset, out: BinaryIO) -> None:
+def _write_header(ds: Dataset, out: IO[bytes]) -> None:
     """Preamble, file meta and every element before Pixel Data, in the new encoding."""
     pydicom.dcmwrite(out, ds, enforce_file_format=True)
 
@@ -569,11 +582,11 @@ def _element_header(tag: int, vr: str, length: int, implicit: bool) -> bytes:
     return head + vr.encode("ascii") + b"\x00\x00" + struct.pack("<L", length)
 
 
-def _tag(keyword: str) -> int:
+def _tag(keyword: str | None) -> int:
     return next(t for t, k in _PIXEL_TAGS.items() if k == keyword)
 
 
-def _copy_pixel_element(source: _Source, target: str, out: BinaryIO) -> None:
+def _copy_pixel_element(source: _Source, target: str, out: IO[bytes]) -> None:
     """Native little endian pixel data moves across byte for byte."""
     if source.length is None:
         raise NotAcceptable("native pixel data with undefined length")
@@ -582,6 +595,7 @@ def _copy_pixel_element(source: _Source, target: str, out: BinaryIO) -> None:
     if source.data is not None:
         out.write(source.data)
         return
+    assert source.fp is not None  # set whenever data is not
     remaining = source.length
     while remaining:
         chunk = source.fp.read(min(_COPY_CHUNK, remaining))
@@ -591,9 +605,16 @@ def _copy_pixel_element(source: _Source, target: str, out: BinaryIO) -> None:
         remaining -= len(chunk)
 
 
-def _write_native(out: BinaryIO, source: _Source, target: str, frames, props: dict) -> None:
+def _write_native(
+    out: IO[bytes],
+    source: _Source,
+    target: str,
+    frames: Iterator[tuple[np.ndarray, dict[str, Any]]],
+    props: dict[str, Any],
+) -> None:
     """Decoded frames as one native element; its length is patched in at the end."""
     keyword = source.keyword
+    assert keyword is not None  # _write() only gets here with pixel data
     vr = _PIXEL_VR.get(keyword) or ("OB" if props["bits_allocated"] <= 8 else "OW")
     implicit = target == IMPLICIT_VR_LITTLE_ENDIAN
     start = out.tell()
@@ -623,7 +644,9 @@ def _write_native(out: BinaryIO, source: _Source, target: str, frames, props: di
     out.seek(end)
 
 
-def _write_encapsulated(out: BinaryIO, target: str, frames, count: int) -> None:
+def _write_encapsulated(
+    out: IO[bytes], target: str, frames: Iterator[tuple[np.ndarray, dict[str, Any]]], count: int
+) -> None:
     """Encoded frames as items after a Basic Offset Table (PS3.5 A.4), one fragment per frame."""
     out.write(_element_header(0x7FE00010, "OB", _UNDEFINED_LENGTH, False))
     table_at = out.tell()

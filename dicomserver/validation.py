@@ -72,7 +72,7 @@ def invalid_attributes(ds: Dataset, _path: str = "", _top: str | None = None) ->
     The tag is the top-level attribute the value belongs to (a sequence's own tag for a
     value inside one), so the caller knows which attributes must not be indexed.
     """
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields its elements, not their tags
         raw = ds.get_item(tag, keep_deferred=True)
         if tag >> 16 == 0x0002 or (raw.VR and any(v in BULK_VRS for v in raw.VR.split(" or "))):
             continue  # binary values have no syntax to check; do not read them

@@ -18,6 +18,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+
 import peewee as pw
 from playhouse.db_url import parse as parse_url
 
@@ -40,6 +41,7 @@ class IndexDatabase:
     def __init__(self, database_url: str, *, sqlite_busy_timeout_ms: int = 30000, pool_size: int = 16):
         self.database_url = database_url
         self.is_sqlite = database_url.startswith("sqlite")
+        self.db: pw.Database
         if self.is_sqlite:
             path = database_url[len("sqlite:///"):]
             if path and path != ":memory:":
@@ -131,7 +133,7 @@ class _SqliteWriteLock:
             self._mutex.release()
             raise
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -173,9 +175,14 @@ class _SqliteWriteLock:
         self.close()
 
 
-_WRITE_LOCKS: "weakref.WeakSet[_SqliteWriteLock]" = weakref.WeakSet()
+_WRITE_LOCKS: weakref.WeakSet[_SqliteWriteLock] = weakref.WeakSet()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: [lock._after_fork_in_child() for lock in list(_WRITE_LOCKS)])
+
+    def _reset_write_locks() -> None:
+        for lock in list(_WRITE_LOCKS):
+            lock._after_fork_in_child()
+
+    os.register_at_fork(after_in_child=_reset_write_locks)
 
 
 def _postgres(database_url: str, pool_size: int) -> pw.Database:

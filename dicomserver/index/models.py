@@ -21,6 +21,7 @@ class BaseModel(pw.Model):
 
 
 class Study(BaseModel):
+    id = pw.AutoField()
     study_instance_uid = pw.CharField(max_length=64, unique=True)
     patient_name = pw.TextField(null=True)
     #: Upper-cased, accent-stripped PatientName for case/accent-insensitive matching.
@@ -49,6 +50,7 @@ class Study(BaseModel):
 
 
 class Series(BaseModel):
+    id = pw.AutoField()
     study = pw.ForeignKeyField(Study, backref="series", on_delete="CASCADE")
     series_instance_uid = pw.CharField(max_length=64, unique=True)
     modality = pw.CharField(max_length=16, null=True, index=True)
@@ -62,6 +64,7 @@ class Series(BaseModel):
 
 
 class Instance(BaseModel):
+    id = pw.AutoField()
     study = pw.ForeignKeyField(Study, backref="instances", on_delete="CASCADE")
     series = pw.ForeignKeyField(Series, backref="instances", on_delete="CASCADE")
     sop_instance_uid = pw.CharField(max_length=64, unique=True)
@@ -99,6 +102,7 @@ class InstanceMetadata(BaseModel):
 class RequestAttribute(BaseModel):
     """One item of a series' Request Attributes Sequence (0040,0275), for sequence matching."""
 
+    id = pw.AutoField()
     series = pw.ForeignKeyField(Series, backref="request_attributes", on_delete="CASCADE")
     scheduled_procedure_step_id = pw.TextField(null=True, index=True)
     requested_procedure_id = pw.TextField(null=True, index=True)

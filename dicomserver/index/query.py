@@ -42,6 +42,7 @@ it is the next step if archives grow well past 10M instances.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import peewee as pw
@@ -54,6 +55,7 @@ from ..matching import (
     DateTimeRange,
     Filter,
     FuzzyName,
+    Matcher,
     QidoQuery,
     Range,
     SingleValue,
@@ -61,7 +63,6 @@ from ..matching import (
     Wildcard,
 )
 from .models import Instance, RequestAttribute, Series, Study
-
 
 # PS3.18 Table 10.6.3-3/-4/-5 default return attributes (the reference's v1 lists
 # plus the computed counts and RetrieveURL PS3.18 asks for).
@@ -137,7 +138,7 @@ def qido_members(meta: dict[str, Any]) -> str:
     )
 
 
-_COLUMNS = {
+_COLUMNS: dict[str, pw.Field[Any]] = {
     "StudyInstanceUID": Study.study_instance_uid,
     "PatientName": Study.patient_name_key,
     "PatientID": Study.patient_id,
@@ -163,12 +164,12 @@ _COLUMNS = {
     "RequestAttributesSequence.RequestedProcedureID": RequestAttribute.requested_procedure_id,
 }
 #: Word columns for fuzzy (word-prefix) person-name matching.
-_WORDS = {
+_WORDS: dict[str, pw.Field[Any]] = {
     "PatientName": Study.patient_name_words,
     "ReferringPhysicianName": Study.referring_physician_name_words,
 }
 #: Date/Time column pairs for combined date-time ranges, by the date attribute.
-_DATE_TIME = {
+_DATE_TIME: dict[str, tuple[pw.Field[Any], pw.Field[Any]]] = {
     "StudyDate": (Study.study_date, Study.study_time),
     "PerformedProcedureStepStartDate": (
         Series.performed_procedure_step_start_date,
@@ -203,7 +204,7 @@ class _Params:
         self.values.append(value)
         return self.mark
 
-    def is_in(self, column: str, values) -> str:
+    def is_in(self, column: str, values: Sequence[Any]) -> str:
         """`column IN (...)`; an empty list matches nothing (PostgreSQL refuses `IN ()`)."""
         if not values:
             return "1 = 0"
@@ -229,9 +230,11 @@ def _condition(f: Filter, p: _Params) -> str:
         # The date bounds alone are implied by the combined ones; they let the date index
         # narrow the rows the combined comparison has to look at.
         return " AND ".join(
-            [f"{date} IS NOT NULL"]
-            + _between(date, m.lower and m.lower[:8], m.upper and m.upper[:8], p)
-            + _between(f"({date} || COALESCE({time}, '000000.000000'))", m.lower, m.upper, p)
+            [
+                f"{date} IS NOT NULL",
+                *_between(date, m.lower and m.lower[:8], m.upper and m.upper[:8], p),
+                *_between(f"({date} || COALESCE({time}, '000000.000000'))", m.lower, m.upper, p),
+            ]
         )
     field = _COLUMNS[f.attribute.keyword]
     condition = _value_condition(_col(field), m, p)
@@ -245,7 +248,7 @@ def _like(column: str, pattern: str, p: _Params) -> str:
     return f"{column} LIKE {p.one(pattern)} ESCAPE '\\'"
 
 
-def _value_condition(column: str, m, p: _Params) -> str:
+def _value_condition(column: str, m: Matcher, p: _Params) -> str:
     if isinstance(m, SingleValue):
         return f"{column} = {p.one(m.value)}"
     if isinstance(m, ValueList):
@@ -253,7 +256,7 @@ def _value_condition(column: str, m, p: _Params) -> str:
     if isinstance(m, Wildcard):
         return _like(column, like_pattern(m.pattern), p)
     if isinstance(m, Range):
-        return " AND ".join([f"{column} IS NOT NULL"] + _between(column, m.lower, m.upper, p))
+        return " AND ".join([f"{column} IS NOT NULL", *_between(column, m.lower, m.upper, p)])
     raise AssertionError(f"unknown matcher {m!r}")
 
 
@@ -357,7 +360,7 @@ def search(
         params,
     )
     names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, values)) for values in cursor.fetchall()]
+    rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     computed = _Computed(query, return_tags, base_url)
@@ -448,7 +451,7 @@ def _result_from_members(row: dict[str, Any], members: str, computed: _Computed)
     return "{" + ",".join(picked) + "}"
 
 
-def _full_metadata(db, instance_ids: list[int]) -> dict[int, str]:
+def _full_metadata(db: pw.Database, instance_ids: list[int]) -> dict[int, str]:
     marks = ", ".join([db.param] * len(instance_ids))
     cursor = db.execute_sql(
         f'SELECT "instance_id", "metadata" FROM "instance_metadata" WHERE "instance_id" IN ({marks})', instance_ids

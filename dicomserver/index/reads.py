@@ -8,9 +8,9 @@ dataclasses, never as peewee models, so what a caller gets is what the hints say
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
@@ -150,13 +150,15 @@ class IndexReads(IndexDatabase):
             query = query.where(Change.timestamp >= start)
         if end is not None:
             query = query.where(Change.timestamp < end)
+        order: tuple[Any, ...]
         if newest_first:
             order = (Change.sequence.desc(),)
         elif start is not None or end is not None:
             order = (Change.timestamp, Change.sequence)
         else:
             order = (Change.sequence,)
-        return [FeedEntry(*row) for row in query.order_by(*order).offset(offset).limit(limit).tuples()]
+        rows = cast("Iterable[tuple[Any, ...]]", query.order_by(*order).offset(offset).limit(limit).tuples())
+        return [FeedEntry(*row) for row in rows]
 
     def stored_blobs(self) -> list[StoredBlob]:
         """Every indexed instance's blob key, UIDs and the time its version was stored."""

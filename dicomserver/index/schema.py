@@ -9,7 +9,8 @@ DICOM JSON already stored on each instance: no blob is read.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from playhouse.migrate import SchemaMigrator, migrate
 
@@ -38,13 +39,13 @@ POSTGRES_INDEXES = (
 )
 
 
-def _create_database_specific_indexes(index: "Index") -> None:
+def _create_database_specific_indexes(index: Index) -> None:
     if not index.is_sqlite:
         for statement in POSTGRES_INDEXES:
             index.db.execute_sql(statement)
 
 
-def _v1_to_v2(index: "Index") -> bool:
+def _v1_to_v2(index: Index) -> bool:
     """Fuzzy name matching, SOPClassesInStudy, Request Attributes Sequence matching."""
     migrator = SchemaMigrator.from_database(index.db)
     migrate(
@@ -56,14 +57,14 @@ def _v1_to_v2(index: "Index") -> bool:
     return True  # the new columns are derived from the stored JSON
 
 
-def _v2_to_v3(index: "Index") -> bool:
+def _v2_to_v3(index: Index) -> bool:
     """Bulk data locations (instances stored before have none: their metadata has no BulkDataURI)."""
     migrator = SchemaMigrator.from_database(index.db)
     migrate(migrator.add_column("instance", "bulkdata", Instance.bulkdata))
     return False
 
 
-def _v3_to_v4(index: "Index") -> bool:
+def _v3_to_v4(index: Index) -> bool:
     """The DICOM JSON moves out of the instance rows into instance_metadata."""
     index.db.create_tables([InstanceMetadata])
     index.db.execute_sql(
@@ -74,7 +75,7 @@ def _v3_to_v4(index: "Index") -> bool:
     return False
 
 
-def _v4_to_v5(index: "Index") -> bool:
+def _v4_to_v5(index: Index) -> bool:
     """QIDO results are assembled from pre-serialised members (query.qido_members).
 
     Only the column is added here: filling it takes minutes per million instances, too
@@ -92,7 +93,7 @@ def _v4_to_v5(index: "Index") -> bool:
     return False
 
 
-def _v5_to_v6(index: "Index") -> bool:
+def _v5_to_v6(index: Index) -> bool:
     """QIDO scale: PostgreSQL indexes for prefix wildcards and date ranges (POSTGRES_INDEXES)."""
     _create_database_specific_indexes(index)
     return False
@@ -100,10 +101,10 @@ def _v5_to_v6(index: "Index") -> bool:
 
 #: MIGRATIONS[v] takes a database at version v to v + 1; True asks for derived columns
 #: to be recomputed once the schema is current (the code that does it expects that).
-MIGRATIONS: dict[int, Callable[["Index"], bool]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
+MIGRATIONS: dict[int, Callable[[Index], bool]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
-def ensure_schema(index: "Index") -> None:
+def ensure_schema(index: Index) -> None:
     db = index.db
     with db.connection_context(), index.write_transaction():
         tables = set(db.get_tables())

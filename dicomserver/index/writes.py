@@ -14,7 +14,7 @@ portable between SQLite (3.35+) and PostgreSQL: `RETURNING` gives new ids on bot
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,26 +63,35 @@ class WriteStatements:
     def __init__(self, db: pw.Database):
         self.db = db
         self.p = db.param
-        self._cache: dict[tuple, str] = {}
+        self._cache: dict[tuple[Any, ...], str] = {}
 
     # -- execution ---------------------------------------------------------
-    def run(self, sql: str, params: Sequence[Any] = ()):
+    def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute; the DB-API cursor (sqlite3 or psycopg2) is returned as is."""
         return self.db.execute_sql(sql, tuple(params))
 
-    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
-        return self.run(sql, params).fetchone()
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.run(sql, params).fetchone()
+        return row
 
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self.run(sql, params).fetchall()
+    def value(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the one row a query returns."""
+        return self.run(sql, params).fetchone()[0]
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self.run(sql, params).fetchall()
+        return rows
 
     # -- statement text ----------------------------------------------------
-    def _sql(self, key: tuple, build) -> str:
+    def _sql(self, key: tuple[Any, ...], build: Callable[[], str]) -> str:
         sql = self._cache.get(key)
         if sql is None:
             sql = self._cache[key] = build()
         return sql
 
-    def insert(self, model: type[pw.Model], columns: Iterable[str], values: Sequence[Any], *, returning: str | None = None):
+    def insert(
+        self, model: type[pw.Model], columns: Iterable[str], values: Sequence[Any], *, returning: str | None = None
+    ) -> Any:
         """INSERT one row; with `returning`, the value of that column (e.g. the new id)."""
         columns = tuple(columns)
 
@@ -95,7 +104,14 @@ class WriteStatements:
         cursor = self.run(self._sql(("insert", model, columns, returning), build), values)
         return cursor.fetchone()[0] if returning else None
 
-    def update(self, model: type[pw.Model], columns: Iterable[str], increments: Iterable[str], values: Sequence[Any], row_id: int) -> None:
+    def update(
+        self,
+        model: type[pw.Model],
+        columns: Iterable[str],
+        increments: Iterable[str],
+        values: Sequence[Any],
+        row_id: int,
+    ) -> None:
         """UPDATE one row by id: `columns` are set, `increments` are added to."""
         columns, increments = tuple(columns), tuple(increments)
 
@@ -104,9 +120,6 @@ class WriteStatements:
             return f'UPDATE "{model._meta.table_name}" SET {", ".join(sets)} WHERE "id" = {self.p}'
 
         self.run(self._sql(("update", model, columns, increments), build), (*values, row_id))
-
-    def select(self, key: str, build) -> str:
-        return self._sql(("select", key), build)
 
 
 def table(model: type[pw.Model]) -> str:
@@ -184,7 +197,7 @@ class IndexWrites(IndexReads):
             if not replace:
                 raise DuplicateInstance(rec.sop_instance_uid)
             self._remove_instances([found[:3]])
-        sequence = s.one(w.next_sequence)[0]
+        sequence = s.value(w.next_sequence)
         s.insert(
             Change,
             ("sequence", "timestamp", "action", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
@@ -209,7 +222,7 @@ class IndexWrites(IndexReads):
             study_id, sop_classes = study
         series = s.one(w.series_by_uid, (rec.series_instance_uid,))
         new_series = series is None
-        if new_series:
+        if series is None:
             series_id = s.insert(
                 Series,
                 ("study_id", "series_instance_uid", "number_of_instances"),
@@ -327,7 +340,8 @@ class IndexWrites(IndexReads):
         study_ids = sorted({study_id for _, study_id, _ in instances})
         series_ids = sorted({series_id for _, _, series_id in instances})
         for chunk in _chunks(ids, 500):
-            Instance.delete().where(Instance.id.in_(chunk)).execute()
+            marks = ", ".join([self.db.param] * len(chunk))
+            self.db.execute_sql(f'DELETE FROM "instance" WHERE "id" IN ({marks})', chunk)
         self.rederive(study_ids, series_ids)
 
     def rederive(self, study_ids: Iterable[int], series_ids: Iterable[int]) -> None:
@@ -346,7 +360,7 @@ class IndexWrites(IndexReads):
                 .first()
             )
             if latest is None:
-                Series.delete().where(Series.id == series_id).execute()
+                self.db.execute_sql(f'DELETE FROM "series" WHERE "id" = {self.db.param}', (series_id,))
                 continue
             count = Instance.select().where(Instance.series == series_id).count()
             meta = json.loads(latest.metadata)
@@ -366,7 +380,7 @@ class IndexWrites(IndexReads):
                 .first()
             )
             if latest is None:
-                Study.delete().where(Study.id == study_id).execute()
+                self.db.execute_sql(f'DELETE FROM "study" WHERE "id" = {self.db.param}', (study_id,))
                 continue
             Study.update(
                 number_of_instances=Instance.select().where(Instance.study == study_id).count(),
@@ -381,7 +395,7 @@ class IndexWrites(IndexReads):
 def _modalities(study_id: int) -> str | None:
     """ModalitiesInStudy as a DICOM multi-value: the distinct modalities of its series."""
     rows = Series.select(Series.modality).where((Series.study == study_id) & Series.modality.is_null(False))
-    return "\\".join(sorted({r.modality for r in rows})) or None
+    return "\\".join(sorted({r.modality for r in rows if r.modality})) or None
 
 
 def _sop_classes(study_id: int) -> str | None:

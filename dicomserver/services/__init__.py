@@ -5,7 +5,7 @@ Each service is one blueprint registered once with the prefix
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, g, request
 
@@ -40,7 +40,7 @@ def register_services(app: Flask) -> None:
     def _close_index(_exc: BaseException | None) -> None:
         archive().index.close()
 
-    def unversioned(path: str = "") -> None:
+    def unversioned(path: str = "") -> NoReturn:
         raise NotFound(
             f"{request.path} is not served: DICOMweb routes need a version prefix, "
             f"e.g. /v2{request.path} (or /v1{request.path})"

@@ -77,7 +77,7 @@ def register_error_handlers(app: Flask) -> None:
         known = http_status(exc)
         if known is None:
             request_id = uuid.uuid4().hex
-            log.exception("unhandled error (request id %s)", request_id)
+            log.error("unhandled error (request id %s)", request_id, exc_info=exc)
             return text_response(500, f"internal server error (request id {request_id})")
         status, message = known
         if status >= 500:
