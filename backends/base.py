@@ -218,8 +218,6 @@ class BlobStore(abc.ABC):
 
     #: URL scheme that selects this backend in backends.BLOBSTORES.
     scheme: ClassVar[str]
-    #: Whether ranged reads are cheap (no need to read from the blob's start).
-    supports_range: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> BlobStore:
@@ -248,22 +246,8 @@ class BlobStore(abc.ABC):
 
         `end` is exclusive and clipped to the blob size, like slicing: a range
         past the end yields nothing. Raises BlobNotFound at the latest on the
-        first next(). Use read_range() when a short read must be an error.
+        first next().
         """
-
-    def read_range(self, key: str, start: int, length: int) -> bytes:
-        """Return exactly `length` bytes from `start`; BlobStoreError if the blob is shorter."""
-        validate_key(key)
-        if length < 0:
-            raise ValueError(f"length must be >= 0, got {length}")
-        check_range(start, start + length, COPY_CHUNK_SIZE)
-        data = b"".join(self.iter_bytes(key, start=start, end=start + length))
-        if len(data) != length:
-            raise BlobStoreError(
-                f"blob {_shorten(key)} is too short for bytes {start}..{start + length}: "
-                f"only {len(data)} of {length} bytes available"
-            )
-        return data
 
     @abc.abstractmethod
     def open(self, key: str) -> BinaryIO:

@@ -24,7 +24,7 @@ Why it looks the way it does:
   server's spooled STOW parts) is hashed in a first pass and the sha256 is
   stored as object metadata, where `stat` finds it. A non-seekable stream is
   uploaded in one pass and its `stat` has sha256=None (the contract allows it).
-* Reads are ranged GETs streamed off the socket (`iter_bytes`, `read_range`);
+* Reads are ranged GETs streamed off the socket (`iter_bytes`);
   `open` returns a buffered file object over ranged GETs pinned to the
   object's ETag, so pydicom can seek without the blob being downloaded or
   spooled, and a blob replaced mid-read fails instead of mixing versions.
@@ -128,7 +128,6 @@ class S3BlobStore(BlobStore):
     """
 
     scheme = "s3"
-    supports_range = True
     #: Keys per ListObjectsV2 request (S3's maximum; tests lower it to see paging).
     list_page_size = 1000
 

@@ -22,7 +22,7 @@ import enum
 import re
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "PartEnd",
     "PartStart",
     "iter_events",
-    "stream_parts",
 ]
 
 CRLF = b"\r\n"
@@ -545,17 +544,3 @@ class MultipartWriter:
 
     def _close(self, *, first: bool) -> bytes:
         return (b"" if first else CRLF) + self._dash_boundary + b"--" + CRLF
-
-
-def stream_parts(
-    parts: Iterable[tuple[Mapping[str, str], Iterable[bytes]]],
-    writer: MultipartWriter | None = None,
-) -> Iterator[bytes]:
-    """Yield a whole multipart body for (headers, body chunks) pairs, chunk by chunk."""
-    writer = writer or MultipartWriter()
-    for headers, chunks in parts:
-        yield writer.part_head(headers)
-        for chunk in chunks:
-            if chunk:
-                yield chunk
-    yield writer.close()

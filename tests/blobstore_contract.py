@@ -164,8 +164,6 @@ def call_method(store: BlobStore, method: str, key: object) -> object:
         return store.put(key, io.BytesIO(b"data"))  # type: ignore[arg-type]
     if method == "iter_bytes":
         return list(store.iter_bytes(key))  # type: ignore[arg-type]
-    if method == "read_range":
-        return store.read_range(key, 0, 1)  # type: ignore[arg-type]
     if method == "open":
         with store.open(key) as f:  # type: ignore[arg-type]
             return f.read()
@@ -328,23 +326,9 @@ class BlobStoreContract:
         with pytest.raises(ValueError):
             list(store.iter_bytes(key, **kwargs))
 
-    def test_read_range_returns_exact_bytes(self, store: BlobStore) -> None:
-        data = os.urandom(100_000)
-        key = new_key("blob")
-        store.put(key, io.BytesIO(data))
-        for start, length in [(0, 1), (0, 128), (4242, 30_000), (99_999, 1), (0, 100_000), (500, 0)]:
-            assert store.read_range(key, start, length) == data[start : start + length]
-
-    @pytest.mark.parametrize(("start", "length"), [(90, 11), (100, 1), (1000, 5)])
-    def test_read_range_past_end_fails(self, store: BlobStore, start: int, length: int) -> None:
-        key = new_key("blob")
-        store.put(key, io.BytesIO(os.urandom(100)))
-        with pytest.raises(BlobStoreError):
-            store.read_range(key, start, length)
-
     # -- missing keys, exists, delete -------------------------------------
 
-    @pytest.mark.parametrize("method", ["iter_bytes", "read_range", "open", "stat"])
+    @pytest.mark.parametrize("method", ["iter_bytes", "open", "stat"])
     def test_missing_key_raises_blob_not_found(self, store: BlobStore, method: str) -> None:
         key = new_key("missing")
         with pytest.raises(BlobNotFound) as raised:
@@ -413,7 +397,7 @@ class BlobStoreContract:
 
     @pytest.mark.parametrize(
         "method",
-        ["put", "iter_bytes", "read_range", "open", "stat", "exists", "delete", "local_path"],
+        ["put", "iter_bytes", "open", "stat", "exists", "delete", "local_path"],
     )
     @pytest.mark.parametrize("key", INVALID_KEYS)
     def test_invalid_keys_are_rejected(self, store: BlobStore, method: str, key: object) -> None:

@@ -449,7 +449,6 @@ def blob_operations(store: S3BlobStore, key: str) -> dict[str, Callable[[], obje
         "put": lambda: store.put(key, io.BytesIO(b"data")),
         "put-multipart": lambda: store.put(key, NonSeekableReader(os.urandom(PART_SIZE + 1))),  # type: ignore[arg-type]
         "iter_bytes": lambda: list(store.iter_bytes(key)),
-        "read_range": lambda: store.read_range(key, 0, 1),
         "open": lambda: store.open(key).read(),
         "stat": lambda: store.stat(key),
         "exists": lambda: store.exists(key),

@@ -24,13 +24,22 @@ from dicomserver.multipart import (
     PartEnd,
     PartStart,
     iter_events,
-    stream_parts,
 )
 
 CT_DICOM = {"content-type": "application/dicom"}
 
 
 # ----------------------------------------------------------------------- helpers
+
+
+def stream_parts(parts, writer):
+    """A whole multipart body for (headers, body chunks) pairs, chunk by chunk."""
+    for headers, chunks in parts:
+        yield writer.part_head(headers)
+        for chunk in chunks:
+            if chunk:
+                yield chunk
+    yield writer.close()
 
 
 def drain(reader, out):
