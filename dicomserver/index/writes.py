@@ -351,45 +351,43 @@ class IndexWrites(IndexReads):
         checked again here (searchable.py): which of them were valid is not stored.
         """
         for series_id in series_ids:
-            latest = (
-                Instance.select(Instance.id, InstanceMetadata.metadata)
-                .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
-                .where(Instance.series == series_id)
-                .order_by(Instance.id.desc())
-                .objects()
-                .first()
-            )
+            latest = self._latest_instance(Instance.series, series_id)
             if latest is None:
                 self.db.execute_sql(f'DELETE FROM "series" WHERE "id" = {self.db.param}', (series_id,))
                 continue
-            count = Instance.select().where(Instance.series == series_id).count()
-            meta = json.loads(latest.metadata)
+            latest_id, meta = latest
             Series.update(
-                number_of_instances=count,
-                latest_instance_id=latest.id,
+                number_of_instances=Instance.select().where(Instance.series == series_id).count(),
+                latest_instance_id=latest_id,
                 **series_columns(meta),
             ).where(Series.id == series_id).execute()
             self._set_request_attributes(series_id, meta)
         for study_id in study_ids:
-            latest = (
-                Instance.select(Instance.id, InstanceMetadata.metadata)
-                .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
-                .where(Instance.study == study_id)
-                .order_by(Instance.id.desc())
-                .objects()
-                .first()
-            )
+            latest = self._latest_instance(Instance.study, study_id)
             if latest is None:
                 self.db.execute_sql(f'DELETE FROM "study" WHERE "id" = {self.db.param}', (study_id,))
                 continue
+            latest_id, meta = latest
             Study.update(
                 number_of_instances=Instance.select().where(Instance.study == study_id).count(),
                 number_of_series=Series.select().where(Series.study == study_id).count(),
                 modalities_in_study=_modalities(study_id),
                 sop_classes_in_study=_sop_classes(study_id),
-                latest_instance_id=latest.id,
-                **study_columns(json.loads(latest.metadata)),
+                latest_instance_id=latest_id,
+                **study_columns(meta),
             ).where(Study.id == study_id).execute()
+
+    def _latest_instance(self, parent: pw.Field[Any], parent_id: int) -> tuple[int, DicomJson] | None:
+        """The newest instance of a series or study (by `parent`, its foreign key) and its DICOM JSON."""
+        row = (
+            Instance.select(Instance.id, InstanceMetadata.metadata)
+            .join(InstanceMetadata, on=(InstanceMetadata.instance == Instance.id))
+            .where(parent == parent_id)
+            .order_by(Instance.id.desc())
+            .tuples()
+            .first()
+        )
+        return None if row is None else (row[0], json.loads(row[1]))
 
 
 def _modalities(study_id: int) -> str | None:
