@@ -1,11 +1,23 @@
-"""Small synthetic DICOM instances for tests, built with pydicom (no fixtures on disk)."""
+"""DICOM instances built in code for tests, with pydicom (no fixtures on disk).
+
+`make_instance` builds small synthetic instances; `in_transfer_syntax`, `relabelled` and
+`jpeg_baseline` derive an instance from a real sample file (tests/dicom_samples.py names
+them) in a form pydicom's test data lacks.
+"""
 from __future__ import annotations
 
 import io
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -80,3 +92,65 @@ def multipart_body(parts: list[bytes], boundary: str = "BOUNDARY-1234", content_
             out += b"Content-Type: " + content_type.encode() + b"\r\n"
         out += b"\r\n" + part + b"\r\n"
     return out + b"--" + boundary.encode() + b"--\r\n"
+
+
+# -- derived from real files --------------------------------------------------------
+
+
+def in_transfer_syntax(ds: Dataset, transfer_syntax: str) -> bytes:
+    """An uncompressed instance re-encoded by pydicom in another uncompressed syntax.
+
+    Everything else stays as it is, UIDs included: the result is the same instance.
+    """
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, "Explicit VR Little Endian sources only"
+    assert transfer_syntax in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
+    ds = ds.copy()
+    ds.file_meta = FileMetaDataset(ds.file_meta)
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return to_bytes(ds)
+
+
+def relabelled(ds: Dataset, transfer_syntax: str) -> bytes:
+    """The same encapsulated codestreams under another transfer syntax that admits them.
+
+    For the JPEG processes whose streams are a subset of another's: a Process 1 (baseline)
+    stream is a valid Process 2/4 stream, a Process 14 Selection Value 1 stream a valid
+    Process 14 stream (any selection value).
+    """
+    admits = {
+        "1.2.840.10008.1.2.4.50": "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.70": "1.2.840.10008.1.2.4.57",
+    }
+    source = ds.file_meta.TransferSyntaxUID
+    assert admits.get(source) == transfer_syntax, (source, transfer_syntax)
+    ds = ds.copy()
+    ds.file_meta = FileMetaDataset(ds.file_meta)
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return to_bytes(ds)
+
+
+def jpeg_baseline(ds: Dataset, *, quality: int = 90, sop: str | None = None) -> bytes:
+    """An 8-bit single-frame MONOCHROME2 image compressed by libjpeg (Pillow) as JPEG Baseline.
+
+    The header is the source's, with a new SOP Instance UID (derived data) and the
+    Lossy Image Compression attributes PS3.3 C.7.6.1.1.5 asks for.
+    """
+    from PIL import Image
+
+    assert ds.BitsAllocated == 8 and ds.SamplesPerPixel == 1 and ds.get("NumberOfFrames", 1) in (1, "1")
+    assert ds.PhotometricInterpretation == "MONOCHROME2"
+    buffer = io.BytesIO()
+    Image.fromarray(ds.pixel_array.astype(np.uint8), mode="L").save(buffer, format="JPEG", quality=quality)
+    stream = buffer.getvalue()
+    assert stream[:2] == b"\xff\xd8" and b"\xff\xc0" in stream  # SOF0: baseline
+    out = ds.copy()
+    out.file_meta = FileMetaDataset(ds.file_meta)
+    out.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    out.SOPInstanceUID = sop or generate_uid(entropy_srcs=[ds.SOPInstanceUID, "jpeg_baseline", str(quality)])
+    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    out.PixelData = encapsulate([stream])
+    out["PixelData"].VR = "OB"
+    out.LossyImageCompression = "01"
+    out.LossyImageCompressionMethod = "ISO_10918_1"
+    out.LossyImageCompressionRatio = f"{ds.Rows * ds.Columns / len(stream):.2f}"[:16]
+    return to_bytes(out)

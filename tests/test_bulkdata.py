@@ -8,6 +8,7 @@ import pytest
 from pydicom.dataset import Dataset
 from requests_toolbelt import MultipartDecoder
 
+import dicom_samples as samples
 from dicom_factory import make_instance, to_bytes
 from dicom_samples import SERIES_GREEN_RED, SOP_RED, STUDY_UID, sample
 
@@ -88,10 +89,9 @@ def test_binary_elements_inline_or_bulk(client, binary_instance):
 
 
 def test_encapsulated_pixel_data_one_part_per_frame(client, store_file):
-    from pydicom.data import get_testdata_file
     from pydicom.encaps import generate_frames
 
-    path = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    path = sample("SC_rgb_rle_2frame.dcm")
     store_file(path)
     ds = pydicom.dcmread(path)
     url = f"/v1/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
@@ -102,8 +102,15 @@ def test_encapsulated_pixel_data_one_part_per_frame(client, store_file):
     assert client.get(url + "/bulkdata/7FE00010", headers={"Accept": "application/octet-stream"}).status_code == 406
 
 
-def test_implicit_vr_offsets(client, store_file):
-    path = sample("misc/case1_008.dcm")
+@pytest.mark.parametrize(
+    "name, other_bulk",
+    [
+        (samples.MR_IMPLICIT_WINDOWED, 0),  # 16-bit MR: only Pixel Data is bulk
+        ("gdcm-US-ALOKA-16.dcm", 3),  # and three segmented palette LUTs (OW, 55-114 KB each)
+    ],
+)
+def test_implicit_vr_offsets(client, store_file, name, other_bulk):
+    path = sample(name)
     store_file(path)
     ds = pydicom.dcmread(path)
     url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
@@ -111,10 +118,11 @@ def test_implicit_vr_offsets(client, store_file):
     assert meta["7FE00010"]["vr"] == "OW"
     data = client.get(relative(meta["7FE00010"]["BulkDataURI"]), headers={"Accept": "application/octet-stream"}).data
     assert data == ds.PixelData
-    for key, element in meta.items():  # every bulk URI resolves to the element's bytes
-        if "BulkDataURI" in element and key != "7FE00010":
-            got = client.get(relative(element["BulkDataURI"]), headers={"Accept": "application/octet-stream"})
-            assert got.data == ds[int(key, 16)].value
+    others = [key for key, element in meta.items() if "BulkDataURI" in element and key != "7FE00010"]
+    assert len(others) == other_bulk
+    for key in others:  # every bulk URI resolves to the element's bytes
+        got = client.get(relative(meta[key]["BulkDataURI"]), headers={"Accept": "application/octet-stream"})
+        assert got.data == ds[int(key, 16)].value
 
 
 def test_bulk_uris_in_qido_and_changefeed(client, binary_instance):

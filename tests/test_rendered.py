@@ -10,10 +10,10 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 
 from dicomserver import ConfigError, Settings, render
 
+import dicom_samples as samples
 from dicom_factory import make_instance, to_bytes
 from dicom_samples import SERIES_BLUE, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID, sample
 
@@ -112,7 +112,7 @@ def test_study_and_series_use_a_representative_instance(client, tutorial):
 
 
 def test_representative_skips_instances_without_pixel_data(client, stored):
-    sr = pydicom.dcmread(get_testdata_file("reportsi.dcm"))
+    sr = pydicom.dcmread(sample("reportsi.dcm"))
     study = sr.StudyInstanceUID
     image = make_instance(study=study, rows=8, columns=8, SeriesNumber=2)
     sr.SeriesNumber = 1  # the first series by number holds only a report
@@ -244,9 +244,9 @@ def test_quality_changes_the_jpeg(client, tutorial):
 
 
 def test_window_changes_a_grayscale_rendering(client, stored):
-    url = stored(sample("misc/case1_008.dcm"))  # 16-bit MR with a window in the file
+    url = stored(sample(samples.MR_IMPLICIT_WINDOWED))  # 16-bit MR with a window in the file
     default = image_of(client.get(f"{url}/rendered?accept=image/png"))
-    assert default.mode == "L" and default.size == (512, 512)
+    assert default.mode == "L" and default.size == (64, 64)
     narrow = np.asarray(image_of(client.get(f"{url}/rendered?accept=image/png&window=500,100,linear")))
     wide = np.asarray(image_of(client.get(f"{url}/rendered?accept=image/png&window=1000,20000,linear-exact")))
     base = np.asarray(default)
@@ -269,7 +269,7 @@ def test_annotation_is_ignored_with_a_warning_and_iccprofile_silently(client, tu
 
 @pytest.mark.parametrize("name,frames", [("rtdose.dcm", 15), ("SC_rgb_rle_2frame.dcm", 2)])
 def test_multiframe(client, stored, name, frames):
-    url = stored(get_testdata_file(name))
+    url = stored(sample(name))
     first = np.asarray(image_of(client.get(f"{url}/frames/1/rendered?accept=image/png")))
     second = np.asarray(image_of(client.get(f"{url}/frames/2/rendered?accept=image/png")))
     assert first.shape == second.shape and not np.array_equal(first, second)
@@ -282,7 +282,7 @@ def test_multiframe(client, stored, name, frames):
 
 
 def test_ybr_multiframe_comes_out_rgb(client, stored):
-    path = get_testdata_file("examples_ybr_color.dcm")  # YBR_FULL_422 JPEG baseline, 30 frames
+    path = sample("examples_ybr_color.dcm")  # YBR_FULL_422 JPEG baseline, 30 frames
     url = stored(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -313,7 +313,7 @@ def test_unknown_and_malformed_uids(client, tutorial):
 
 
 def test_undecodable_instance_is_406_naming_the_transfer_syntax(client, stored):
-    path = get_testdata_file("JPEG-lossy.dcm")  # 12-bit JPEG Extended: no installed plugin decodes it
+    path = sample("JPEG-lossy.dcm")  # 12-bit JPEG Extended: no installed plugin decodes it
     if decodable(path):
         pytest.skip("a codec for 12-bit JPEG Extended is installed here")
     url = stored(path)
@@ -323,7 +323,7 @@ def test_undecodable_instance_is_406_naming_the_transfer_syntax(client, stored):
 
 
 def test_missing_codec_is_406(client, stored, monkeypatch):
-    url = stored(sample("transcoding/JPEG2000Lossless.dcm"))
+    url = stored(sample(samples.J2K_LOSSLESS))
 
     class Unavailable:
         is_available = False

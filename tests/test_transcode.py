@@ -1,9 +1,9 @@
 """transcode.py: the conversion matrix, pixel equality after lossless round trips, frames.
 
 Pixel data is compared as decoded by pydicom. Sources that are lossless (native, RLE,
-deflate, the transcoder/ decode pairs) must come back exactly; lossy sources must
-come back exactly as pydicom decodes them (re-encoding is lossless), and close to
-the uncompressed original.
+deflate, JPEG lossless, reversible JPEG 2000, the decode pairs) must come back exactly;
+lossy sources must come back exactly as pydicom decodes them (re-encoding is lossless),
+and close to the uncompressed original. tests/dicom_samples.py names the files.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pack_bits
 from pydicom.uid import (
@@ -29,6 +28,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+import dicom_samples as samples
 from dicom_factory import make_instance, to_bytes
 from dicom_samples import sample
 from dicomserver import transcode
@@ -38,17 +38,38 @@ from dicomserver.transcode import can_transcode, transcode_frames, transcode_ins
 TARGETS = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, HTJ2KLossless, JPEGLSLossless, RLELossless]
 COMPRESSED_TARGETS = [JPEG2000Lossless, HTJ2KLossless, JPEGLSLossless, RLELossless]
 
-#: transcoding/*: the uncompressed image in 9 syntaxes; these decode exactly to it.
+#: (source, reference): each source decodes exactly to its reference's pixels. Two images,
+#: each in several syntaxes: pydicom's RGB colour bars (SC_rgb*) and its 16-bit signed MR
+#: (MR_small*); plus NEMA's reversible JPEG 2000 image and a deflated file read against
+#: pydicom's own inflate.
 EXACT_SOURCES = [
-    "ExplicitVRLittleEndian.dcm",
-    "ImplicitVRLittleEndian.dcm",
-    "ExplicitVRBigEndian.dcm",
-    "DeflatedExplicitVRLittleEndian.dcm",
-    "RLELossless.dcm",
+    (samples.RGB_NATIVE, samples.RGB_NATIVE),
+    (samples.RGB_IMPLICIT, samples.RGB_NATIVE),
+    (samples.RGB_BIG_ENDIAN, samples.RGB_NATIVE),
+    (samples.RGB_DEFLATED, samples.RGB_NATIVE),
+    (samples.RGB_RLE, samples.RGB_NATIVE),
+    (samples.RGB_JPEG_LOSSLESS_SV1, samples.RGB_NATIVE),
+    ("MR_small.dcm", "MR_small.dcm"),
+    ("MR_small_implicit.dcm", "MR_small.dcm"),
+    ("MR_small_bigendian.dcm", "MR_small.dcm"),
+    ("MR_small_RLE.dcm", "MR_small.dcm"),
+    ("MR_small_jp2klossless.dcm", "MR_small.dcm"),
+    ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),
+    (samples.J2K_LOSSLESS, "US1_UNCR.dcm"),
+    ("image_dfl.dcm", "image_dfl.dcm"),
 ]
-#: ... and these do not (lossy, or a mislabelled colour space; see shared/dicom/README.md).
-OTHER_SOURCES = ["JPEG2000Lossless.dcm", "JPEG2000Lossy.dcm", "JPEGProcess1.dcm", "JPEGProcess2_4.dcm"]
-LOSSY_SOURCES = {"JPEG2000Lossy.dcm", "JPEGProcess1.dcm", "JPEGProcess2_4.dcm"}
+#: ... and these do not (lossy, chroma-subsampled, or RGB in the JPEG stream):
+#: (source, reference, largest difference allowed). The reference is the uncompressed
+#: original where the loss is small (the bound is the measured maximum), else the file's
+#: decompressed counterpart in pydicom's test data (NEMA's for US1_J2KI).
+OTHER_SOURCES = [
+    (samples.RGB_JPEG_BASELINE, samples.RGB_NATIVE, samples.RGB_JPEG_BASELINE_MAX_DIFF),
+    (samples.RGB_JPEG_EXTENDED, samples.RGB_NATIVE, samples.RGB_JPEG_BASELINE_MAX_DIFF),
+    (samples.RGB_JPEG_BASELINE_NO_TRANSFORM, samples.RGB_NATIVE, 2),
+    (samples.RGB_JPEG_BASELINE_422, "SC_rgb_dcmtk_ebcynp_dcmd.dcm", 3),  # 77 off the original
+    (samples.RGB_J2K_91_EXACT, samples.RGB_NATIVE, 0),
+    ("US1_J2KI.dcm", "US1_UNCI.dcm", 0),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +91,8 @@ def decoded(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
-def reference() -> np.ndarray:
-    return decoded(pydicom.dcmread(sample("transcoding/ExplicitVRLittleEndian.dcm")))
+def reference(name: str = samples.RGB_NATIVE) -> np.ndarray:
+    return decoded(pydicom.dcmread(sample(name)))
 
 
 def check_output(out: pydicom.Dataset, source: pydicom.Dataset, target: str) -> None:
@@ -126,38 +147,40 @@ def test_capabilities_are_logged(caplog):
     assert HTJ2KLossless in caplog.text and JPEG2000Lossless in caplog.text
 
 
-# -- the matrix over shared/dicom/transcoding -------------------------------------
+# -- the matrix: each image in several syntaxes, to each target -------------------
+
+
+def _id(case) -> str | None:
+    return Path(case).name if isinstance(case, str) else None
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("name", EXACT_SOURCES)
-def test_lossless_sources_round_trip_exactly(name, target):
-    path = sample(f"transcoding/{name}")
+@pytest.mark.parametrize("name, original", EXACT_SOURCES, ids=_id)
+def test_lossless_sources_round_trip_exactly(name, original, target):
+    path = sample(name)
     source = pydicom.dcmread(path)
     out = run(path.read_bytes(), target)
     check_output(out, source, target)
-    assert np.array_equal(decoded(out), reference())
-    assert out.LossyImageCompression == source.LossyImageCompression  # not touched
+    assert np.array_equal(decoded(out), reference(original))
+    assert out.get("LossyImageCompression") == source.get("LossyImageCompression")  # not touched
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("name", OTHER_SOURCES)
-def test_other_sources_keep_their_decoded_pixels(name, target):
-    path = sample(f"transcoding/{name}")
+@pytest.mark.parametrize("name, original, max_diff", OTHER_SOURCES, ids=_id)
+def test_other_sources_keep_their_decoded_pixels(name, original, max_diff, target):
+    path = sample(name)
     source = pydicom.dcmread(path)
     out = run(path.read_bytes(), target)
     check_output(out, source, target)
     got, expected = decoded(out), decoded(source)
-    assert got.shape == expected.shape == reference().shape and got.dtype == expected.dtype == np.uint8
+    assert got.shape == expected.shape == reference(original).shape and got.dtype == expected.dtype == np.uint8
     assert np.array_equal(got, expected)  # the re-encoding adds no loss of its own
-    if name in LOSSY_SOURCES:
-        assert out.LossyImageCompression == "01"
-    if name == "JPEGProcess1.dcm":
-        assert np.abs(got.astype(int) - reference().astype(int)).max() <= 3
+    assert out.LossyImageCompression == "01"  # every one of them is lossy-coded, or says so
+    assert np.abs(got.astype(int) - reference(original).astype(int)).max() <= max_diff
 
 
 def test_lossy_source_without_the_attribute_is_marked_lossy():
-    source = pydicom.dcmread(sample("transcoding/JPEGProcess1.dcm"))
+    source = pydicom.dcmread(sample(samples.RGB_JPEG_BASELINE))
     del source.LossyImageCompression
     del source.LossyImageCompressionMethod
     out = run(to_bytes(source), JPEG2000Lossless)
@@ -167,8 +190,8 @@ def test_lossy_source_without_the_attribute_is_marked_lossy():
 
 def test_big_endian_header_and_pixels_become_little_endian():
     for big, little in (
-        (sample("transcoding/ExplicitVRBigEndian.dcm"), sample("transcoding/ExplicitVRLittleEndian.dcm")),
-        (get_testdata_file("MR_small_bigendian.dcm"), get_testdata_file("MR_small.dcm")),
+        (sample(samples.RGB_BIG_ENDIAN), sample(samples.RGB_NATIVE)),
+        (sample("MR_small_bigendian.dcm"), sample("MR_small.dcm")),
     ):
         out = run(Path(big).read_bytes(), ExplicitVRLittleEndian)
         expected = pydicom.dcmread(little)
@@ -179,7 +202,7 @@ def test_big_endian_header_and_pixels_become_little_endian():
 
 
 def test_implicit_target_writes_implicit_vr():
-    path = sample("transcoding/RLELossless.dcm")
+    path = sample(samples.RGB_RLE)
     with transcode_instance(io.BytesIO(path.read_bytes()), ImplicitVRLittleEndian) as out:
         data = out.read()
     ds = pydicom.dcmread(io.BytesIO(data))
@@ -187,37 +210,28 @@ def test_implicit_target_writes_implicit_vr():
     assert np.array_equal(ds.pixel_array, reference())
     # (7FE0,0010) followed directly by a 4-byte length, no VR.
     at = data.index(b"\xe0\x7f\x10\x00")
-    assert struct.unpack("<L", data[at + 4 : at + 8])[0] == 434 * 636 * 3
+    assert struct.unpack("<L", data[at + 4 : at + 8])[0] == 100 * 100 * 3
 
 
-# -- shared/dicom/transcoder pairs ------------------------------------------------
+# -- decode pairs: a compressed file and its uncompressed counterpart -------------
 
 
-@pytest.mark.parametrize(
-    "case, tolerance",
-    [
-        ("FromJPEG2000Lossless", 0),
-        ("FromJPEG2000Lossy", 0),
-        ("FromJPEGProcess14", 0),
-        ("FromJPEGProcess14SV1", 0),
-        ("FromRLELossless", 0),
-        ("FromJPEGProcess1", 3),
-    ],
-)
-def test_transcoder_decode_pairs(case, tolerance):
-    source = sample(f"transcoder/decode-{case}-input.dcm")
-    expected = pydicom.dcmread(sample(f"transcoder/decode-{case}-expected.dcm"))
+@pytest.mark.parametrize("case", list(samples.DECODE_PAIRS))
+def test_transcoder_decode_pairs(case):
+    source_name, expected_name, tolerance = samples.DECODE_PAIRS[case]
+    source = sample(source_name)
+    expected = pydicom.dcmread(sample(expected_name))
     out = run(source.read_bytes(), ExplicitVRLittleEndian)
     check_output(out, pydicom.dcmread(source), ExplicitVRLittleEndian)
     assert out.PhotometricInterpretation == expected.PhotometricInterpretation == "RGB"
     diff = np.abs(decoded(out).astype(int) - decoded(expected).astype(int)).max()
     assert diff <= tolerance
-    assert len(out.PixelData) == len(expected.PixelData) == 256 * 256 * 3
+    assert len(out.PixelData) == len(expected.PixelData) == expected.Rows * expected.Columns * 3
 
 
 def test_transcoder_encode_pair_to_jpeg2000_lossless():
-    source = sample("transcoder/encode-ToJPEG2000Lossless-input.dcm")
-    expected = pydicom.dcmread(sample("transcoder/encode-ToJPEG2000Lossless-expected.dcm"))
+    source = sample(samples.ENCODE_J2K_INPUT)
+    expected = pydicom.dcmread(sample(samples.ENCODE_J2K_EXPECTED))
     out = run(source.read_bytes(), JPEG2000Lossless)
     assert out.file_meta.TransferSyntaxUID == expected.file_meta.TransferSyntaxUID
     assert out.PhotometricInterpretation == expected.PhotometricInterpretation == "YBR_RCT"
@@ -233,7 +247,7 @@ def test_transcoder_encode_pair_to_jpeg2000_lossless():
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "SC_rgb_rle_2frame.dcm"])
 def test_multiframe_files(name, target):
-    path = get_testdata_file(name)
+    path = sample(name)
     source = pydicom.dcmread(path)
     out = run(Path(path).read_bytes(), target)
     check_output(out, source, target)
@@ -250,7 +264,7 @@ def test_multiframe_files(name, target):
 
 @pytest.mark.parametrize("target", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless])
 def test_rtdose_32_bit_multiframe(target):
-    path = get_testdata_file("rtdose.dcm")
+    path = sample("rtdose.dcm")
     source = pydicom.dcmread(path)
     out = run(Path(path).read_bytes(), target)
     check_output(out, source, target)
@@ -261,13 +275,13 @@ def test_rtdose_32_bit_multiframe(target):
 @pytest.mark.parametrize("target", [HTJ2KLossless, JPEGLSLossless, RLELossless])
 def test_rtdose_32_bit_cannot_be_encoded_in_16_bit_codecs(target):
     with pytest.raises(NotAcceptable) as info:
-        run(Path(get_testdata_file("rtdose.dcm")).read_bytes(), target)
+        run(Path(sample("rtdose.dcm")).read_bytes(), target)
     assert ImplicitVRLittleEndian in info.value.message and target in info.value.message
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_signed_16_bit_and_its_own_htj2k_output_as_a_source(target):
-    source = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    source = pydicom.dcmread(sample("MR_small.dcm"))
     assert source.PixelRepresentation == 1
     htj2k = run(to_bytes(source), HTJ2KLossless)
     assert np.array_equal(decoded(htj2k), decoded(source))
@@ -278,14 +292,14 @@ def test_signed_16_bit_and_its_own_htj2k_output_as_a_source(target):
 
 def test_tiny_images_encode_too():
     # OpenJPEG's default of 6 resolution levels fails below 32 pixels a side.
-    source = pydicom.dcmread(get_testdata_file("SC_rgb_small_odd.dcm"))
+    source = pydicom.dcmread(sample("SC_rgb_small_odd.dcm"))
     for target in (JPEG2000Lossless, HTJ2KLossless, RLELossless):
         assert np.array_equal(decoded(run(to_bytes(source), target)), decoded(source))
 
 
 def test_jpeg2000_falls_back_to_pydicom_encoder_without_imagecodecs(monkeypatch):
     monkeypatch.setattr(transcode, "_imagecodecs", lambda: None)
-    source = pydicom.dcmread(sample("transcoder/encode-ToJPEG2000Lossless-input.dcm"))
+    source = pydicom.dcmread(sample(samples.ENCODE_J2K_INPUT))
     out = run(to_bytes(source), JPEG2000Lossless)
     assert out.PhotometricInterpretation == "YBR_RCT"
     assert np.array_equal(decoded(out), decoded(source))
@@ -334,7 +348,7 @@ def test_instance_without_pixel_data_only_changes_its_encoding():
 
 
 def test_corrupt_codestream_is_not_acceptable_naming_both_syntaxes():
-    source = pydicom.dcmread(sample("transcoding/JPEG2000Lossless.dcm"))
+    source = pydicom.dcmread(sample(samples.J2K_LOSSLESS))
     (frame,) = generate_frames(source.PixelData, number_of_frames=1)
     source.PixelData = pydicom.encaps.encapsulate([frame[:200] + b"\x00" * 200])
     with pytest.raises(NotAcceptable) as info:
@@ -344,19 +358,19 @@ def test_corrupt_codestream_is_not_acceptable_naming_both_syntaxes():
 
 
 def test_spool_goes_to_disk_above_the_memory_size(tmp_path):
-    path = sample("transcoding/RLELossless.dcm")
+    path = sample(samples.RGB_RLE)  # 2 KB stored, 30 KB decoded
     out = transcode_instance(io.BytesIO(path.read_bytes()), ExplicitVRLittleEndian,
                              spool_memory_bytes=1024, spool_dir=str(tmp_path))
     with out:
         assert out._rolled  # on disk, in the configured directory
-        assert len(out.read()) > 800_000
+        assert len(out.read()) > 100 * 100 * 3
 
 
 # -- frames -----------------------------------------------------------------------
 
 
 def test_frames_decoded_to_native_in_the_order_asked():
-    path = get_testdata_file("examples_ybr_color.dcm")
+    path = sample("examples_ybr_color.dcm")
     expected = decoded(pydicom.dcmread(path))
     with open(path, "rb") as fp:
         got = list(transcode_frames(fp, [30, 1, 7], ExplicitVRLittleEndian))
@@ -366,7 +380,7 @@ def test_frames_decoded_to_native_in_the_order_asked():
 
 @pytest.mark.parametrize("target", COMPRESSED_TARGETS)
 def test_frames_reencoded(target):
-    path = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    path = sample("SC_rgb_rle_2frame.dcm")
     source = pydicom.dcmread(path)
     with open(path, "rb") as fp:
         (second,) = transcode_frames(fp, [2], target)
@@ -381,8 +395,8 @@ def test_frames_reencoded(target):
 
 
 def test_frames_of_deflated_and_big_endian_instances():
-    for name in ("DeflatedExplicitVRLittleEndian.dcm", "ExplicitVRBigEndian.dcm"):
-        with open(sample(f"transcoding/{name}"), "rb") as fp:
+    for name in (samples.RGB_DEFLATED, samples.RGB_BIG_ENDIAN):
+        with open(sample(name), "rb") as fp:
             (frame,) = transcode_frames(fp, [1], ExplicitVRLittleEndian)
         assert frame == reference().tobytes()
     ds, pixels = bit_packed(DeflatedExplicitVRLittleEndian)

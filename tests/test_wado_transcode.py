@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -20,6 +19,7 @@ from pydicom.uid import (
 )
 from requests_toolbelt import MultipartDecoder
 
+import dicom_samples as samples
 from dicom_factory import make_instance, to_bytes
 from dicom_samples import sample
 
@@ -85,7 +85,7 @@ def compressed(ds: pydicom.Dataset, syntax: str) -> pydicom.Dataset:
     ],
 )
 def test_instance_in_each_target(client, stored, target, photometric):
-    ds = stored(sample("transcoding/ExplicitVRLittleEndian.dcm"))
+    ds = stored(sample(samples.RGB_NATIVE))
     single = client.get(url_of(ds), headers={"Accept": f"application/dicom; transfer-syntax={target}"})
     assert single.status_code == 200, single.data
     assert single.headers["Content-Type"] == f"application/dicom; transfer-syntax={target}"
@@ -105,18 +105,18 @@ def test_instance_in_each_target(client, stored, target, photometric):
 
 @pytest.mark.parametrize(
     "name",
-    ["RLELossless.dcm", "ExplicitVRBigEndian.dcm", "DeflatedExplicitVRLittleEndian.dcm", "JPEGProcess1.dcm"],
+    [samples.RGB_RLE, samples.RGB_BIG_ENDIAN, samples.RGB_DEFLATED, samples.RGB_JPEG_BASELINE],
 )
 def test_stored_syntaxes_served_as_explicit_little_endian(client, stored, name):
-    ds = stored(sample(f"transcoding/{name}"))
+    ds = stored(sample(name))
     response = client.get(url_of(ds), headers={"Accept": "application/dicom"})
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
     got = parse(response.data)
     assert np.array_equal(got.pixel_array, ds.pixel_array)
-    assert len(got.PixelData) == 434 * 636 * 3
+    assert len(got.PixelData) == 100 * 100 * 3
     as_stored = client.get(url_of(ds), headers={"Accept": "application/dicom; transfer-syntax=*"})
-    assert as_stored.data == sample(f"transcoding/{name}").read_bytes()
+    assert as_stored.data == sample(name).read_bytes()
 
 
 def test_multi_instance_study_with_mixed_syntaxes(client, store_file, tmp_path):
@@ -160,7 +160,7 @@ def test_multi_instance_study_with_mixed_syntaxes(client, store_file, tmp_path):
 
 
 def test_q_values_fall_back_to_what_can_be_produced(client, stored):
-    ds = stored(sample("transcoding/RLELossless.dcm"))
+    ds = stored(sample(samples.RGB_RLE))
     accept = f"application/dicom; transfer-syntax={MPEG2}, application/dicom; transfer-syntax={HTJ2KLossless}; q=0.5"
     response = client.get(url_of(ds), headers={"Accept": accept})
     assert response.status_code == 200
@@ -168,7 +168,7 @@ def test_q_values_fall_back_to_what_can_be_produced(client, stored):
 
 
 def test_impossible_target_is_406_naming_both_syntaxes(client, stored):
-    ds = stored(sample("transcoding/RLELossless.dcm"))
+    ds = stored(sample(samples.RGB_RLE))
     response = client.get(url_of(ds), headers={"Accept": f"application/dicom; transfer-syntax={MPEG2}"})
     assert response.status_code == 406
     assert MPEG2.encode() in response.data and RLELossless.encode() in response.data
@@ -178,14 +178,14 @@ def test_impossible_target_is_406_naming_both_syntaxes(client, stored):
 
 
 def test_too_large_to_transcode_is_406_and_star_still_works(client, app, stored):
-    ds = stored(sample("transcoding/RLELossless.dcm"))
+    ds = stored(sample(samples.RGB_RLE))  # 2,006 bytes stored
     server = app.extensions["dicomserver"]
-    server.settings = dataclasses.replace(server.settings, max_transcode_bytes=100_000)
+    server.settings = dataclasses.replace(server.settings, max_transcode_bytes=20_000)
     response = client.get(url_of(ds), headers={"Accept": "application/dicom"})
     assert response.status_code == 406
     assert b"too large to transcode" in response.data and b"transfer-syntax=*" in response.data
     frame = client.get(url_of(ds) + "/frames/1", headers={"Accept": OCTET})
-    assert frame.status_code == 406  # one decoded frame is 828,072 bytes
+    assert frame.status_code == 406  # one decoded frame is 30,000 bytes
     assert client.get(url_of(ds), headers={"Accept": "application/dicom; transfer-syntax=*"}).status_code == 200
     assert client.get(url_of(ds) + "/frames/1", headers={"Accept": OCTET + "; transfer-syntax=*"}).status_code == 200
 
@@ -207,7 +207,7 @@ def test_bit_packed_instance_cannot_be_compressed(client, store_file, tmp_path):
 
 
 def test_compressed_frames_decode_to_native_by_default(client, stored):
-    ds = stored(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    ds = stored(sample("SC_rgb_rle_2frame.dcm"))
     url = url_of(ds) + "/frames/2,1"
     for accept in (OCTET, OCTET + f"; transfer-syntax={ExplicitVRLittleEndian}"):
         response = client.get(url, headers={"Accept": accept})
@@ -224,10 +224,10 @@ def test_compressed_frames_decode_to_native_by_default(client, stored):
 
 
 def test_jpeg_baseline_frame_decoded_to_native(client, stored):
-    ds = stored(sample("misc/XRJPEGProcess1.dcm"))
+    ds = stored(sample(samples.MONO8_JPEG_BASELINE))
     response = client.get(url_of(ds) + "/frames/1", headers={"Accept": "application/octet-stream"})
     assert response.status_code == 200
-    assert len(response.data) == 1024 * 1024
+    assert len(response.data) == 768 * 1024
     assert response.data == ds.pixel_array.tobytes()
 
 
@@ -241,7 +241,7 @@ def test_jpeg_baseline_frame_decoded_to_native(client, stored):
     ],
 )
 def test_frames_in_compressed_media_types(client, stored, media_type, syntax, photometric):
-    ds = stored(sample("transcoding/ExplicitVRLittleEndian.dcm"))
+    ds = stored(sample(samples.RGB_NATIVE))
     url = url_of(ds) + "/frames/1"
     for accept in (f'multipart/related; type="{media_type}"', media_type, f"{media_type}; transfer-syntax={syntax}"):
         response = client.get(url, headers={"Accept": accept})
@@ -255,7 +255,7 @@ def test_frames_in_compressed_media_types(client, stored, media_type, syntax, ph
         if syntax in (JPEG2000Lossless, HTJ2KLossless):
             assert data.startswith(b"\xff\x4f\xff\x51")  # a J2K codestream
         # Decode the frame as a one-frame dataset of that syntax.
-        frame = pydicom.dcmread(sample("transcoding/ExplicitVRLittleEndian.dcm"))
+        frame = pydicom.dcmread(sample(samples.RGB_NATIVE))
         frame.file_meta.TransferSyntaxUID = syntax
         frame.PhotometricInterpretation = photometric
         frame.PixelData = encapsulate([data])
@@ -263,14 +263,14 @@ def test_frames_in_compressed_media_types(client, stored, media_type, syntax, ph
 
 
 def test_image_media_types_serve_matching_stored_frames_as_they_are(client, stored):
-    j2k = stored(sample("transcoding/JPEG2000Lossless.dcm"))
+    j2k = stored(sample(samples.J2K_LOSSLESS))
     (fragment,) = generate_frames(j2k.PixelData, number_of_frames=1)
     for accept in ('multipart/related; type="image/jp2"', 'multipart/related; type="image/jp2"; transfer-syntax=*'):
         (part,) = parts(client.get(url_of(j2k) + "/frames/1", headers={"Accept": accept}))
         assert part.content == fragment
         assert part.headers[b"Content-Type"] == f"image/jp2; transfer-syntax={JPEG2000Lossless}".encode()
 
-    jpeg = stored(sample("misc/XRJPEGProcess1.dcm"))
+    jpeg = stored(sample(samples.MONO8_JPEG_BASELINE))
     (fragment,) = generate_frames(jpeg.PixelData, number_of_frames=1)
     response = client.get(url_of(jpeg) + "/frames/1", headers={"Accept": "image/jpeg"})
     assert response.status_code == 200
@@ -279,7 +279,7 @@ def test_image_media_types_serve_matching_stored_frames_as_they_are(client, stor
 
 
 def test_image_media_types_that_cannot_be_produced_are_406(client, stored):
-    ds = stored(sample("transcoding/ExplicitVRLittleEndian.dcm"))
+    ds = stored(sample(samples.RGB_NATIVE))
     url = url_of(ds) + "/frames/1"
     # No JPEG encoder (lossy encoding is never done); '*' would label native data image/jp2.
     for accept in ("image/jpeg", 'multipart/related; type="image/jp2"; transfer-syntax=*', "image/jpx"):
@@ -293,8 +293,9 @@ def test_image_media_types_that_cannot_be_produced_are_406(client, stored):
 
 
 def test_frames_of_deflated_and_big_endian_instances(client, store_file):
-    reference = pydicom.dcmread(sample("transcoding/ExplicitVRLittleEndian.dcm")).pixel_array.tobytes()
-    deflated = sample("transcoding/DeflatedExplicitVRLittleEndian.dcm")
+    # One image, one set of UIDs: the deflated instance is deleted before the big endian one is stored.
+    reference = pydicom.dcmread(sample(samples.RGB_NATIVE)).pixel_array.tobytes()
+    deflated = sample(samples.RGB_DEFLATED)
     assert store_file(deflated).status_code in (200, 202)
     ds = pydicom.dcmread(deflated, stop_before_pixels=True)
     for accept in (OCTET, OCTET + "; transfer-syntax=*"):
@@ -306,10 +307,17 @@ def test_frames_of_deflated_and_big_endian_instances(client, store_file):
     assert named.status_code == 406
     assert client.delete(url_of(ds)).status_code == 204
 
-    big = sample("transcoding/ExplicitVRBigEndian.dcm")
+    big = sample(samples.RGB_BIG_ENDIAN)
     assert store_file(big).status_code in (200, 202)
     (part,) = parts(client.get(url_of(ds) + "/frames/1", headers={"Accept": OCTET}))
     assert part.content == reference
+
+    # A deflated file not written by pydicom (8-bit monochrome) decodes as pydicom inflates it.
+    other = sample("image_dfl.dcm")
+    assert store_file(other).status_code in (200, 202)
+    ds = pydicom.dcmread(other)
+    (part,) = parts(client.get(url_of(ds) + "/frames/1", headers={"Accept": OCTET}))
+    assert part.content == ds.pixel_array.tobytes()
 
 
 def test_frame_of_instance_without_pixel_data_is_404(client, store_file, tmp_path):

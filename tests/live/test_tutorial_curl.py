@@ -28,7 +28,7 @@ import pytest
 import requests
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
-from dicom_samples import DICOM_DIR, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID
+from dicom_samples import DATA_DIR, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID
 from tutorial_common import (
     FILE_OF,
     TAG_RETRIEVE_URL,
@@ -82,7 +82,7 @@ class Flow:
             command.replace("{Service URL}", self.server_url)
             .replace("{version}", self.version)
             .replace("{token value}", TOKEN)
-            .replace("{path-to-dicoms}", str(DICOM_DIR))
+            .replace("{path-to-dicoms}", str(DATA_DIR))
         )
         argv = shlex.split(text)
         assert argv[0] == "curl", argv

@@ -1,6 +1,6 @@
 """End-to-end: the Python `requests` tutorials, replayed request by request against a live server.
 
-Sources (in ../shared/seeds):
+Sources (the tutorial texts, numbered as the project's seeds):
 - 000 "Using DICOMweb Standard APIs with Python" (Medical Imaging Server for DICOM), and
   002, its Chinese translation (the very same requests): no Authorization header.
 - 003 "Use DICOMweb Standard APIs with Python" (Azure Health Data Services): the same
