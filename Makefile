@@ -74,7 +74,7 @@ dev: install
 ## both run, and any finding of either fails
 lint: install-lint
 	@status=0; \
-	$(BIN)/ruff check dicomserver backends bench wsgi.py setup.py || status=1; \
+	$(BIN)/ruff check dicomserver backends bench tests wsgi.py setup.py || status=1; \
 	$(BIN)/mypy || status=1; \
 	exit $$status
 

@@ -20,7 +20,7 @@ import io
 import os
 import threading
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -145,7 +145,7 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
         try:
             barrier.wait()
             target()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=wrap, args=(t,)) for t in targets]

@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from dicomserver import Settings, create_app
-
 from dicom_samples import STUDY_UID, sample
 from pg_fixtures import postgres, truncate_all  # noqa: F401  (fixture)
 from s3_fixtures import empty_bucket, moto_s3, new_bucket  # noqa: F401  (fixture)
+
+from dicomserver import Settings, create_app
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

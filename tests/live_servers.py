@@ -65,7 +65,7 @@ def start_server(
         }
     )
     environment.update(env or {})
-    log_file = open(log_path, "wb")
+    log_file = open(log_path, "wb")  # noqa: SIM115 - the server writes to it after this returns
     process = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn",

@@ -120,3 +120,39 @@ def test_only_views_import_flask(path: Path) -> None:
     allowed = any(module == p or module.startswith(p + ".") for p in FLASK_ALLOWED[:-1]) or module == "dicomserver"
     web = sorted({name for name in _imports(path, module) if name.split(".")[0] in WEB_PACKAGES})
     assert allowed or not web, f"{module} imports {web}; only views, the app factory, the CLI and the WSGI entry may"
+
+
+VIEW_DECORATORS = ("get", "post", "put", "delete", "route")
+MAX_VIEW_LINES = 25
+
+
+def _views(path: Path) -> list[tuple[str, int]]:
+    """(name, lines) of the route functions of a blueprint module."""
+    views = []
+    for node in ast.parse(path.read_text()).body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for decorator in node.decorator_list:
+            call = decorator.func if isinstance(decorator, ast.Call) else decorator
+            name = call.attr if isinstance(call, ast.Attribute) else getattr(call, "id", "")
+            if name in VIEW_DECORATORS or name == "_routes":
+                assert node.end_lineno is not None
+                views.append((node.name, node.end_lineno - node.lineno + 1))
+                break
+    return views
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "dicomserver" / "services").glob("*.py")), ids=lambda p: p.name
+)
+def test_views_are_thin(path: Path) -> None:
+    """A view parses, calls one domain function and formats: a few lines, never a pipeline."""
+    long = [(name, lines) for name, lines in _views(path) if lines > MAX_VIEW_LINES]
+    assert not long, f"views over {MAX_VIEW_LINES} lines in {path.name}: {long}"
+
+
+def test_every_service_has_views() -> None:
+    """The check above sees the routes (a renamed decorator would otherwise pass it silently)."""
+    found = {p.stem: _views(p) for p in (REPO / "dicomserver" / "services").glob("*.py")}
+    for service in ("stow", "wado", "bulkdata", "qido", "delete", "changefeed", "rendered", "ops"):
+        assert found[service], service

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 from bench.ops import GET_OPS, STOW_OPS
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.live,

@@ -11,21 +11,21 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from blobstore_contract import (
-    MiB,
     BlobStoreContract,
     CallbackReader,
     FailingReader,
     Interrupted,
+    MiB,
     StreamBroke,
     read_all,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import backends
 from backends import BLOBSTORES, blobstore_class, open_blobstore
@@ -128,7 +128,7 @@ def test_failed_put_leaves_no_temp_file(
     assert list(local.list()) == []
 
 
-def _raise_oserror(code: int):  # noqa: ANN202 - test helper
+def _raise_oserror(code: int):
     def fail(*args: object, **kwargs: object) -> None:
         raise OSError(code, os.strerror(code))
 
@@ -272,10 +272,10 @@ def test_concurrent_put_and_delete_in_one_directory(local: LocalBlobStore) -> No
 
     def churn(name: str) -> None:
         try:
-            for i in range(150):
+            for _ in range(150):
                 local.put(f"shared/dir/{name}", io.BytesIO(b"x"))
                 local.delete(f"shared/dir/{name}")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=churn, args=(f"k{i}",)) for i in range(4)]

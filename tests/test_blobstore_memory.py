@@ -7,7 +7,7 @@ import os
 import pickle
 
 import pytest
-from blobstore_contract import MiB, BlobStoreContract, NonSeekableReader, read_all, sha256
+from blobstore_contract import BlobStoreContract, MiB, NonSeekableReader, read_all, sha256
 
 from backends import open_blobstore
 from backends.base import BlobNotFound, InvalidKey, StorageUnavailable

@@ -181,7 +181,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._process.memory_info().rss)
             self._stop.wait(0.005)
 
-    def __enter__(self) -> PeakRSS:  # noqa: PYI034
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 
@@ -469,7 +469,7 @@ def test_stopped_server_is_storage_unavailable(monkeypatch: pytest.MonkeyPatch) 
     finally:
         server.stop()
     for name, operation in blob_operations(store, "k").items():
-        with pytest.raises(StorageUnavailable, match="cannot reach S3 at http://127.0.0.1") as raised:
+        with pytest.raises(StorageUnavailable, match=r"cannot reach S3 at http://127\.0\.0\.1") as raised:
             operation()
         assert raised.value.__cause__ is not None, name
 
@@ -545,7 +545,7 @@ def test_no_credentials_is_storage_unavailable(moto_s3: str, monkeypatch: pytest
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     store = S3BlobStore("bucket")
-    with pytest.raises(StorageUnavailable, match="no usable AWS credentials.*AWS_ACCESS_KEY_ID"):
+    with pytest.raises(StorageUnavailable, match=r"no usable AWS credentials.*AWS_ACCESS_KEY_ID"):
         store.check()
     with pytest.raises(StorageUnavailable, match="no usable AWS credentials"):
         store.put("k", io.BytesIO(b"x"))

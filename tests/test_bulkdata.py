@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import base64
 
+import dicom_samples as samples
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from requests_toolbelt import MultipartDecoder
-
-import dicom_samples as samples
 from dicom_factory import make_instance, to_bytes
 from dicom_samples import SERIES_GREEN_RED, SOP_RED, STUDY_UID, sample
+from pydicom.dataset import Dataset
+from requests_toolbelt import MultipartDecoder
 
 RED = f"/v2/studies/{STUDY_UID}/series/{SERIES_GREEN_RED}/instances/{SOP_RED}"
 LARGE_PRIVATE = bytes(range(256)) * 20  # 5120 bytes: above the 1 KiB inline threshold
@@ -73,7 +72,7 @@ def test_range_requests(client, tutorial_study):
 
 
 def test_binary_elements_inline_or_bulk(client, binary_instance):
-    ds, url = binary_instance
+    _ds, url = binary_instance
     (meta,) = client.get(url + "/metadata").json
     assert base64.b64decode(meta["00091011"]["InlineBinary"]) == SMALL_PRIVATE
     large_uri = meta["00091010"]["BulkDataURI"]

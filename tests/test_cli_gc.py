@@ -5,6 +5,7 @@ import io
 import time
 
 from dicom_factory import make_instance, to_bytes
+
 from dicomserver.ingest import blob_created, blob_key
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dicom_samples import EVERY_SAMPLE, sample
 from pydicom.data import DATA_ROOT
 
-from dicom_samples import EVERY_SAMPLE, sample
 from dicomserver.dicomjson import element_json
 
 #: The named samples, then every file the pydicom package itself ships (fixed by its version;

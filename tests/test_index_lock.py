@@ -6,8 +6,8 @@ import os
 import time
 
 import pytest
-
 from dicom_factory import make_instance, to_bytes
+
 from dicomserver import Settings, create_app
 
 

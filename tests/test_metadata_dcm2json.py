@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from dicom_samples import EVERY_SAMPLE, sample
 
 pytestmark = pytest.mark.skipif(
@@ -116,7 +115,7 @@ def compare(client, ours: dict, theirs: dict, where: str = "") -> list[str]:
             if len(mine_values) != len(theirs_values):
                 problems.append(f"{name}: {len(mine_values)} items != {len(theirs_values)}")
                 continue
-            for number, (a, b) in enumerate(zip(mine_values, theirs_values)):
+            for number, (a, b) in enumerate(zip(mine_values, theirs_values, strict=True)):
                 problems += compare(client, a, b, f"{name}[{number}].")
             continue
         if len(mine_values) != len(theirs_values) or not all(map(same_value, mine_values, theirs_values)):

@@ -527,7 +527,7 @@ def test_urllib3_encode_multipart_formdata_round_trip(nfiles, reader_boundary):
     events = feed_all(body, boundary if reader_boundary else None, sizes=[777])
     parts = parts_of(events)
     assert [data for _, data in parts] == [f[1] for f in files.values()]
-    for (headers, _), (name, (filename, _, ctype)) in zip(parts, files.items()):
+    for (headers, _), (name, (filename, _, ctype)) in zip(parts, files.items(), strict=True):
         assert headers == {
             "content-disposition": f'form-data; name="{name}"; filename="{filename}"',
             "content-type": ctype,

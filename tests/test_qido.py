@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dicom_factory import make_instance, to_bytes
 from dicom_samples import SERIES_GREEN_RED, SOP_RED, STUDY_UID
 

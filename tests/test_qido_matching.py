@@ -3,9 +3,8 @@ combined date-time ranges, computed attributes, unsupported matching and percent
 from __future__ import annotations
 
 import pytest
-from pydicom.dataset import Dataset
-
 from dicom_factory import make_instance, to_bytes
+from pydicom.dataset import Dataset
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from dicom_factory import make_instance, to_bytes
 
 STUDIES = 24

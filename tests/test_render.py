@@ -4,9 +4,12 @@ from __future__ import annotations
 import io
 import warnings
 
+import dicom_samples as samples
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import make_instance, to_bytes
+from dicom_samples import sample
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_windowing
@@ -28,10 +31,6 @@ from dicomserver.render import (
     render_file,
     to_display,
 )
-
-import dicom_samples as samples
-from dicom_factory import make_instance, to_bytes
-from dicom_samples import sample
 
 
 def decode(data: bytes) -> Image.Image:

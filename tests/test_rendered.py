@@ -6,16 +6,15 @@ import io
 import json
 import warnings
 
+import dicom_samples as samples
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import make_instance, to_bytes
+from dicom_samples import SERIES_BLUE, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID, sample
 from PIL import Image
 
 from dicomserver import ConfigError, Settings, render
-
-import dicom_samples as samples
-from dicom_factory import make_instance, to_bytes
-from dicom_samples import SERIES_BLUE, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID, sample
 
 STUDY = f"/v2/studies/{STUDY_UID}"
 RED = f"{STUDY}/series/{SERIES_GREEN_RED}/instances/{SOP_RED}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sqlite3
 
 from dicom_factory import make_instance, to_bytes
+
 from dicomserver import Settings, create_app
 from dicomserver.index.schema import SCHEMA_VERSION
 

@@ -6,6 +6,7 @@ latest instance after a delete, the stored JSON is checked again (searchable.py)
 from __future__ import annotations
 
 from dicom_factory import make_instance, to_bytes
+
 from dicomserver.searchable import STUDY_DATE, index_columns
 
 DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}

@@ -1,12 +1,10 @@
 """STOW-RS through the Flask test client: media types, response dataset, status codes."""
 from __future__ import annotations
 
-
 import pytest
-from urllib3.filepost import encode_multipart_formdata
-
 from dicom_factory import make_instance, multipart_body, to_bytes
 from dicom_samples import SERIES_BLUE, SOP_BLUE, STUDY_UID, sample
+from urllib3.filepost import encode_multipart_formdata
 
 JSON = {"Accept": "application/dicom+json"}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import io
 
 import pytest
+from dicom_factory import make_instance, multipart_body, to_bytes
 
 from backends.memory import MemoryBlobStore
-from dicom_factory import make_instance, multipart_body, to_bytes
 from dicomserver import stow
 from dicomserver.archive import Archive
 from dicomserver.errors import BadRequest, UnsupportedMediaType

@@ -4,13 +4,12 @@ from __future__ import annotations
 import io
 import json
 
-import pydicom
-from pydicom.encaps import generate_frames
-from requests_toolbelt import MultipartDecoder
-
 import dicom_samples as samples
+import pydicom
 from dicom_factory import make_instance
 from dicom_samples import sample
+from pydicom.encaps import generate_frames
+from requests_toolbelt import MultipartDecoder
 
 BOUNDARY = "JSON-BULK-BOUNDARY"
 

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from pydicom.uid import ImplicitVRLittleEndian
-
 from dicom_factory import make_instance, to_bytes
+from pydicom.uid import ImplicitVRLittleEndian
 
 DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
 

@@ -12,9 +12,12 @@ import struct
 import warnings
 from pathlib import Path
 
+import dicom_samples as samples
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import make_instance, to_bytes
+from dicom_samples import sample
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pack_bits
 from pydicom.uid import (
@@ -28,9 +31,6 @@ from pydicom.uid import (
     RLELossless,
 )
 
-import dicom_samples as samples
-from dicom_factory import make_instance, to_bytes
-from dicom_samples import sample
 from dicomserver import transcode
 from dicomserver.errors import NotAcceptable
 from dicomserver.transcode import can_transcode, transcode_frames, transcode_instance

@@ -1,13 +1,12 @@
 """WADO-RS through the Flask test client: negotiation, bytes as stored, metadata, frames."""
 from __future__ import annotations
 
+import dicom_samples as samples
 import pydicom
 import pytest
-from requests_toolbelt import MultipartDecoder
-
-import dicom_samples as samples
 from dicom_factory import make_instance, to_bytes
 from dicom_samples import SERIES_BLUE, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID, sample
+from requests_toolbelt import MultipartDecoder
 
 MULTI_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 RED = f"/v2/studies/{STUDY_UID}/series/{SERIES_GREEN_RED}/instances/{SOP_RED}"

@@ -5,9 +5,12 @@ import dataclasses
 import io
 import warnings
 
+import dicom_samples as samples
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import make_instance, to_bytes
+from dicom_samples import sample
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -18,10 +21,6 @@ from pydicom.uid import (
     RLELossless,
 )
 from requests_toolbelt import MultipartDecoder
-
-import dicom_samples as samples
-from dicom_factory import make_instance, to_bytes
-from dicom_samples import sample
 
 MPEG2 = "1.2.840.10008.1.2.4.100"
 OCTET = 'multipart/related; type="application/octet-stream"'

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from live_servers import LiveServer, start_server, stop_server
 
 # The tutorial replays' shared checks: plain `assert`s, rewritten like the tests' own.
 pytest.register_assert_rewrite("tutorial_common")
-
-from live_servers import LiveServer, start_server, stop_server
 
 __all__ = ["LiveServer", "start_server", "stop_server"]
 

@@ -17,16 +17,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import dicom_factory
 import numpy as np
 import pytest
 import requests
+from live_servers import blob_files, start_server, stop_server
 from pydicom.uid import generate_uid
 
 pytestmark = pytest.mark.live
-
-
-import dicom_factory
-from live_servers import blob_files, start_server, stop_server  # noqa: E402
 
 TIMEOUT = 60
 WORKERS = 3
@@ -255,7 +253,7 @@ def test_fifty_concurrent_uploads_into_one_new_study(server):
     statuses = Counter(r.status_code for r in responses)
     failures = [r.text[:300] for r in responses if r.status_code != 200]
     assert statuses == Counter({200: 50}), f"statuses {dict(statuses)}: {failures[:3]}\n{log_tail(server)}"
-    for r, (_, _, sop) in zip(responses, instances):
+    for r, (_, _, sop) in zip(responses, instances, strict=True):
         assert [value(i, "00081155") for i in r.json()["00081199"]["Value"]] == [sop]
 
     # Requests were spread over several worker processes sharing the SQLite file.
@@ -290,7 +288,7 @@ def test_fifty_concurrent_uploads_into_one_new_study(server):
 
 
 def test_concurrent_puts_of_one_instance_leave_one_version(server):
-    body, study, series, sop = make_instance(seed=2)
+    body, study, _series, sop = make_instance(seed=2)
 
     responses = race(10, lambda i: stow(server.url, body, method="PUT"))
 
@@ -328,7 +326,7 @@ def test_racing_delete_and_put_never_split_index_and_blobs(server):
         # by 0-16 ms in turn so that both orders, and the moments in between, occur.
         delay = (round_number % 5) * 0.004
 
-        def act(i: int) -> requests.Response:
+        def act(i: int, delay: float = delay) -> requests.Response:
             if i == 0:
                 time.sleep(delay)
                 return requests.delete(url, timeout=TIMEOUT)

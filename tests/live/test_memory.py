@@ -16,19 +16,18 @@ import shutil
 import struct
 import threading
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import psutil
 import pydicom
 import pytest
 import requests
-from pydicom.uid import ExplicitVRLittleEndian
-
 from dicom_factory import make_instance, multipart_body, to_bytes
-from live_servers import blob_files, start_server, stop_server  # noqa: E402
+from live_servers import blob_files, start_server, stop_server
+from pydicom.uid import ExplicitVRLittleEndian
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -159,7 +158,7 @@ class PeakRss:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.baseline_by_pid = server_rss(self.server)
         self.baseline = sum(self.baseline_by_pid.values())
         self.peak, self.peak_by_pid = self.baseline, self.baseline_by_pid
@@ -496,16 +495,15 @@ def test_upload_multipart_chunked_stays_flat(server, big):
 def test_download_instance_stays_flat_and_is_byte_identical(server, big):
     ensure_stored(server, big)
     digest, size = hashlib.sha256(), 0
-    with PeakRss(server) as rss:
-        with requests.get(
-            server.url + big.url, headers={"Accept": ACCEPT_INSTANCE}, stream=True, timeout=TIMEOUT
-        ) as r:
-            assert r.status_code == 200, r.text[:1000]
-            content_type = r.headers["Content-Type"]
-            content_length = r.headers.get("Content-Length")
-            for chunk in r.iter_content(MiB):
-                digest.update(chunk)
-                size += len(chunk)
+    with PeakRss(server) as rss, requests.get(
+        server.url + big.url, headers={"Accept": ACCEPT_INSTANCE}, stream=True, timeout=TIMEOUT
+    ) as r:
+        assert r.status_code == 200, r.text[:1000]
+        content_type = r.headers["Content-Type"]
+        content_length = r.headers.get("Content-Length")
+        for chunk in r.iter_content(MiB):
+            digest.update(chunk)
+            size += len(chunk)
     assert content_type.split(";")[0].strip() == "application/dicom"
     assert content_length == str(big.size)
     assert size == big.size
@@ -515,14 +513,13 @@ def test_download_instance_stays_flat_and_is_byte_identical(server, big):
 
 def test_download_study_multipart_stays_flat_and_is_byte_identical(server, big):
     ensure_stored(server, big)
-    with PeakRss(server) as rss:
-        with requests.get(
-            f"{server.url}/v2/studies/{big.study}", headers={"Accept": ACCEPT_STUDY}, stream=True, timeout=TIMEOUT
-        ) as r:
-            assert r.status_code == 200, r.text[:1000]
-            content_type = r.headers["Content-Type"]
-            assert content_type.lower().startswith("multipart/related"), content_type
-            parts = read_multipart(r.iter_content(MiB), boundary_of(content_type))
+    with PeakRss(server) as rss, requests.get(
+        f"{server.url}/v2/studies/{big.study}", headers={"Accept": ACCEPT_STUDY}, stream=True, timeout=TIMEOUT
+    ) as r:
+        assert r.status_code == 200, r.text[:1000]
+        content_type = r.headers["Content-Type"]
+        assert content_type.lower().startswith("multipart/related"), content_type
+        parts = read_multipart(r.iter_content(MiB), boundary_of(content_type))
     assert len(parts) == 1, [p.headers for p in parts]
     (part,) = parts
     assert part.headers.get("content-type", "").split(";")[0].strip() == "application/dicom", part.headers
@@ -534,19 +531,18 @@ def test_download_study_multipart_stays_flat_and_is_byte_identical(server, big):
 def test_download_frames_stays_flat_and_returns_the_right_frames(server, big):
     ensure_stored(server, big)
     wanted = [1, 200, 400]
-    with PeakRss(server) as rss:
-        with requests.get(
-            f"{server.url}{big.url}/frames/{','.join(map(str, wanted))}",
-            headers={"Accept": ACCEPT_FRAMES},
-            stream=True,
-            timeout=TIMEOUT,
-        ) as r:
-            assert r.status_code == 200, r.text[:1000]
-            content_type = r.headers["Content-Type"]
-            assert content_type.lower().startswith("multipart/related"), content_type
-            parts = read_multipart(r.iter_content(MiB), boundary_of(content_type), keep_data=True)
+    with PeakRss(server) as rss, requests.get(
+        f"{server.url}{big.url}/frames/{','.join(map(str, wanted))}",
+        headers={"Accept": ACCEPT_FRAMES},
+        stream=True,
+        timeout=TIMEOUT,
+    ) as r:
+        assert r.status_code == 200, r.text[:1000]
+        content_type = r.headers["Content-Type"]
+        assert content_type.lower().startswith("multipart/related"), content_type
+        parts = read_multipart(r.iter_content(MiB), boundary_of(content_type), keep_data=True)
     assert len(parts) == len(wanted), [p.headers for p in parts]
-    for number, part in zip(wanted, parts):
+    for number, part in zip(wanted, parts, strict=True):
         assert part.headers.get("content-type", "").split(";")[0].strip() == "application/octet-stream", part.headers
         assert part.size == FRAME_BYTES, f"frame {number}: {part.size} bytes"
         assert part.data == frame_bytes(number), f"frame {number} does not hold the pixels written for it"

@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from live_servers import REPO, start_server, stop_server
 
 pytestmark = pytest.mark.live

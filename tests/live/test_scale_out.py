@@ -15,11 +15,10 @@ import boto3
 import psycopg2
 import pytest
 import requests
-from pydicom.uid import generate_uid
-
 from dicom_factory import make_instance, to_bytes
 from live_servers import start_server, stop_server
 from pg_fixtures import start_postgres, stop_postgres
+from pydicom.uid import generate_uid
 from s3_fixtures import moto_env, shared_moto_server
 
 pytestmark = pytest.mark.live
@@ -84,7 +83,7 @@ def _index_keys(postgres) -> set[str]:
 
 
 def test_same_instance_from_both_hosts_is_stored_once(cluster):
-    servers, s3, bucket, _ = cluster
+    servers, _s3, _bucket, _ = cluster
     body = to_bytes(make_instance())
     responses = _race([lambda url=servers[i % 2].url: _post(url, body) for i in range(CLIENTS)])
     statuses = sorted(r.status_code for r in responses)
@@ -118,8 +117,8 @@ def test_upsert_racing_delete_leaves_new_instance_or_nothing(cluster):
         url = f"{servers[1].url}/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
         put, delete = _race(
             [
-                lambda: _post(servers[0].url, replacement, method="PUT"),
-                lambda: requests.delete(url, timeout=60),
+                lambda replacement=replacement: _post(servers[0].url, replacement, method="PUT"),
+                lambda url=url: requests.delete(url, timeout=60),
             ]
         )
         assert put.status_code == 200 and delete.status_code in (204, 404)

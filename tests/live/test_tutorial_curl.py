@@ -26,9 +26,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from requests_toolbelt.multipart.decoder import MultipartDecoder
-
 from dicom_samples import DATA_DIR, SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID
+from requests_toolbelt.multipart.decoder import MultipartDecoder
 from tutorial_common import (
     FILE_OF,
     TAG_RETRIEVE_URL,

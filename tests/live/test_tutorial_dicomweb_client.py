@@ -26,9 +26,8 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from dicomweb_client import DICOMwebClient
-
 from dicom_samples import SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID, sample
+from dicomweb_client import DICOMwebClient
 from tutorial_common import (
     FILE_OF,
     SERIES_OF,

@@ -11,7 +11,6 @@ import functools
 from io import BytesIO
 
 import pydicom
-
 from dicom_samples import (
     SERIES_BLUE,
     SERIES_GREEN_RED,
