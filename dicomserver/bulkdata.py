@@ -3,8 +3,9 @@
 Every URI resolves by ranged reads at the byte offsets recorded at STOW: the stored
 file is never parsed. Pixel Data answers all of its value: native pixel data as one
 part, encapsulated pixel data as one part per frame. A single-part answer honours an
-HTTP Range (206), so a client can fetch a slice of a large value. Only a deflated
-file, whose offsets mean nothing, has its Pixel Data found by parsing it (bounded).
+HTTP Range (206), so a client can fetch a slice of a large value. Only Pixel Data
+without recorded frame offsets (a deflated file, whose offsets mean nothing, or frames
+STOW could not locate) is found by parsing the file, within a bound.
 """
 from __future__ import annotations
 

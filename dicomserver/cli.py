@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
-from .archive import Archive
+from .services.web import archive
 
 dicom = AppGroup("dicom", help="dicomserver maintenance commands.")
 
@@ -29,21 +28,16 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _archive() -> Archive:
-    archive: Archive = current_app.extensions["dicomserver"]
-    return archive
-
-
 @dicom.command("gc")
 @click.option("--grace", default="1h", show_default=True, help="Leave orphans younger than this (30s, 15m, 1h, 2d).")
 @click.option("--dry-run", is_flag=True, help="Report only; remove nothing.")
 def gc(grace: str, dry_run: bool) -> None:
     """Find blobs without an index row and index rows without a blob; remove the old ones."""
     grace_seconds = parse_duration(grace)
-    archive = _archive()
-    archive.index.connect()
+    state = archive()
+    state.index.connect()
     try:
-        orphans = archive.find_orphans(grace_seconds)
+        orphans = state.find_orphans(grace_seconds)
         verb = "would remove" if dry_run else "removing"
         click.echo(
             f"{orphans.indexed} indexed instances, {len(orphans.blobs) + orphans.young_blobs} blobs without an "
@@ -52,25 +46,25 @@ def gc(grace: str, dry_run: bool) -> None:
         for key in orphans.blobs:
             click.echo(f"orphan blob: {key} ({verb})")
             if not dry_run:
-                archive.remove_orphan_blob(key)
+                state.remove_orphan_blob(key)
         for row in orphans.rows:
             click.echo(
                 f"index row without blob: {row.study_instance_uid}/{row.series_instance_uid}/"
                 f"{row.sop_instance_uid} -> {row.blob_key} ({verb})"
             )
             if not dry_run:
-                archive.remove_dangling_row(row)
+                state.remove_dangling_row(row)
         if orphans.young_blobs or orphans.young_rows:
             click.echo(f"left alone (younger than {grace}): {orphans.young_blobs} blob(s), {orphans.young_rows} row(s)")
     finally:
-        archive.index.close()
+        state.index.close()
 
 
 @dicom.command("backfill-qido")
 @click.option("--batch", default=2000, show_default=True, help="Rows per write transaction.")
 def backfill_qido(batch: int) -> None:
     """Build the QIDO members of instances stored before index schema 5 (safe while serving)."""
-    index = _archive().index
+    index = archive().index
     index.connect()
     done = 0
     try:

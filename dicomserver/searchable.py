@@ -115,11 +115,20 @@ def request_attributes(meta: DicomJson) -> list[tuple[str | None, str | None]]:
 
 
 def _searchable(meta: DicomJson, tag: str, invalid: Collection[str] | None) -> str | None:
-    """An attribute's first value for a column, or None when absent or invalid."""
+    """An attribute's first value for a column, or None when absent or when any of its
+    values is invalid (as STOW decides: validation.invalid_attributes)."""
     value = string_value(meta, tag)
     if value is None:
         return None
     if invalid is not None:
         return None if tag in invalid else value
-    vr = (meta.get(tag) or {}).get("vr")
-    return value if vr and is_valid_value(vr, value) else None
+    element = meta.get(tag) or {}
+    vr = element.get("vr")
+    return value if vr and all(is_valid_value(vr, _text(v)) for v in element.get("Value") or ()) else None
+
+
+def _text(value: object) -> object:
+    """A DICOM JSON value as validation sees it: a person name by its components' text."""
+    if isinstance(value, dict):  # PN: {"Alphabetic": ..., "Ideographic": ..., "Phonetic": ...}
+        return "=".join(str(value.get(group) or "") for group in ("Alphabetic", "Ideographic", "Phonetic")).rstrip("=")
+    return value

@@ -48,3 +48,17 @@ def test_after_a_delete_the_new_latest_instance_is_indexed_by_its_valid_values(c
     assert len(client.get("/v2/studies?PatientID=OLD").json) == 1
     assert client.get("/v2/studies?StudyDate=20240105").json == []
     assert client.get("/v2/studies?StudyDate=19000101-29991231").json == []
+
+
+def test_an_attribute_with_any_invalid_value_is_not_searchable_either_way(client):
+    """STOW and the re-pick after a delete agree: one bad value keeps the attribute out."""
+    study, series = "1.7.3", "1.7.3.1"
+    long_value = "X" * 80  # LO allows 64 characters
+    first = make_instance(study=study, series=series, sop="1.7.3.1.1", ManufacturerModelName=["ModelA", long_value])
+    second = make_instance(study=study, series=series, sop="1.7.3.1.2", ManufacturerModelName="ModelB")
+    for ds in (first, second):
+        assert client.post("/v2/studies", data=to_bytes(ds), headers=DICOM).status_code in (200, 202)
+    assert client.get("/v2/series?ManufacturerModelName=ModelA").json == []
+    assert client.delete(f"/v2/studies/{study}/series/{series}/instances/1.7.3.1.2").status_code == 204
+    assert client.get("/v2/series?ManufacturerModelName=ModelA").json == []
+    assert len(client.get(f"/v2/studies/{study}/series").json) == 1

@@ -131,7 +131,7 @@ def column(field: pw.Field) -> str:
 
 
 class InstanceWriter:
-    """The statements STOW runs per instance (see Index._insert)."""
+    """The statements STOW runs per instance (see IndexWrites._insert)."""
 
     def __init__(self, db: pw.Database):
         self.s = WriteStatements(db)
@@ -163,10 +163,6 @@ class IndexWrites(IndexReads):
     def __init__(self, database_url: str, **options: Any):
         super().__init__(database_url, **options)
         self._writer = InstanceWriter(self.db)
-
-    def _next_sequence(self) -> int:
-        """The next change-feed sequence; callers hold the write lock."""
-        return (Change.select(pw.fn.COALESCE(pw.fn.MAX(Change.sequence), 0)).scalar() or 0) + 1
 
     # -- writes ------------------------------------------------------------
     def store_instance(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
@@ -316,7 +312,7 @@ class IndexWrites(IndexReads):
         with self.write_transaction():
             instances = self.instances(study_uid, series_uid, sop_uid)  # 404 if none
             now = utcnow()
-            first = self._next_sequence()
+            first = self._writer.s.value(self._writer.next_sequence)  # callers hold the write lock
             Change.insert_many(
                 [
                     {
