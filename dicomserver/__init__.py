@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from backends import open_blobstore
 
     from .archive import Archive
+    from .auth import Authenticator
     from .index import open_index
     from .services import register_services
 
@@ -39,13 +40,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     except Exception as exc:
         raise ConfigError(f"DICOMWEB_DATABASE_URL={settings.database_url!r} is unusable: {exc}") from None
 
+    authenticator = Authenticator(settings)  # reads the roles file: ConfigError if unusable
     app = Flask(__name__)
     app.extensions["dicomserver"] = Archive(settings=settings, store=store, index=index)
+    app.extensions["dicomserver-auth"] = authenticator
     register_services(app)
     from .cli import dicom
 
     app.cli.add_command(dicom)
-    logging.getLogger(__name__).info(
-        "dicomserver ready: blobs at %s, index at %s", settings.blobstore_url, settings.database_url
-    )
+    log = logging.getLogger(__name__)
+    log.info("dicomserver ready: blobs at %s, index at %s", settings.blobstore_url, settings.database_url)
+    if not authenticator.enabled:
+        log.warning(
+            "the DICOMweb API is open to anyone who can reach it: set DICOMWEB_AUTH_AUTHORITY and "
+            "DICOMWEB_AUTH_AUDIENCE to require bearer tokens (docs/security.md)"
+        )
     return app

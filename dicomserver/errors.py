@@ -16,9 +16,11 @@ from backends.base import BlobNotFound, BlobStoreError, InvalidKey, StorageUnava
 class DicomWebError(Exception):
     """Base of errors that carry a client-facing message; its status is in STATUS."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
+        #: Response headers the answer must carry (e.g. WWW-Authenticate).
+        self.headers = headers or {}
 
 
 class BadRequest(DicomWebError):
@@ -27,6 +29,18 @@ class BadRequest(DicomWebError):
 
 class InvalidQuery(BadRequest):
     """A QIDO or change-feed query parameter is unknown or malformed."""
+
+
+class Unauthenticated(DicomWebError):
+    """No valid bearer token: the answer is empty but for its WWW-Authenticate header."""
+
+
+class Forbidden(DicomWebError):
+    """The caller's roles do not grant the data action the route needs."""
+
+
+class IdentityProviderUnavailable(DicomWebError):
+    """The token issuer's keys cannot be fetched, so no token can be checked."""
 
 
 class NotFound(DicomWebError):
@@ -46,9 +60,13 @@ class UnsupportedMediaType(DicomWebError):
 
 
 #: Exception type → (HTTP status, message for the client or None to use the exception's
-#: own). The first entry in a type's MRO wins, so subclasses may be listed before bases.
+#: own, which only DicomWebError subclasses carry). The nearest class in an exception's MRO
+#: wins, so a subclass may have a row of its own.
 STATUS: dict[type[BaseException], tuple[int, str | None]] = {
     BadRequest: (400, None),
+    Unauthenticated: (401, ""),
+    Forbidden: (403, "Authorization failed."),
+    IdentityProviderUnavailable: (503, None),
     NotFound: (404, None),
     NotAcceptable: (406, None),
     PayloadTooLarge: (413, None),

@@ -44,6 +44,22 @@ class Settings:
     sqlite_busy_timeout_ms: int = 30000
     #: Largest instance /rendered and /thumbnail will decode; larger ones are refused with 406.
     max_render_bytes: int = 512 * 1024**2
+    #: OIDC issuer whose tokens are accepted; None: no authentication (the API is open).
+    auth_authority: str | None = None
+    #: Audiences a token may be issued for (its `aud` must name one of them).
+    auth_audiences: tuple[str, ...] = ()
+    #: Accept an http:// authority (tests, loopback); never in production.
+    auth_allow_http: bool = False
+    #: The token claim that lists the caller's roles.
+    auth_roles_claim: str = "roles"
+    #: Roles file (the reference server's roles.json format); None: the shipped default.
+    auth_roles_file: str | None = None
+    #: Origins browsers may call from (CORS): ("*",) for any; empty: CORS off.
+    cors_origins: tuple[str, ...] = ()
+    #: Host names a request's Host header may name for the absolute URLs in answers.
+    trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    #: Client addresses (reverse proxies) whose X-Forwarded-* headers are believed.
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -71,6 +87,12 @@ class Settings:
             raise ConfigError(
                 "DICOMWEB_QIDO_DEFAULT_LIMIT must not exceed DICOMWEB_QIDO_MAX_LIMIT"
             )
+        if self.auth_authority is not None:
+            _check_authority(self.auth_authority, allow_http=self.auth_allow_http)
+            if not self.auth_audiences:
+                raise ConfigError(
+                    "DICOMWEB_AUTH_AUDIENCE must name at least one audience when DICOMWEB_AUTH_AUTHORITY is set"
+                )
 
 
 def _positive_int(raw: str) -> int:
@@ -122,6 +144,31 @@ def _public_url(raw: str) -> str:
         raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
 
+def _check_authority(url: str, *, allow_http: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ConfigError(f"DICOMWEB_AUTH_AUTHORITY={url!r} is invalid: expected an https:// issuer URL")
+    if parts.scheme == "http" and not allow_http:
+        raise ConfigError(
+            f"DICOMWEB_AUTH_AUTHORITY={url!r} is invalid: tokens are only fetched over https "
+            "(DICOMWEB_AUTH_ALLOW_HTTP=1 allows http, for tests on loopback)"
+        )
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1 or 0")
+
+
 _VARIABLES = (
     ("blobstore_url", "DICOMWEB_BLOBSTORE_URL", str),
     ("database_url", "DICOMWEB_DATABASE_URL", _database_url),
@@ -135,4 +182,12 @@ _VARIABLES = (
     ("qido_max_limit", "DICOMWEB_QIDO_MAX_LIMIT", _positive_int),
     ("sqlite_busy_timeout_ms", "DICOMWEB_SQLITE_BUSY_TIMEOUT_MS", _positive_int),
     ("max_render_bytes", "DICOMWEB_MAX_RENDER_BYTES", _positive_int),
+    ("auth_authority", "DICOMWEB_AUTH_AUTHORITY", str),
+    ("auth_audiences", "DICOMWEB_AUTH_AUDIENCE", _names),
+    ("auth_allow_http", "DICOMWEB_AUTH_ALLOW_HTTP", _flag),
+    ("auth_roles_claim", "DICOMWEB_AUTH_ROLES_CLAIM", str),
+    ("auth_roles_file", "DICOMWEB_AUTH_ROLES_FILE", str),
+    ("cors_origins", "DICOMWEB_CORS_ORIGINS", _names),
+    ("trusted_hosts", "DICOMWEB_TRUSTED_HOSTS", _names),
+    ("trusted_proxies", "DICOMWEB_TRUSTED_PROXIES", _names),
 )

@@ -40,6 +40,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.render",
         "dicomserver.search",
         "dicomserver.changes",
+        "dicomserver.auth",
+        "dicomserver.urls",
     ),
     "views": (
         "dicomserver.services",

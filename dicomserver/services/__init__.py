@@ -1,16 +1,20 @@
 """Mounts every DICOMweb service under /v1 and /v2 (the reference server's URL layout).
 
 Each service is one blueprint registered once with the prefix
-`/<any(v1, v2):api_version>`; the version is moved into `g` before views run.
+`/<any(v1, v2):api_version>`; the version is moved into `g` before views run. Before a
+view runs, the caller must hold the data action it declared (`web.requires`); CORS
+answers preflights before that, and adds its headers to every answer.
 """
 from __future__ import annotations
 
 from typing import Any, NoReturn
 
 from flask import Flask, g, request
+from flask_cors import CORS
 
 from ..errors import NotFound
-from .web import archive, register_error_handlers
+from ..settings import Settings
+from .web import archive, authenticator, register_error_handlers, required_action
 
 API_PREFIX = "/<any(v1, v2):api_version>"
 _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed")
@@ -26,10 +30,21 @@ def register_services(app: Flask) -> None:
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
 
+    _check_every_route_declares_an_action(app)
+    _enable_cors(app)
+
     @app.url_value_preprocessor
     def _pop_version(endpoint: str | None, values: dict[str, Any] | None) -> None:
         if values and "api_version" in values:
             g.api_version = values.pop("api_version")
+
+    @app.before_request
+    def _authorize() -> None:
+        if request.method == "OPTIONS":
+            return  # CORS preflights and OPTIONS carry no credentials
+        action = required_action(app.view_functions.get(request.endpoint or ""))
+        if action is not None:
+            g.principal = authenticator().authorize(request.headers.get("Authorization"), action)
 
     @app.before_request
     def _open_index() -> None:
@@ -51,3 +66,33 @@ def register_services(app: Flask) -> None:
         app.add_url_rule(
             f"/{root}/<path:path>", f"unversioned_{root}_path", unversioned, methods=["GET", "POST", "PUT", "DELETE"]
         )
+
+
+def _check_every_route_declares_an_action(app: Flask) -> None:
+    """A versioned route that declares no data action would be open to anyone: refuse to start."""
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(API_PREFIX) and required_action(app.view_functions[rule.endpoint]) is None:
+            raise RuntimeError(f"route {rule.rule} ({rule.endpoint}) declares no data action (services.web.requires)")
+
+
+#: What browsers may send and read (PS3.18 clients: OHIF, dicomweb-client in a page).
+CORS_ALLOW_HEADERS = ["Authorization", "Accept", "Content-Type", "If-None-Match", "Range"]
+CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Location", "Location", "Warning", "Content-Range", "ETag"]
+CORS_MAX_AGE = 600
+
+
+def _enable_cors(app: Flask) -> None:
+    settings: Settings = app.extensions["dicomserver"].settings
+    origins = list(settings.cors_origins)
+    if not origins:
+        return
+    CORS(
+        app,
+        origins="*" if origins == ["*"] else origins,
+        send_wildcard=origins == ["*"],
+        methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=CORS_ALLOW_HEADERS,
+        expose_headers=CORS_EXPOSE_HEADERS,
+        max_age=CORS_MAX_AGE,
+        vary_header=True,
+    )

@@ -6,12 +6,13 @@ from flask import Blueprint, Response, request
 from ..bulkdata import retrieve_bulkdata
 from ..media import parse_accept
 from ..uids import require_uids
-from .web import archive, stream
+from .web import archive, requires, stream
 
 bp = Blueprint("bulkdata", __name__)
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/bulkdata/<path:tag_path>")
+@requires("read")
 def bulkdata(study: str, series: str, instance: str, tag_path: str) -> Response:
     uids = require_uids(study, series, instance)
     accept = parse_accept(request.headers.get("Accept"))

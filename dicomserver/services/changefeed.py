@@ -8,7 +8,7 @@ from flask import Blueprint, Response, request
 
 from .. import changes
 from ..dicomjson import absolute_uris
-from .web import api_version, archive, base_url
+from .web import api_version, archive, base_url, requires
 
 bp = Blueprint("changefeed", __name__)
 
@@ -27,11 +27,13 @@ def _json(value: Any) -> Response:
 
 
 @bp.get("/changefeed")
+@requires("read")
 def changefeed() -> Response:
     return _json(changes.feed(archive().index, api_version(), _arg))
 
 
 @bp.get("/changefeed/latest")
+@requires("read")
 def latest() -> Response:
     entry = changes.latest(archive().index, _arg)
     return Response(status=204) if entry is None else _json(entry)

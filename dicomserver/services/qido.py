@@ -7,18 +7,20 @@ from ..matching import INSTANCE, SERIES, STUDY
 from ..media import DICOM_JSON, parse_accept, require_json
 from ..search import search
 from ..uids import require_uids
-from .web import archive, base_url, warning
+from .web import archive, base_url, requires, warning
 
 bp = Blueprint("qido", __name__)
 
 
 @bp.get("/studies")
+@requires("read")
 def search_studies() -> Response:
     return _search(STUDY)
 
 
 @bp.get("/series")
 @bp.get("/studies/<study>/series")
+@requires("read")
 def search_series(study: str | None = None) -> Response:
     return _search(SERIES, study)
 
@@ -26,6 +28,7 @@ def search_series(study: str | None = None) -> Response:
 @bp.get("/instances")
 @bp.get("/studies/<study>/instances")
 @bp.get("/studies/<study>/series/<series>/instances")
+@requires("read")
 def search_instances(study: str | None = None, series: str | None = None) -> Response:
     return _search(INSTANCE, study, series)
 

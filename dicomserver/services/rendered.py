@@ -13,7 +13,7 @@ from flask import Blueprint, Response, request
 from ..errors import BadRequest, NotAcceptable
 from ..media import parse_accept
 from ..uids import parse_frame_list, require_uids
-from .web import archive, warning
+from .web import archive, requires, warning
 
 try:
     from .. import render
@@ -42,6 +42,7 @@ def _routes(view: Callable[..., Response]) -> Callable[..., Response]:
 
 
 @_routes
+@requires("read")
 def rendered(
     resource: str, study: str, series: str | None = None, instance: str | None = None, frames: str | None = None
 ) -> Response:

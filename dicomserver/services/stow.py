@@ -8,13 +8,14 @@ from flask import Blueprint, Response, request
 from .. import stow
 from ..media import DICOM_JSON, parse_accept, require_json
 from ..uids import require_uids
-from .web import api_version, archive, base_url
+from .web import api_version, archive, base_url, requires
 
 bp = Blueprint("stow", __name__)
 
 
 @bp.route("/studies", methods=["POST", "PUT"])
 @bp.route("/studies/<study>", methods=["POST", "PUT"])
+@requires("write")
 def store_instances(study: str | None = None) -> Response:
     require_json(parse_accept(request.headers.get("Accept")))
     study_uid = require_uids(study)[0] if study is not None else None

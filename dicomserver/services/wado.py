@@ -7,7 +7,7 @@ from .. import retrieve
 from ..media import DICOM_JSON, negotiate_retrieve, parse_accept, require_json
 from ..transcode import log_capabilities
 from ..uids import parse_frame_list, require_uids
-from .web import archive, base_url, stream
+from .web import archive, base_url, requires, stream
 
 bp = Blueprint("wado", __name__)
 # Probe the installed codecs once, when the app is built, and log what can be transcoded.
@@ -17,6 +17,7 @@ bp.record_once(lambda _state: log_capabilities())
 @bp.get("/studies/<study>")
 @bp.get("/studies/<study>/series/<series>")
 @bp.get("/studies/<study>/series/<series>/instances/<instance>")
+@requires("read")
 def retrieve_instances(study: str, series: str | None = None, instance: str | None = None) -> Response:
     uids = require_uids(study, series, instance)
     resource = "instance" if instance else ("series" if series else "study")
@@ -27,6 +28,7 @@ def retrieve_instances(study: str, series: str | None = None, instance: str | No
 @bp.get("/studies/<study>/metadata")
 @bp.get("/studies/<study>/series/<series>/metadata")
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/metadata")
+@requires("read")
 def metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     uids = require_uids(study, series, instance)
     require_json(parse_accept(request.headers.get("Accept")))
@@ -39,6 +41,7 @@ def metadata(study: str, series: str | None = None, instance: str | None = None)
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>")
+@requires("read")
 def frames(study: str, series: str, instance: str, frames: str) -> Response:
     uids = require_uids(study, series, instance)
     numbers = parse_frame_list(frames)

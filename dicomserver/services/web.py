@@ -1,5 +1,6 @@
-"""What every view shares: the archive, the versioned base URL, streamed bodies, and
-the Flask error handlers that apply the one status table of `errors.py`.
+"""What every view shares: the archive, the data action a route needs, the versioned base
+URL, streamed bodies, and the Flask error handlers that apply the one status table of
+`errors.py`.
 
 This module and the blueprints are the only places (with the app factory, the CLI and
 the WSGI entry) that import Flask; domain functions get what they need as arguments.
@@ -8,21 +9,49 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from ..archive import Archive
-from ..errors import NotFound, http_status
+from ..auth import Authenticator
+from ..errors import DicomWebError, NotFound, http_status
 from ..retrieve import Body
+from ..urls import request_root
 
 log = logging.getLogger(__name__)
+
+View = TypeVar("View", bound=Callable[..., object])
+
+
+def requires(action: str) -> Callable[[View], View]:
+    """Declare the data action (read, write, delete, ...) a view needs; checked before it runs.
+
+    Every versioned route must declare one: the app refuses to start otherwise.
+    """
+
+    def declare(view: View) -> View:
+        view.required_action = action  # type: ignore[attr-defined]
+        return view
+
+    return declare
+
+
+def required_action(view: Callable[..., object] | None) -> str | None:
+    return getattr(view, "required_action", None)
 
 
 def archive() -> Archive:
     archive: Archive = current_app.extensions["dicomserver"]
     return archive
+
+
+def authenticator() -> Authenticator:
+    auth: Authenticator = current_app.extensions["dicomserver-auth"]
+    return auth
 
 
 def api_version() -> str:
@@ -32,8 +61,7 @@ def api_version() -> str:
 
 def base_url() -> str:
     """Absolute URL of the versioned API root, for RetrieveURLs (PS3.18 wants them absolute)."""
-    root = archive().settings.public_url or request.host_url.rstrip("/")
-    return f"{root}/{api_version()}"
+    return f"{request_root(archive().settings, request.environ)}/{api_version()}"
 
 
 def warning(text: str) -> str:
@@ -58,7 +86,8 @@ def stream(body: Body) -> Response:
 
 
 def text_response(status: int, message: str) -> Response:
-    return Response(message + "\n", status=status, mimetype="text/plain")
+    """A plain-text error answer; an empty message is an empty body (401, as the reference)."""
+    return Response(message + "\n" if message else "", status=status, mimetype="text/plain")
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -82,4 +111,7 @@ def register_error_handlers(app: Flask) -> None:
         status, message = known
         if status >= 500:
             log.error("%s: %r", message, exc)
-        return text_response(status, message)
+        response = text_response(status, message)
+        if isinstance(exc, DicomWebError):
+            response.headers.update(exc.headers)
+        return response

@@ -1,0 +1,189 @@
+"""Who is calling and what they may do: bearer tokens, roles and data actions.
+
+As the reference server does it: an OIDC issuer (DICOMWEB_AUTH_AUTHORITY) signs JWTs
+for an audience; the token's roles claim names roles; a roles file (the reference's
+roles.json format) maps each role to data actions (`read`, `write`, `delete`, ...); each
+route needs one action. Signatures are checked by PyJWT against the issuer's JWKS
+(found through its discovery document, cached, re-fetched for an unknown key id with
+PyJWT's cool-down), with asymmetric algorithms only, so neither `alg: none` nor an
+HMAC "signed" with a public key can pass. Off unless an authority is configured.
+
+Nothing here logs a token: failures are logged by their reason alone.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import jwt
+from jwt import PyJWKClient
+
+from .errors import Forbidden, IdentityProviderUnavailable, Unauthenticated
+from .settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+#: The data actions of the reference server ("*" in a roles file grants all of them).
+ACTIONS = frozenset({"read", "write", "delete", "manageExtendedQueryTags", "export"})
+#: Signature algorithms accepted: asymmetric only (never "none", never HMAC).
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+#: Seconds of clock difference tolerated on exp and nbf.
+LEEWAY = 60
+#: How long the JWKS is cached, and how soon an unknown key id may fetch it again.
+JWKS_LIFESPAN = 300
+JWKS_COOLDOWN = 30
+_FETCH_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: who (for the audit trail) and which data actions they have."""
+
+    subject: str
+    roles: frozenset[str]
+    actions: frozenset[str]
+
+    def allows(self, action: str) -> bool:
+        return action in self.actions
+
+
+#: The caller when authentication is off: every action, no identity.
+ANONYMOUS = Principal("anonymous", frozenset(), ACTIONS)
+
+
+class Roles:
+    """Roles → data actions, from a roles file in the reference server's format."""
+
+    def __init__(self, definitions: dict[str, frozenset[str]]):
+        self._actions = definitions
+
+    @classmethod
+    def load(cls, path: str | None) -> Roles:
+        """Read `path` (None: the shipped dicomserver/roles.json); ConfigError if malformed."""
+        source = path or "the default roles file"
+        try:
+            if path is None:
+                text = resources.files("dicomserver").joinpath("roles.json").read_text()
+            else:
+                with open(path, encoding="utf-8") as fp:
+                    text = fp.read()
+            return cls(_parse_roles(json.loads(text)))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"DICOMWEB_AUTH_ROLES_FILE={source!r} is unusable: {exc}") from None
+
+    def actions(self, roles: Iterable[str]) -> frozenset[str]:
+        granted: set[str] = set()
+        for role in roles:
+            granted |= self._actions.get(role, frozenset())
+        return frozenset(granted)
+
+
+def _parse_roles(document: Any) -> dict[str, frozenset[str]]:
+    definitions: dict[str, frozenset[str]] = {}
+    for role in document["roles"]:
+        allowed = _action_set(role.get("dataActions", []))
+        denied = _action_set(role.get("notDataActions", []))
+        definitions[str(role["name"])] = allowed - denied
+    return definitions
+
+
+def _action_set(names: list[str]) -> frozenset[str]:
+    unknown = [n for n in names if n != "*" and n not in ACTIONS]
+    if unknown:
+        raise ValueError(f"unknown data action(s) {unknown}; known: *, {', '.join(sorted(ACTIONS))}")
+    return ACTIONS if "*" in names else frozenset(names)
+
+
+class Authenticator:
+    """Turns an Authorization header into a Principal, or says why it cannot."""
+
+    def __init__(self, settings: Settings):
+        self.enabled = settings.auth_authority is not None
+        self.authority = (settings.auth_authority or "").rstrip("/")
+        self.audiences = settings.auth_audiences
+        self.roles_claim = settings.auth_roles_claim
+        self.roles = Roles.load(settings.auth_roles_file)
+        self._jwks: PyJWKClient | None = None
+        self._lock = threading.Lock()
+
+    def authorize(self, authorization: str | None, action: str) -> Principal:
+        """The caller, if their token is valid and their roles grant `action`; else 401/403."""
+        if not self.enabled:
+            return ANONYMOUS
+        principal = self.authenticate(authorization)
+        if not principal.allows(action):
+            raise Forbidden("Authorization failed.")
+        return principal
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise self._unauthenticated(token_sent=bool(authorization))
+        try:
+            claims = self._decode(token)
+        except jwt.PyJWKClientConnectionError:
+            log.error("the identity provider's keys could not be fetched from %s", self.authority)
+            raise IdentityProviderUnavailable(
+                "the identity provider cannot be reached to check the token; try again later"
+            ) from None
+        except jwt.PyJWTError as exc:
+            log.info("bearer token refused: %s", type(exc).__name__)
+            raise self._unauthenticated(token_sent=True) from None
+        roles = claims.get(self.roles_claim) or []
+        roles = [roles] if isinstance(roles, str) else [str(r) for r in roles if isinstance(r, str)]
+        subject = str(claims.get("sub") or claims.get("oid") or "unknown")
+        return Principal(subject, frozenset(roles), self.roles.actions(roles))
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        signing_key = self._keys().get_signing_key_from_jwt(token)
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            signing_key,
+            algorithms=list(ALGORITHMS),
+            audience=list(self.audiences),
+            issuer=self.authority,
+            leeway=LEEWAY,
+            options={"require": ["exp", "iss", "aud"]},
+        )
+        return claims
+
+    def _keys(self) -> PyJWKClient:
+        """The issuer's key client, from its discovery document (fetched once it works)."""
+        with self._lock:
+            if self._jwks is None:
+                self._jwks = PyJWKClient(
+                    self._jwks_uri(),
+                    cache_keys=True,
+                    lifespan=JWKS_LIFESPAN,
+                    timeout=_FETCH_TIMEOUT,
+                    cooldown_duration=JWKS_COOLDOWN,
+                )
+            return self._jwks
+
+    def _jwks_uri(self) -> str:
+        url = f"{self.authority}/.well-known/openid-configuration"
+        try:
+            with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT) as response:
+                document = json.load(response)
+        except (OSError, ValueError) as exc:
+            raise jwt.PyJWKClientConnectionError(f"discovery document: {exc}") from None
+        issuer = str(document.get("issuer", "")).rstrip("/")
+        if issuer != self.authority or not isinstance(document.get("jwks_uri"), str):
+            log.error("the discovery document at %s names issuer %r and no usable jwks_uri", url, issuer)
+            raise jwt.PyJWKClientConnectionError("discovery document does not match the authority")
+        uri: str = document["jwks_uri"]
+        return uri
+
+    def _unauthenticated(self, *, token_sent: bool) -> Unauthenticated:
+        audience = self.audiences[0] if self.audiences else ""
+        challenge = f'Bearer authorization_uri="{self.authority}", resource_id="{audience}", realm="{audience}"'
+        if token_sent:
+            challenge += ', error="invalid_token"'
+        return Unauthenticated("", headers={"WWW-Authenticate": challenge})
