@@ -6,14 +6,21 @@ roles.json format) maps each role to data actions (`read`, `write`, `delete`, ..
 route needs one action. Signatures are checked by PyJWT against the issuer's JWKS
 (found through its discovery document, cached, re-fetched for an unknown key id with
 PyJWT's cool-down), with asymmetric algorithms only, so neither `alg: none` nor an
-HMAC "signed" with a public key can pass. Off unless an authority is configured.
+HMAC "signed" with a public key can pass. For deployments without an identity
+provider, API keys (DICOMWEB_AUTH_TOKENS_FILE) are long random strings stored only as
+SHA-256 hashes, each with a name and roles. Off unless one of the two is configured.
 
 Nothing here logs a token: failures are logged by their reason alone.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterable
@@ -100,15 +107,93 @@ def _action_set(names: list[str]) -> frozenset[str]:
     return ACTIONS if "*" in names else frozenset(names)
 
 
+#: What an API key starts with (so a log scanner or a person can tell one from a JWT).
+API_KEY_PREFIX = "dcm_"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    roles: tuple[str, ...]
+
+
+class ApiKeys:
+    """API keys by hash, from a JSON file: {"keys": [{"name", "sha256", "roles"}]}.
+
+    The file is read again when it changes, so `dicom create-api-key` needs no restart.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._keys: tuple[ApiKey, ...] = ()
+        self._lock = threading.Lock()
+        self._reload()  # a malformed file stops start-up
+
+    def find(self, key: str) -> ApiKey | None:
+        """The entry whose hash matches `key` (compared in constant time)."""
+        self._reload()
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        found = None
+        for entry in self._keys:
+            if hmac.compare_digest(entry.sha256, digest):
+                found = entry
+        return found
+
+    def _reload(self) -> None:
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            self._keys, self._stamp = (), None
+            return
+        stamp = (info.st_mtime_ns, info.st_size)
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            self._keys = tuple(read_api_keys(self.path))
+            self._stamp = stamp
+
+
+def read_api_keys(path: str) -> list[ApiKey]:
+    try:
+        with open(path, encoding="utf-8") as fp:
+            document = json.load(fp)
+        return [
+            ApiKey(str(k["name"]), str(k["sha256"]).lower(), tuple(str(r) for r in k.get("roles", [])))
+            for k in document.get("keys", [])
+        ]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"DICOMWEB_AUTH_TOKENS_FILE={path!r} is unusable: {exc}") from None
+
+
+def create_api_key(path: str, name: str, roles: list[str]) -> str:
+    """Add a new key to the file (created if absent) and return it; only its hash is kept."""
+    keys = read_api_keys(path) if os.path.exists(path) else []
+    if any(k.name == name for k in keys):
+        raise ValueError(f"an API key named {name!r} exists already")
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    keys.append(ApiKey(name, hashlib.sha256(key.encode()).hexdigest(), tuple(roles)))
+    document = {"keys": [{"name": k.name, "sha256": k.sha256, "roles": list(k.roles)} for k in keys]}
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8") as tmp:
+        json.dump(document, tmp, indent=2)
+        tmp.write("\n")
+    os.chmod(tmp.name, 0o600)
+    os.replace(tmp.name, path)
+    return key
+
+
 class Authenticator:
     """Turns an Authorization header into a Principal, or says why it cannot."""
 
     def __init__(self, settings: Settings):
-        self.enabled = settings.auth_authority is not None
         self.authority = (settings.auth_authority or "").rstrip("/")
         self.audiences = settings.auth_audiences
         self.roles_claim = settings.auth_roles_claim
         self.roles = Roles.load(settings.auth_roles_file)
+        self.api_keys = ApiKeys(settings.auth_tokens_file) if settings.auth_tokens_file else None
+        self.enabled = bool(self.authority) or self.api_keys is not None
         self._jwks: PyJWKClient | None = None
         self._lock = threading.Lock()
 
@@ -126,6 +211,14 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise self._unauthenticated(token_sent=bool(authorization))
+        if self.api_keys is not None and token.count(".") != 2:  # not a JWT: an API key
+            entry = self.api_keys.find(token)
+            if entry is None:
+                log.info("bearer token refused: unknown API key")
+                raise self._unauthenticated(token_sent=True)
+            return Principal(entry.name, frozenset(entry.roles), self.roles.actions(entry.roles))
+        if not self.authority:
+            raise self._unauthenticated(token_sent=True)
         try:
             claims = self._decode(token)
         except jwt.PyJWKClientConnectionError:
@@ -148,7 +241,7 @@ class Authenticator:
             signing_key,
             algorithms=list(ALGORITHMS),
             audience=list(self.audiences),
-            issuer=self.authority,
+            issuer=[self.authority, self.authority + "/"],  # issuers differ on the trailing slash
             leeway=LEEWAY,
             options={"require": ["exp", "iss", "aud"]},
         )

@@ -1,4 +1,4 @@
-"""Maintenance commands: `flask --app wsgi dicom gc` and `flask --app wsgi dicom backfill-qido`.
+"""Maintenance commands: `flask --app wsgi dicom gc`, `... dicom backfill-qido`, `... dicom create-api-key`.
 
 The orphan sweep reconciles the blob store with the index. STOW writes the blob
 before the index row and deletes run the other way round, so a crash can leave a
@@ -13,7 +13,8 @@ import re
 import click
 from flask.cli import AppGroup
 
-from .services.web import archive
+from .auth import create_api_key
+from .services.web import archive, authenticator
 
 dicom = AppGroup("dicom", help="dicomserver maintenance commands.")
 
@@ -73,3 +74,23 @@ def backfill_qido(batch: int) -> None:
     finally:
         index.close()
     click.echo(f"backfill-qido: {done} instances filled; every instance has its QIDO members")
+
+
+@dicom.command("create-api-key")
+@click.option("--name", required=True, help="Who the key is for; the audit trail names callers by it.")
+@click.option("--role", "roles", multiple=True, required=True, help="A role of the roles file (repeatable).")
+@click.option("--file", "path", default=None, help="The keys file (default: DICOMWEB_AUTH_TOKENS_FILE).")
+def create_api_key_command(name: str, roles: tuple[str, ...], path: str | None) -> None:
+    """Create an API key; it is printed once and only its SHA-256 hash is stored."""
+    path = path or archive().settings.auth_tokens_file
+    if not path:
+        raise click.UsageError("set DICOMWEB_AUTH_TOKENS_FILE or pass --file")
+    unknown = [r for r in roles if not authenticator().roles.actions([r])]
+    if unknown:
+        raise click.BadParameter(f"roles {unknown} grant no action in the roles file", param_hint="--role")
+    try:
+        key = create_api_key(path, name, list(roles))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from None
+    click.echo(f"API key for {name} (roles: {', '.join(roles)}); store it now, it is not shown again:")
+    click.echo(key)

@@ -54,6 +54,8 @@ class Settings:
     auth_roles_claim: str = "roles"
     #: Roles file (the reference server's roles.json format); None: the shipped default.
     auth_roles_file: str | None = None
+    #: API keys (hashes and roles) for deployments without an identity provider.
+    auth_tokens_file: str | None = None
     #: Origins browsers may call from (CORS): ("*",) for any; empty: CORS off.
     cors_origins: tuple[str, ...] = ()
     #: Host names a request's Host header may name for the absolute URLs in answers.
@@ -187,6 +189,7 @@ _VARIABLES = (
     ("auth_allow_http", "DICOMWEB_AUTH_ALLOW_HTTP", _flag),
     ("auth_roles_claim", "DICOMWEB_AUTH_ROLES_CLAIM", str),
     ("auth_roles_file", "DICOMWEB_AUTH_ROLES_FILE", str),
+    ("auth_tokens_file", "DICOMWEB_AUTH_TOKENS_FILE", str),
     ("cors_origins", "DICOMWEB_CORS_ORIGINS", _names),
     ("trusted_hosts", "DICOMWEB_TRUSTED_HOSTS", _names),
     ("trusted_proxies", "DICOMWEB_TRUSTED_PROXIES", _names),
