@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-
 from dicom_factory import make_instance, to_bytes
+
 from dicomserver import Settings, create_app
 
 STOW = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
