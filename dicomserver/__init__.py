@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from backends import open_blobstore
 
     from .archive import Archive
+    from .audit import AuditLog
     from .auth import Authenticator
     from .index import open_index
     from .services import register_services
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.extensions["dicomserver"] = Archive(settings=settings, store=store, index=index)
     app.extensions["dicomserver-auth"] = authenticator
+    app.extensions["dicomserver-audit"] = AuditLog(settings.audit_log)
     register_services(app)
     from .cli import dicom
 

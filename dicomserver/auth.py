@@ -197,16 +197,16 @@ class Authenticator:
         self._jwks: PyJWKClient | None = None
         self._lock = threading.Lock()
 
-    def authorize(self, authorization: str | None, action: str) -> Principal:
-        """The caller, if their token is valid and their roles grant `action`; else 401/403."""
-        if not self.enabled:
-            return ANONYMOUS
-        principal = self.authenticate(authorization)
+    @staticmethod
+    def check(principal: Principal, action: str) -> None:
+        """403 unless the caller's roles grant `action`."""
         if not principal.allows(action):
             raise Forbidden("Authorization failed.")
-        return principal
 
     def authenticate(self, authorization: str | None) -> Principal:
+        """The caller an Authorization header proves (anyone when authentication is off); else 401."""
+        if not self.enabled:
+            return ANONYMOUS
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

@@ -62,6 +62,8 @@ class Settings:
     trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     #: Client addresses (reverse proxies) whose X-Forwarded-* headers are believed.
     trusted_proxies: tuple[str, ...] = ()
+    #: Where audit records go: a file, "-" for stdout; None: nowhere.
+    audit_log: str | None = "-"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -162,6 +164,10 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _audit_target(raw: str) -> str | None:
+    return None if raw.lower() in ("off", "none", "0", "false") else raw
+
+
 def _flag(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -193,4 +199,5 @@ _VARIABLES = (
     ("cors_origins", "DICOMWEB_CORS_ORIGINS", _names),
     ("trusted_hosts", "DICOMWEB_TRUSTED_HOSTS", _names),
     ("trusted_proxies", "DICOMWEB_TRUSTED_PROXIES", _names),
+    ("audit_log", "DICOMWEB_AUDIT_LOG", _audit_target),
 )

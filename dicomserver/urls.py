@@ -38,6 +38,14 @@ def request_root(settings: Settings, environ: Mapping[str, Any]) -> str:
     return f"{scheme}://{join_host(name, port or local_port, scheme)}{prefix}"
 
 
+def client_address(settings: Settings, environ: Mapping[str, Any]) -> str:
+    """Who sent the request: the direct peer, or the first X-Forwarded-For entry when the
+    peer is a trusted proxy."""
+    peer = str(environ.get("REMOTE_ADDR") or "-")
+    forwarded = _first(environ.get("HTTP_X_FORWARDED_FOR")) if peer in settings.trusted_proxies else None
+    return forwarded or peer
+
+
 def server_address(environ: Mapping[str, Any]) -> tuple[str, str]:
     """The address the client connected to: the accepted socket's (gunicorn), else the
     WSGI server's SERVER_NAME and SERVER_PORT (werkzeug's, which do not come from Host)."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from flask_cors import CORS
 
 from ..errors import NotFound
 from ..settings import Settings
-from .web import archive, authenticator, register_error_handlers, required_action
+from .web import archive, audit, audit_log, authenticator, register_error_handlers, request_id, required_action
 
 API_PREFIX = "/<any(v1, v2):api_version>"
 _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed")
@@ -44,12 +44,21 @@ def register_services(app: Flask) -> None:
             return  # CORS preflights and OPTIONS carry no credentials
         action = required_action(app.view_functions.get(request.endpoint or ""))
         if action is not None:
-            g.principal = authenticator().authorize(request.headers.get("Authorization"), action)
+            auth = authenticator()
+            g.principal = auth.authenticate(request.headers.get("Authorization"))  # kept for the audit trail
+            auth.check(g.principal, action)
 
     @app.before_request
     def _open_index() -> None:
         if request.path.startswith(("/v1/", "/v2/")):
             archive().index.connect()
+
+    @app.after_request
+    def _audit(response: Response) -> Response:
+        response.headers["X-Request-Id"] = request_id()
+        if audit_log().enabled:
+            audit(response)
+        return response
 
     @app.teardown_request
     def _close_index(_exc: BaseException | None) -> None:

@@ -17,10 +17,11 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from ..archive import Archive
+from ..audit import AuditLog, AuditRecord
 from ..auth import Authenticator
 from ..errors import DicomWebError, NotFound, http_status
 from ..retrieve import Body
-from ..urls import request_root
+from ..urls import client_address, request_root
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,44 @@ def archive() -> Archive:
 def authenticator() -> Authenticator:
     auth: Authenticator = current_app.extensions["dicomserver-auth"]
     return auth
+
+
+def audit_log() -> AuditLog:
+    trail: AuditLog = current_app.extensions["dicomserver-audit"]
+    return trail
+
+
+def request_id() -> str:
+    """This request's id: in the audit record, the X-Request-Id header and any 500's message."""
+    if "request_id" not in g:
+        g.request_id = uuid.uuid4().hex
+    rid: str = g.request_id
+    return rid
+
+
+def audit(response: Response) -> None:
+    """Record a request that touched patient data (its route declares an action) or was refused."""
+    action = required_action(current_app.view_functions.get(request.endpoint or ""))
+    if request.method == "OPTIONS" or (action is None and response.status_code not in (401, 403)):
+        return
+    principal = g.get("principal")
+    args = request.view_args or {}
+    audit_log().write(
+        AuditRecord(
+            time=AuditRecord.now(),
+            request_id=request_id(),
+            subject=principal.subject if principal is not None else "-",
+            client=client_address(archive().settings, request.environ),
+            method=request.method,
+            route=request.url_rule.rule if request.url_rule is not None else request.path,
+            action=action,
+            study=args.get("study"),
+            series=args.get("series"),
+            instance=args.get("instance"),
+            status=response.status_code,
+            bytes=response.content_length,
+        )
+    )
 
 
 def api_version() -> str:
@@ -105,9 +144,8 @@ def register_error_handlers(app: Flask) -> None:
     def _error(exc: Exception) -> Response:
         known = http_status(exc)
         if known is None:
-            request_id = uuid.uuid4().hex
-            log.error("unhandled error (request id %s)", request_id, exc_info=exc)
-            return text_response(500, f"internal server error (request id {request_id})")
+            log.error("unhandled error (request id %s)", request_id(), exc_info=exc)
+            return text_response(500, f"internal server error (request id {request_id()})")
         status, message = known
         if status >= 500:
             log.error("%s: %r", message, exc)
