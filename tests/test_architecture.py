@@ -42,6 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.changes",
         "dicomserver.auth",
         "dicomserver.urls",
+        "dicomserver.audit",
     ),
     "views": (
         "dicomserver.services",
