@@ -209,8 +209,8 @@ class Authenticator:
             return ANONYMOUS
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise self._unauthenticated(token_sent=bool(authorization))
+        if scheme.lower() != "bearer" or not token:  # no bearer token (RFC 6750 §3.1: no error code)
+            raise self._unauthenticated(token_sent=False)
         if self.api_keys is not None and token.count(".") != 2:  # not a JWT: an API key
             entry = self.api_keys.find(token)
             if entry is None:
@@ -253,7 +253,9 @@ class Authenticator:
             if self._jwks is None:
                 self._jwks = PyJWKClient(
                     self._jwks_uri(),
-                    cache_keys=True,
+                    # No per-kid cache: a key the issuer has withdrawn must stop working when
+                    # the cached key set is refreshed, not linger in an LRU cache.
+                    cache_keys=False,
                     lifespan=JWKS_LIFESPAN,
                     timeout=_FETCH_TIMEOUT,
                     cooldown_duration=JWKS_COOLDOWN,
