@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from auth_fixtures import app_factory, auth_app, auth_client, auth_settings, identity_provider  # noqa: F401  (fixture)
 from dicom_samples import STUDY_UID, sample
 from pg_fixtures import postgres, truncate_all  # noqa: F401  (fixture)
 from s3_fixtures import empty_bucket, moto_s3, new_bucket  # noqa: F401  (fixture)

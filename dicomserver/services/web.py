@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
@@ -104,8 +105,10 @@ def base_url() -> str:
 
 
 def warning(text: str) -> str:
-    """A Warning header value (RFC 7234 §5.5, code 299) as the reference server sends them."""
-    return f'299 {request.host} "{text}"'
+    """A Warning header value (RFC 7234 §5.5, code 299) as the reference server sends them;
+    the agent is the trusted host the absolute URLs use, never an echo of the Host header."""
+    agent = urlsplit(request_root(archive().settings, request.environ)).netloc
+    return f'299 {agent} "{text}"'
 
 
 def stream(body: Body) -> Response:
