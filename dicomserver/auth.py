@@ -22,6 +22,7 @@ import os
 import secrets
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ LEEWAY = 60
 #: How long the JWKS is cached, and how soon an unknown key id may fetch it again.
 JWKS_LIFESPAN = 300
 JWKS_COOLDOWN = 30
+#: After a failed discovery fetch, requests fail fast (503) for this long instead of queueing.
+DISCOVERY_RETRY_AFTER = 5
 _FETCH_TIMEOUT = 10
 
 
@@ -151,7 +154,12 @@ class ApiKeys:
         if stamp == self._stamp:
             return
         with self._lock:
-            self._keys = tuple(read_api_keys(self.path))
+            try:
+                self._keys = tuple(read_api_keys(self.path))
+            except ConfigError as exc:
+                if self._stamp is None:
+                    raise  # at start-up a broken file stops the server
+                log.error("%s; the keys read before stay in use", exc)  # a half-edited file
             self._stamp = stamp
 
 
@@ -196,6 +204,7 @@ class Authenticator:
         self.enabled = bool(self.authority) or self.api_keys is not None
         self._jwks: PyJWKClient | None = None
         self._lock = threading.Lock()
+        self._discovery_failed_at: float | None = None
 
     @staticmethod
     def check(principal: Principal, action: str) -> None:
@@ -251,8 +260,16 @@ class Authenticator:
         """The issuer's key client, from its discovery document (fetched once it works)."""
         with self._lock:
             if self._jwks is None:
+                failed_at = self._discovery_failed_at
+                if failed_at is not None and time.monotonic() - failed_at < DISCOVERY_RETRY_AFTER:
+                    raise jwt.PyJWKClientConnectionError("discovery failed moments ago")
+                try:
+                    jwks_uri = self._jwks_uri()
+                except jwt.PyJWKClientConnectionError:
+                    self._discovery_failed_at = time.monotonic()
+                    raise
                 self._jwks = PyJWKClient(
-                    self._jwks_uri(),
+                    jwks_uri,
                     # No per-kid cache: a key the issuer has withdrawn must stop working when
                     # the cached key set is refreshed, not linger in an LRU cache.
                     cache_keys=False,

@@ -39,11 +39,13 @@ def request_root(settings: Settings, environ: Mapping[str, Any]) -> str:
 
 
 def client_address(settings: Settings, environ: Mapping[str, Any]) -> str:
-    """Who sent the request: the direct peer, or the first X-Forwarded-For entry when the
-    peer is a trusted proxy."""
+    """Who sent the request: the direct peer, or, when the peer is a trusted proxy, the address
+    that proxy appended to X-Forwarded-For (the last entry: earlier ones the client may forge)."""
     peer = str(environ.get("REMOTE_ADDR") or "-")
-    forwarded = _first(environ.get("HTTP_X_FORWARDED_FOR")) if peer in settings.trusted_proxies else None
-    return forwarded or peer
+    if peer not in settings.trusted_proxies:
+        return peer
+    entries = [e.strip() for e in str(environ.get("HTTP_X_FORWARDED_FOR") or "").split(",") if e.strip()]
+    return entries[-1] if entries else peer
 
 
 def server_address(environ: Mapping[str, Any]) -> tuple[str, str]:

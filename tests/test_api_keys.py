@@ -76,3 +76,11 @@ def test_the_cli_refuses_duplicate_names_and_roles_that_grant_nothing(keyed_app)
     assert again.exit_code != 0 and "exists already" in again.output
     unknown = runner.invoke(args=["dicom", "create-api-key", "--name", "x", "--role", "noSuchRole"])
     assert unknown.exit_code != 0 and "noSuchRole" in unknown.output
+
+
+def test_a_half_edited_keys_file_keeps_the_keys_read_before(keyed_app, tmp_path):
+    client = keyed_app.test_client()
+    key = create_key(keyed_app, "viewer", "globalReader")
+    assert client.get("/v2/studies", headers=bearer(key)).status_code == 200
+    (tmp_path / "keys.json").write_text('{"keys": [')  # an editor saving half a file
+    assert client.get("/v2/studies", headers=bearer(key)).status_code == 200

@@ -82,3 +82,12 @@ def test_the_trail_can_be_turned_off(tmp_path):
     assert app.test_client().get("/v2/studies").status_code == 200
     assert Settings.from_env({"DICOMWEB_AUDIT_LOG": "off"}).audit_log is None
     app.extensions["dicomserver"].index.shutdown()
+
+
+def test_the_client_behind_a_trusted_proxy_is_the_address_the_proxy_appended(audited, tmp_path):
+    client = audited(trusted_proxies=("10.0.0.5",)).test_client()
+    forged = {"X-Forwarded-For": "1.2.3.4, 192.0.2.7"}  # the client sent 1.2.3.4; the proxy saw 192.0.2.7
+    client.get("/v2/studies", headers=forged, environ_base={"REMOTE_ADDR": "10.0.0.5"})
+    client.get("/v2/studies", headers=forged, environ_base={"REMOTE_ADDR": "198.51.100.1"})  # not a proxy
+    via_proxy, direct = records(tmp_path)
+    assert via_proxy["client"] == "192.0.2.7" and direct["client"] == "198.51.100.1"

@@ -151,7 +151,7 @@ def register_error_handlers(app: Flask) -> None:
             return text_response(500, f"internal server error (request id {request_id()})")
         status, message = known
         if status >= 500:
-            log.error("%s: %r", message, exc)
+            log.error("%s (request id %s): %r", message, request_id(), exc)
         response = text_response(status, message)
         if isinstance(exc, DicomWebError):
             response.headers.update(exc.headers)
