@@ -83,7 +83,7 @@ def audit(response: Response) -> None:
             subject=principal.subject if principal is not None else "-",
             client=client_address(archive().settings, request.environ),
             method=request.method,
-            route=request.url_rule.rule if request.url_rule is not None else request.path,
+            route=_route_template(),
             action=action,
             study=args.get("study"),
             series=args.get("series"),
@@ -92,6 +92,13 @@ def audit(response: Response) -> None:
             bytes=response.content_length,
         )
     )
+
+
+def _route_template() -> str:
+    """The route with its parameters as placeholders ('/v2/studies/<study>'): no values."""
+    if request.url_rule is None:
+        return request.path
+    return request.url_rule.rule.replace("<any(v1, v2):api_version>", api_version())
 
 
 def api_version() -> str:
