@@ -8,7 +8,7 @@ the WSGI entry) that import Flask; domain functions get what they need as argume
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -64,7 +64,7 @@ def audit_log() -> AuditLog:
 def request_id() -> str:
     """This request's id: in the audit record, the X-Request-Id header and any 500's message."""
     if "request_id" not in g:
-        g.request_id = uuid.uuid4().hex
+        g.request_id = os.urandom(16).hex()
     rid: str = g.request_id
     return rid
 
