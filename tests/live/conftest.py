@@ -31,3 +31,34 @@ def live_server(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("live"))
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    """A gunicorn that checks bearer tokens (a local identity provider signs them), with
+    `tutorial_common.TOKEN` a real admin token for the module's duration; with
+    DICOMSERVER_LIVE_URL, that server and the placeholder token, as before."""
+    import time
+
+    import tutorial_common
+    from auth_fixtures import AUDIENCE, IdentityProvider
+
+    external = os.environ.get("DICOMSERVER_LIVE_URL")
+    if external:
+        yield LiveServer(external.rstrip("/"), None, None, None)  # type: ignore[arg-type]
+        return
+    provider = IdentityProvider()
+    env = {
+        "DICOMWEB_AUTH_AUTHORITY": provider.issuer,
+        "DICOMWEB_AUTH_AUDIENCE": AUDIENCE,
+        "DICOMWEB_AUTH_ALLOW_HTTP": "1",
+    }
+    server = start_server(tmp_path_factory.mktemp("live-auth"), env=env)
+    placeholder = tutorial_common.TOKEN
+    tutorial_common.TOKEN = provider.token(roles=["globalAdmin"], sub="tutorial", exp=int(time.time()) + 3600)
+    try:
+        yield server
+    finally:
+        tutorial_common.TOKEN = placeholder
+        stop_server(server)
+        provider.stop()

@@ -26,6 +26,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+import tutorial_common
 from dicom_samples import SERIES_GREEN_RED, SOP_BLUE, SOP_GREEN, SOP_RED, STUDY_UID, sample
 from dicomweb_client import DICOMwebClient
 from tutorial_common import (
@@ -34,7 +35,6 @@ from tutorial_common import (
     TAG_SERIES_UID,
     TAG_SOP_UID,
     TAG_STUDY_UID,
-    TOKEN,
     assert_metadata_documents,
     native_frame,
     value,
@@ -64,7 +64,7 @@ class Flow:
         session = requests.Session()
         session.hooks["response"].append(self._record)
         # C#: client.HttpClient.DefaultRequestHeaders.Authorization = Bearer {token}
-        self.client = DICOMwebClient(url=self.base_url, session=session, headers={"Authorization": f"Bearer {TOKEN}"})
+        self.client = DICOMwebClient(url=self.base_url, session=session, headers={"Authorization": f"Bearer {tutorial_common.TOKEN}"})
 
     def _record(self, response, *args, **kwargs):
         self.responses.append(response)
@@ -79,7 +79,7 @@ class Flow:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(CLI), "--url", self.base_url, "--bearer-token", TOKEN, *args],
+            [str(CLI), "--url", self.base_url, "--bearer-token", tutorial_common.TOKEN, *args],
             capture_output=True,
             text=True,
             timeout=120,
@@ -92,7 +92,13 @@ def flow(request, live_server, tmp_path_factory):
     flow = Flow(request.param, live_server.url, tmp_path_factory.mktemp(f"dicomweb-client-{request.param}"))
     yield flow
     # Leave the server empty for the next flow even if a step failed half-way.
-    requests.delete(f"{flow.base_url}/studies/{STUDY_UID}")
+    requests.delete(f"{flow.base_url}/studies/{STUDY_UID}", headers={"Authorization": f"Bearer {tutorial_common.TOKEN}"})
+
+
+@pytest.fixture(scope="module")
+def live_server(token_server):
+    """The tutorial sends a bearer token: replay it against a server that checks it."""
+    return token_server
 
 
 # --- assertions ----------------------------------------------------------------------------
@@ -101,7 +107,7 @@ def assert_chunked_stow(response: requests.Response, url: str) -> None:
     assert response.request.method == "POST"
     assert response.request.url == url
     assert response.request.headers.get("Transfer-Encoding") == "chunked", response.request.headers
-    assert response.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert response.request.headers["Authorization"] == f"Bearer {tutorial_common.TOKEN}"
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "application/dicom+json"
 
@@ -144,7 +150,7 @@ def assert_one_match(results: list[dict], response: requests.Response, tag: str,
 
 def assert_ok(response: requests.Response, status: int = 200) -> None:
     assert response.status_code == status, response.text
-    assert response.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert response.request.headers["Authorization"] == f"Bearer {tutorial_common.TOKEN}"
 
 
 # --- Store DICOM Instances (STOW) ----------------------------------------------------------
