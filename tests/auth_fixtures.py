@@ -191,22 +191,10 @@ class IdentityProvider:
         payload.update(claims)
         return payload
 
-    def token(
-        self,
-        *,
-        roles: Any = ("globalReader",),
-        sub: str = "user-1",
-        aud: Any = AUDIENCE,
-        iss: str | None = None,
-        exp: Any = _UNSET,
-        nbf: int | None = None,
-        alg: str = "RS256",
-        kid: str | None = None,
-        key: Any = None,
-        **claims: Any,
-    ) -> str:
-        """A token signed by this provider's current key for `alg` (or by `key`, e.g. a stranger's)."""
-        payload = self.claims(roles=roles, sub=sub, aud=aud, iss=iss, exp=exp, nbf=nbf, **claims)
+    def token(self, *, alg: str = "RS256", kid: str | None = None, key: Any = None, **claims: Any) -> str:
+        """A token signed by this provider's current key for `alg` (or by `key`, e.g. a stranger's),
+        over the payload `claims(**claims)` makes."""
+        payload = self.claims(**claims)
         signing_key = key if key is not None else self.keys[_FAMILY[alg[:2]]].private
         return jwt.encode(payload, signing_key, algorithm=alg, headers={"kid": kid or self.kid(alg)})
 

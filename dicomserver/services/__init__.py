@@ -14,9 +14,17 @@ from flask_cors import CORS
 
 from ..errors import NotFound
 from ..settings import Settings
-from .web import archive, audit, audit_log, authenticator, register_error_handlers, request_id, required_action
+from .web import (
+    API_PREFIX,
+    archive,
+    audit,
+    audit_log,
+    authenticator,
+    register_error_handlers,
+    request_id,
+    required_action,
+)
 
-API_PREFIX = "/<any(v1, v2):api_version>"
 _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed")
 
 
@@ -40,9 +48,9 @@ def register_services(app: Flask) -> None:
 
     @app.before_request
     def _authorize() -> None:
+        g.action = action = required_action(app.view_functions.get(request.endpoint or ""))
         if request.method == "OPTIONS":
             return  # CORS preflights and OPTIONS carry no credentials
-        action = required_action(app.view_functions.get(request.endpoint or ""))
         if action is not None:
             auth = authenticator()
             g.principal = auth.authenticate(request.headers.get("Authorization"))  # kept for the audit trail

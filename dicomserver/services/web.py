@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 View = TypeVar("View", bound=Callable[..., object])
 
+#: Every DICOMweb route is mounted under this prefix: /v1/... and /v2/... (services/__init__.py).
+API_PREFIX = "/<any(v1, v2):api_version>"
+
 
 def requires(action: str) -> Callable[[View], View]:
     """Declare the data action (read, write, delete, ...) a view needs; checked before it runs.
@@ -71,7 +74,7 @@ def request_id() -> str:
 
 def audit(response: Response) -> None:
     """Record a request that touched patient data (its route declares an action) or was refused."""
-    action = required_action(current_app.view_functions.get(request.endpoint or ""))
+    action = g.get("action")  # what the route declared, looked up before the view (services/__init__.py)
     if request.method == "OPTIONS" or (action is None and response.status_code not in (401, 403)):
         return
     principal = g.get("principal")
@@ -98,7 +101,7 @@ def _route_template() -> str:
     """The route with its parameters as placeholders ('/v2/studies/<study>'): no values."""
     if request.url_rule is None:
         return request.path
-    return request.url_rule.rule.replace("<any(v1, v2):api_version>", api_version())
+    return request.url_rule.rule.replace(API_PREFIX, "/" + api_version(), 1)
 
 
 def api_version() -> str:
