@@ -12,7 +12,7 @@ from flask import Flask
 
 from .settings import ConfigError, Settings
 
-__all__ = ["create_app", "ConfigError", "Settings"]
+__all__ = ["create_app", "close_app", "ConfigError", "Settings"]
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from backends import open_blobstore
 
     from .archive import Archive
-    from .audit import AuditLog
+    from .audit import AuditLog, AuditStore, AuditTrail
     from .auth import Authenticator
     from .index import open_index
     from .services import register_services
@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.extensions["dicomserver"] = Archive(settings=settings, store=store, index=index)
     app.extensions["dicomserver-auth"] = authenticator
-    app.extensions["dicomserver-audit"] = AuditLog(settings.audit_log)
+    audit_store = AuditStore(index, settings.audit_retention_days) if settings.audit_store else None
+    app.extensions["dicomserver-audit"] = AuditTrail(AuditLog(settings.audit_log), audit_store)
     register_services(app)
     from .cli import dicom
 
@@ -58,3 +59,13 @@ def create_app(settings: Settings | None = None) -> Flask:
             "DICOMWEB_AUTH_AUDIENCE to require bearer tokens (docs/security.md)"
         )
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Store the audit records still queued, then close the index's connections.
+
+    For whoever builds apps in a long-lived process (tests, embedding); a gunicorn
+    worker does the same at exit on its own.
+    """
+    app.extensions["dicomserver-audit"].close()
+    app.extensions["dicomserver"].index.shutdown()

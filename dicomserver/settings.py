@@ -64,6 +64,10 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     #: Where audit records go: a file, "-" for stdout; None: nowhere.
     audit_log: str | None = "-"
+    #: Keep audit records in the index too, searchable as FHIR AuditEvents at /audit.
+    audit_store: bool = True
+    #: Audit records older than this are deleted from the index (not from the JSON lines).
+    audit_retention_days: int = 90
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -200,4 +204,6 @@ _VARIABLES = (
     ("trusted_hosts", "DICOMWEB_TRUSTED_HOSTS", _names),
     ("trusted_proxies", "DICOMWEB_TRUSTED_PROXIES", _names),
     ("audit_log", "DICOMWEB_AUDIT_LOG", _audit_target),
+    ("audit_store", "DICOMWEB_AUDIT_STORE", _flag),
+    ("audit_retention_days", "DICOMWEB_AUDIT_RETENTION_DAYS", _positive_int),
 )

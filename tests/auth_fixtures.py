@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from dicomserver import Settings, create_app
+from dicomserver import Settings, close_app, create_app
 
 AUDIENCE = "dicom-api"
 #: PyJWKClient's default cool-down between forced JWKS refreshes (seconds).
@@ -256,7 +256,7 @@ def app_factory(request, tmp_path):
 
     yield build
     for app in apps:
-        app.extensions["dicomserver"].index.shutdown()
+        close_app(app)
 
 
 @pytest.fixture

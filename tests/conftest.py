@@ -9,7 +9,7 @@ from dicom_samples import STUDY_UID, sample
 from pg_fixtures import postgres, truncate_all  # noqa: F401  (fixture)
 from s3_fixtures import empty_bucket, moto_s3, new_bucket  # noqa: F401  (fixture)
 
-from dicomserver import Settings, create_app
+from dicomserver import Settings, close_app, create_app
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -51,7 +51,7 @@ def app(settings):
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
-    app.extensions["dicomserver"].index.shutdown()
+    close_app(app)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-TABLES = ("change", "request_attribute", "instance", "series", "study")
+TABLES = ("audit_event", "change", "request_attribute", "instance", "series", "study")
 
 
 def _bin(name: str) -> str | None:

@@ -8,7 +8,7 @@ import os
 import pytest
 from dicom_factory import make_instance, to_bytes
 
-from dicomserver import Settings, create_app
+from dicomserver import Settings, close_app, create_app
 
 STOW = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
 
@@ -22,7 +22,7 @@ def keyed_app(tmp_path):
     )
     app = create_app(settings)
     yield app
-    app.extensions["dicomserver"].index.shutdown()
+    close_app(app)
 
 
 def create_key(app, name: str, *roles: str) -> str:

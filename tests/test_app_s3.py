@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from requests_toolbelt import MultipartDecoder
 from s3_fixtures import moto_s3, new_bucket  # noqa: F401
 
-from dicomserver import Settings, create_app
+from dicomserver import Settings, close_app, create_app
 
 PREFIX = "archive"
 STOW = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=BOUNDARY-1234'}
@@ -35,7 +35,7 @@ def s3_app(moto_s3, tmp_path):  # noqa: F811
     )
     app.config["TESTING"] = True
     yield app, bucket
-    app.extensions["dicomserver"].index.shutdown()
+    close_app(app)
     app.extensions["dicomserver"].store.close()
 
 
@@ -160,7 +160,7 @@ def test_readiness_reports_the_bucket(s3_app, moto_s3, tmp_path) -> None:  # noq
     response = missing.test_client().get("/readyz")
     assert response.status_code == 503
     assert "does not exist" in response.json["checks"]["blobstore"]
-    missing.extensions["dicomserver"].index.shutdown()
+    close_app(missing)
 
 
 def test_storage_outage_is_503_not_500(s3_app) -> None:

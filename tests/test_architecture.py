@@ -43,6 +43,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.auth",
         "dicomserver.urls",
         "dicomserver.audit",
+        "dicomserver.fhir_audit",
     ),
     "views": (
         "dicomserver.services",

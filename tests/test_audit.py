@@ -7,7 +7,7 @@ import json
 import pytest
 from dicom_factory import make_instance, to_bytes
 
-from dicomserver import Settings, create_app
+from dicomserver import Settings, close_app, create_app
 
 STOW = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
 
@@ -29,7 +29,7 @@ def audited(tmp_path):
     apps: list = []
     yield build
     for app in apps:
-        app.extensions["dicomserver"].index.shutdown()
+        close_app(app)
 
 
 def records(tmp_path) -> list[dict]:
@@ -48,6 +48,7 @@ def test_each_patient_data_request_leaves_one_record(audited, tmp_path):
     stow, metadata, search, delete = records(tmp_path)
     assert stow["method"] == "POST" and stow["route"] == "/v2/studies"
     assert stow["action"] == "write" and stow["status"] == 200 and stow["subject"] == "anonymous"
+    assert stow["study"] == ds.StudyInstanceUID  # not in the path: the study it stored
     assert stow["request_id"] == stored.headers["X-Request-Id"]
     assert metadata["action"] == "read" and metadata["instance"] == ds.SOPInstanceUID
     assert metadata["study"] == ds.StudyInstanceUID and metadata["series"] == ds.SeriesInstanceUID
@@ -82,7 +83,7 @@ def test_the_trail_can_be_turned_off(tmp_path):
     )
     assert app.test_client().get("/v2/studies").status_code == 200
     assert Settings.from_env({"DICOMWEB_AUDIT_LOG": "off"}).audit_log is None
-    app.extensions["dicomserver"].index.shutdown()
+    close_app(app)
 
 
 def test_the_client_behind_a_trusted_proxy_is_the_address_the_proxy_appended(audited, tmp_path):

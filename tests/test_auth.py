@@ -29,6 +29,11 @@ from dicom_factory import make_instance, to_bytes
 from dicomserver import ConfigError, Settings
 
 ACTIONS = {"GET": "read", "POST": "write", "PUT": "write", "DELETE": "delete"}
+
+
+def action_of(method: str, rule) -> str:
+    """The action the spec gives a route: the audit trail needs `audit`, the rest goes by method."""
+    return "audit" if "/audit" in rule.rule else ACTIONS[method]
 DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
 
 
@@ -65,6 +70,7 @@ def seed(client, idp: IdentityProvider) -> dict[str, str]:
         "instance": ds.SOPInstanceUID,
         "frames": "1",
         "tag_path": "7FE00010",
+        "record_id": "1",
     }
 
 
@@ -121,7 +127,7 @@ def test_a_reader_reads_every_get_route_and_may_not_write_or_delete(auth_client,
         for version in ("v1", "v2"):
             path = fill(rule, version, values)
             response = call(auth_client, method, path, reader, values)
-            if ACTIONS[method] == "read":
+            if action_of(method, rule) == "read":
                 if response.status_code in (401, 403):
                     wrong.append(f"{method} {path}: {response.status_code}")
             elif response.status_code != 403 or response.data.strip() != b"Authorization failed.":
@@ -141,7 +147,7 @@ def test_a_writer_stores_on_every_stow_route_and_may_not_delete(auth_client, aut
     for method, rule in api_routes(auth_app):
         path = fill(rule, "v2", values)
         response = call(auth_client, method, path, writer, values)
-        wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 403}[ACTIONS[method]])
+        wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 403, "audit": 403}[action_of(method, rule)])
     assert wrong == []
 
 
@@ -152,7 +158,7 @@ def test_a_deleter_deletes_on_every_delete_route_and_may_not_store(auth_client, 
         values = seed(auth_client, identity_provider)
         path = fill(rule, "v2", values)
         response = call(auth_client, method, path, deleter, values)
-        wrong += mismatch(method, path, response, {"read": None, "write": 403, "delete": 204}[ACTIONS[method]])
+        wrong += mismatch(method, path, response, {"read": None, "write": 403, "delete": 204, "audit": 403}[action_of(method, rule)])
     assert wrong == []
 
 
@@ -164,8 +170,20 @@ def test_an_admin_may_do_anything(auth_client, auth_app, identity_provider):
             values = seed(auth_client, identity_provider)
             path = fill(rule, version, values)
             response = call(auth_client, method, path, admin, values)
-            wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 204}[ACTIONS[method]])
+            wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 204, "audit": None}[action_of(method, rule)])
     assert wrong == []
+
+
+def test_an_auditor_reads_the_audit_trail_and_nothing_else(auth_client, auth_app, identity_provider):
+    values = seed(auth_client, identity_provider)
+    auditor = identity_provider.token(roles=["globalAuditor"])
+    wrong = []
+    for method, rule in api_routes(auth_app):
+        path = fill(rule, "v2", values)
+        response = call(auth_client, method, path, auditor, values)
+        wrong += mismatch(method, path, response, None if action_of(method, rule) == "audit" else 403)
+    assert wrong == []
+    assert auth_client.get("/v2/audit", headers=bearer(auditor)).status_code == 200
 
 
 def test_head_needs_read_like_get(auth_client, identity_provider):
@@ -181,7 +199,7 @@ def test_health_endpoints_need_no_token(auth_client):
 
 def test_options_needs_no_token(auth_client, auth_app):
     for _, rule in api_routes(auth_app):
-        path = fill(rule, "v2", {"study": "1.2.3", "series": "1.2.3.4", "instance": "1.2.3.4.5", "frames": "1", "tag_path": "7FE00010"})
+        path = fill(rule, "v2", {"study": "1.2.3", "series": "1.2.3.4", "instance": "1.2.3.4.5", "frames": "1", "tag_path": "7FE00010", "record_id": "1"})
         response = auth_client.options(path)
         assert response.status_code not in (401, 403), path
 

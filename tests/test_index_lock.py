@@ -8,7 +8,7 @@ import time
 import pytest
 from dicom_factory import make_instance, to_bytes
 
-from dicomserver import Settings, create_app
+from dicomserver import Settings, close_app, create_app
 
 
 def _app(tmp_path, busy_ms: int = 30000):
@@ -41,7 +41,7 @@ def test_a_writer_held_up_by_another_process_gets_503_after_the_busy_timeout(tmp
         "/v2/studies", data=to_bytes(make_instance()), headers={"Content-Type": "application/dicom"}
     )
     assert response.status_code == 200
-    app.extensions["dicomserver"].index.shutdown()
+    close_app(app)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

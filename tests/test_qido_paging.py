@@ -132,7 +132,7 @@ def test_postgres_indexes_serve_prefix_wildcards_and_date_ranges(postgres, tmp_p
     """
     import psycopg2
 
-    from dicomserver import Settings, create_app
+    from dicomserver import Settings, close_app, create_app
     from dicomserver.index.schema import SCHEMA_VERSION
 
     admin = psycopg2.connect(postgres.url("postgres"))
@@ -145,7 +145,7 @@ def test_postgres_indexes_serve_prefix_wildcards_and_date_ranges(postgres, tmp_p
 
     def open_index():
         app = create_app(Settings(blobstore_url=str(tmp_path / "blobs"), database_url=url))
-        app.extensions["dicomserver"].index.shutdown()
+        close_app(app)
 
     def indexes(cursor) -> set[str]:
         cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'study'")

@@ -5,7 +5,7 @@ import sqlite3
 
 from dicom_factory import make_instance, to_bytes
 
-from dicomserver import Settings, create_app
+from dicomserver import Settings, close_app, create_app
 from dicomserver.index.schema import SCHEMA_VERSION
 
 
@@ -23,7 +23,7 @@ def test_version_1_database_is_migrated_and_rederived(tmp_path):
     app = _app(tmp_path)
     ds = make_instance(PatientName="Doe^John", RequestAttributesSequence=[])
     app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
-    app.extensions["dicomserver"].index.close()
+    close_app(app)  # its audit record is stored before the tables change
     # Turn it into what release 1 created: no schema_info, no fuzzy/SOP-class/bulk data columns,
     # the DICOM JSON inside the instance rows.
     with sqlite3.connect(tmp_path / "i.db") as db:
@@ -35,16 +35,20 @@ def test_version_1_database_is_migrated_and_rederived(tmp_path):
         db.execute("ALTER TABLE instance ADD COLUMN metadata TEXT")
         db.execute("UPDATE instance SET metadata = (SELECT metadata FROM instance_metadata WHERE instance_id = instance.id)")
         db.execute("DROP TABLE instance_metadata")
+        db.execute("DROP TABLE audit_event")
 
-    client = _app(tmp_path).test_client()
+    migrated = _app(tmp_path)
+    client = migrated.test_client()
     response = client.get("/v2/studies?PatientName=jo&fuzzymatching=true&includefield=SOPClassesInStudy")
     assert response.status_code == 200
     (study,) = response.json
     assert study["00080062"]["Value"] == [ds.SOPClassUID]
     (meta,) = client.get(f"/v2/studies/{ds.StudyInstanceUID}/metadata").json
     assert meta["00100010"]["Value"] == [{"Alphabetic": "Doe^John"}]
+    close_app(migrated)
     with sqlite3.connect(tmp_path / "i.db") as db:
         assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+        assert db.execute("SELECT count(*) FROM audit_event").fetchone()[0] == 2  # created again, then written
 
 
 def test_newer_schema_is_refused(tmp_path):

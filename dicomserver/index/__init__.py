@@ -1,17 +1,19 @@
-"""The metadata index: every read and write of Study/Series/Instance/Change rows.
+"""The metadata index: every read and write of Study/Series/Instance/Change rows and the audit trail.
 
 One concrete class over Peewee (SQLite by default, PostgreSQL by URL), assembled from
 one module per job: `connection.py` (the database, per-request connections, the writer
 lock), `reads.py` (by UID: WADO, /metadata, the change feed, gc), `writes.py` (STOW,
-DELETE and the counters they keep), `query.py` (QIDO) and `schema.py` (migrations).
+DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail) and
+`schema.py` (migrations).
 """
 from __future__ import annotations
 
+from .audit import AuditQuery, AuditRecord, IndexAudit
 from .reads import FeedEntry, StoredBlob, StoredInstance
 from .writes import DuplicateInstance, IndexWrites, InstanceRecord, StoreOutcome
 
 
-class Index(IndexWrites):
+class Index(IndexWrites, IndexAudit):
     """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
 
     def create_schema(self) -> None:
@@ -28,6 +30,8 @@ def open_index(database_url: str, *, sqlite_busy_timeout_ms: int = 30000) -> Ind
 
 
 __all__ = [
+    "AuditQuery",
+    "AuditRecord",
     "DuplicateInstance",
     "FeedEntry",
     "Index",

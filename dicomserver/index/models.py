@@ -1,4 +1,4 @@
-"""Peewee models of the metadata index: Study, Series, Instance and the change feed.
+"""Peewee models of the metadata index: Study, Series, Instance, the change feed, the audit trail.
 
 Patient attributes live on Study (as in the reference server: no patient level).
 Study and Series columns hold the searchable attributes of their *latest* stored
@@ -120,7 +120,32 @@ class Change(BaseModel):
     sop_instance_uid = pw.CharField(max_length=64, index=True)
 
 
-MODELS = (Study, Series, Instance, InstanceMetadata, RequestAttribute, Change)
+class AuditEvent(BaseModel):
+    """One audit record (audit.py), kept for the retention period and served as a FHIR AuditEvent.
+
+    Facts only (who, from where, which route and UIDs, the outcome); the FHIR resource
+    is built when read, so a row stays ~200 bytes. Newest first is the only order read.
+    """
+
+    id = pw.AutoField()
+    recorded = pw.DateTimeField(index=True)
+    request_id = pw.CharField(max_length=32)
+    subject = pw.TextField()
+    client = pw.TextField()
+    method = pw.CharField(max_length=8)
+    route = pw.TextField()
+    action = pw.CharField(max_length=32, null=True)
+    study = pw.CharField(max_length=64, null=True)
+    series = pw.CharField(max_length=64, null=True)
+    instance = pw.CharField(max_length=64, null=True)
+    status = pw.IntegerField()
+    bytes = pw.BigIntegerField(null=True)
+
+    class Meta:
+        indexes = ((("subject", "id"), False), (("study", "id"), False))
+
+
+MODELS = (Study, Series, Instance, InstanceMetadata, RequestAttribute, Change, AuditEvent)
 
 
 class SchemaInfo(BaseModel):

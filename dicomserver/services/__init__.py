@@ -18,23 +18,23 @@ from .web import (
     API_PREFIX,
     archive,
     audit,
-    audit_log,
+    audit_trail,
     authenticator,
     register_error_handlers,
     request_id,
     required_action,
 )
 
-_DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed")
+_DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit")
 
 
 def register_services(app: Flask) -> None:
     """Mount the blueprints, the error handlers and the per-request index connection."""
-    from . import bulkdata, changefeed, delete, ops, qido, rendered, stow, wado
+    from . import audit_events, bulkdata, changefeed, delete, ops, qido, rendered, stow, wado
 
     register_error_handlers(app)
 
-    for module in (stow, wado, bulkdata, qido, delete, changefeed, rendered):
+    for module in (stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
 
@@ -64,7 +64,7 @@ def register_services(app: Flask) -> None:
     @app.after_request
     def _audit(response: Response) -> Response:
         response.headers["X-Request-Id"] = request_id()
-        if audit_log().enabled:
+        if audit_trail().enabled:
             audit(response)
         return response
 

@@ -7,9 +7,11 @@ the WSGI entry) that import Flask; domain functions get what they need as argume
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -18,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from ..archive import Archive
-from ..audit import AuditLog, AuditRecord
+from ..audit import AuditRecord, AuditTrail
 from ..auth import Authenticator
 from ..errors import DicomWebError, NotFound, http_status
 from ..retrieve import Body
@@ -59,8 +61,8 @@ def authenticator() -> Authenticator:
     return auth
 
 
-def audit_log() -> AuditLog:
-    trail: AuditLog = current_app.extensions["dicomserver-audit"]
+def audit_trail() -> AuditTrail:
+    trail: AuditTrail = current_app.extensions["dicomserver-audit"]
     return trail
 
 
@@ -73,28 +75,37 @@ def request_id() -> str:
 
 
 def audit(response: Response) -> None:
-    """Record a request that touched patient data (its route declares an action) or was refused."""
+    """Record a request that touched patient data (its route declares an action) or was refused.
+
+    A request with no study in its path that stored instances (STOW to /studies) gives
+    one record per study it stored, so that a search by study finds it.
+    """
     action = g.get("action")  # what the route declared, looked up before the view (services/__init__.py)
     if request.method == "OPTIONS" or (action is None and response.status_code not in (401, 403)):
         return
     principal = g.get("principal")
     args = request.view_args or {}
-    audit_log().write(
-        AuditRecord(
-            time=AuditRecord.now(),
-            request_id=request_id(),
-            subject=principal.subject if principal is not None else "-",
-            client=client_address(archive().settings, request.environ),
-            method=request.method,
-            route=_route_template(),
-            action=action,
-            study=args.get("study"),
-            series=args.get("series"),
-            instance=args.get("instance"),
-            status=response.status_code,
-            bytes=response.content_length,
-        )
+    record = AuditRecord(
+        time=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+        request_id=request_id(),
+        subject=principal.subject if principal is not None else "-",
+        client=client_address(archive().settings, request.environ),
+        method=request.method,
+        route=_route_template(),
+        action=action,
+        study=args.get("study"),
+        series=args.get("series"),
+        instance=args.get("instance"),
+        status=response.status_code,
+        bytes=response.content_length,
     )
+    studies = g.get("audit_studies") if record.study is None else None
+    audit_trail().write([replace(record, study=uid) for uid in studies] if studies else [record])
+
+
+def note_studies(uids: Iterable[str]) -> None:
+    """The studies a request touched that its path does not name (STOW to /studies), for the audit."""
+    g.audit_studies = sorted(set(uids))
 
 
 def _route_template() -> str:

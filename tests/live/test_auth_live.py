@@ -129,3 +129,43 @@ def test_absolute_urls_keep_the_port_and_ignore_forged_hosts(server, idp):
         ).json()
         assert studies and all(s["00081190"]["Value"][0].startswith(expected + "/v2/studies/") for s in studies)
     requests.delete(f"{server.url}/v2/studies/{STUDY_UID}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def test_an_auditor_finds_the_exchanges_of_every_worker_at_audit(server, idp):
+    """The index copy of the trail: records from both workers reach /audit within seconds."""
+    import time
+
+    reader = idp.token(roles=["globalReader"], sub="audit-probe")
+    for _ in range(8):  # keep-alive off: the requests spread over the two workers
+        requests.get(f"{server.url}/v2/studies", headers={"Authorization": f"Bearer {reader}", "Connection": "close"},
+                     timeout=60)
+    auditor = {"Authorization": f"Bearer {idp.token(roles=['globalAuditor'], sub='auditor-1')}"}
+    deadline, events = time.monotonic() + 15, []
+    while time.monotonic() < deadline:
+        response = requests.get(f"{server.url}/v2/audit?subject=audit-probe", headers=auditor, timeout=60)
+        assert response.status_code == 200 and response.headers["Content-Type"] == "application/fhir+json"
+        events = [entry["resource"] for entry in response.json()["entry"]]
+        if len(events) == 8:
+            break
+        time.sleep(0.3)
+    assert len(events) == 8 and {e["subtype"][0]["code"] for e in events} == {"search-type"}
+    lines = {r["request_id"] for r in audit_records(server) if r["subject"] == "audit-probe"}
+    stored = {next(x["what"]["identifier"]["value"] for x in e["entity"] if x["type"]["code"] == "XrequestId")
+              for e in events}
+    assert stored == lines  # the same requests in the JSON lines and in the index
+    reader_refused = requests.get(f"{server.url}/v2/audit", headers={"Authorization": f"Bearer {reader}"}, timeout=60)
+    assert reader_refused.status_code == 403
+
+
+def test_a_stopping_server_stores_every_queued_audit_record(tmp_path):
+    import sqlite3
+
+    live = start_server(tmp_path / "stopping", workers=2, threads=2, env={"DICOMWEB_AUDIT_LOG": "off"})
+    try:
+        for _ in range(20):
+            assert requests.get(f"{live.url}/v2/studies", headers={"Connection": "close"}, timeout=60).status_code == 200
+    finally:
+        stop_server(live)  # SIGTERM at once: the records are still queued in the workers
+    assert live.process.returncode == 0
+    with sqlite3.connect(tmp_path / "stopping" / "index.db") as db:
+        assert db.execute("SELECT count(*) FROM audit_event WHERE route = '/v2/studies'").fetchone()[0] == 20
