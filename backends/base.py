@@ -88,6 +88,10 @@ class StorageUnavailable(BlobStoreError):
     """
 
 
+class StoreFull(StorageUnavailable):
+    """The storage has no space left (ENOSPC, EDQUOT): nothing more can be stored until some is freed."""
+
+
 class InvalidKey(BlobStoreError, ValueError):
     """The key does not follow the key rules (see `validate_key`)."""
 

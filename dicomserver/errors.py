@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import peewee
 
-from backends.base import BlobNotFound, BlobStoreError, InvalidKey, StorageUnavailable
+from backends.base import BlobNotFound, BlobStoreError, InvalidKey, StorageUnavailable, StoreFull
 
 
 class DicomWebError(Exception):
@@ -59,6 +59,14 @@ class UnsupportedMediaType(DicomWebError):
     """The request body's Content-Type is not one this service reads."""
 
 
+class RequestTimeout(DicomWebError):
+    """The client stopped sending its request body (no data within DICOMWEB_BODY_READ_TIMEOUT)."""
+
+
+class InsufficientStorage(DicomWebError):
+    """The archive has no space left to store what was sent."""
+
+
 #: Exception type → (HTTP status, message for the client or None to use the exception's
 #: own, which only DicomWebError subclasses carry). The nearest class in an exception's MRO
 #: wins, so a subclass may have a row of its own.
@@ -71,8 +79,11 @@ STATUS: dict[type[BaseException], tuple[int, str | None]] = {
     NotAcceptable: (406, None),
     PayloadTooLarge: (413, None),
     UnsupportedMediaType: (415, None),
+    RequestTimeout: (408, None),
+    InsufficientStorage: (507, None),
     # The layers below the services say nothing a client should read; these say it for them.
     InvalidKey: (400, "invalid storage key"),
+    StoreFull: (507, "the archive is out of storage space; nothing can be stored until space is freed"),
     StorageUnavailable: (503, "the blob store is unavailable; try again later"),
     BlobNotFound: (500, "the index references a blob that is missing from the store"),
     BlobStoreError: (503, "the blob store failed; try again later"),

@@ -68,6 +68,12 @@ class Settings:
     audit_store: bool = True
     #: Audit records older than this are deleted from the index (not from the JSON lines).
     audit_retention_days: int = 90
+    #: Seconds a request body may send nothing before the request is answered 408 (gunicorn).
+    body_read_timeout: float = 30.0
+    #: Seconds a client has to send a whole request head (line and headers) (gunicorn).
+    head_timeout: float = 10.0
+    #: /readyz reports not ready when local blob storage has less free space than this.
+    min_free_bytes: int = 256 * 1024**2
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -110,6 +116,26 @@ def _positive_int(raw: str) -> int:
         raise ValueError("expected a whole number") from None
     if value <= 0:
         raise ValueError("expected a number greater than 0")
+    return value
+
+
+def _whole_number(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value < 0:
+        raise ValueError("expected a number of 0 or more")
+    return value
+
+
+def _positive_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("expected a number of seconds greater than 0")
     return value
 
 
@@ -206,4 +232,7 @@ _VARIABLES = (
     ("audit_log", "DICOMWEB_AUDIT_LOG", _audit_target),
     ("audit_store", "DICOMWEB_AUDIT_STORE", _flag),
     ("audit_retention_days", "DICOMWEB_AUDIT_RETENTION_DAYS", _positive_int),
+    ("body_read_timeout", "DICOMWEB_BODY_READ_TIMEOUT", _positive_seconds),
+    ("head_timeout", "DICOMWEB_HEAD_TIMEOUT", _positive_seconds),
+    ("min_free_bytes", "DICOMWEB_MIN_FREE_BYTES", _whole_number),
 )
