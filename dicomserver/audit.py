@@ -25,6 +25,8 @@ import weakref
 from collections.abc import Iterable
 from typing import TextIO
 
+import peewee as pw
+
 from .index import AuditRecord, Index
 
 __all__ = ["AuditLog", "AuditRecord", "AuditStore", "AuditTrail", "iso_time"]
@@ -122,9 +124,6 @@ class AuditStore:
                 batch, self._pending = self._pending, []
             if batch:
                 self._write(batch)
-            if time.monotonic() >= self._next_purge:
-                self._next_purge = time.monotonic() + self.PURGE_INTERVAL
-                self._purge()
 
     def close(self) -> None:
         """Write what is pending and let the thread end (app shutdown)."""
@@ -136,19 +135,27 @@ class AuditStore:
             thread.join(timeout=5)
 
     def _run(self) -> None:
-        while True:
-            self._wake.wait(self.FLUSH_INTERVAL)
-            self._wake.clear()
-            self.flush()
-            with self._lock:
-                if not self._pending:
-                    self._thread = None
-                    return
+        try:
+            while True:
+                self._wake.wait(self.FLUSH_INTERVAL)
+                self._wake.clear()
+                self.flush()
+                if time.monotonic() >= self._next_purge:  # here only: never inside a request
+                    self._next_purge = time.monotonic() + self.PURGE_INTERVAL
+                    self._purge()
+                with self._lock:
+                    if not self._pending:
+                        self._thread = None
+                        return
+        except BaseException:
+            with self._lock:  # the next record starts a new thread
+                self._thread = None
+            raise
 
     def _write(self, batch: list[AuditRecord]) -> None:
         try:
             with _connection(self.index):
-                self.index.record_audit(batch)
+                self._store(batch)
             self._failures = 0
         except Exception as exc:
             self._failures += 1
@@ -159,7 +166,20 @@ class AuditStore:
                 return
             log.warning("audit: %d records not stored in the index yet (%s); retrying", len(batch), exc)
             with self._lock:
-                self._pending[:0] = batch[-self.MAX_PENDING:]
+                self._pending[:0] = batch
+                del self._pending[: max(0, len(self._pending) - self.MAX_PENDING)]
+
+    def _store(self, batch: list[AuditRecord]) -> None:
+        """One transaction; if the database refuses the data itself, each record alone, so
+        that one bad record cannot keep the others out."""
+        try:
+            self.index.record_audit(batch)
+        except (pw.DataError, pw.IntegrityError):
+            if len(batch) == 1:
+                log.error("audit: a record was refused by the index and dropped: %r", batch[0])
+                return
+            for record in batch:
+                self._store([record])
 
     def _purge(self) -> None:
         before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - self.retention

@@ -46,6 +46,7 @@ _STUDY_UID = {"coding": [{"system": _DCM, "code": "110180", "display": "Study In
 
 #: Routes ending so are searches (QIDO, the change feed, this trail); other GETs are reads.
 _SEARCH_ENDS = ("/studies", "/series", "/instances", "/changefeed", "/changefeed/latest", "/audit")
+_DIGITS = re.compile(r"[0-9]+")
 _SEARCH_PARAMETERS = ("date", "subject", "study", "_count", "_cursor")
 
 
@@ -79,7 +80,7 @@ def search(index: Index, arguments: Sequence[tuple[str, str]], base_url: str) ->
 
 def read(index: Index, record_id: str, base_url: str) -> dict[str, Any]:
     """One AuditEvent by id; 404 when it never existed or has passed the retention."""
-    found = index.audit_record(int(record_id)) if record_id.isdigit() and len(record_id) < 19 else None
+    found = index.audit_record(int(record_id)) if _DIGITS.fullmatch(record_id) and len(record_id) < 19 else None
     if found is None:
         raise NotFound(f"AuditEvent/{record_id} does not exist (or is past the retention period)")
     return audit_event(*found, base_url)
@@ -177,7 +178,7 @@ def _number(values: dict[str, list[str]], name: str, low: int, high: int) -> int
     raw = _one(values, name)
     if raw is None:
         return None
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _DIGITS.fullmatch(raw) or len(raw) > 19 or not low <= int(raw) <= high:
         raise BadRequest(f"{name}={raw!r} is invalid: expected a whole number from {low} to {high}")
     return int(raw)
 
@@ -200,12 +201,12 @@ def _date_bounds(raw: str) -> tuple[dt.datetime | None, dt.datetime | None]:
     if match is None:
         raise BadRequest(
             f"date={raw!r} is invalid: expected [eq|ge|gt|le|lt] and YYYY, YYYY-MM, YYYY-MM-DD or "
-            "YYYY-MM-DDThh:mm[:ss[.fff]][Z|±hh:mm]"
+            "YYYY-MM-DDThh:mm[:ss[.fff]][Z|±hh:mm] (percent-encode + as %2B)"
         )
     part = match.groupdict()
     try:
         start, end = _interval(part)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise BadRequest(f"date={raw!r} is invalid: {exc}") from None
     prefix = part["prefix"] or "eq"
     return {

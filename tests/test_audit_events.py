@@ -126,8 +126,8 @@ def test_filters_by_study_subject_and_date(auth_client, identity_provider):
     of_study = events(auth_client, f"?study={ds.StudyInstanceUID}", **admin)
     assert [e["action"] for e in of_study] == ["D", "R", "C"]
     assert events(auth_client, f"?study={ds.StudyInstanceUID}&subject=admin-1", **admin)[0]["action"] == "C"
-    today = utcnow().date().isoformat()
-    assert len(events(auth_client, f"?date={today}&subject=reader-2", **admin)) == 3
+    day = by_reader[0]["recorded"][:10]  # the day they were recorded (the test may cross midnight)
+    assert len(events(auth_client, f"?date={day}&subject=reader-2", **admin)) == 3
     assert events(auth_client, "?date=lt2000-01-01&subject=reader-2", **admin) == []
     hour_ago = (utcnow() - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     in_an_hour = (utcnow() + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -139,6 +139,26 @@ def test_filters_by_study_subject_and_date(auth_client, identity_provider):
     # The token is in no stored event.
     token = admin["Authorization"].split()[1]
     assert token not in auth_client.get("/v2/audit?_count=1000", headers=admin).data.decode()
+
+
+def test_a_path_that_is_no_uid_is_not_kept_and_spoils_no_other_record(client):
+    client.get("/v2/studies/1." + "9" * 80)  # 400: not a UID (and longer than any column)
+    client.get("/v2/studies/1.2.3/series/x<script>")
+    bad_series, bad_path = events(client)[:2]  # newest first
+    assert study_of(bad_path) is None and bad_path["outcomeDesc"] == "HTTP 400"
+    assert study_of(bad_series) == "1.2.3" and detail(bad_series, "SeriesInstanceUID") is None
+
+
+def test_a_record_the_database_refuses_does_not_keep_the_others_out(app):
+    index = app.extensions["dicomserver"].index
+    store = AuditStore(index, retention_days=90)
+    # PostgreSQL refuses a request id longer than its column; SQLite keeps it: either way the other stays.
+    store.append(record(utcnow(), subject="good"))
+    store.append(record(utcnow(), subject="oversized", request_id="x" * 200))
+    store.close()
+    stored = {r.subject for _, r in index.audit_records(AuditQuery(limit=10))}
+    assert "good" in stored
+    assert ("oversized" in stored) == index.is_sqlite
 
 
 def test_pages_follow_the_next_link_without_gaps_or_repeats(client):
@@ -168,6 +188,9 @@ def test_pages_follow_the_next_link_without_gaps_or_repeats(client):
         ("?_count=5000", b"_count='5000' is invalid"),
         ("?subject=a&subject=b", b"subject may be given once"),
         ("?_cursor=x", b"_cursor='x' is invalid"),
+        ("?_count=%C2%B2", b"_count='\xc2\xb2' is invalid"),
+        ("?date=9999-12-31", b"date='9999-12-31' is invalid"),
+        ("?date=0001-01-01T00:00%2B01:00", b"is invalid"),
     ],
 )
 def test_bad_searches_are_400_saying_why(app_factory, query, message):
@@ -180,6 +203,7 @@ def test_unknown_events_are_404_and_only_fhir_json_is_offered(app_factory):
     assert client.get("/v2/audit/99999").status_code == 404
     assert client.get("/v2/audit/abc").status_code == 404
     assert client.get("/v2/audit/" + "9" * 40).status_code == 404
+    assert client.get("/v2/audit/%C2%B2").status_code == 404
     assert client.get("/v2/audit", headers={"Accept": "application/dicom+json"}).status_code == 406
     assert client.get("/v2/audit", headers={"Accept": "application/json"}).status_code == 200
     assert client.get("/audit").status_code == 404  # versioned like every API route
@@ -210,9 +234,10 @@ def test_records_past_the_retention_are_purged(app_factory):
     now = utcnow()
     index.record_audit([record(now - dt.timedelta(days=31), subject="old"), record(now - dt.timedelta(days=29), subject="kept")])
     store = app.extensions["dicomserver-audit"].store
-    store.flush()  # the first flush of a process purges
+    store.append(record(now, subject="new"))  # starts the writer thread, which purges on its first round
+    store.close()
     subjects = [r.subject for _, r in index.audit_records(AuditQuery(limit=10))]
-    assert subjects == ["kept"]
+    assert subjects == ["new", "kept"]
     assert Settings.from_env({"DICOMWEB_AUDIT_RETENTION_DAYS": "7"}).audit_retention_days == 7
 
 

@@ -11,8 +11,13 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import peewee as pw
+
 from .connection import IndexDatabase
 from .models import AuditEvent
+
+#: Turns the driver's errors into peewee's (DataError, IntegrityError, ...) around raw cursors.
+_DRIVER_ERRORS = pw.__exception_wrapper__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,20 +66,27 @@ class IndexAudit(IndexDatabase):
     def record_audit(self, records: Sequence[AuditRecord]) -> None:
         """Store a batch of records in one transaction.
 
-        Plain SQL with executemany: peewee's builder costs ~10 µs per row, which every
-        request served would pay (in the writer thread) for its audit record.
+        Plain SQL, not peewee's builder (~10 µs a row, paid for every request served).
+        On PostgreSQL the rows go in one multi-row statement and without the writers'
+        advisory lock: audit rows need no ordering with STOW's, so they never hold it up.
         """
         if not records:
             return
         convert = AuditEvent.recorded.db_value
         rows = [(convert(r.time), *(getattr(r, name) for name in _NAMES[1:])) for r in records]
-        with self.write_transaction():
-            self.db.cursor().executemany(self._audit_insert(), rows)
+        if self.is_sqlite:
+            with self.write_transaction(), _DRIVER_ERRORS:
+                self.db.cursor().executemany(self._audit_insert(), rows)
+            return
+        from psycopg2.extras import execute_values  # type: ignore[import-untyped]
 
-    def _audit_insert(self) -> str:
+        with self.db.atomic(), _DRIVER_ERRORS:  # psycopg2's errors as peewee's
+            execute_values(self.db.cursor(), self._audit_insert(values="%s"), rows, page_size=1000)
+
+    def _audit_insert(self, values: str | None = None) -> str:
         columns = ", ".join(f'"{field.column_name}"' for field in _COLUMNS)
-        marks = ", ".join([self.db.param] * len(_COLUMNS))
-        return f'INSERT INTO "{AuditEvent._meta.table_name}" ({columns}) VALUES ({marks})'
+        marks = values or "(" + ", ".join([self.db.param] * len(_COLUMNS)) + ")"
+        return f'INSERT INTO "{AuditEvent._meta.table_name}" ({columns}) VALUES {marks}'
 
     def audit_records(self, query: AuditQuery) -> list[tuple[int, AuditRecord]]:
         """Matching records with their ids, newest first, at most `query.limit`."""

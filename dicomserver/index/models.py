@@ -127,12 +127,12 @@ class AuditEvent(BaseModel):
     is built when read, so a row stays ~200 bytes. Newest first is the only order read.
     """
 
-    id = pw.AutoField()
+    id = pw.BigAutoField()  # ~1,000 requests/s would use up a 32-bit id in weeks
     recorded = pw.DateTimeField(index=True)
     request_id = pw.CharField(max_length=32)
     subject = pw.TextField()
     client = pw.TextField()
-    method = pw.CharField(max_length=8)
+    method = pw.TextField()
     route = pw.TextField()
     action = pw.CharField(max_length=32, null=True)
     study = pw.CharField(max_length=64, null=True)

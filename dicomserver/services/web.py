@@ -24,6 +24,7 @@ from ..audit import AuditRecord, AuditTrail
 from ..auth import Authenticator
 from ..errors import DicomWebError, NotFound, http_status
 from ..retrieve import Body
+from ..uids import is_valid_uid
 from ..urls import client_address, request_root
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,19 @@ def audit(response: Response) -> None:
         method=request.method,
         route=_route_template(),
         action=action,
-        study=args.get("study"),
-        series=args.get("series"),
-        instance=args.get("instance"),
+        study=_uid(args.get("study")),
+        series=_uid(args.get("series")),
+        instance=_uid(args.get("instance")),
         status=response.status_code,
         bytes=response.content_length,
     )
     studies = g.get("audit_studies") if record.study is None else None
     audit_trail().write([replace(record, study=uid) for uid in studies] if studies else [record])
+
+
+def _uid(value: str | None) -> str | None:
+    """A path value as the audit keeps it: only a valid UID (a refused request's path is unchecked)."""
+    return value if is_valid_uid(value) else None
 
 
 def note_studies(uids: Iterable[str]) -> None:
