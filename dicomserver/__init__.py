@@ -6,6 +6,7 @@ the index, and mounts one blueprint per DICOMweb service. Nothing happens at imp
 from __future__ import annotations
 
 import logging
+import threading
 
 import pydicom
 from flask import Flask
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.extensions["dicomserver"] = Archive(settings=settings, store=store, index=index)
     app.extensions["dicomserver-auth"] = authenticator
+    app.extensions["dicomserver-uploads"] = threading.BoundedSemaphore(settings.max_uploads)
     audit_store = AuditStore(index, settings.audit_retention_days) if settings.audit_store else None
     app.extensions["dicomserver-audit"] = AuditTrail(AuditLog(settings.audit_log), audit_store)
     register_services(app)

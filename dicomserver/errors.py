@@ -63,6 +63,10 @@ class RequestTimeout(DicomWebError):
     """The client stopped sending its request body (no data within DICOMWEB_BODY_READ_TIMEOUT)."""
 
 
+class ServiceBusy(DicomWebError):
+    """The server is at a limit it keeps so that others are still served (e.g. uploads at once)."""
+
+
 class InsufficientStorage(DicomWebError):
     """The archive has no space left to store what was sent."""
 
@@ -81,6 +85,7 @@ STATUS: dict[type[BaseException], tuple[int, str | None]] = {
     UnsupportedMediaType: (415, None),
     RequestTimeout: (408, None),
     InsufficientStorage: (507, None),
+    ServiceBusy: (503, None),
     # The layers below the services say nothing a client should read; these say it for them.
     InvalidKey: (400, "invalid storage key"),
     StoreFull: (507, "the archive is out of storage space; nothing can be stored until space is freed"),

@@ -72,6 +72,10 @@ class Settings:
     body_read_timeout: float = 30.0
     #: Seconds a client has to send a whole request head (line and headers) (gunicorn).
     head_timeout: float = 10.0
+    #: Request bodies (STOW) read at once per process; more are answered 503 at once, so
+    #: that uploads, however slow, leave threads for everyone else (under gunicorn the
+    #: default is all the worker's threads but a quarter: gunicorn_worker.py).
+    max_uploads: int = 16
     #: /readyz reports not ready when local blob storage has less free space than this.
     min_free_bytes: int = 256 * 1024**2
 
@@ -235,4 +239,5 @@ _VARIABLES = (
     ("body_read_timeout", "DICOMWEB_BODY_READ_TIMEOUT", _positive_seconds),
     ("head_timeout", "DICOMWEB_HEAD_TIMEOUT", _positive_seconds),
     ("min_free_bytes", "DICOMWEB_MIN_FREE_BYTES", _whole_number),
+    ("max_uploads", "DICOMWEB_MAX_UPLOADS", _positive_int),
 )

@@ -46,7 +46,7 @@ def start_server(
     data_dir: Path,
     *,
     workers: int = 2,
-    threads: int = 4,
+    threads: int = 32,  # as dicomserver/gunicorn_conf.py
     env: dict | None = None,
     app: str = "wsgi:app",
     cwd: Path = REPO,

@@ -50,6 +50,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.cli",
         "dicomserver.wsgi",
         "dicomserver.gunicorn_conf",
+        "dicomserver.gunicorn_worker",
         "dicomserver",  # the app factory (dicomserver/__init__.py)
     ),
 }

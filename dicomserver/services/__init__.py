@@ -21,8 +21,10 @@ from .web import (
     audit_trail,
     authenticator,
     register_error_handlers,
+    release_upload_slot,
     request_id,
     required_action,
+    take_upload_slot,
 )
 
 _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit")
@@ -55,6 +57,8 @@ def register_services(app: Flask) -> None:
             auth = authenticator()
             g.principal = auth.authenticate(request.headers.get("Authorization"))  # kept for the audit trail
             auth.check(g.principal, action)
+        if request.method in ("POST", "PUT"):
+            take_upload_slot()
 
     @app.before_request
     def _open_index() -> None:
@@ -70,6 +74,7 @@ def register_services(app: Flask) -> None:
 
     @app.teardown_request
     def _close_index(_exc: BaseException | None) -> None:
+        release_upload_slot()
         archive().index.close()
 
     def unversioned(path: str = "") -> NoReturn:

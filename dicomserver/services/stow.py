@@ -8,7 +8,7 @@ from flask import Blueprint, Response, request
 from .. import stow
 from ..media import DICOM_JSON, parse_accept, require_json
 from ..uids import require_uids
-from .web import api_version, archive, base_url, note_studies, requires
+from .web import api_version, archive, base_url, note_studies, request_body, requires
 
 bp = Blueprint("stow", __name__)
 
@@ -23,7 +23,7 @@ def store_instances(study: str | None = None) -> Response:
     results = stow.store(
         state.ingestor,
         state.settings,
-        request.stream.read,
+        request_body(),
         request.headers.get("Content-Type", ""),
         study_uid=study_uid,
         replace=request.method == "PUT",

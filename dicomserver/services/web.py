@@ -10,19 +10,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, request
+from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, ParseException
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from ..archive import Archive
 from ..audit import AuditRecord, AuditTrail
 from ..auth import Authenticator
-from ..errors import DicomWebError, NotFound, http_status
+from ..errors import BadRequest, DicomWebError, NotFound, RequestTimeout, ServiceBusy, http_status
 from ..retrieve import Body
 from ..uids import is_valid_uid
 from ..urls import client_address, request_root
@@ -138,6 +140,57 @@ def warning(text: str) -> str:
     return f'299 {agent} "{text}"'
 
 
+def take_upload_slot() -> None:
+    """Hold one of the process' DICOMWEB_MAX_UPLOADS upload slots for this request, or answer 503.
+
+    An upload holds a thread for as long as its client takes to send it; refusing the ones
+    over the limit at once (rather than queueing them on threads) keeps threads free for
+    reads and health checks however many slow uploads arrive.
+    """
+    slots: threading.BoundedSemaphore = current_app.extensions["dicomserver-uploads"]
+    if not slots.acquire(blocking=False):
+        limit = archive().settings.max_uploads
+        raise ServiceBusy(
+            f"{limit} uploads are already in progress in this server process; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    g.upload_slot = slots
+
+
+def release_upload_slot() -> None:
+    slots = g.pop("upload_slot", None)
+    if slots is not None:
+        slots.release()
+
+
+def request_body() -> Callable[[int], bytes]:
+    """The request body's read(n), with the client's failures as HTTP answers: a body that
+    stopped arriving (the worker's read deadline) is 408, malformed chunked framing is 400."""
+    read = request.stream.read
+    timeout = archive().settings.body_read_timeout
+
+    def guarded(size: int) -> bytes:
+        try:
+            return read(size)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body stopped arriving: nothing received for {timeout:g} s"
+            ) from None
+        except ParseException as exc:
+            raise BadRequest(f"the request body is malformed: {_parse_error(exc)}") from None
+
+    return guarded
+
+
+def _parse_error(exc: ParseException) -> str:
+    """gunicorn's chunked-framing errors, said without naming gunicorn."""
+    if isinstance(exc, (InvalidChunkSize, InvalidChunkExtension)):
+        return "a chunk size line of the chunked transfer coding is invalid"
+    if isinstance(exc, ChunkMissingTerminator):
+        return "a chunk of the chunked transfer coding does not end with CRLF"
+    return "its transfer coding cannot be read"
+
+
 def stream(body: Body) -> Response:
     """A streamed response for a retrieve body; a single local file goes out by sendfile."""
     if body.local_path is not None:
@@ -177,8 +230,8 @@ def register_error_handlers(app: Flask) -> None:
             log.error("unhandled error (request id %s)", request_id(), exc_info=exc)
             return text_response(500, f"internal server error (request id {request_id()})")
         status, message = known
-        if status >= 500:
-            log.error("%s (request id %s): %r", message, request_id(), exc)
+        if status >= 500:  # a limit doing its job is not a fault of the server's
+            (log.warning if isinstance(exc, ServiceBusy) else log.error)("%s (request id %s)", message, request_id())
         response = text_response(status, message)
         if isinstance(exc, DicomWebError):
             response.headers.update(exc.headers)

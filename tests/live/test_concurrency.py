@@ -28,7 +28,7 @@ pytestmark = pytest.mark.live
 
 TIMEOUT = 60
 WORKERS = 3
-THREADS = 4
+THREADS = 32  # gunicorn_conf.py's default: uploads may use 24 of them (gunicorn_worker.py)
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 DICOM_JSON = "application/dicom+json"
 ACCEPT_INSTANCE = "application/dicom; transfer-syntax=*"

@@ -41,6 +41,9 @@ def cluster(tmp_path_factory):
     env.update(
         DICOMWEB_BLOBSTORE_URL=f"s3://{bucket}/{PREFIX}",
         DICOMWEB_DATABASE_URL=postgres.url(),
+        # All 60 racing uploads may land on one worker: this test is about the race, not the
+        # upload limit (tests/live/test_slow_clients.py), so none is refused.
+        DICOMWEB_MAX_UPLOADS=str(CLIENTS),
     )
     servers = []
     try:
