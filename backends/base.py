@@ -30,7 +30,11 @@ __all__ = [
     "BlobStoreError",
     "BlobNotFound",
     "StorageUnavailable",
+    "StoreFull",
     "InvalidKey",
+    "TempFile",
+    "STALE_TEMP_SECONDS",
+    "MIN_TEMP_AGE_SECONDS",
     "validate_key",
     "validate_prefix",
     "is_valid_key",
@@ -49,6 +53,15 @@ MAX_KEY_LENGTH = 1024
 #: a key every backend can hold is better than one only some backends can.
 MAX_SEGMENT_LENGTH = 255
 
+#: A store's temporary file (an unfinished put) not written to for this long belongs to no
+#: running put, which writes without pause: a crash left it. The local store's start-up
+#: sweep removes such files, and `dicom gc` by default (its --grace) too.
+STALE_TEMP_SECONDS = 3600
+
+#: `dicom gc` never removes a temporary file written to more recently than this, whatever
+#: --grace it is given: a put running in another worker may own it.
+MIN_TEMP_AGE_SECONDS = 300
+
 # A segment is 1+ of [A-Za-z0-9._-] not starting with '.', which also rules out
 # '.' and '..' and keeps names like '.tmp' free for the stores' own use.
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -64,6 +77,15 @@ class BlobInfo:
     key: str
     size: int
     sha256: str | None = None  # hex digest; put() always sets it, stat() may not know it
+
+
+@dataclass(frozen=True)
+class TempFile:
+    """A store's temporary file: a put in progress, or what a crashed one left behind."""
+
+    name: str  # the store's name for it, e.g. '.tmp/put-x1y2.part'
+    size: int
+    modified: float  # Unix time of its last write
 
 
 class BlobStoreError(Exception):
@@ -285,6 +307,18 @@ class BlobStore(abc.ABC):
         """Filesystem path of the blob so the server can use sendfile; None if not local."""
         validate_key(key)
         return None
+
+    def free_bytes(self) -> int | None:
+        """Bytes that can still be stored, for readiness; None when the store cannot tell (S3)."""
+        return None
+
+    def temp_files(self) -> Iterator[TempFile]:
+        """The store's temporary files, for `dicom gc`; none for stores that keep none."""
+        return iter(())
+
+    def remove_temp_file(self, name: str) -> None:
+        """Remove one of `temp_files()` (a missing one is not an error)."""
+        raise BlobStoreError(f"{type(self).__name__} keeps no temporary files")
 
     def check(self) -> None:  # noqa: B027 - an optional hook: stores that can tell override it
         """Readiness probe: raise StorageUnavailable if the store cannot be used."""

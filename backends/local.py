@@ -5,17 +5,22 @@ This module owns how blobs live on disk. A key 'a/b/c' is the file
 '<root>/.tmp' (same filesystem, so the final rename is atomic), is fsynced,
 renamed over the destination with os.replace, and the directory is fsynced.
 A crash can leave stale files in '.tmp' (never visible as blobs, never
-listed); opening the store removes those older than STALE_TEMP_SECONDS, an age
-no running put reaches.
+listed); opening the store removes those not written to for STALE_TEMP_SECONDS,
+a pause no running put makes, and `dicom gc` lists and removes them too
+(`temp_files`, `remove_temp_file`). A put that fails, for whatever reason, leaves
+nothing behind: no temp file, no blob.
 
 Blob files are created with mode 0600 (owner only), as mkstemp creates them.
-Every OSError is translated to a BlobStoreError subclass, except errors raised
-by the caller's input stream, which propagate unchanged.
+Every OSError is translated to a BlobStoreError subclass - StoreFull when the
+filesystem is out of space or over quota (ENOSPC, EDQUOT), so the server can say
+so - except errors raised by the caller's input stream, which propagate unchanged.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat as stat_module
 import tempfile
 import time
@@ -26,12 +31,15 @@ from urllib.parse import unquote, urlsplit
 
 from .base import (
     COPY_CHUNK_SIZE,
+    STALE_TEMP_SECONDS,
     BlobInfo,
     BlobNotFound,
     BlobStore,
     BlobStoreError,
     InvalidKey,
     StorageUnavailable,
+    StoreFull,
+    TempFile,
     check_range,
     copy_stream,
     is_valid_key,
@@ -39,12 +47,11 @@ from .base import (
     validate_prefix,
 )
 
-__all__ = ["LocalBlobStore", "TMP_DIR_NAME"]
+__all__ = ["LocalBlobStore", "TMP_DIR_NAME", "STALE_TEMP_SECONDS"]
 
 #: Directory under the root that holds in-progress puts. Keys cannot name it
 #: because validate_key rejects segments starting with '.'.
 TMP_DIR_NAME = ".tmp"
-STALE_TEMP_SECONDS = 24 * 3600
 
 # How often put() retries installing a blob whose fresh parent directory was
 # pruned by a concurrent delete() of the directory's last blob.
@@ -54,13 +61,23 @@ _INSTALL_ATTEMPTS = 20
 _NOT_FOUND_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
+# Errors that mean "the filesystem has no room for this": the store is full.
+_FULL_ERRORS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def _storage_error(what: str, exc: OSError) -> StorageUnavailable:
+    """The BlobStoreError for an OSError: StoreFull when out of space or quota."""
+    kind = StoreFull if exc.errno in _FULL_ERRORS else StorageUnavailable
+    return kind(f"{what}: {exc.strerror or exc}")
+
+
 @contextmanager
 def _storage_errors(what: str) -> Iterator[None]:
-    """Translate OSError raised inside the block into StorageUnavailable."""
+    """Translate OSError raised inside the block into StorageUnavailable (or StoreFull)."""
     try:
         yield
     except OSError as exc:
-        raise StorageUnavailable(f"{what}: {exc.strerror or exc}") from exc
+        raise _storage_error(what, exc) from exc
 
 
 def _fsync_dir(path: str) -> None:
@@ -94,13 +111,12 @@ class LocalBlobStore(BlobStore):
         try:
             os.makedirs(self._tmp_dir, exist_ok=True)
         except OSError as exc:
-            raise StorageUnavailable(
-                f"cannot create blob store directory {self._tmp_dir!r}: {exc.strerror or exc}"
-            ) from exc
+            raise _storage_error(f"cannot create blob store directory {self._tmp_dir!r}", exc) from exc
         self._remove_stale_temp_files()
 
     def _remove_stale_temp_files(self) -> None:
-        """Drop temp files that a crashed put left behind (best effort)."""
+        """Drop temp files that a crashed put left behind (best effort), so a restarted
+        worker frees their space without waiting for `dicom gc`."""
         cutoff = time.time() - STALE_TEMP_SECONDS
         try:
             entries = list(os.scandir(self._tmp_dir))
@@ -181,8 +197,13 @@ class LocalBlobStore(BlobStore):
         except BaseException:
             # Never leave a temp file behind, whatever happened (KeyboardInterrupt
             # included). Once installed, the temp name is gone and may even have
-            # been reused by another put, so it must not be touched.
-            if not installed:
+            # been reused by another put, so it must not be touched; the blob itself
+            # goes instead, since the caller is told the put failed and will not
+            # index it (the archive's keys are fresh per put, so it is this put's).
+            if installed:
+                with suppress(BlobStoreError):
+                    self.delete(key)
+            else:
                 with suppress(OSError):
                     os.unlink(tmp)
             raise
@@ -213,7 +234,7 @@ class LocalBlobStore(BlobStore):
                 # Lost a race against a put of a conflicting key like 'a' vs 'a/b'.
                 raise self._conflict(key, None) from exc
             except OSError as exc:
-                raise StorageUnavailable(f"cannot store blob {key!r}: {exc.strerror or exc}") from exc
+                raise _storage_error(f"cannot store blob {key!r}", exc) from exc
 
     def _make_parents(self, key: str) -> None:
         """mkdir each missing parent of key, fsyncing the directory that gained an entry.
@@ -344,7 +365,41 @@ class LocalBlobStore(BlobStore):
             except OSError:
                 continue  # vanished while listing
 
+    # -- temporary files ---------------------------------------------------
+
+    def temp_files(self) -> Iterator[TempFile]:
+        try:
+            with os.scandir(self._tmp_dir) as it:
+                entries = list(it)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _storage_error(f"cannot list {self._tmp_dir!r}", exc) from exc
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    yield TempFile(f"{TMP_DIR_NAME}/{entry.name}", st.st_size, st.st_mtime)
+            except OSError:
+                continue  # removed while listing: its put finished
+
+    def remove_temp_file(self, name: str) -> None:
+        folder, _, base = name.partition("/")
+        if folder != TMP_DIR_NAME or not base or "/" in base or os.sep in base or base in (".", ".."):
+            raise InvalidKey(f"{name!r} is not a temporary file of this store")
+        try:
+            os.unlink(os.path.join(self._tmp_dir, base))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _storage_error(f"cannot remove temporary file {name!r}", exc) from exc
+
     # -- health ------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer can still put on the store's filesystem."""
+        with _storage_errors(f"cannot read the free space of blob store {self.root!r}"):
+            return shutil.disk_usage(self.root).free
 
     def check(self) -> None:
         if not os.path.isdir(self.root):

@@ -3,8 +3,9 @@
 One `Archive` is built by `create_app` and handed to every domain function, so no
 domain code reaches for Flask to find its dependencies. The operations here are the
 ones that keep blob store and index consistent with each other outside STOW: DELETE
-(index rows first, blobs after the commit), the orphan sweep of `dicom gc`, and the
-readiness probe.
+(index rows first, blobs after the commit), the orphan sweep of `dicom gc` (which also
+finds the temporary files of writes a crash interrupted), and the readiness probe
+(which also says when the store is nearly full).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backends.base import BlobStore
+from backends.base import MIN_TEMP_AGE_SECONDS, BlobStore, TempFile
 
 from .index import Index, StoredBlob
 from .ingest import Ingestor, blob_created, discard_blob
@@ -44,9 +45,13 @@ class Archive:
         return len(keys)
 
     def readiness(self) -> dict[str, str]:
-        """Probe the index and the blob store: 'ok' or 'failed: why' for each."""
+        """Probe the index and the blob store: 'ok' or 'failed: why' for each.
+
+        A store with less free space than DICOMWEB_MIN_FREE_BYTES is not ready: STOW would
+        soon fail on it, and a load balancer should send writes elsewhere before it does.
+        """
         checks: dict[str, str] = {}
-        probes: dict[str, Callable[[], None]] = {"index": self.index.check, "blobstore": self.store.check}
+        probes: dict[str, Callable[[], None]] = {"index": self.index.check, "blobstore": self.check_store}
         for name, probe in probes.items():
             try:
                 probe()
@@ -55,12 +60,23 @@ class Archive:
                 checks[name] = f"failed: {exc}"
         return checks
 
+    def check_store(self) -> None:
+        """The store is usable and has at least min_free_bytes free (when it can tell)."""
+        self.store.check()
+        floor = self.settings.min_free_bytes
+        free = self.store.free_bytes() if floor > 0 else None
+        if free is not None and free < floor:
+            raise LowOnSpace(f"{_megabytes(free)} free, below DICOMWEB_MIN_FREE_BYTES ({_megabytes(floor)})")
+
     def find_orphans(self, grace_seconds: int, *, now: float | None = None) -> Orphans:
-        """Blobs without an index row and index rows without a blob, older than the grace period.
+        """Blobs without an index row, index rows without a blob and the store's temporary
+        files, older than the grace period.
 
         STOW writes the blob before its index row, so a blob younger than the grace
         period may simply be waiting for its commit and is left alone; so is a row
-        younger than it (its blob may be on a store that lags).
+        younger than it (its blob may be on a store that lags). A temporary file is a put
+        in progress or a crash's leftover: one written to within the grace period, or
+        within MIN_TEMP_AGE_SECONDS whatever the grace, may be another worker's put.
         """
         now = time.time() if now is None else now
         rows = self.index.stored_blobs()
@@ -81,10 +97,19 @@ class Archive:
                 orphans.young_rows += 1
             else:
                 orphans.rows.append(row)
+        temp_grace = max(grace_seconds, MIN_TEMP_AGE_SECONDS)
+        for temp in self.store.temp_files():
+            if now - temp.modified < temp_grace:
+                orphans.young_temp_files += 1
+            else:
+                orphans.temp_files.append(temp)
         return orphans
 
     def remove_orphan_blob(self, key: str) -> None:
         self.store.delete(key)
+
+    def remove_temp_file(self, temp: TempFile) -> None:
+        self.store.remove_temp_file(temp.name)
 
     def remove_dangling_row(self, row: StoredBlob) -> None:
         """Remove an index row whose blob is gone, with its 'delete' change-feed entry."""
@@ -98,6 +123,16 @@ class Orphans:
     indexed: int
     blobs: list[str] = field(default_factory=list)
     rows: list[StoredBlob] = field(default_factory=list)
+    temp_files: list[TempFile] = field(default_factory=list)
     young_blobs: int = 0
     young_rows: int = 0
+    young_temp_files: int = 0
+
+
+class LowOnSpace(Exception):
+    """The blob store has less free space than DICOMWEB_MIN_FREE_BYTES (readiness only)."""
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB" if size >= 2**20 else f"{size:,} bytes"
 

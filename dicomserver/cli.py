@@ -4,7 +4,10 @@ The orphan sweep reconciles the blob store with the index. STOW writes the blob
 before the index row and deletes run the other way round, so a crash can leave a
 blob no row points to; a lost or restored disk can leave a row whose blob is gone.
 A grace period protects uploads in flight: a blob younger than it may simply be
-waiting for its index commit.
+waiting for its index commit. A crash can also leave the temporary file of a write
+(the local store's '.tmp'); the sweep removes those not written to within the grace
+period (never one written to in the last MIN_TEMP_AGE_SECONDS). Its default is the age
+after which the local store removes them itself when it opens.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import re
 
 import click
 from flask.cli import AppGroup
+
+from backends.base import STALE_TEMP_SECONDS
 
 from .auth import create_api_key
 from .services.web import archive, authenticator
@@ -22,6 +27,14 @@ _DURATION = re.compile(r"(\d+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def format_duration(seconds: int) -> str:
+    """The largest whole unit: 3600 -> '1h', 90 -> '90s'."""
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
 def parse_duration(text: str) -> int:
     match = _DURATION.fullmatch(text.strip())
     if not match:
@@ -30,10 +43,16 @@ def parse_duration(text: str) -> int:
 
 
 @dicom.command("gc")
-@click.option("--grace", default="1h", show_default=True, help="Leave orphans younger than this (30s, 15m, 1h, 2d).")
+@click.option(
+    "--grace",
+    default=format_duration(STALE_TEMP_SECONDS),
+    show_default=True,
+    help="Leave orphans and temporary files younger than this (30s, 15m, 1h, 2d).",
+)
 @click.option("--dry-run", is_flag=True, help="Report only; remove nothing.")
 def gc(grace: str, dry_run: bool) -> None:
-    """Find blobs without an index row and index rows without a blob; remove the old ones."""
+    """Find blobs without an index row, index rows without a blob and temporary files
+    of interrupted writes; remove the old ones."""
     grace_seconds = parse_duration(grace)
     state = archive()
     state.index.connect()
@@ -42,7 +61,8 @@ def gc(grace: str, dry_run: bool) -> None:
         verb = "would remove" if dry_run else "removing"
         click.echo(
             f"{orphans.indexed} indexed instances, {len(orphans.blobs) + orphans.young_blobs} blobs without an "
-            f"index row, {len(orphans.rows) + orphans.young_rows} index rows without a blob"
+            f"index row, {len(orphans.rows) + orphans.young_rows} index rows without a blob, "
+            f"{len(orphans.temp_files) + orphans.young_temp_files} temporary files"
         )
         for key in orphans.blobs:
             click.echo(f"orphan blob: {key} ({verb})")
@@ -55,8 +75,15 @@ def gc(grace: str, dry_run: bool) -> None:
             )
             if not dry_run:
                 state.remove_dangling_row(row)
-        if orphans.young_blobs or orphans.young_rows:
-            click.echo(f"left alone (younger than {grace}): {orphans.young_blobs} blob(s), {orphans.young_rows} row(s)")
+        for temp in orphans.temp_files:
+            click.echo(f"temporary file of an interrupted write: {temp.name}, {temp.size} bytes ({verb})")
+            if not dry_run:
+                state.remove_temp_file(temp)
+        if orphans.young_blobs or orphans.young_rows or orphans.young_temp_files:
+            click.echo(
+                f"left alone (younger than {grace}): {orphans.young_blobs} blob(s), {orphans.young_rows} row(s), "
+                f"{orphans.young_temp_files} temporary file(s)"
+            )
     finally:
         state.index.close()
 

@@ -5,16 +5,31 @@ the ingest pipeline as soon as its closing delimiter arrives, so memory stays fl
 any size and a truncated part is never stored. Every part ends as one `PartResult`;
 `response` turns them into the Store Instances Response dataset and its status.
 PUT is the reference server's upsert: new instances are stored, existing ones replaced.
+
+When the archive's storage fails mid-request (blob store full or down, index database
+down, no space to spool), the parts already stored stay stored and are reported; the
+failing part and every later one get FailedSOPSequence items (272, Processing failure)
+saying why. Later parts are read to the end of the body but not tried: an outage rarely
+heals within a request, trying each would wait on it again, and a full disk is best left
+with the room it has. Reading on lets the client, still sending, receive the answer.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
-from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from .ingest import INVALID_DATASET, Ingestor, PartResult
+import peewee
+
+from backends.base import BlobStoreError, StoreFull
+
+from .errors import BadRequest, InsufficientStorage, PayloadTooLarge, UnsupportedMediaType, http_status
+from .ingest import INVALID_DATASET, PROCESSING_FAILURE, Ingestor, InstanceRejected, PartResult
 from .media import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, parse_media_type
 from .multipart import End, Event, MultipartError, PartData, PartEnd, PartStart, iter_events
 from .settings import Settings
@@ -27,9 +42,35 @@ READ_CHUNK = 1024 * 1024
 #: A DICOM JSON metadata part is parsed whole: keep it bounded.
 MAX_JSON_PART_BYTES = 64 * 1024 * 1024
 
+#: Spooled parts that outgrow memory go to an unnamed temp file (O_TMPFILE, or unlinked as
+#: soon as it is made), so a killed worker leaves none behind; the prefix names the file
+#: wherever a name is seen (a platform without either, /proc/<pid>/fd).
+SPOOL_PREFIX = "dicomweb-stow-"
+#: Failures of the archive's storage rather than of the request, when errors.STATUS gives
+#: them one of OUTAGE_STATUSES (not so an invalid key or a missing blob: those are bugs).
+STORAGE_ERRORS = (BlobStoreError, peewee.OperationalError, InsufficientStorage)
+OUTAGE_STATUSES = (503, 507)
+#: SQLite's SQLITE_FULL result code, and PostgreSQL's SQLSTATE disk_full.
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+_OUT_OF_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+log = logging.getLogger(__name__)
+
 #: Reads up to n bytes of the request body; b"" at its end (a WSGI input stream's read).
 Read = Callable[[int], bytes]
 DicomJsonDataset = dict[str, Any]
+
+
+@dataclass
+class NotStored(PartResult):
+    """A part the archive could not store because its storage failed (reason 272).
+
+    Carries the status errors.STATUS gives that failure, which answers a request that
+    stored nothing (507 when out of space), so the client knows to retry later.
+    """
+
+    outage_status: int = 503
 
 
 def store(
@@ -62,18 +103,22 @@ def store(
 def spool(
     chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None
 ) -> tuple[IO[bytes], int]:
-    """Copy a part's chunks into a spooled temp file; 413 past max_bytes.
+    """Copy a part's chunks into a spooled temp file; 413 past max_bytes, 507 when the
+    spool directory is out of space.
 
     The caller owns (and must close) the returned file.
     """
-    target = tempfile.SpooledTemporaryFile(max_size=memory_bytes, dir=spool_dir)  # noqa: SIM115 - handed to the caller
+    target = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - handed to the caller
+        max_size=memory_bytes, dir=spool_dir, prefix=SPOOL_PREFIX
+    )
     size = 0
     try:
         for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
                 raise PayloadTooLarge(f"a DICOM instance is larger than this server's limit of {max_bytes} bytes")
-            target.write(chunk)
+            with _out_of_space():
+                target.write(chunk)
     except BaseException:
         target.close()
         raise
@@ -92,6 +137,8 @@ class _StowRequest:
         self.results: list[PartResult] = []
         #: The media type of parts that name none (the `type` parameter of multipart/related).
         self.root_type = DICOM
+        #: (status, message) of the first storage failure: no part is tried after it.
+        self.outage: tuple[int, str] | None = None
 
     def spool(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[IO[bytes], int]:
         return spool(
@@ -101,11 +148,64 @@ class _StowRequest:
             spool_dir=self.settings.spool_dir,
         )
 
+    # -- storage failures ----------------------------------------------------
+
+    def storage_failed(self, exc: Exception) -> bool:
+        """True, remembering it, when `exc` is the archive's storage failing (the caller
+        re-raises anything else): the blob store, the index or the spool space."""
+        # An index out of space gets the answer of a full blob store.
+        kind = StoreFull("the index is out of space") if _index_out_of_space(exc) else exc
+        answer = http_status(kind)
+        if not isinstance(kind, STORAGE_ERRORS) or answer is None or answer[0] not in OUTAGE_STATUSES:
+            return False
+        log.warning("STOW: storage failed (%s); later parts of the request are not tried", answer[1], exc_info=exc)
+        self.outage = answer
+        return True
+
+    def not_stored(self, sop_class_uid: str | None = None, sop_instance_uid: str | None = None) -> NotStored:
+        """The result of the part that met the storage failure."""
+        assert self.outage is not None
+        status, message = self.outage
+        return NotStored(
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            failure_reason=PROCESSING_FAILURE,
+            comments=[message],
+            outage_status=status,
+        )
+
+    def not_attempted(self, sop_class_uid: str | None = None, sop_instance_uid: str | None = None) -> NotStored:
+        """The result of a part after the storage failure: read, not tried."""
+        result = self.not_stored(sop_class_uid, sop_instance_uid)
+        result.comments = [f"not attempted after an earlier instance failed: {result.comments[0]}"]
+        return result
+
     def ingest(self, fp: IO[bytes], size: int) -> PartResult:
-        return self.ingestor.ingest(fp, size, study_uid=self.study_uid, replace=self.replace)
+        if self.outage is not None:
+            return self.not_attempted()
+        try:
+            return self.ingestor.ingest(fp, size, study_uid=self.study_uid, replace=self.replace)
+        except Exception as exc:
+            if not self.storage_failed(exc):
+                raise
+        # Ingest read the header before storage failed: read it again to name the instance.
+        try:
+            prepared = self.ingestor.prepare(fp, size, study_uid=self.study_uid)
+        except InstanceRejected:
+            return self.not_stored()
+        return self.not_stored(prepared.result.sop_class_uid, prepared.result.sop_instance_uid)
+
+    # -- bodies and parts ----------------------------------------------------
 
     def single(self, read: Read) -> PartResult:
-        fp, size = self.spool(iter(lambda: read(READ_CHUNK), b""))
+        chunks = iter(lambda: read(READ_CHUNK), b"")
+        try:
+            fp, size = self.spool(chunks)
+        except Exception as exc:
+            if not self.storage_failed(exc):
+                raise
+            _drain(chunks)
+            return self.not_stored()
         with fp:
             if size == 0:
                 raise BadRequest("the request body is empty; send a DICOM Part 10 file")
@@ -127,7 +227,7 @@ class _StowRequest:
                     if isinstance(event, End):
                         break
                     if isinstance(event, PartStart):
-                        self.part(event, events, datasets, bulk)
+                        self.part(event, _part_data(events), datasets, bulk)
             except MultipartError as exc:
                 stored = sum(r.stored for r in self.results)
                 raise BadRequest(
@@ -144,20 +244,49 @@ class _StowRequest:
         return self.results
 
     def part(
-        self, start: PartStart, events: Iterator[Event], datasets: list[DicomJsonDataset], bulk: dict[str, BulkPart]
+        self, start: PartStart, data: Iterator[bytes], datasets: list[DicomJsonDataset], bulk: dict[str, BulkPart]
     ) -> None:
-        """One part: a Part 10 file is stored now; JSON and bulk data parts are kept for later."""
+        """One part: a Part 10 file is stored now; JSON and bulk data parts are kept for later.
+
+        After a storage failure a part is read to its end and reported as not attempted
+        (bulk data parts, which are not instances, are not reported).
+        """
         content_type = start.content_type or self.root_type
         media = parse_media_type(content_type)[0]
-        if media in (DICOM_JSON, JSON):
-            datasets.extend(self.json_part(_part_data(events)))
-            return
         location = start.headers.get("content-location")
-        if media != DICOM and location and is_bulk_media_type(media):
-            fp, size = self.spool(_part_data(events))
-            bulk[location.strip()] = BulkPart(content_type, fp, size)
+        is_bulk = media not in (DICOM, DICOM_JSON, JSON) and bool(location) and is_bulk_media_type(media)
+        if self.outage is None:
+            try:
+                self.keep_or_store(media, content_type, location if is_bulk else None, data, datasets, bulk)
+                return
+            except Exception as exc:
+                if not self.storage_failed(exc):
+                    raise
+            result = self.not_stored()  # the spool had no room for it
+        else:
+            result = self.not_attempted()
+        _drain(data)
+        if not is_bulk:
+            self.results.append(result)
+
+    def keep_or_store(
+        self,
+        media: str,
+        content_type: str,
+        bulk_location: str | None,
+        data: Iterator[bytes],
+        datasets: list[DicomJsonDataset],
+        bulk: dict[str, BulkPart],
+    ) -> None:
+        """Keep a JSON or bulk data part for the end of the body; store a Part 10 part now."""
+        if media in (DICOM_JSON, JSON):
+            datasets.extend(self.json_part(data))
             return
-        fp, size = self.spool(_part_data(events))
+        if bulk_location:
+            fp, size = self.spool(data)
+            bulk[bulk_location.strip()] = BulkPart(content_type, fp, size)
+            return
+        fp, size = self.spool(data)
         with fp:
             if media == DICOM:
                 self.results.append(self.ingest(fp, size))
@@ -191,23 +320,61 @@ class _StowRequest:
 
     def json_dataset(self, metadata: DicomJsonDataset, bulk: dict[str, BulkPart]) -> PartResult:
         settings = self.settings
+        uids = _json_uid(metadata, "00080016"), _json_uid(metadata, "00080018")
+        if self.outage is not None:
+            return self.not_attempted(*uids)
         try:
-            fp, size = build_part10(
-                metadata, bulk, spool_dir=settings.spool_dir, memory_bytes=settings.spool_memory_bytes
-            )
+            with _out_of_space():
+                fp, size = build_part10(
+                    metadata, bulk, spool_dir=settings.spool_dir, memory_bytes=settings.spool_memory_bytes
+                )
         except MetadataRejected as exc:
             return PartResult(
-                sop_class_uid=_json_uid(metadata, "00080016"),
-                sop_instance_uid=_json_uid(metadata, "00080018"),
-                failure_reason=INVALID_DATASET,
-                comments=[str(exc)],
+                sop_class_uid=uids[0], sop_instance_uid=uids[1], failure_reason=INVALID_DATASET, comments=[str(exc)]
             )
+        except InsufficientStorage as exc:
+            self.storage_failed(exc)
+            return self.not_stored(*uids)
         with fp:
             if size > settings.max_instance_bytes:
                 raise PayloadTooLarge(
                     f"a DICOM instance is larger than this server's limit of {settings.max_instance_bytes} bytes"
                 )
             return self.ingest(fp, size)
+
+
+@contextmanager
+def _out_of_space() -> Iterator[None]:
+    """A spool file's ENOSPC/EDQUOT as InsufficientStorage (507); other OSErrors unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _OUT_OF_SPACE:
+            raise InsufficientStorage(
+                "the archive is out of space to receive instances; nothing can be stored until space is freed"
+            ) from exc
+        raise
+
+
+def _index_out_of_space(exc: BaseException) -> bool:
+    """The index database failed for want of disk space (SQLite SQLITE_FULL, PostgreSQL
+    disk_full), which peewee raises as a plain OperationalError wrapping the driver's."""
+    if not isinstance(exc, peewee.OperationalError):
+        return False
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # a failed rollback chains onto the cause
+        seen.add(id(cause))
+        if getattr(cause, "sqlite_errorcode", None) == _SQLITE_FULL or getattr(cause, "pgcode", None) == _PG_DISK_FULL:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _drain(chunks: Iterable[bytes]) -> None:
+    """Read the rest of a part (or body) that will not be stored."""
+    for _chunk in chunks:
+        pass
 
 
 def _json_uid(metadata: DicomJsonDataset, key: str) -> str | None:
@@ -230,7 +397,9 @@ def _part_data(events: Iterator[Event]) -> Iterator[bytes]:
 def response(
     results: list[PartResult], *, base_url: str, study_uid: str | None, api_version: str
 ) -> tuple[int, dict[str, Any]]:
-    """The Store Instances Response dataset (PS3.18 §10.5.3) and its status: 200, 202 or 409."""
+    """The Store Instances Response dataset (PS3.18 §10.5.3) and its status: 200, 202 or 409;
+    or, when the archive's storage failed before anything was stored, that failure's status
+    (507 out of space, 503 unavailable) with the same dataset."""
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for r in results:
@@ -265,4 +434,7 @@ def response(
     # As the reference server: warnings make a v2 answer 202; v1 keeps 200.
     warned = api_version != "v1" and any(r.warning_reason is not None for r in results if r.stored)
     status = 409 if not referenced else (202 if failed or warned else 200)
+    outages = [r.outage_status for r in results if isinstance(r, NotStored)]
+    if outages and not referenced:
+        status = outages[0]
     return status, body
