@@ -3,7 +3,8 @@
 Every URI resolves by ranged reads at the byte offsets recorded at STOW: the stored
 file is never parsed. Pixel Data answers all of its value: native pixel data as one
 part, encapsulated pixel data as one part per frame. A single-part answer honours an
-HTTP Range (206), so a client can fetch a slice of a large value. Only Pixel Data
+HTTP Range (206), so a client can fetch a slice of a large value (`byte_range` says
+which Range headers are honoured, refused with 416, or ignored). Only Pixel Data
 without recorded frame offsets (a deflated file, whose offsets mean nothing, or frames
 STOW could not locate) is found by parsing the file, within a bound.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 import pydicom
@@ -32,9 +33,57 @@ _PATH = re.compile(r"[0-9A-F]{8}(/[0-9]+/[0-9A-F]{8})*")
 MAX_PARSED_BYTES = 256 * 1024 * 1024
 
 Ranges = list[tuple[int, int]]  # (offset, length) in the stored file
-#: An HTTP Range header's byte range for a value of the given length: (start, stop), or
-#: None when it cannot be satisfied (werkzeug's Range.range_for_length).
-RangeForLength = Callable[[int], "tuple[int, int] | None"]
+#: The bytes [start, stop) of a value, as chunks.
+ReadRange = Callable[[int, int], Iterable[bytes]]
+#: A byte-range-spec: first-pos "-" [last-pos], or "-" suffix-length (RFC 9110 §14.1.2).
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+#: Positions longer than this are past the end of any value (10**19 > 2**63).
+_MAX_POSITION_DIGITS = 19
+
+
+def byte_range(header: str | None, length: int, *, if_range: str | None = None) -> range | None:
+    """The bytes a Range header asks of a representation of `length` bytes (RFC 9110 §14).
+
+    None: send the whole representation (200). That is the answer without a Range, and
+    to one a server may or must ignore: a unit other than bytes (§14.2), a syntax error
+    such as a last-pos before its first-pos or a blank inside a range (§14.1.1), more than
+    one range (§14.2 lets a server ignore any Range; this one sends no multipart/byteranges),
+    any If-Range (§13.1.5: no validator of these answers can match, as they carry none),
+    and a suffix range of an empty representation (no Content-Range can describe it).
+    An empty range: not satisfiable (416): a first-pos at or past the end, or a suffix
+    length of 0 (§14.1.1).
+    Otherwise the bytes to send (206); a last-pos past the end or a suffix longer than
+    the representation is cut to it (§14.1.2). Positions of any length are understood.
+    """
+    if header is None or if_range is not None:
+        return None
+    unit, equals, range_set = header.partition("=")
+    if not equals or unit.strip().lower() != "bytes":
+        return None
+    specs = [spec for spec in (item.strip() for item in range_set.split(",")) if spec]  # §5.6.1.2: empty elements
+    match = _RANGE_SPEC.fullmatch(specs[0]) if len(specs) == 1 else None
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first:
+        if not last:
+            return None
+        suffix = _position(last)
+        if suffix == 0:
+            return range(0)
+        return range(max(length - suffix, 0), length) if length else None
+    start = _position(first)
+    if last and _position(last) < start:
+        return None
+    if start >= length:
+        return range(0)
+    return range(start, min(_position(last) + 1, length) if last else length)
+
+
+def _position(digits: str) -> int:
+    """A position's digits as a number; one too long for any length as a number past every end."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10**_MAX_POSITION_DIGITS
 
 
 def retrieve_bulkdata(
@@ -42,43 +91,57 @@ def retrieve_bulkdata(
     uids: tuple[str, str | None, str | None],
     tag_path: str,
     accept: Sequence[MediaRange],
-    byte_range: RangeForLength | None = None,
+    range_header: str | None = None,
+    if_range: str | None = None,
 ) -> Body:
-    """The value at `tag_path` ('GGGGEEEE[/item/GGGGEEEE...]') of one instance."""
+    """The value at `tag_path` ('GGGGEEEE[/item/GGGGEEEE...]') of one instance; `range_header`
+    and `if_range` are the request's Range and If-Range (None when absent, and for any
+    method but GET, the only one range handling is defined for: RFC 9110 §14.2)."""
     path = tag_path.upper()
     if not _PATH.fullmatch(path):
         raise BadRequest(f"invalid bulk data path {tag_path!r}: expected GGGGEEEE[/item/GGGGEEEE...]")
     (row,) = archive.index.instances(*uids)
     store = archive.store
     if path == PIXEL_DATA and row.frames is None:
-        return _parsed_pixel_data(store, row, accept, byte_range is not None)
+        return _parsed_pixel_data(store, row, accept, range_header, if_range)
     parts, content_type = _locate(row, path)
-    if _wants_multipart(accept, len(parts), byte_range is not None):
+    total = sum(n for _, n in parts[0])
+    requested = byte_range(range_header, total, if_range=if_range) if len(parts) == 1 else None
+    if _wants_multipart(accept, len(parts), requested is not None):
         headers = {"Content-Type": content_type}
         return multipart_body(
             MultipartWriter(),
             OCTET_STREAM,
             [Part(headers, sum(n for _, n in r), partial(ranges_chunks, store, row.blob_key, r)) for r in parts],
         )
-    ranges = parts[0]
-    total = sum(n for _, n in ranges)
+    return _single_part(content_type, total, requested, partial(_stored_bytes, store, row.blob_key, parts[0]))
+
+
+def _single_part(content_type: str, total: int, requested: range | None, read: ReadRange) -> Body:
+    """A value as one part: whole (200), the range asked for (206), or none of it (416)."""
     accept_ranges = ("Accept-Ranges", "bytes")
-    if byte_range is None:
-        return Body(content_type, total, ranges_chunks(store, row.blob_key, ranges), headers=(accept_ranges,))
-    satisfiable = byte_range(total)
-    if satisfiable is None:
+    if requested is None:
+        return Body(content_type, total, read(0, total), headers=(accept_ranges,))
+    if not requested:
         return Body(content_type, 0, (), status=416, headers=(("Content-Range", f"bytes */{total}"), accept_ranges))
-    start, stop = satisfiable
+    start, stop = requested.start, requested.stop
     return Body(
         content_type,
         stop - start,
-        ranges_chunks(store, row.blob_key, _slice(ranges, start, stop)),
+        read(start, stop),
         status=206,
         headers=(("Content-Range", f"bytes {start}-{stop - 1}/{total}"), accept_ranges),
     )
 
 
-def _parsed_pixel_data(store: BlobStore, row: StoredInstance, accept: Sequence[MediaRange], ranged: bool) -> Body:
+def _stored_bytes(store: BlobStore, key: str, ranges: Ranges, start: int, stop: int) -> Iterable[bytes]:
+    """Bytes [start, stop) of the value stored at `ranges` of a blob."""
+    return ranges_chunks(store, key, _slice(ranges, start, stop))
+
+
+def _parsed_pixel_data(
+    store: BlobStore, row: StoredInstance, accept: Sequence[MediaRange], range_header: str | None, if_range: str | None
+) -> Body:
     """Pixel Data of a file without recorded offsets (deflated): parse it, within a bound."""
     if row.rows is None:
         raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")
@@ -92,8 +155,12 @@ def _parsed_pixel_data(store: BlobStore, row: StoredInstance, accept: Sequence[M
     if value is None:
         raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")
     content_type = f"{OCTET_STREAM}; transfer-syntax={row.transfer_syntax_uid}"
-    if not _wants_multipart(accept, 1, ranged):
-        return Body(content_type, len(value), [value])
+    requested = byte_range(range_header, len(value), if_range=if_range)
+    if not _wants_multipart(accept, 1, requested is not None):
+        whole = len(value)
+        return _single_part(
+            content_type, whole, requested, lambda start, stop: [value if stop - start == whole else value[start:stop]]
+        )
     writer = MultipartWriter()
     data = writer.part_head({"Content-Type": content_type}) + value + writer.close()
     return Body(writer.content_type(OCTET_STREAM), len(data), [data])

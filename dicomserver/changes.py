@@ -4,7 +4,8 @@
 the instance's current version: equal → current, older → replaced, no instance →
 deleted. Values are the documented lower-case ones. v1 pages by sequence (`offset` =
 last sequence seen); v2 by time window (`startTime` inclusive, `endTime` exclusive,
-`offset` = entries to skip).
+`offset` = entries to skip). An offset beyond 64 bits is read as the largest one the
+database holds: past every entry either way, so the page is the same empty one.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from .errors import BadRequest
 from .index import FeedEntry, Index
+from .matching import parse_count, shown
 
 #: A query parameter's value by name (None when absent).
 Arg = Callable[[str], "str | None"]
@@ -25,7 +27,7 @@ def feed(index: Index, api_version: str, arg: Arg) -> list[dict[str, Any]]:
     include_metadata = parse_bool("includeMetadata", arg("includeMetadata"), True)
     if api_version == "v1":
         entries = index.changes(
-            after_sequence=parse_int("offset", arg("offset"), 0, 0),
+            after_sequence=parse_offset(arg("offset")),
             limit=parse_int("limit", arg("limit"), 10, 1, 100),
         )
     else:
@@ -36,7 +38,7 @@ def feed(index: Index, api_version: str, arg: Arg) -> list[dict[str, Any]]:
         entries = index.changes(
             start=start,
             end=end,
-            offset=parse_int("offset", arg("offset"), 0, 0),
+            offset=parse_offset(arg("offset")),
             limit=parse_int("limit", arg("limit"), 100, 1, 200),
         )
     return [entry_json(entry, include_metadata) for entry in entries]
@@ -76,30 +78,31 @@ def parse_bool(name: str, raw: str | None, default: bool) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    raise BadRequest(f"{name}={raw!r} must be true or false")
+    raise BadRequest(f"{name}={shown(raw)} must be true or false")
 
 
-def parse_int(name: str, raw: str | None, default: int, minimum: int, maximum: int | None = None) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}={raw!r} is not a whole number") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise BadRequest(f"{name} must be {bounds}, got {value}")
-    return value
+def parse_int(name: str, raw: str | None, default: int, minimum: int, maximum: int) -> int:
+    return default if raw is None else parse_count(name, raw, minimum=minimum, maximum=maximum)
+
+
+def parse_offset(raw: str | None) -> int:
+    return 0 if raw is None else parse_count("offset", raw, minimum=0, clamp=True)
 
 
 def parse_time(name: str, raw: str | None) -> dt.datetime | None:
-    """An ISO 8601 date-time that names its time zone, as naive UTC."""
+    """An ISO 8601 date-time that names its time zone, as naive UTC.
+
+    A time within a day of the calendar's ends (year 1, year 9999) may have no UTC
+    equivalent; it is before or after every entry, as the calendar's first or last instant."""
     if raw is None:
         return None
     try:
         value = dt.datetime.fromisoformat(raw.strip().replace(" ", "+"))
     except ValueError:
-        raise BadRequest(f"{name}={raw!r} is not an ISO 8601 date-time") from None
+        raise BadRequest(f"{name}={shown(raw)} is not an ISO 8601 date-time") from None
     if value.tzinfo is None:
-        raise BadRequest(f"{name}={raw!r} must include a time zone (Z or an offset such as +01:00)")
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        raise BadRequest(f"{name}={shown(raw)} must include a time zone (Z or an offset such as +01:00)")
+    try:
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except OverflowError:
+        return dt.datetime.min if value.year == 1 else dt.datetime.max

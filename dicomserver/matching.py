@@ -16,6 +16,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from .dicomjson import name_key, normalize_time
 from .errors import InvalidQuery
+from .searchable import INTEGER_COLUMN_RANGE
 from .uids import normalize_uid
 
 STUDY, SERIES, INSTANCE = "study", "series", "instance"
@@ -69,6 +70,13 @@ SEARCHABLE: dict[str, Attribute] = {
 }
 
 RESERVED = {"limit", "offset", "fuzzymatching", "includefield"}
+
+#: The largest signed 64-bit integer: SQL's LIMIT and OFFSET, and change-feed sequence
+#: numbers, hold no more in either database.
+INT64_MAX = 2**63 - 1
+#: An optionally signed whole number in ASCII digits (int() would also take '1_000' and
+#: other scripts' digits).
+_WHOLE_NUMBER = re.compile(r"([+-]?)([0-9]+)")
 
 
 # -- matchers -----------------------------------------------------------------
@@ -176,10 +184,11 @@ def parse_query(
             if lowered == "includefield":
                 _parse_includefield(query, raw_value)
             elif lowered == "limit":
-                query.limit = _parse_count("limit", raw_value, minimum=1)
+                query.limit = parse_count("limit", raw_value, minimum=1, clamp=True)
                 limit_given = True
             elif lowered == "offset":
-                query.offset = _parse_count("offset", raw_value, minimum=0)
+                # Past the end of every table: the same empty page as the offset asked for.
+                query.offset = parse_count("offset", raw_value, minimum=0, clamp=True)
             else:
                 query.fuzzy = _parse_bool("fuzzymatching", raw_value)
             continue
@@ -284,14 +293,37 @@ def _parse_includefield(query: QidoQuery, raw: str) -> None:
         query.includefields.add(tag)
 
 
-def _parse_count(name: str, raw: str, *, minimum: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidQuery(f"{name}={raw!r} is not a whole number") from None
+def parse_count(name: str, raw: str, *, minimum: int, maximum: int = INT64_MAX, clamp: bool = False) -> int:
+    """A whole-number query parameter of at least `minimum`: above `maximum`, `maximum`
+    when `clamp`, else a 400. Digits beyond 64 bits are never converted (Python refuses
+    to convert more than a few thousand), so a number of any length is answered."""
+    value = _whole_number(raw)
+    if value is None:
+        raise InvalidQuery(f"{name}={shown(raw)} is not a whole number")
     if value < minimum:
-        raise InvalidQuery(f"{name} must be at least {minimum}, got {value}")
+        raise InvalidQuery(f"{name} must be at least {minimum}, got {shown(raw)}")
+    if value > maximum:
+        if clamp:
+            return maximum
+        raise InvalidQuery(f"{name} must be between {minimum} and {maximum}, got {shown(raw)}")
     return value
+
+
+def _whole_number(raw: str) -> int | None:
+    """`raw` as an integer, a number beyond 64 bits as one just beyond INT64_MAX (or
+    below -INT64_MAX), or None when it is not a whole number."""
+    match = _WHOLE_NUMBER.fullmatch(raw.strip())
+    if match is None:
+        return None
+    sign, digits = match.groups()
+    digits = digits.lstrip("0") or "0"
+    magnitude = int(digits) if len(digits) <= 19 else INT64_MAX + 1
+    return -magnitude if sign == "-" else magnitude
+
+
+def shown(raw: str) -> str:
+    """A client's value quoted for an error message, cut short: one clear sentence, not an echo."""
+    return repr(raw if len(raw) <= 24 else raw[:20] + "...")
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -318,10 +350,15 @@ def _parse_matcher(attribute: Attribute, value: str) -> Matcher:
     if kind == "time":
         return _time_matcher(name, value)
     if kind == "int":
-        try:
-            return SingleValue(int(value))
-        except ValueError:
-            raise InvalidQuery(f"{name}={value!r} is not an integer") from None
+        number = _whole_number(value)
+        if number is None:
+            raise InvalidQuery(f"{name}={shown(value)} is not an integer")
+        if number not in INTEGER_COLUMN_RANGE:
+            raise InvalidQuery(
+                f"{name}={shown(value)} is out of range: an IS value lies between "
+                f"{INTEGER_COLUMN_RANGE.start} and {INTEGER_COLUMN_RANGE.stop - 1}"
+            )
+        return SingleValue(number)
     if kind in ("modalities", "sopclasses"):
         items = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
         return ValueList(tuple(items))

@@ -1,7 +1,9 @@
 """The searchable index columns of an instance, read from its DICOM JSON.
 
 A value goes into a column only when it is valid for its VR (validation.py), so a
-malformed StudyDate is stored and returned but never matches a date range. STOW has
+malformed StudyDate is stored and returned but never matches a date range, and when
+the column can hold it: an integer beyond INTEGER_COLUMN_RANGE (a 30-digit
+InstanceNumber) leaves its column NULL instead of failing the instance. STOW has
 validated every attribute already and passes the set of invalid ones, so nothing is
 checked twice; a value read back from the stored JSON (when the index re-picks the
 latest instance of a series or study after a delete) is checked here.
@@ -42,6 +44,10 @@ REQUESTED_PROCEDURE_ID = "00401001"
 
 Columns = dict[str, str | int | None]
 
+#: The values an integer column holds: PostgreSQL's INTEGER, which is also the range of
+#: an IS value (PS3.5 Table 6.2-1); every US value fits too.
+INTEGER_COLUMN_RANGE = range(-(2**31), 2**31)
+
 
 @dataclass(frozen=True)
 class IndexColumns:
@@ -55,7 +61,7 @@ class IndexColumns:
 def index_columns(meta: DicomJson, invalid: Collection[str] | None = None) -> IndexColumns:
     """The columns of one instance; `invalid` names the attributes validation refused
     (None: not known, so every value is checked)."""
-    return IndexColumns(study_columns(meta, invalid), series_columns(meta, invalid), instance_columns(meta))
+    return IndexColumns(study_columns(meta, invalid), series_columns(meta, invalid), instance_columns(meta, invalid))
 
 
 def study_columns(meta: DicomJson, invalid: Collection[str] | None = None) -> Columns:
@@ -84,7 +90,7 @@ def study_columns(meta: DicomJson, invalid: Collection[str] | None = None) -> Co
 def series_columns(meta: DicomJson, invalid: Collection[str] | None = None) -> Columns:
     return {
         "modality": _searchable(meta, MODALITY, invalid),
-        "series_number": int_value(meta, SERIES_NUMBER),
+        "series_number": _searchable_integer(meta, SERIES_NUMBER, invalid),
         "series_description": _searchable(meta, SERIES_DESCRIPTION, invalid),
         "performed_procedure_step_start_date": _searchable(meta, PERFORMED_PROCEDURE_STEP_START_DATE, invalid),
         "performed_procedure_step_start_time": normalize_time(
@@ -94,13 +100,15 @@ def series_columns(meta: DicomJson, invalid: Collection[str] | None = None) -> C
     }
 
 
-def instance_columns(meta: DicomJson) -> Columns:
+def instance_columns(meta: DicomJson, invalid: Collection[str] | None = None) -> Columns:
+    """InstanceNumber is matched, so held to validity; the pixel description columns serve
+    retrieval (frame counts, rendering), so they keep any value their column can hold."""
     return {
-        "instance_number": int_value(meta, INSTANCE_NUMBER),
-        "rows": int_value(meta, ROWS),
-        "columns": int_value(meta, COLUMNS),
-        "bits_allocated": int_value(meta, BITS_ALLOCATED),
-        "number_of_frames": int_value(meta, NUMBER_OF_FRAMES),
+        "instance_number": _searchable_integer(meta, INSTANCE_NUMBER, invalid),
+        "rows": _integer(meta, ROWS),
+        "columns": _integer(meta, COLUMNS),
+        "bits_allocated": _integer(meta, BITS_ALLOCATED),
+        "number_of_frames": _integer(meta, NUMBER_OF_FRAMES),
     }
 
 
@@ -125,6 +133,18 @@ def _searchable(meta: DicomJson, tag: str, invalid: Collection[str] | None) -> s
     element = meta.get(tag) or {}
     vr = element.get("vr")
     return value if vr and all(is_valid_value(vr, _text(v)) for v in element.get("Value") or ()) else None
+
+
+def _searchable_integer(meta: DicomJson, tag: str, invalid: Collection[str] | None) -> int | None:
+    """An integer attribute's first value for a matched column: as `_searchable` decides, and
+    within the column's range."""
+    return None if _searchable(meta, tag, invalid) is None else _integer(meta, tag)
+
+
+def _integer(meta: DicomJson, tag: str) -> int | None:
+    """An integer attribute's first value, or None when its column cannot hold it."""
+    value = int_value(meta, tag)
+    return value if value is not None and value in INTEGER_COLUMN_RANGE else None
 
 
 def _text(value: object) -> object:

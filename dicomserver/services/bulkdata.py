@@ -16,5 +16,7 @@ bp = Blueprint("bulkdata", __name__)
 def bulkdata(study: str, series: str, instance: str, tag_path: str) -> Response:
     uids = require_uids(study, series, instance)
     accept = parse_accept(request.headers.get("Accept"))
-    byte_range = request.range.range_for_length if request.range else None
-    return stream(retrieve_bulkdata(archive(), uids, tag_path, accept, byte_range))
+    # RFC 9110 §14.2: range handling is defined for GET only (Flask routes HEAD here too).
+    ranged = request.method == "GET"
+    range_headers = (request.headers.get("Range"), request.headers.get("If-Range")) if ranged else (None, None)
+    return stream(retrieve_bulkdata(archive(), uids, tag_path, accept, *range_headers))
