@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import unicodedata
 from typing import IO, Any
 
@@ -75,11 +76,25 @@ def element_json(element: DataElement) -> dict[str, Any]:
         return element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 62)
     else:
         values = [value]
-    if vr in _INT_VRS:
+    if vr == "IS":
+        values = [_integer_string(v) if v is not None else empty_value_for_VR(vr) for v in values]
+    elif vr in _INT_VRS:
         values = [int(v) if v is not None else empty_value_for_VR(vr) for v in values]
     elif vr in _FLOAT_VRS:
         values = [float(v) if v is not None else empty_value_for_VR(vr) for v in values]
     return {"vr": vr, "Value": values}
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _integer_string(value: Any) -> int:
+    """An IS value as the digits the file holds: pydicom parses a value too long for IS
+    through a float, which would change a 30-digit number's last digits."""
+    text = getattr(value, "original_string", None)
+    if isinstance(text, str) and _INTEGER.fullmatch(text := text.strip()):
+        return int(text)
+    return int(value)
 
 
 def dataset_to_json(

@@ -141,7 +141,12 @@ def test_stow_of_an_instance_number_no_column_holds_stores_it_unindexed(client, 
     _store(client, ds)
     found = client.get(f"/v2/instances?SOPInstanceUID={ds.SOPInstanceUID}&includefield=SeriesNumber")
     (result,) = found.json
-    assert result["00200013"]["Value"] and result["00200011"]["Value"]  # returned, though not matched on
+    # Returned with every digit the file holds, though not matched on.
+    assert result["00200013"]["Value"] == [int(value)] and result["00200011"]["Value"] == [int(value)]
+    (meta,) = client.get(
+        f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/metadata"
+    ).json
+    assert meta["00200013"]["Value"] == [int(value)]
     assert client.get("/v2/instances?InstanceNumber=1").json == []  # its column is NULL, matches nothing
     assert client.get(f"/v2/series?SeriesInstanceUID={ds.SeriesInstanceUID}").status_code == 200
     frames = client.get(
