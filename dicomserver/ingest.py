@@ -9,33 +9,42 @@ an orphan blob, invisible to every request.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 import peewee
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 
 from backends.base import BlobStore, BlobStoreError, StorageUnavailable
 
 from .dicomjson import BulkMap, DicomJson, bulk_data_uri, dataset_to_json
-from .frames import FrameMapError, build_frame_map
+from .frames import PIXEL_TAGS, PixelDataError, build_frame_map, read_element_header
 from .index import DuplicateInstance, Index, InstanceRecord
 from .searchable import index_columns
-from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, is_encapsulated
+from .transfer_syntax import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    is_encapsulated,
+)
 from .uids import normalize_uid
-from .validation import invalid_attributes
+from .validation import UndecodableElement, check_encoding, invalid_attributes
 
 log = logging.getLogger(__name__)
 
 # Failure reasons (PS3.4 Annex GG / the reference server's codes).
 PROCESSING_FAILURE = 0x0110  # 272
-INVALID_DATASET = 0xA900  # 43264: cannot be parsed, or required attributes missing/invalid
+INVALID_DATASET = 0xA900  # 43264: cannot be parsed or decoded, or required attributes missing/invalid
 STUDY_UID_MISMATCH = 0xA901  # 43265: StudyInstanceUID differs from the one in the URL
 INSTANCE_ALREADY_EXISTS = 0xB00E  # 45070
 # Warning reasons (PS3.4 Annex GG).
@@ -51,6 +60,8 @@ REQUIRED_UIDS = (
 PIXEL_DATA = "7FE00010"
 #: Elements larger than this are not read into memory while parsing the header.
 _DEFER_SIZE = 64 * 1024
+#: The 128-byte preamble and 'DICM' of a Part 10 file (PS3.10 §7.1); the file meta follows.
+_PREAMBLE_AND_PREFIX = 132
 
 
 @dataclass
@@ -138,7 +149,12 @@ class Ingestor:
         try:
             if size == 0:
                 raise InstanceRejected(INVALID_DATASET, "the part is empty")
-            ds, transfer_syntax, frame_map = _read_header(fp)
+            ds, transfer_syntax = _read_header(fp)
+            try:
+                frame_map = _check_encoding(fp, size, ds, transfer_syntax)
+            except InstanceRejected:
+                _identify(ds, result)  # as far as the UIDs can be read: say which instance was refused
+                raise
             _validate(ds, result, study_uid)
             invalid = _check_values(ds, transfer_syntax, result)
             instance_path = (
@@ -236,26 +252,90 @@ def _compact_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _read_header(fp: IO[bytes]) -> tuple[Dataset, str, dict[str, Any] | None]:
-    """Parse everything before Pixel Data and locate the frames; reject non-DICOM."""
+def _read_header(fp: IO[bytes]) -> tuple[Dataset, str]:
+    """Parse everything before Pixel Data (fp is left there); reject what is not DICOM."""
     fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=_DEFER_SIZE)
-    except (InvalidDicomError, EOFError) as exc:
-        raise InstanceRejected(INVALID_DATASET, f"not a DICOM Part 10 file: {exc}") from None
-    except Exception as exc:  # pydicom raises many types on corrupt input
-        raise InstanceRejected(INVALID_DATASET, f"the DICOM file could not be parsed: {exc}") from None
+    except InvalidDicomError:
+        raise InstanceRejected(
+            INVALID_DATASET, "not a DICOM Part 10 file: there is no 'DICM' prefix after a 128-byte preamble"
+        ) from None
+    except Exception as exc:  # pydicom raises many types on corrupt input; its words are not for clients
+        log.info("a STOW part could not be parsed: %s", exc)
+        raise InstanceRejected(
+            INVALID_DATASET, "the data set could not be parsed: an element or sequence item is malformed or cut short"
+        ) from None
     transfer_syntax = normalize_uid(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
     if transfer_syntax is None:
         raise InstanceRejected(
             INVALID_DATASET, "the file meta information has no valid TransferSyntaxUID (0002,0010)"
         )
+    return ds, transfer_syntax
+
+
+def _check_encoding(fp: IO[bytes], size: int, ds: Dataset, transfer_syntax: str) -> dict[str, Any] | None:
+    """Check that every element, Pixel Data and what follows it included, can be decoded as
+    its length and VR say, and locate the frames (fp must be where `_read_header` left it).
+
+    Lengths are compared with the file size and only item and element headers are read,
+    besides the rare elements after Pixel Data: next to nothing beside the parse itself.
+    """
     try:
-        frame_map = build_frame_map(fp, ds, transfer_syntax, is_encapsulated(transfer_syntax))
-    except FrameMapError as exc:
-        log.info("frames of an instance cannot be located by offset: %s", exc)
-        frame_map = None
-    return ds, transfer_syntax, frame_map
+        if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            _check_deflated(fp)
+            return None  # offsets into the inflated data are no offsets into the file
+        check_encoding(ds, size)
+        frame_map = build_frame_map(fp, ds, transfer_syntax, size)
+        _check_after_pixel_data(fp, size, transfer_syntax)
+    except (UndecodableElement, PixelDataError) as exc:
+        raise InstanceRejected(INVALID_DATASET, str(exc)) from None
+    return frame_map
+
+
+def _check_after_pixel_data(fp: IO[bytes], size: int, transfer_syntax: str) -> None:
+    """Elements after Pixel Data (Data Set Trailing Padding, Digital Signatures) must fit the file too."""
+    if fp.tell() >= size:
+        return
+    try:
+        trailing = read_dataset(
+            cast(BinaryIO, fp),
+            is_implicit_VR=transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN,
+            is_little_endian=transfer_syntax != EXPLICIT_VR_BIG_ENDIAN,
+            defer_size=_DEFER_SIZE,
+        )
+    except Exception:  # pydicom raises many types on corrupt input
+        raise UndecodableElement("the elements after the Pixel Data cannot be parsed") from None
+    check_encoding(trailing, size)
+
+
+def _check_deflated(fp: IO[bytes]) -> None:
+    """The checks of a plain file, on the inflated data set of a deflated one (PS3.5 A.5).
+
+    A deflate stream cannot be entered in the middle, so this inflates the data set once
+    more (pydicom did it to read the header): deflated files are rare and small.
+    """
+    start = _PREAMBLE_AND_PREFIX
+    fp.seek(start)
+    # The file meta information (group 0002) is never deflated, and always explicit VR little endian.
+    while (header := read_element_header(fp, big_endian=False, implicit=False)) is not None and header[0][0] == 2:
+        start = fp.tell() + header[2]
+        fp.seek(start)
+    fp.seek(start)
+    try:
+        data = io.BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+        inflated = read_dataset(data, False, True, stop_when=_at_pixel_data, defer_size=_DEFER_SIZE)
+    except Exception:  # zlib and pydicom raise many types on corrupt input
+        raise UndecodableElement("the deflated data set could not be inflated and parsed") from None
+    size = len(data.getbuffer())
+    check_encoding(inflated, size)
+    build_frame_map(data, inflated, EXPLICIT_VR_LITTLE_ENDIAN, size)
+    _check_after_pixel_data(data, size, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def _at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
+    """Where pydicom's stop_before_pixels stops: Pixel Data, Float and Double Float Pixel Data."""
+    return (tag >> 16, tag & 0xFFFF) in PIXEL_TAGS
 
 
 def _check_values(ds: Dataset, transfer_syntax: str, result: PartResult) -> frozenset[str]:
@@ -263,7 +343,10 @@ def _check_values(ds: Dataset, transfer_syntax: str, result: PartResult) -> froz
 
     Returns the top-level attributes that had an invalid value (never indexed).
     """
-    problems = list(invalid_attributes(ds))
+    try:
+        problems = list(invalid_attributes(ds))
+    except UndecodableElement as exc:
+        raise InstanceRejected(INVALID_DATASET, str(exc)) from None
     if problems:
         result.warning_reason = ELEMENTS_DISCARDED
         result.comments.extend(f"{comment} (stored, not searchable)" for _tag, comment in problems)
@@ -278,6 +361,18 @@ def _check_values(ds: Dataset, transfer_syntax: str, result: PartResult) -> froz
 
 def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:
     """The four identifying UIDs must be present and well-formed (fills `result`)."""
+    problems = _identify(ds, result)
+    if problems:
+        raise InstanceRejected(INVALID_DATASET, *problems)
+    if study_uid is not None and result.study_instance_uid != study_uid:
+        raise InstanceRejected(
+            STUDY_UID_MISMATCH,
+            f"StudyInstanceUID {result.study_instance_uid} does not match the study in the URL ({study_uid})",
+        )
+
+
+def _identify(ds: Dataset, result: PartResult) -> list[str]:
+    """Fill `result` with the identifying UIDs that are valid; one problem per other one."""
     values: dict[str, str] = {}
     problems: list[str] = []
     for keyword, tag in REQUIRED_UIDS:
@@ -299,10 +394,4 @@ def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:
     result.sop_instance_uid = values.get("SOPInstanceUID")
     result.study_instance_uid = values.get("StudyInstanceUID")
     result.series_instance_uid = values.get("SeriesInstanceUID")
-    if problems:
-        raise InstanceRejected(INVALID_DATASET, *problems)
-    if study_uid is not None and result.study_instance_uid != study_uid:
-        raise InstanceRejected(
-            STUDY_UID_MISMATCH,
-            f"StudyInstanceUID {result.study_instance_uid} does not match the study in the URL ({study_uid})",
-        )
+    return problems

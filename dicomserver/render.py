@@ -16,8 +16,8 @@ the instances it hands over.
 from __future__ import annotations
 
 import io
+import logging
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -26,7 +26,6 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageOps
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import (
     apply_color_lut,
@@ -41,7 +40,10 @@ from .archive import Archive
 from .errors import BadRequest, NotAcceptable, NotFound
 from .index import StoredInstance
 from .media import MediaRange
+from .transcode import is_data_error
 from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+
+log = logging.getLogger(__name__)
 
 JPEG = "image/jpeg"
 PNG = "image/png"
@@ -218,8 +220,11 @@ def read_frame(fp: BinaryIO, frame: int) -> tuple[Dataset, np.ndarray]:
         # The header without pixel data: transfer syntax, frame count, Rows.
         probe = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=[0x00280008, 0x00280010])
         transfer_syntax = UID(probe.file_meta.TransferSyntaxUID)
-    except (InvalidDicomError, EOFError, struct.error, ValueError, KeyError, AttributeError) as exc:
-        raise CannotRender(f"the stored file could not be parsed: {_reason(exc)}") from None
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        log.warning("a stored file could not be parsed for rendering", exc_info=True)
+        raise CannotRender("the stored file could not be parsed") from None
     if "Rows" not in probe:
         raise NoPixelData("the instance has no pixel data")
     _check_frame(probe, frame)
@@ -234,13 +239,15 @@ def read_frame(fp: BinaryIO, frame: int) -> tuple[Dataset, np.ndarray]:
         else:
             header = Dataset()
             array = pixel_array(fp, ds_out=header, specific_tags=_EXTRA_TAGS, index=frame - 1)
-    except AttributeError as exc:
-        # pydicom's way of saying that pixel data or a required pixel attribute is missing.
-        raise NoPixelData(f"the instance has no pixel data that can be rendered: {_reason(exc)}") from None
-    except (RuntimeError, ValueError, NotImplementedError, TypeError, KeyError) as exc:
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        # What pydicom says (plugin names, at times a traceback) goes to the log only.
+        log.warning("decoding frame %d for rendering failed", frame, exc_info=True)
+        if isinstance(exc, AttributeError):  # pydicom's way of saying an attribute is missing
+            raise NoPixelData("the instance has no pixel data that can be rendered") from None
         raise CannotRender(
-            f"the pixel data (transfer syntax {transfer_syntax}, {transfer_syntax.name}) could not be "
-            f"decoded: {_reason(exc)}"
+            f"the pixel data (transfer syntax {transfer_syntax}, {transfer_syntax.name}) could not be decoded"
         ) from None
     _apply_functional_groups(header, frame)
     return header, array
@@ -456,9 +463,10 @@ def render_array(array: np.ndarray, ds: Dataset, params: RenderParams = RenderPa
         display = to_display(array, ds, params.window)
     except RenderError:
         raise
-    except (ValueError, NotImplementedError, KeyError, AttributeError, IndexError, TypeError) as exc:
+    except (ValueError, NotImplementedError, KeyError, AttributeError, IndexError, TypeError):
         # e.g. a palette or LUT whose descriptor does not match its data
-        raise CannotRender(f"the pixel data could not be mapped to display values: {_reason(exc)}") from None
+        log.warning("mapping a frame to display values failed", exc_info=True)
+        raise CannotRender("the pixel data could not be mapped to display values") from None
     image = Image.fromarray(np.ascontiguousarray(display), "L" if display.ndim == 2 else "RGB")
     return encode(fit(image, params.viewport, thumbnail=params.thumbnail), params.media_type, params.quality)
 
@@ -548,9 +556,3 @@ def _check_renderable(row: StoredInstance, frame: int, max_bytes: int) -> None:
             f"({max_bytes} bytes, DICOMWEB_MAX_RENDER_BYTES)"
         )
 
-
-def _reason(exc: BaseException, limit: int = 400) -> str:
-    """pydicom's message on one line (it lists each codec plugin's failure on its own line)."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = text or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,15 +7,16 @@ connection is held while bytes flow to a slow client.
 An instance asked for in its stored transfer syntax (or with `transfer-syntax=*`)
 is served as stored, by ranged reads. Any other syntax is transcoded (see
 `transcode.py`) instance by instance, so a multi-instance study or series can be
-transcoded too: each instance is converted into a spool file just before its part
-is sent. The length of such a body is unknown when it starts, so it goes out
-chunked; a single transcoded instance or frame is converted before the response
-starts, which gives it a Content-Length and turns a codec failure into a clean 406.
+transcoded too. Whatever is transcoded is converted before the status line goes out,
+into one spool file per answer (memory, then disk): a failure in any instance or frame
+is still a clean 406, never a 200 cut short, and every answer has a Content-Length.
+Frames cut from the stored file are checked against its size first, for the same reason.
 """
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
@@ -39,6 +40,7 @@ from .transcode import (
     transcode_frames,
     transcode_instance,
     why_not,
+    write_transcoded,
 )
 from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_LITTLE_ENDIAN
 
@@ -94,6 +96,11 @@ def metadata(archive: Archive, uids: tuple[str, str | None, str | None], base_ur
     """WADO-RS metadata; the ETag follows the stored versions and the base URL the URIs use."""
     documents, version = archive.index.metadata(*uids)
     return Metadata(f"{version}-{zlib.crc32(base_url.encode()):08x}", documents, base_url)
+
+
+class DamagedInstance(NotFound):
+    """A frame lies beyond the end of the stored file (an instance stored before STOW
+    checked Pixel Data against the file size): it is not in the archive."""
 
 
 class _Refused(Exception):
@@ -226,13 +233,22 @@ def instances_body(store: BlobStore, instances: list[StoredInstance], rendition:
             local_path=local_path,
         )
     parts: list[Part] = []
-    for instance, plan in zip(instances, plans, strict=True):
-        headers = {"Content-Type": part_content_type(rendition.media_type, plan.syntax)}
-        if plan.transcode:
-            parts.append(Part(headers, None, _transcoded_chunks_of(store, instance, plan.syntax, settings)))
-        else:
-            parts.append(Part(headers, instance.size, _stored_chunks_of(store, instance.blob_key, 0, instance.size)))
-    return multipart_body(MultipartWriter(), rendition.media_type, parts)
+    transcoded = _Spool(settings) if any(plan.transcode for plan in plans) else None
+    try:
+        for instance, plan in zip(instances, plans, strict=True):
+            headers = {"Content-Type": part_content_type(rendition.media_type, plan.syntax)}
+            if transcoded is not None and plan.transcode:
+                with store.open(instance.blob_key) as fp:
+                    start, length = transcoded.append(partial(write_transcoded, fp, plan.syntax))
+                parts.append(Part(headers, length, partial(transcoded.chunks, start, length)))
+            else:
+                stored = _stored_chunks_of(store, instance.blob_key, 0, instance.size)
+                parts.append(Part(headers, instance.size, stored))
+        return multipart_body(MultipartWriter(), rendition.media_type, parts, transcoded)
+    except BaseException:
+        if transcoded is not None:
+            transcoded.close()
+        raise
 
 
 def _transcode(store: BlobStore, instance: StoredInstance, target: str, settings: Settings) -> IO[bytes]:
@@ -242,21 +258,39 @@ def _transcode(store: BlobStore, instance: StoredInstance, target: str, settings
         )
 
 
-def _transcoded_chunks_of(
-    store: BlobStore, instance: StoredInstance, target: str, settings: Settings
-) -> Callable[[], Iterator[bytes]]:
-    def chunks() -> Iterator[bytes]:
-        with _SpoolChunks(_transcode(store, instance, target, settings)) as spooled:
-            yield from spooled
-
-    return chunks
-
-
 def _spool_size(spool: IO[bytes]) -> int:
     spool.seek(0, 2)
     size = spool.tell()
     spool.seek(0)
     return size
+
+
+class _Spool:
+    """The transcoded instances or frames of one answer, written one after the other into
+    one spool file before the status line goes out, and read back part by part."""
+
+    def __init__(self, settings: Settings) -> None:
+        memory, folder = settings.spool_memory_bytes, settings.spool_dir
+        self.file = tempfile.SpooledTemporaryFile(max_size=memory, dir=folder)  # noqa: SIM115 - closed with the answer
+
+    def append(self, write: Callable[[IO[bytes]], object]) -> tuple[int, int]:
+        """Let `write` add data at the end; return where it starts and its length."""
+        start = self.file.seek(0, 2)
+        write(self.file)
+        return start, self.file.seek(0, 2) - start
+
+    def chunks(self, start: int, length: int) -> Iterator[bytes]:
+        while length > 0:
+            self.file.seek(start)
+            chunk = self.file.read(min(CHUNK, length))
+            if not chunk:
+                raise OSError("the spool file is shorter than what was written to it")
+            start += len(chunk)
+            length -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class _SpoolChunks:
@@ -304,24 +338,32 @@ def frames_body(
     content_type = part_content_type(rendition.media_type, plan.syntax)
 
     if plan.transcode:
+        # Every frame is converted before the status line, so a codec failure is still a clean 406.
         if not rendition.multipart:
-            # One frame: convert it now, so a codec failure is still a clean 406.
             with closing(_transcoded_frames(store, instance, numbers, plan.syntax)) as frames:
                 data = b"".join(frames)
             return Body(content_type, len(data), [data])
         writer = MultipartWriter()
-
-        def generate() -> Iterator[bytes]:
+        spool = _Spool(settings)
+        try:
             with closing(_transcoded_frames(store, instance, numbers, plan.syntax)) as frames:
                 for data in frames:
-                    yield writer.part_head({"Content-Type": content_type})
-                    yield data
-            yield writer.close()
-
-        return Body(writer.content_type(rendition.media_type), None, generate())
+                    spool.file.write(writer.part_head({"Content-Type": content_type}))
+                    spool.file.write(data)
+            spool.file.write(writer.close())
+        except BaseException:
+            spool.close()
+            raise
+        return Body(writer.content_type(rendition.media_type), _spool_size(spool.file), _SpoolChunks(spool.file))
 
     assert instance.frames is not None  # _plan transcodes frames that have no recorded offsets
     ranges = [frame_ranges(instance.frames, n) for n in numbers]
+    for number, frame in zip(numbers, ranges, strict=True):
+        if any(start + length > instance.size for start, length in frame):
+            raise DamagedInstance(
+                f"frame {number} of instance {instance.sop_instance_uid} is not in the stored file, "
+                "which ends before it: the instance was stored with incomplete pixel data"
+            )
     if not rendition.multipart:
         return Body(content_type, sum(n for _, n in ranges[0]), ranges_chunks(store, instance.blob_key, ranges[0]))
     parts = [
@@ -354,7 +396,8 @@ class Part:
     chunks: Callable[[], Iterable[bytes]]  # called when the part's turn comes
 
 
-def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part]) -> Body:
+def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part], spool: _Spool | None = None) -> Body:
+    """Parts framed as multipart/related; `spool` (the transcoded parts) is closed with the body."""
     lengths = [p.length for p in parts if p.length is not None]
     length = None
     if len(lengths) == len(parts):
@@ -370,7 +413,29 @@ def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part]) 
             yield from first if number == 0 else part.chunks()
         yield writer.close()
 
-    return Body(writer.content_type(media_type), length, generate())
+    if spool is None:
+        return Body(writer.content_type(media_type), length, generate())
+    return Body(writer.content_type(media_type), length, _Closing(generate(), spool.close))
+
+
+class _Closing:
+    """Chunks that run `close` when they end, or when the server closes the answer early."""
+
+    def __init__(self, chunks: Iterator[bytes], close: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._chunks
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        self._close()
 
 
 def _stored_chunks_of(store: BlobStore, key: str, start: int, length: int) -> Callable[[], Iterator[bytes]]:

@@ -41,7 +41,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from backends.base import BlobStoreError
+
 from .errors import NotAcceptable
+from .frames import read_element_header
 from .transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -128,14 +131,10 @@ _DECODER_PREFERENCE: dict[str, tuple[str, ...]] = {
 
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _PIXEL_VR = {"FloatPixelData": "OF", "DoubleFloatPixelData": "OD"}
-_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"}
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM = b"\xfe\xff\x00\xe0"
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _COPY_CHUNK = 1 << 20
-#: What pydicom and the codecs raise when data cannot be decoded or encoded as asked
-#: (imagecodecs' errors are RuntimeErrors); anything else is a bug or a storage error.
-_CODEC_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, struct.error)
 
 
 def _name(syntax: str) -> str:
@@ -286,37 +285,26 @@ class _Source:
 
 def _open(fp: BinaryIO) -> _Source:
     """Parse the header; leave fp at the start of the pixel data value."""
-    fp.seek(0)
-    ds = pydicom.dcmread(fp, stop_before_pixels=True)
-    syntax = UID(ds.file_meta.TransferSyntaxUID)
-    if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        # A deflate stream cannot be entered in the middle: inflate the whole file.
+    with _data_errors_as("the stored file could not be parsed"):
         fp.seek(0)
-        ds = pydicom.dcmread(fp)
-        keyword = next((k for k in _PIXEL_TAGS.values() if k in ds), None)
-        if keyword is None:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        syntax = UID(ds.file_meta.TransferSyntaxUID)
+        if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            # A deflate stream cannot be entered in the middle: inflate the whole file.
+            fp.seek(0)
+            ds = pydicom.dcmread(fp)
+            keyword = next((k for k in _PIXEL_TAGS.values() if k in ds), None)
+            if keyword is None:
+                return _Source(ds, syntax, None, None, None, None, None)
+            element = ds[keyword]
+            del ds[keyword]
+            return _Source(ds, syntax, keyword, element.VR, len(element.value), None, bytes(element.value))
+        header = read_element_header(fp, not syntax.is_little_endian, syntax.is_implicit_VR)
+        keyword = None if header is None else _PIXEL_TAGS.get(header[0][0] << 16 | header[0][1])
+        if header is None or keyword is None:
             return _Source(ds, syntax, None, None, None, None, None)
-        element = ds[keyword]
-        del ds[keyword]
-        return _Source(ds, syntax, keyword, element.VR, len(element.value), None, bytes(element.value))
-    header = fp.read(8)
-    if len(header) < 8:
-        return _Source(ds, syntax, None, None, None, None, None)
-    order = "<" if syntax.is_little_endian else ">"
-    group, element = struct.unpack(order + "HH", header[:4])
-    keyword = _PIXEL_TAGS.get(group << 16 | element)
-    if keyword is None:
-        return _Source(ds, syntax, None, None, None, None, None)
-    if syntax.is_implicit_VR:
-        vr = None
-        (length,) = struct.unpack(order + "L", header[4:8])
-    else:
-        vr = header[4:6].decode("ascii", "replace")
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack(order + "L", fp.read(4))
-        else:
-            (length,) = struct.unpack(order + "H", header[6:8])
-    return _Source(ds, syntax, keyword, vr, None if length == _UNDEFINED_LENGTH else length, fp, None)
+        _tag, vr, length = header
+        return _Source(ds, syntax, keyword, vr, None if length == _UNDEFINED_LENGTH else length, fp, None)
 
 
 def _native_vr(ds: Dataset, keyword: str | None) -> str:
@@ -337,18 +325,19 @@ def _decoded_frames(source: _Source, indices: list[int] | None = None) -> Iterat
     if source.syntax not in codecs().decoders:
         raise NotAcceptable(f"no decoder for {_name(source.syntax)} is installed")
     opts = source.options
-    expected = int(opts.get("number_of_frames") or 1)
-    frames = get_decoder(source.syntax).iter_array(
-        source.pixel_source,
-        indices=indices,
-        as_rgb=_lossy(source.syntax),
-        decoding_plugin=_decoding_plugin(source.syntax),
-        **opts,
-    )
-    # A JPEG stream may split into more codestreams than there are frames.
-    for arr, props in itertools.islice(frames, len(indices) if indices else expected):
-        little = arr.dtype.newbyteorder("<")
-        yield (arr if arr.dtype == little else arr.astype(little)), props
+    with _data_errors_as("the stored pixel data could not be decoded"):
+        expected = int(opts.get("number_of_frames") or 1)
+        frames = get_decoder(source.syntax).iter_array(
+            source.pixel_source,
+            indices=indices,
+            as_rgb=_lossy(source.syntax),
+            decoding_plugin=_decoding_plugin(source.syntax),
+            **opts,
+        )
+        # A JPEG stream may split into more codestreams than there are frames.
+        for arr, props in itertools.islice(frames, len(indices) if indices else expected):
+            little = arr.dtype.newbyteorder("<")
+            yield (arr if arr.dtype == little else arr.astype(little)), props
 
 
 # -- encoding one frame -----------------------------------------------------------
@@ -404,11 +393,15 @@ def _encode(arr: np.ndarray, props: dict[str, Any], target: str) -> bytes:
         encoder = get_encoder(target)
         plugin = _plugin(encoder.available_plugins, _ENCODER_PREFERENCE[target])
         return bytes(encoder.encode(arr, encoding_plugin=plugin or "", **opts))
-    except _CODEC_ERRORS as exc:
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    except NotAcceptable:
+        raise
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        log.warning("encoding a frame as %s failed", target, exc_info=True)  # the codec's words stay in the log
         raise NotAcceptable(
             f"pixel data with Photometric Interpretation {pi}, {props['samples_per_pixel']} sample(s) "
-            f"and {bits_stored} of {bits_allocated} bits cannot be encoded as {_name(target)} ({reason[:300]})"
+            f"and {bits_stored} of {bits_allocated} bits cannot be encoded as {_name(target)}"
         ) from None
 
 
@@ -439,7 +432,8 @@ def transcode_frames(fp: BinaryIO, numbers: list[int], target: str) -> Iterator[
 
     Reads the header, then only the frames asked for (pydicom seeks to them).
     """
-    source = _open(fp)
+    with _as_not_acceptable(None, target):
+        source = _open(fp)
     if source.keyword is None:
         raise NotAcceptable("the instance has no pixel data")
     native = target in NATIVE_LITTLE_ENDIAN
@@ -448,22 +442,44 @@ def transcode_frames(fp: BinaryIO, numbers: list[int], target: str) -> Iterator[
             yield _native_bytes(arr, props) if native else _encode(arr, props, target)
 
 
+def is_data_error(exc: BaseException) -> bool:
+    """Whether `exc` says that stored data cannot be parsed, decoded or encoded as asked
+    (pydicom and the codecs raise many types for that); storage and I/O errors, exhausted
+    memory and interruptions are not, and pass through."""
+    if isinstance(exc, (BlobStoreError, MemoryError)) or not isinstance(exc, Exception):
+        return False
+    return not (isinstance(exc, OSError) and exc.errno is not None)
+
+
 @contextlib.contextmanager
-def _as_not_acceptable(source: str, target: str) -> Iterator[None]:
-    """Turn a codec's refusal into a 406 naming both syntaxes; storage errors pass through."""
+def _data_errors_as(message: str) -> Iterator[None]:
+    """Turn a failure of the stored data into NotAcceptable(message). What the library said
+    (a traceback and install paths, at times) goes to the log, never to the client."""
     try:
         yield
+    except NotAcceptable:
+        raise
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        log.warning("%s", message, exc_info=True)
+        raise NotAcceptable(message) from None
+
+
+@contextlib.contextmanager
+def _as_not_acceptable(source: str | None, target: str) -> Iterator[None]:
+    """Turn a refusal or a data failure into a 406 naming both syntaxes; storage errors pass through."""
+    try:
+        with _data_errors_as("the stored data could not be converted"):
+            yield
     except NotAcceptable as exc:
         raise NotAcceptable(_cannot(source, target, exc.message)) from None
-    except _CODEC_ERRORS as exc:
-        log.warning("transcoding from %s to %s failed", source, target, exc_info=True)
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise NotAcceptable(_cannot(source, target, reason[:500] or type(exc).__name__)) from None
 
 
-def _cannot(source: str, target: str, reason: str) -> str:
+def _cannot(source: str | None, target: str, reason: str) -> str:
+    origin = f"from {_name(source)} " if source else ""
     return (
-        f"cannot transcode from {_name(source)} to {_name(target)}: {reason}; "
+        f"cannot transcode {origin}to {_name(target)}: {reason}; "
         "request transfer-syntax=* to receive the stored encoding"
     )
 
@@ -485,14 +501,23 @@ def transcode_instance(
     """
     out = tempfile.SpooledTemporaryFile(max_size=spool_memory_bytes, dir=spool_dir)  # noqa: SIM115 - returned open
     try:
-        source = _open(fp)
-        with _as_not_acceptable(source.syntax, target):
-            _write(source, UID(target), out)
+        write_transcoded(fp, target, out)
     except BaseException:
         out.close()
         raise
     out.seek(0)
     return out
+
+
+def write_transcoded(fp: BinaryIO, target: str, out: IO[bytes]) -> None:
+    """Write the Part 10 file in fp, re-written in `target`, to `out` from its position on
+    (the caller may gather several instances in one file). Raises NotAcceptable as
+    `transcode_instance` does; what was written by then is garbage for the caller to drop.
+    """
+    with _as_not_acceptable(None, target):
+        source = _open(fp)
+    with _as_not_acceptable(source.syntax, target):
+        _write(source, UID(target), out)
 
 
 def _write(source: _Source, target: UID, out: IO[bytes]) -> None:
@@ -529,7 +554,8 @@ def _write(source: _Source, target: UID, out: IO[bytes]) -> None:
 
 def _write_header(ds: Dataset, out: IO[bytes]) -> None:
     """Preamble, file meta and every element before Pixel Data, in the new encoding."""
-    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    with _data_errors_as("the stored data set could not be re-encoded"):
+        pydicom.dcmwrite(out, ds, enforce_file_format=True)
 
 
 def _swap_other_words(ds: Dataset) -> None:

@@ -1,10 +1,16 @@
-"""Value validation of stored attributes (PS3.5 §6.2 VR rules), strict where it must be.
+"""Validation of stored data sets: their encoding (strict) and their values (lenient).
 
-The four identifying UIDs are checked by STOW itself (a bad one fails the instance).
-Every other attribute is checked here: an invalid value never makes an instance
-unstorable (real archives hold imperfect data; the file is kept as sent), but it
-is reported back as a STOW warning and is never put into a searchable index column,
-so a malformed StudyDate cannot match a date range.
+Encoding (`check_encoding`, and the decoding done by `invalid_attributes`): an element
+whose value runs past the end of the file or of its sequence, whose VR is not one
+DICOM defines, or whose bytes do not decode as its VR makes the instance unstorable:
+what follows it cannot be found for sure, so its metadata, frames and transcodes
+could not be served faithfully. Such an instance is refused at STOW.
+
+Values (PS3.5 §6.2 VR rules): the four identifying UIDs are checked by STOW itself (a
+bad one fails the instance). Every other attribute is checked here: an invalid value
+never makes an instance unstorable (real archives hold imperfect data; the file is
+kept as sent), but it is reported back as a STOW warning and is never put into a
+searchable index column, so a malformed StudyDate cannot match a date range.
 """
 from __future__ import annotations
 
@@ -12,12 +18,87 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydicom import config
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.valuerep import MAX_VALUE_LEN, STR_VR_REGEXES, PersonName, validate_value
 
 from .dicomjson import BULK_VRS
+
+#: The value representations of PS3.5 Table 6.2-1. An explicit VR file naming another
+#: cannot be decoded: even the size of its length field is uncertain (PS3.5 §7.1.2).
+STANDARD_VRS = frozenset(
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class UndecodableElement(ValueError):
+    """An element cannot be decoded as encoded; the message names it and says why."""
+
+
+def check_encoding(ds: Dataset, file_size: int | None) -> None:
+    """Raise UndecodableElement for the first element, sequences included, whose value
+    runs past the end of the file (`file_size`; None when offsets are not in the file,
+    as in a deflated one) or of its sequence, whose VR is not a standard one, or whose
+    sequence items cannot be parsed.
+
+    Reads no value: lengths are compared with what was read or with the file size, and
+    only sequences are parsed (their items are checked the same way).
+    """
+    _check_elements(ds, file_size, "", "the file")
+
+
+def _check_elements(ds: Dataset, file_size: int | None, path: str, container: str) -> None:
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields its elements, not their tags
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement):  # a sequence of undefined length, parsed while reading
+            element, inner = raw, container
+        else:
+            vr, length = raw.VR, raw.length
+            if vr is not None and vr not in STANDARD_VRS:
+                raise UndecodableElement(
+                    f"{_where(path, tag)} has the value representation {vr!r}, which DICOM does not define"
+                )
+            if length != _UNDEFINED_LENGTH:
+                if raw.value is None:  # deferred: skipped by a seek, so never checked by a read
+                    remaining = None if file_size is None else file_size - raw.value_tell
+                else:
+                    remaining = len(raw.value)
+                if remaining is not None and remaining < length:
+                    raise UndecodableElement(
+                        f"{_where(path, tag)} has a value length of {length} bytes, "
+                        f"but only {max(remaining, 0)} bytes remain in {container}"
+                    )
+            if not _may_be_sequence(raw):
+                continue
+            try:
+                element = ds[tag]
+            except Exception:  # pydicom raises many types on malformed items
+                raise UndecodableElement(f"{_where(path, tag)} is a sequence whose items cannot be parsed") from None
+            inner = container if length == _UNDEFINED_LENGTH else "its sequence"
+        if element.VR == "SQ":
+            for number, item in enumerate(element.value or [], start=1):
+                _check_elements(item, file_size, f"{_where(path, tag)} item {number} > ", inner)
+
+
+def _may_be_sequence(raw: RawDataElement) -> bool:
+    """Whether `raw` is a sequence: explicit SQ, or in implicit VR a SQ attribute of the
+    dictionary. UN values stay opaque bytes here, as everywhere else in the server."""
+    if raw.VR is not None:
+        return bool(raw.VR == "SQ")
+    try:
+        return dictionary_VR(raw.tag) == "SQ"
+    except KeyError:
+        return False
+
+
+def _where(path: str, tag: int) -> str:
+    """'element (0010,0010) PatientName', after the sequence path of a nested element."""
+    keyword = keyword_for_tag(tag)
+    return f"{path or 'element '}{Tag(tag)!s} {keyword}".rstrip()
 
 
 def _problem(vr: str, value: Any) -> str | None:
@@ -70,7 +151,8 @@ def invalid_attributes(ds: Dataset, _path: str = "", _top: str | None = None) ->
     """(top-level tag as GGGGEEEE, 'where: why') per invalid value, sequences included.
 
     The tag is the top-level attribute the value belongs to (a sequence's own tag for a
-    value inside one), so the caller knows which attributes must not be indexed.
+    value inside one), so the caller knows which attributes must not be indexed. A value
+    that cannot be decoded at all (e.g. 3 bytes of US) raises UndecodableElement.
     """
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields its elements, not their tags
         raw = ds.get_item(tag, keep_deferred=True)
@@ -78,9 +160,10 @@ def invalid_attributes(ds: Dataset, _path: str = "", _top: str | None = None) ->
             continue  # binary values have no syntax to check; do not read them
         try:
             element = ds[tag]
-        except Exception as exc:  # the value could not even be converted
-            yield _top or f"{int(tag):08X}", f"{_path}{Tag(tag)!s}: {exc}"
-            continue
+        except Exception:  # pydicom raises many types for bytes that do not decode as the VR
+            vr = raw.VR or _dictionary_vr(tag)
+            size = f"{raw.length} bytes" if isinstance(raw, RawDataElement) else "value"
+            raise UndecodableElement(f"{_where(_path, tag)}: its {size} cannot be decoded as {vr} values") from None
         vr = element.VR
         if vr in BULK_VRS:
             continue
@@ -95,6 +178,13 @@ def invalid_attributes(ds: Dataset, _path: str = "", _top: str | None = None) ->
             if problem:
                 yield _top or f"{int(tag):08X}", f"{_path}{element.tag!s} {element.keyword}".rstrip() + f": {problem}"
                 break
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
 def is_valid_value(vr: str, value: Any) -> bool:

@@ -154,3 +154,55 @@ def jpeg_baseline(ds: Dataset, *, quality: int = 90, sop: str | None = None) -> 
     out.LossyImageCompressionMethod = "ISO_10918_1"
     out.LossyImageCompressionRatio = f"{ds.Rows * ds.Columns / len(stream):.2f}"[:16]
     return to_bytes(out)
+
+
+# -- corrupted files (byte surgery on what to_bytes wrote) ----------------------------------
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def element_offsets(data: bytes) -> dict[int, tuple[int, int, int]]:
+    """Tag → (offset of its header, of its length field, of its value) for every top-level
+    element of an explicit VR little endian Part 10 file (file meta included), up to and
+    including the first element of undefined length (encapsulated Pixel Data) or Pixel Data."""
+    import struct
+
+    offsets: dict[int, tuple[int, int, int]] = {}
+    position = 132  # after the preamble and 'DICM'
+    while position + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, position)
+        vr = data[position + 4 : position + 6]
+        length_at, value_at = (position + 8, position + 12) if vr in _LONG_VRS else (position + 6, position + 8)
+        (length,) = struct.unpack_from("<L" if vr in _LONG_VRS else "<H", data, length_at)
+        tag = group << 16 | element
+        offsets[tag] = (position, length_at, value_at)
+        if tag == 0x7FE00010 or length == 0xFFFFFFFF:
+            break
+        position = value_at + length
+    return offsets
+
+
+def with_length(data: bytes, tag: int, length: int) -> bytes:
+    """`data` with the length field of top-level element `tag` saying `length` (a lie)."""
+    import struct
+
+    header, length_at, value_at = element_offsets(data)[tag]
+    field = struct.pack("<L" if value_at - header == 12 else "<H", length)
+    return data[:length_at] + field + data[length_at + len(field) :]
+
+
+def explicit_element(tag: int, vr: str, value: bytes, *, length: int | None = None) -> bytes:
+    """The bytes of one explicit VR little endian element (`length` may lie about `value`)."""
+    import struct
+
+    size = len(value) if length is None else length
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr.encode("ascii") in _LONG_VRS:
+        return head + b"\x00\x00" + struct.pack("<L", size) + value
+    return head + struct.pack("<H", size) + value
+
+
+def with_element_before(data: bytes, tag: int, element: bytes) -> bytes:
+    """`data` with the raw `element` bytes inserted before top-level element `tag`."""
+    header = element_offsets(data)[tag][0]
+    return data[:header] + element + data[header:]
