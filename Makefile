@@ -9,8 +9,11 @@ PYTEST_ARGS ?=
 N ?= 3000
 REPEAT ?= 3
 BENCH_ARGS ?=
+# make fuzz: examples per property test (default: the "fuzz" profile's), seconds per atheris target
+FUZZ_EXAMPLES ?=
+FUZZ_SECONDS ?= 120
 
-.PHONY: run dev install install-test install-bench install-lint lint test test-unit test-live bench bench-quick clean
+.PHONY: run dev install install-test install-bench install-lint lint test test-unit test-live fuzz bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +90,22 @@ test-unit: install-test
 
 test-live: install-test
 	$(BIN)/python -m pytest tests/live $(PYTEST_ARGS)
+
+## The HTTP fuzz tests (tests/fuzz) with thousands of random examples each (hypothesis profile
+## "fuzz"; failures are saved in tests/fuzz/examples/db and tried first next time), then the
+## atheris harnesses of the multipart and QIDO parsers if atheris is installed (not in CI)
+fuzz: install-test
+	@status=0; \
+	DICOMSERVER_FUZZ_PROFILE=fuzz DICOMSERVER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(BIN)/python -m pytest tests/fuzz --hypothesis-show-statistics $(PYTEST_ARGS) || status=1; \
+	if $(BIN)/python -c "import atheris" 2>/dev/null; then \
+		for target in multipart qido; do \
+			echo "atheris: $$target for $(FUZZ_SECONDS) s"; \
+			$(BIN)/python tests/fuzz/atheris_harness.py $$target -max_total_time=$(FUZZ_SECONDS) \
+				-artifact_prefix=tests/fuzz/examples/ || status=1; \
+		done; \
+	else echo "atheris is not installed: the parser harnesses were skipped (pip install atheris)"; fi; \
+	exit $$status
 
 ## dicomserver beside Orthanc and nginx, written to docs/benchmarks.md (about 20 min on 2 cores;
 ## smaller: make bench N=500 REPEAT=3; more flags: BENCH_ARGS="--servers dicomserver --ops metadata")

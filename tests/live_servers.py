@@ -50,7 +50,11 @@ def start_server(
     env: dict | None = None,
     app: str = "wsgi:app",
     cwd: Path = REPO,
+    new_session: bool = False,
 ) -> LiveServer:
+    """A gunicorn on a free loopback port, ready to serve. `new_session=True` starts it in
+    a session (and process group) of its own, whose id is the master's pid, so a test can
+    kill master and workers at once with os.killpg (tests/live/test_crash.py)."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "gunicorn.log"
@@ -77,6 +81,7 @@ def start_server(
         env=environment,
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        start_new_session=new_session,
     )
     server = LiveServer(f"http://127.0.0.1:{port}", process, data_dir, log_path)
     deadline = time.monotonic() + 30
