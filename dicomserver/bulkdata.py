@@ -26,6 +26,7 @@ from .index import StoredInstance
 from .media import OCTET_STREAM, MediaRange
 from .multipart import MultipartWriter
 from .retrieve import Body, Part, multipart_body, ranges_chunks
+from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 
 PIXEL_DATA = "7FE00010"
 _PATH = re.compile(r"[0-9A-F]{8}(/[0-9]+/[0-9A-F]{8})*")
@@ -102,6 +103,8 @@ def retrieve_bulkdata(
         raise BadRequest(f"invalid bulk data path {tag_path!r}: expected GGGGEEEE[/item/GGGGEEEE...]")
     (row,) = archive.index.instances(*uids)
     store = archive.store
+    if path == PIXEL_DATA:
+        _require_syntax(accept, row, _pixel_syntax(row))
     if path == PIXEL_DATA and row.frames is None:
         return _parsed_pixel_data(store, row, accept, range_header, if_range)
     parts, content_type = _locate(row, path)
@@ -130,7 +133,11 @@ def _single_part(content_type: str, total: int, requested: range | None, read: R
     if requested is None:
         return Body(content_type, total, read(0, total), headers=(accept_ranges,))
     if not requested:
-        return Body(content_type, 0, (), status=416, headers=(("Content-Range", f"bytes */{total}"), accept_ranges))
+        why = f"the requested range is not satisfiable: the value is {total} bytes long\n".encode()
+        return Body(
+            "text/plain; charset=utf-8", len(why), (why,), status=416,
+            headers=(("Content-Range", f"bytes */{total}"), accept_ranges),
+        )
     start, stop = requested.start, requested.stop
     return Body(
         content_type,
@@ -161,7 +168,7 @@ def _parsed_pixel_data(
         value = pydicom.dcmread(fp).get("PixelData")
     if value is None:
         raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")
-    content_type = f"{OCTET_STREAM}; transfer-syntax={row.transfer_syntax_uid}"
+    content_type = f"{OCTET_STREAM}; transfer-syntax={_pixel_syntax(row)}"
     requested = byte_range(range_header, len(value), if_range=if_range)
     if not _wants_multipart(accept, 1, requested is not None):
         whole = len(value)
@@ -171,6 +178,24 @@ def _parsed_pixel_data(
     writer = MultipartWriter()
     data = writer.part_head({"Content-Type": content_type}) + value + writer.close()
     return Body(writer.content_type(OCTET_STREAM), len(data), [data])
+
+
+def _pixel_syntax(row: StoredInstance) -> str:
+    """The transfer syntax Pixel Data is served in: the stored one, but a deflated file's
+    Pixel Data comes out inflated (native, explicit VR little endian)."""
+    return EXPLICIT_VR_LITTLE_ENDIAN if row.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else (
+        row.transfer_syntax_uid
+    )
+
+
+def _require_syntax(accept: Sequence[MediaRange], row: StoredInstance, syntax: str) -> None:
+    """Bulk data is served as stored: when every Accept entry names another transfer syntax, 406."""
+    asked = [r.transfer_syntax for r in accept]
+    if asked and all(a is not None and a not in ("*", syntax) for a in asked):
+        raise NotAcceptable(
+            f"the Pixel Data of instance {row.sop_instance_uid} is in transfer syntax {syntax} and bulk data "
+            f"is not transcoded: ask for transfer-syntax={syntax} or *, or use the frames resource"
+        )
 
 
 def _locate(row: StoredInstance, path: str) -> tuple[list[Ranges], str]:

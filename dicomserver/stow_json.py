@@ -11,6 +11,7 @@ and are read whole.
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ def _path_of(uri: str) -> str:
     return "/" + without_scheme.split("/", 1)[-1] if "://" in uri else uri
 
 
+log = logging.getLogger(__name__)
+
+
 def build_part10(
     metadata: dict[str, Any], parts: dict[str, BulkPart], *, spool_dir: str | None, memory_bytes: int
 ) -> tuple[IO[bytes], int]:
@@ -88,13 +92,14 @@ def build_part10(
         ds = Dataset.from_json(metadata, bulk_data_uri_handler=bulk_handler)
     except MetadataRejected:
         raise
-    except Exception as exc:
-        raise MetadataRejected(f"the DICOM JSON dataset could not be read: {exc}") from None
+    except Exception:  # pydicom's message carries its traceback: name the element instead
+        raise MetadataRejected(f"the DICOM JSON dataset could not be read: {_unreadable(metadata)}") from None
 
     missing = [
-        f"required attribute {keyword} {tag} is missing or empty"
+        f"required attribute {keyword} {tag} is missing, empty or not a UI value"
         for keyword, tag in (("SOPClassUID", "(0008,0016)"), ("SOPInstanceUID", "(0008,0018)"))
-        if not str(ds.get(keyword) or "").strip()
+        if keyword not in ds or ds[keyword].VR != "UI" or not isinstance(ds[keyword].value, str)
+        or not ds[keyword].value.strip()
     ]
     if missing:  # the file meta cannot be written without them
         raise MetadataRejected("; ".join(missing))
@@ -122,9 +127,24 @@ def build_part10(
     except MetadataRejected:
         target.close()
         raise
-    except Exception as exc:
+    except Exception:
         target.close()
-        raise MetadataRejected(f"a Part 10 file could not be written from the JSON dataset: {exc}") from None
+        log.info("a Part 10 file could not be written from a DICOM JSON dataset", exc_info=True)
+        raise MetadataRejected(
+            "a Part 10 file could not be written from the JSON dataset: a value does not fit its VR"
+        ) from None
+
+
+def _unreadable(metadata: dict[str, Any]) -> str:
+    """Which element of a dataset pydicom could not read, as one sentence (found only on failure)."""
+    for key, element in metadata.items():
+        try:
+            Dataset.from_json({key: element}, bulk_data_uri_handler=lambda *_: b"")
+        except Exception:
+            vr = element.get("vr") if isinstance(element, dict) else None
+            where = f"({key[:4]},{key[4:]})" if isinstance(key, str) and len(key) == 8 else repr(key)[:20]
+            return f"the value of {where} cannot be read as VR {str(vr)[:8]!r}"
+    return "it is not a DICOM JSON object"
 
 
 def _file_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:

@@ -57,10 +57,12 @@ def parse_frame_list(value: str) -> list[int]:
     frames: list[int] = []
     for item in value.split(","):
         item = item.strip()
-        if not item.isdigit():
+        if not (item.isascii() and item.isdigit()):
             raise BadRequest(
-                f"invalid frame list {value!r}: expected comma-separated frame numbers like 1,3"
+                f"invalid frame list {value[:40]!r}: expected comma-separated frame numbers like 1,3"
             )
+        if len(item) > 9:  # no instance has that many frames (and int() of thousands of digits fails)
+            raise BadRequest(f"invalid frame list: frame number {item[:20]}... is too large")
         number = int(item)
         if number < 1:
             raise BadRequest(

@@ -367,7 +367,8 @@ def test_unsatisfiable_range_is_416(client, value_url, header):
     response = _get(client, value_url, header)
     assert response.status_code == 416
     assert response.headers["Content-Range"] == "bytes */5120"
-    assert response.data == b""
+    assert response.data == b"the requested range is not satisfiable: the value is 5120 bytes long\n"
+    assert response.headers["Content-Type"].startswith("text/plain")
 
 
 @pytest.mark.parametrize(
