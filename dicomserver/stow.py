@@ -229,11 +229,18 @@ class _StowRequest:
                     if isinstance(event, PartStart):
                         self.part(event, _part_data(events), datasets, bulk)
             except MultipartError as exc:
-                stored = sum(r.stored for r in self.results)
-                raise BadRequest(
-                    f"malformed multipart/related body: {exc} "
-                    f"({stored} instance(s) that arrived complete before the error were stored)"
-                ) from None
+                if not any(r.stored for r in self.results):
+                    raise BadRequest(f"malformed multipart/related body: {exc}; nothing was stored") from None
+                # Parts that arrived complete are stored: the answer must say so (a 400 would
+                # tell the client nothing was), with the rest of the body as one failure.
+                self.results.append(
+                    PartResult(
+                        failure_reason=INVALID_DATASET,
+                        comments=[f"the multipart/related body is malformed after the parts before this one "
+                                  f"({exc}); what followed was not stored"],
+                    )
+                )
+                return self.results
             for metadata in datasets:
                 self.results.append(self.json_dataset(metadata, bulk))
         finally:

@@ -162,14 +162,29 @@ def test_empty_body_is_400(client):
     assert post(client, b"--x--\r\n", "multipart/related; boundary=x").status_code == 400
 
 
-def test_truncated_body_is_400_and_cut_part_not_stored(client):
+def test_truncated_body_stores_the_whole_parts_and_says_so(client):
+    """Not a 400: the client must learn which instances were stored before the cut."""
     whole, cut = make_instance(), make_instance(study="1.2.3.9")
     body = multipart_body([to_bytes(whole), to_bytes(cut)])
     response = post(client, body[:-40], "multipart/related; boundary=BOUNDARY-1234")
-    assert response.status_code == 400
-    assert b"closing boundary" in response.data
+    assert response.status_code == 202
+    (stored,) = response.json["00081199"]["Value"]
+    assert stored["00081155"]["Value"] == [whole.SOPInstanceUID]
+    (failed,) = response.json["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [43264]
+    comment = failed["00741048"]["Value"][0]["00000902"]["Value"][0]
+    assert "malformed after the parts before this one" in comment and "closing boundary" in comment
     assert client.get(f"/v2/studies/{whole.StudyInstanceUID}/metadata").status_code == 200
     assert client.get(f"/v2/studies/{cut.StudyInstanceUID}/metadata").status_code == 404
+    assert client.get("/v2/instances", query_string={"SOPInstanceUID": cut.SOPInstanceUID}).json == []
+
+
+def test_a_body_malformed_before_any_part_is_complete_is_400_and_stores_nothing(client):
+    cut = make_instance()
+    body = multipart_body([to_bytes(cut)])
+    response = post(client, body[:-40], "multipart/related; boundary=BOUNDARY-1234")
+    assert response.status_code == 400
+    assert b"closing boundary" in response.data and b"nothing was stored" in response.data
     assert client.get("/v2/instances", query_string={"SOPInstanceUID": cut.SOPInstanceUID}).json == []
 
 
