@@ -175,6 +175,8 @@ class Stow:
             isinstance(p.payload, Payload)
             and dash not in p.payload.render()
             and all(line[:1] not in ("", " ", "\t") and ":" in line for line in p.headers)
+            # RFC 2045: one Content-Type per part (two are malformed, whatever they say)
+            and sum(line.split(":", 1)[0].strip().lower() == "content-type" for line in p.headers) <= 1
             for p in body.parts
         )
 
