@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 from .audit import iso_time
 from .errors import BadRequest, NotAcceptable, NotFound
 from .index import AuditQuery, AuditRecord, Index
+from .matching import parse_count
 from .media import parse_accept
 from .uids import require_uid
 
@@ -178,9 +179,7 @@ def _number(values: dict[str, list[str]], name: str, low: int, high: int) -> int
     raw = _one(values, name)
     if raw is None:
         return None
-    if not _DIGITS.fullmatch(raw) or len(raw) > 19 or not low <= int(raw) <= high:
-        raise BadRequest(f"{name}={raw!r} is invalid: expected a whole number from {low} to {high}")
-    return int(raw)
+    return parse_count(name, raw, minimum=low, maximum=high)
 
 
 _DATE = re.compile(
