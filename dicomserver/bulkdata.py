@@ -23,7 +23,7 @@ from .archive import Archive
 from .errors import BadRequest, NotAcceptable, NotFound
 from .frames import frame_count, frame_ranges
 from .index import StoredInstance
-from .media import OCTET_STREAM, MediaRange
+from .media import MULTIPART_RELATED, OCTET_STREAM, MediaRange, parse_media_type, refused
 from .multipart import MultipartWriter
 from .retrieve import Body, Part, multipart_body, ranges_chunks
 from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
@@ -117,7 +117,7 @@ def retrieve_bulkdata(
         )
     total = sum(n for _, n in parts[0])
     requested = byte_range(range_header, total, if_range=if_range) if len(parts) == 1 else None
-    if _wants_multipart(accept, len(parts), requested is not None):
+    if _wants_multipart(accept, len(parts), requested is not None, content_type):
         headers = {"Content-Type": content_type}
         return multipart_body(
             MultipartWriter(),
@@ -170,7 +170,7 @@ def _parsed_pixel_data(
         raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")
     content_type = f"{OCTET_STREAM}; transfer-syntax={_pixel_syntax(row)}"
     requested = byte_range(range_header, len(value), if_range=if_range)
-    if not _wants_multipart(accept, 1, requested is not None):
+    if not _wants_multipart(accept, 1, requested is not None, content_type):
         whole = len(value)
         return _single_part(
             content_type, whole, requested, lambda start, stop: [value if stop - start == whole else value[start:stop]]
@@ -216,19 +216,21 @@ def _locate(row: StoredInstance, path: str) -> tuple[list[Ranges], str]:
     return [[(offset, length)]], OCTET_STREAM
 
 
-def _wants_multipart(accept: Sequence[MediaRange], parts: int, ranged: bool) -> bool:
+def _wants_multipart(accept: Sequence[MediaRange], parts: int, ranged: bool, content_type: str) -> bool:
     """multipart/related unless the client asks for (or a Range implies) a single part."""
+    _, params = parse_media_type(content_type)
+    syntax = params.get("transfer-syntax", EXPLICIT_VR_LITTLE_ENDIAN)  # PS3.18's default for octet-stream
+    single = parts == 1 and not refused(accept, OCTET_STREAM, None, syntax)
+    multi = not refused(accept, MULTIPART_RELATED, OCTET_STREAM, syntax)
     for r in accept:
-        if r.mimetype == OCTET_STREAM and parts == 1:
+        if r.mimetype in (OCTET_STREAM, "application/*") and single:
             return False
-        if r.mimetype in ("multipart/related", "multipart/*") and (r.params.get("type") or OCTET_STREAM).lower() in (
-            OCTET_STREAM,
-            "*/*",
-            "application/*",
-        ):
+        if multi and r.mimetype in (MULTIPART_RELATED, "multipart/*") and (
+            r.params.get("type") or OCTET_STREAM
+        ).lower() in (OCTET_STREAM, "*/*", "application/*"):
             return True
-        if r.mimetype in ("*/*", "application/*"):
-            return not (ranged and parts == 1)
+        if r.mimetype == "*/*" and (single or multi):
+            return not single or (multi and not ranged)
     raise NotAcceptable(
         'bulk data is offered as multipart/related; type="application/octet-stream" '
         "or (for a single value) application/octet-stream"

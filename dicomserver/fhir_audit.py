@@ -21,7 +21,7 @@ from .audit import iso_time
 from .errors import BadRequest, NotAcceptable, NotFound
 from .index import AuditQuery, AuditRecord, Index
 from .matching import parse_count
-from .media import parse_accept
+from .media import parse_accept, refused
 from .uids import require_uid
 
 FHIR_JSON = "application/fhir+json"
@@ -53,7 +53,9 @@ _SEARCH_PARAMETERS = ("date", "subject", "study", "_count", "_cursor")
 
 def require_fhir_json(accept: str | None) -> str:
     """The media type to answer with, or 406 when the Accept header allows no JSON."""
-    if any(r.mimetype in (FHIR_JSON, "application/json", "application/*", "*/*") for r in parse_accept(accept)):
+    ranges = parse_accept(accept)
+    wanted = (FHIR_JSON, "application/json", "application/*", "*/*")
+    if not refused(ranges, FHIR_JSON) and any(r.mimetype in wanted for r in ranges):
         return FHIR_JSON
     raise NotAcceptable("the Accept header allows no media type /audit offers; use application/fhir+json")
 

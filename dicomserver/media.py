@@ -9,7 +9,7 @@ the C# client), several entries with q-values (dicomweb-client), a trailing `;`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from .errors import NotAcceptable
@@ -80,10 +80,26 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return mimetype.strip().lower(), params
 
 
-def parse_accept(header: str | None) -> tuple[MediaRange, ...]:
+class Accept(tuple[MediaRange, ...]):
+    """The entries of an Accept header a client takes (q > 0, best first).
+
+    Iterating gives only those; `refusals` keeps the q=0 entries, which are not
+    ignorable: 'multipart/related; type="application/dicom"; q=0, */*' asks for
+    anything but that (RFC 9110 §12.5.1), and `refused` applies them.
+    """
+
+    refusals: tuple[MediaRange, ...]
+
+    def __new__(cls, accepted: Sequence[MediaRange], refusals: Sequence[MediaRange] = ()) -> Accept:
+        self = super().__new__(cls, accepted)
+        self.refusals = tuple(refusals)
+        return self
+
+
+def parse_accept(header: str | None) -> Accept:
     """Parse an Accept header into entries ordered by q (stable for equal q).
 
-    Entries with q=0 are dropped; entries that cannot be parsed are ignored.
+    Entries with q=0 go to `refusals`; entries that cannot be parsed are ignored.
     Clients send the same few headers on every request, so answers are cached
     (the entries are shared: never modify them).
     """
@@ -91,10 +107,11 @@ def parse_accept(header: str | None) -> tuple[MediaRange, ...]:
 
 
 @lru_cache(maxsize=256)
-def _parse_accept(header: str) -> tuple[MediaRange, ...]:
+def _parse_accept(header: str) -> Accept:
     if not header.strip():
-        return (MediaRange("*/*"),)
+        return Accept((MediaRange("*/*"),))
     ranges: list[MediaRange] = []
+    refusals: list[MediaRange] = []
     for item in _split_unquoted(header, ","):
         if not item.strip():
             continue
@@ -105,15 +122,49 @@ def _parse_accept(header: str) -> tuple[MediaRange, ...]:
             q = float(params.pop("q", "1"))
         except ValueError:
             q = 1.0
-        if q <= 0:
-            continue
-        ranges.append(MediaRange(mimetype, params, q))
+        (refusals if q <= 0 else ranges).append(MediaRange(mimetype, params, max(q, 0.0)))
     ranges.sort(key=lambda r: -r.q)
-    return tuple(ranges)
+    return Accept(ranges, refusals)
+
+
+def _covers(r: MediaRange, media_type: str, inner: str | None, syntax: str | None) -> bool:
+    """Whether range `r` names a representation: `media_type`, whose parts are `inner`
+    when it is multipart, in transfer syntax `syntax` (None: the type has none)."""
+    if not _type_covers(r.mimetype, media_type):
+        return False
+    kind = r.params.get("type")
+    if inner is not None and r.mimetype in (MULTIPART_RELATED, "multipart/*") and kind is not None \
+            and not _type_covers(kind.lower(), inner):
+        return False
+    named = r.transfer_syntax
+    return named is None or syntax is None or named in (ANY_TRANSFER_SYNTAX, syntax)
+
+
+def _type_covers(pattern: str, media_type: str) -> bool:
+    return pattern == "*/*" or pattern == media_type or (pattern.endswith("/*") and media_type.startswith(pattern[:-1]))
+
+
+def _specificity(r: MediaRange) -> tuple[bool, bool, int]:
+    return r.mimetype != "*/*", not r.mimetype.endswith("/*"), ("type" in r.params) + ("transfer-syntax" in r.params)
+
+
+def refused(ranges: Sequence[MediaRange], media_type: str, inner: str | None = None, syntax: str | None = None) -> bool:
+    """Whether a q=0 entry refuses this representation (RFC 9110 §12.5.1).
+
+    The most specific entries that cover it decide; when a refusal and an
+    acceptance are equally specific, the refusal wins (the client said no).
+    """
+    refusals = [r for r in getattr(ranges, "refusals", ()) if _covers(r, media_type, inner, syntax)]
+    if not refusals:
+        return False
+    most = max(_specificity(r) for r in refusals)
+    return not any(_specificity(r) > most and _covers(r, media_type, inner, syntax) for r in ranges)
 
 
 def accepts_json(ranges: Sequence[MediaRange]) -> bool:
-    return any(
+    """application/json is taken to mean DICOM JSON unless the header names that itself."""
+    named = any(r.mimetype == DICOM_JSON for r in (*ranges, *getattr(ranges, "refusals", ())))
+    return not refused(ranges, DICOM_JSON if named else JSON) and any(
         r.mimetype in (DICOM_JSON, JSON, "application/*", "*/*") for r in ranges
     )
 
@@ -137,6 +188,8 @@ class Rendition:
     multipart: bool
     media_type: str
     transfer_syntax: str
+    #: With transfer_syntax '*': stored syntaxes the client refused (q=0) in this framing.
+    refused_syntaxes: frozenset[str] = frozenset()
 
 
 #: Per resource kind: the part media type, whether single-part is allowed, and
@@ -174,7 +227,7 @@ def negotiate_retrieve(ranges: Sequence[MediaRange], resource: str) -> list[Rend
     media_type, single_part_ok = _RESOURCES[resource]
     offers: list[Rendition] = []
     for r in ranges:
-        offer = _offer_for(r, resource)
+        offer = _without_refusals(ranges, _offer_for(r, resource))
         if offer is not None and offer not in offers:
             offers.append(offer)
     if not offers:
@@ -190,15 +243,32 @@ def negotiate_retrieve(ranges: Sequence[MediaRange], resource: str) -> list[Rend
     return offers
 
 
+def _without_refusals(ranges: Sequence[MediaRange], offer: Rendition | None) -> Rendition | None:
+    """The offer less what q=0 entries refuse: None when they refuse it whatever the
+    syntax; for the stored syntax ('*'), the concrete syntaxes they refuse."""
+    if offer is None:
+        return None
+    outer, inner = (MULTIPART_RELATED, offer.media_type) if offer.multipart else (offer.media_type, None)
+    if offer.transfer_syntax != ANY_TRANSFER_SYNTAX:
+        return None if refused(ranges, outer, inner, offer.transfer_syntax) else offer
+    if refused(ranges, outer, inner, ""):  # a syntax no entry names: refused whatever is stored
+        return None
+    named = {r.transfer_syntax for r in getattr(ranges, "refusals", ())} - {None, ANY_TRANSFER_SYNTAX}
+    excluded = frozenset(ts for ts in named if ts is not None and refused(ranges, outer, inner, ts))
+    return replace(offer, refused_syntaxes=excluded) if excluded else offer
+
+
 def _offer_for(r: MediaRange, resource: str) -> Rendition | None:
     media_type, single_part_ok = _RESOURCES[resource]
     ts = r.transfer_syntax
     if ts is not None and ts != ANY_TRANSFER_SYNTAX and not is_valid_uid(ts):
         return None
-    if r.mimetype in ("*/*", "application/*"):
+    if r.mimetype == "*/*":
         # PS3.18: a wildcard accepts the default representation; as the reference
         # server does, answer multipart in the stored syntax.
         return Rendition(True, media_type, ts or ANY_TRANSFER_SYNTAX)
+    if r.mimetype == "application/*":  # covers application/dicom (octet-stream), never multipart
+        return Rendition(False, media_type, ts or ANY_TRANSFER_SYNTAX) if single_part_ok else None
     if r.mimetype in (MULTIPART_RELATED, "multipart/*"):
         inner = (r.params.get("type") or media_type).lower()
         if inner in ("*/*", "application/*"):

@@ -39,7 +39,7 @@ from pydicom.uid import UID
 from .archive import Archive
 from .errors import BadRequest, NotAcceptable, NotFound
 from .index import StoredInstance
-from .media import MediaRange
+from .media import MediaRange, refused
 from .transcode import is_data_error
 from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 
@@ -486,10 +486,10 @@ _WILDCARDS = ("*/*", "image/*")
 def negotiate(ranges: Sequence[MediaRange], *, from_query: bool = False) -> str:
     """The first rendered media type the client accepts (in q order); else 406."""
     for r in ranges:
-        if r.mimetype in MEDIA_TYPES:
-            return r.mimetype
-        if r.mimetype in _WILDCARDS:
-            return JPEG
+        candidates = MEDIA_TYPES if r.mimetype in _WILDCARDS else (r.mimetype,) if r.mimetype in MEDIA_TYPES else ()
+        for media_type in candidates:
+            if not refused(ranges, media_type):
+                return media_type
     source = "the accept query parameter" if from_query else "the Accept header"
     raise NotAcceptable(
         f"{source} allows no media type this resource offers; rendered images are available as "

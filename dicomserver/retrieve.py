@@ -144,6 +144,11 @@ def _plan(instance: StoredInstance, rendition: Rendition, settings: Settings, *,
     # (deflated, unaligned bit-packed) a frame has to be decoded even "as stored".
     cut_as_stored = not frames or instance.frames is not None or not has_pixels
     if wanted == ANY_TRANSFER_SYNTAX:
+        served = stored if cut_as_stored else EXPLICIT_VR_LITTLE_ENDIAN
+        if served in rendition.refused_syntaxes:
+            raise _Refused(
+                f"instance {instance.sop_instance_uid} would be sent as {served}, which the Accept header refuses"
+            )
         if cut_as_stored:
             if not syntax_fits(media_type, stored):
                 raise _Refused(

@@ -58,6 +58,31 @@ def test_pixel_data_uri_resolves_to_the_whole_native_value(client, tutorial_stud
     assert single.headers["Accept-Ranges"] == "bytes"
 
 
+@pytest.mark.parametrize(
+    ("accept", "framing"),
+    [
+        ("application/*", "single"),  # covers application/octet-stream, not multipart/related
+        ('multipart/related; type="application/octet-stream"; q=0, */*', "single"),
+        ("application/octet-stream; q=0, */*", "multipart"),
+        ("application/octet-stream; q=0, multipart/*; q=0, */*", 406),
+        ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1; q=0, application/*", 406),
+        ("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50; q=0, application/*", "single"),
+    ],
+)
+def test_refusals_and_application_wildcard(client, tutorial_study, accept, framing):
+    ds = pydicom.dcmread(sample("red-triangle.dcm"))
+    value = ds.PixelData[: ds.Rows * ds.Columns * 3]
+    response = client.get(RED + "/bulkdata/7FE00010", headers={"Accept": accept})
+    if framing == 406:
+        assert response.status_code == 406, response.data
+    elif framing == "single":
+        assert response.status_code == 200 and response.data == value
+        assert response.headers["Content-Type"].startswith("application/octet-stream")
+    else:
+        (part,) = parts(response)
+        assert part.content == value
+
+
 def test_range_requests(client, tutorial_study):
     ds = pydicom.dcmread(sample("red-triangle.dcm"))
     value = ds.PixelData[: ds.Rows * ds.Columns * 3]

@@ -168,6 +168,8 @@ def test_accept_query_parameter_wins_over_the_header(client, tutorial):
         ("image/webp, image/png;q=0.5, image/jpeg;q=0.4", "image/png"),
         ('image/gif; q="0.9", image/png; q=0.2', "image/gif"),
         ("application/dicom, image/png", "image/png"),
+        ("image/jpeg; q=0, */*", "image/png"),  # a refusal is not ignored beside a wildcard
+        ("image/jpeg; q=0, image/png; q=0, image/*", "image/gif"),
     ],
 )
 def test_accept_negotiation(client, tutorial, accept, expected):
@@ -175,7 +177,7 @@ def test_accept_negotiation(client, tutorial, accept, expected):
     assert client.get(f"{RED}/rendered", headers=headers).headers["Content-Type"] == expected
 
 
-@pytest.mark.parametrize("accept", ["application/dicom", "image/jp2", "video/mpeg", 'multipart/related; type="image/jpeg"', "image/png;q=0"])
+@pytest.mark.parametrize("accept", ["application/dicom", "image/jp2", "video/mpeg", 'multipart/related; type="image/jpeg"', "image/png;q=0", "image/*; q=0, */*"])
 def test_unacceptable_media_type_is_406(client, tutorial, accept):
     for response in (
         client.get(f"{RED}/rendered", headers={"Accept": accept}),

@@ -101,6 +101,55 @@ def test_instance_multipart_and_wildcard(client, tutorial_study):
     assert part.content == sample("red-triangle.dcm").read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("accept", "status", "content_type"),
+    [
+        # q=0 refuses what it names, even with a wildcard beside it (RFC 9110 §12.5.1)
+        ('multipart/related; type="application/dicom"; q=0, */*', 406, None),
+        ('multipart/related; type="application/dicom"; q=0, application/dicom; transfer-syntax=*', 200,
+         "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"),
+        # a refusal of one transfer syntax: the stored one is refused, the wildcard cannot be served
+        ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1; q=0, */*', 406, None),
+        # ... unless a more specific entry accepts it
+        ('*/*; q=0, multipart/related; type="application/dicom"; transfer-syntax=*', 200,
+         'multipart/related; type="application/dicom"'),
+        # application/* covers application/dicom, never multipart/related
+        ("application/*", 200, "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"),
+        ("application/dicom+json; q=0, */*", 200, 'multipart/related; type="application/dicom"'),
+    ],
+)
+def test_instance_accept_refusals_and_application_wildcard(client, tutorial_study, accept, status, content_type):
+    response = client.get(RED, headers={"Accept": accept})
+    assert response.status_code == status, response.data
+    if content_type is not None:
+        assert response.headers["Content-Type"].startswith(content_type)
+        body = parts(response)[0].content if content_type.startswith("multipart/") else response.data
+        assert body == sample("red-triangle.dcm").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/*", 406),  # a study is only multipart/related
+        ("application/dicom+json; q=0, */*", 200),  # refuses what a study is not
+        ('multipart/related; type="application/*"; q=0, */*', 406),
+    ],
+)
+def test_study_refusals(client, tutorial_study, accept, status):
+    response = client.get(f"/v2/studies/{STUDY_UID}", headers={"Accept": accept})
+    assert response.status_code == status, response.data
+
+
+def test_metadata_refusals(client, tutorial_study):
+    def status(accept: str) -> int:
+        return client.get(f"/v2/studies/{STUDY_UID}/metadata", headers={"Accept": accept}).status_code
+
+    assert status("application/dicom+json; q=0, */*") == 406
+    assert status("application/json; q=0, */*") == 406
+    assert status("application/dicom+json, application/json; q=0") == 200
+    assert status("application/*") == 200
+
+
 def test_metadata_three_levels(client, tutorial_study):
     study = client.get(f"/v2/studies/{STUDY_UID}/metadata", headers={"Accept": "application/dicom+json"})
     assert study.status_code == 200
