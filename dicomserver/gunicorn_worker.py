@@ -13,12 +13,22 @@ Uploads that do keep trickling are bounded by DICOMWEB_MAX_UPLOADS per process (
 default all threads but a quarter; the app answers 503 beyond it), so threads stay free for
 everyone else.
 
+Connections are spread over the workers: each publishes how many connections it holds
+in a small table shared by all of them (`LoadTable`), and one that holds clearly more
+than the least loaded steps back from the listening socket after taking a connection,
+until the others catch up or STEP_BACK_SECONDS pass. So a burst (a client opening four
+keep-alive connections at once) does not all land on whichever worker's event loop is
+quickest. The step-back is bounded: if no other worker takes a waiting connection within
+that time, the busier one does.
+
 TLS terminated by gunicorn itself is left to gthread as it is (put nginx in front:
 docs/deployment.md).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import multiprocessing
 import os
 import selectors
 import socket
@@ -38,6 +48,68 @@ MAX_HEAD_BYTES = 64 * 1024
 #: How long and how much a closed connection is read for (gunicorn's own close_graceful values).
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 65536
+
+
+#: How long a worker holding more connections than another leaves new ones to the others.
+STEP_BACK_SECONDS = 0.05
+#: How often a worker stepping back looks whether the others have caught up.
+STEP_BACK_POLL_SECONDS = 0.002
+#: A worker whose event loop has not turned for this long is left out of the comparison.
+STALE_SECONDS = 5.0
+
+
+class LoadTable:
+    """Per worker: (pid, open connections, last event-loop turn), in memory shared by the
+    workers of one gunicorn master.
+
+    Created in the master (worker objects are built there, one at a time, before the
+    fork), so claiming a slot needs no lock. Readers tolerate torn or stale values: the
+    worst a wrong reading does is one step-back too many or too few.
+    """
+
+    _FIELDS = 3
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.values = multiprocessing.RawArray(ctypes.c_double, slots * self._FIELDS)
+
+    def claim(self) -> int | None:
+        """A free slot for the worker about to be forked (master side), reserved until it reports."""
+        now = time.monotonic()
+        for slot in range(self.slots):
+            if now - self.values[slot * self._FIELDS + 2] > STALE_SECONDS:
+                self.values[slot * self._FIELDS: slot * self._FIELDS + 3] = [0.0, 0.0, now]
+                return slot
+        return None
+
+    def publish(self, slot: int, connections: int) -> None:
+        self.values[slot * self._FIELDS + 1] = connections
+        self.values[slot * self._FIELDS + 2] = time.monotonic()
+
+    def register(self, slot: int, pid: int) -> None:
+        self.values[slot * self._FIELDS] = pid
+        self.publish(slot, 0)
+
+    def least_elsewhere(self, slot: int) -> float | None:
+        """The fewest connections any other live worker holds (None: no other worker)."""
+        now = time.monotonic()
+        values, least = self.values, None
+        for other in range(self.slots):
+            base = other * self._FIELDS
+            if other != slot and values[base] and now - values[base + 2] <= STALE_SECONDS:
+                count = values[base + 1]
+                least = count if least is None or count < least else least
+        return least
+
+
+_load_table: LoadTable | None = None
+
+
+def _shared_load_table(workers: int) -> LoadTable:
+    global _load_table
+    if _load_table is None:
+        _load_table = LoadTable(2 * workers + 4)  # room for replacements while old workers stop
+    return _load_table
 
 
 class ClientSocket(socket.socket):
@@ -81,17 +153,47 @@ class ClientSocket(socket.socket):
             return b""
 
     def recv_more(self) -> bytes | None:
-        """Non-blocking read for the head (event loop): new bytes, b"" at EOF, None if none yet."""
+        """Non-blocking read for the head (event loop): new bytes, b"" at EOF or when the
+        client reset the connection, None if none yet. Never raises: an exception here
+        would end the worker and every request it serves."""
         try:
             return super().recv(65536)
         except (BlockingIOError, InterruptedError):
             return None
+        except OSError:  # ECONNRESET, ETIMEDOUT, ...: the connection is gone
+            return b""
 
 
 class Worker(ThreadWorker):
     """gthread, with request heads read in the event loop and deadlines on every read."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Runs in the master, before the fork: take a slot of the shared load table.
+        self._slot: int | None = None
+        self._connections = 0
+        self._step_back_until = 0.0
+        super().__init__(*args, **kwargs)
+        self._loads = _shared_load_table(self.cfg.workers)
+        self._slot = self._loads.claim()
+
+    @property
+    def nr_conns(self) -> int:
+        return self._connections
+
+    @nr_conns.setter
+    def nr_conns(self, value: int) -> None:
+        self._connections = value
+        if self._slot is not None and self.pid == os.getpid():
+            self._loads.publish(self._slot, value)
+
+    def notify(self) -> None:
+        super().notify()
+        if self._slot is not None:
+            self._loads.publish(self._slot, self._connections)
+
     def init_process(self) -> None:
+        if self._slot is not None:
+            self._loads.register(self._slot, os.getpid())
         # Uploads may hold all threads but a quarter (at least 2) unless configured otherwise;
         # the app reads the variable when this worker loads it.
         reserved = max(2, self.cfg.threads // 4)
@@ -124,6 +226,30 @@ class Worker(ThreadWorker):
         self.nr_conns += 1
         conn = TConn(self.cfg, ClientSocket.adopt(client, self.io_timeout), address, listener.getsockname())
         self._await_head(conn)
+        if self._busier_than_others():
+            self._step_back_until = time.monotonic() + STEP_BACK_SECONDS
+
+    def _busier_than_others(self) -> bool:
+        """Whether this worker holds clearly more connections than the least loaded other one
+        (by two, or a quarter of that one's, so that even loads are not throttled)."""
+        if self._slot is None:
+            return False
+        least = self._loads.least_elsewhere(self._slot)
+        return least is not None and self.nr_conns > least + max(1, least // 4)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """Leave the listener to the other workers while stepping back (see the module
+        docstring), looking every STEP_BACK_POLL_SECONDS whether they have caught up."""
+        wait = self._step_back_until - time.monotonic()
+        if wait > 0 and self._busier_than_others():
+            if self._accepting:
+                self.set_accept_enabled(False)
+            timeout = min(timeout, wait, STEP_BACK_POLL_SECONDS)
+        else:
+            self._step_back_until = 0.0
+            if not self._accepting and self.nr_conns < self.worker_connections:
+                self.set_accept_enabled(True)
+        super().wait_for_and_dispatch_events(timeout)
 
     def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
         """A kept-alive connection has data: its next request's head."""
@@ -196,10 +322,7 @@ class Worker(ThreadWorker):
 
     def _on_linger_data(self, entry: list[Any], _sock: Any) -> None:
         sock: ClientSocket = entry[1]
-        try:
-            data = sock.recv_more()
-        except OSError:
-            data = b""
+        data = sock.recv_more()
         if data is None:
             return
         entry[2] -= len(data)
