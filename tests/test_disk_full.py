@@ -132,26 +132,13 @@ def assert_consistent(app, retrievable: list) -> None:
 
 
 @pytest.fixture
-def local_app_with(tmp_path):
-    """Archives on local disk and SQLite (the store whose disk fills), with settings."""
-    apps = []
-
-    def build(**settings):
-        app = create_app(
-            Settings(blobstore_url=str(tmp_path / "blobs"), database_url=f"sqlite:///{tmp_path / 'index.db'}", **settings)
-        )
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        close_app(app)
+def local_app(app_factory):
+    """An archive on local disk and SQLite (the store whose disk fills)."""
+    return app_factory()
 
 
-@pytest.fixture
-def local_app(local_app_with):
-    return local_app_with()
+def blob_dir(app) -> Path:
+    return Path(app.extensions["dicomserver"].settings.blobstore_url)
 
 
 # -- the local store: out of space is StoreFull, and leaves nothing ---------------------
@@ -230,10 +217,10 @@ def test_temp_files_are_listed_and_removed_by_name_only(tmp_path):
 # -- STOW onto a filling disk --------------------------------------------------------------
 
 
-def test_eight_parts_onto_a_filling_disk(local_app, tmp_path, monkeypatch):
+def test_eight_parts_onto_a_filling_disk(local_app, monkeypatch):
     datasets = instances(8)
     size = len(to_bytes(datasets[0]))
-    disk = SmallDisk(tmp_path / "blobs", capacity=4 * size + size // 2, monkeypatch=monkeypatch)
+    disk = SmallDisk(blob_dir(local_app), capacity=4 * size + size // 2, monkeypatch=monkeypatch)
     client = local_app.test_client()
 
     response = post(client, datasets)
@@ -259,9 +246,9 @@ def test_eight_parts_onto_a_filling_disk(local_app, tmp_path, monkeypatch):
     assert_consistent(local_app, datasets)
 
 
-def test_nothing_stored_on_a_full_disk_is_507_with_the_failures(local_app, tmp_path, monkeypatch):
+def test_nothing_stored_on_a_full_disk_is_507_with_the_failures(local_app, monkeypatch):
     datasets = instances(3)
-    SmallDisk(tmp_path / "blobs", capacity=0, monkeypatch=monkeypatch)
+    SmallDisk(blob_dir(local_app), capacity=0, monkeypatch=monkeypatch)
     client = local_app.test_client()
 
     response = post(client, datasets)
@@ -280,10 +267,10 @@ def test_nothing_stored_on_a_full_disk_is_507_with_the_failures(local_app, tmp_p
     assert_consistent(local_app, [])
 
 
-def test_no_room_to_spool_a_part_is_reported_like_a_full_store(local_app_with, monkeypatch):
+def test_no_room_to_spool_a_part_is_reported_like_a_full_store(app_factory, monkeypatch):
     """The spool directory fills (DICOMWEB_SPOOL_DIR, or the system temp directory)."""
     datasets = instances(4, size=128)  # 32 KiB files: spooled to disk past 1 KiB
-    local_app = local_app_with(spool_memory_bytes=1024)
+    local_app = app_factory(spool_memory_bytes=1024)
     spooled = {"count": 0}
     real = tempfile.SpooledTemporaryFile
 
@@ -394,8 +381,8 @@ def test_an_index_out_of_space_is_answered_like_a_full_store(local_app, monkeypa
         (0, 0, 200, "ok"),  # 0 turns the check off
     ],
 )
-def test_readyz_reports_a_store_below_min_free_bytes(local_app_with, monkeypatch, free, minimum, status, check):
-    app = local_app_with() if minimum is None else local_app_with(min_free_bytes=minimum)
+def test_readyz_reports_a_store_below_min_free_bytes(app_factory, monkeypatch, free, minimum, status, check):
+    app = app_factory() if minimum is None else app_factory(min_free_bytes=minimum)
     monkeypatch.setattr(app.extensions["dicomserver"].store, "free_bytes", lambda: free)
     answer = app.test_client().get("/readyz")
     assert answer.status_code == status
