@@ -21,6 +21,8 @@ class SearchResult:
     body: str
     #: What the server did not do as asked, one sentence each.
     warnings: list[str]
+    #: More results match beyond this page (at offset + limit).
+    more: bool
 
 
 def search(
@@ -48,4 +50,4 @@ def search(
             "The number of results exceeded the maximum supported by the server. "
             f"Additional results can be requested with offset={query.offset + query.limit}."
         )
-    return SearchResult(absolute_uris("[" + ",".join(results) + "]", base_url), warnings)
+    return SearchResult(absolute_uris("[" + ",".join(results) + "]", base_url), warnings, more)

@@ -78,6 +78,9 @@ class Settings:
     max_uploads: int = 16
     #: /readyz reports not ready when local blob storage has less free space than this.
     min_free_bytes: int = 256 * 1024**2
+    #: OHIF's root URL: the study browser links each study to `{viewer_url}/viewer?StudyInstanceUIDs=…`;
+    #: None: no viewer link.
+    viewer_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -101,6 +104,8 @@ class Settings:
         _check_database_url(self.database_url)
         if self.public_url is not None:
             _check_public_url(self.public_url)
+        if self.viewer_url is not None:
+            _check_viewer_url(self.viewer_url)
         if self.qido_default_limit > self.qido_max_limit:
             raise ConfigError(
                 "DICOMWEB_QIDO_DEFAULT_LIMIT must not exceed DICOMWEB_QIDO_MAX_LIMIT"
@@ -182,6 +187,24 @@ def _public_url(raw: str) -> str:
         raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
 
+def _check_viewer_url(url: str) -> str:
+    """The viewer's root: a query or fragment would end up in front of the link's own query."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"DICOMWEB_VIEWER_URL={url!r} is invalid: expected an absolute http(s):// URL "
+            "without query or fragment, e.g. https://viewer.example.org"
+        )
+    return url.rstrip("/")
+
+
+def _viewer_url(raw: str) -> str:
+    try:
+        return _check_viewer_url(raw)
+    except ConfigError as exc:
+        raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+
 def _check_authority(url: str, *, allow_http: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.netloc:
@@ -240,4 +263,5 @@ _VARIABLES = (
     ("head_timeout", "DICOMWEB_HEAD_TIMEOUT", _positive_seconds),
     ("min_free_bytes", "DICOMWEB_MIN_FREE_BYTES", _whole_number),
     ("max_uploads", "DICOMWEB_MAX_UPLOADS", _positive_int),
+    ("viewer_url", "DICOMWEB_VIEWER_URL", _viewer_url),
 )

@@ -3,7 +3,8 @@
 Each service is one blueprint registered once with the prefix
 `/<any(v1, v2):api_version>`; the version is moved into `g` before views run. Before a
 view runs, the caller must hold the data action it declared (`web.requires`); CORS
-answers preflights before that, and adds its headers to every answer.
+answers preflights before that, and adds its headers to every answer. The study browser's
+pages (browser.py) are mounted at / and /browse, and need an action as the API does.
 """
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit")
 
 def register_services(app: Flask) -> None:
     """Mount the blueprints, the error handlers and the per-request index connection."""
-    from . import audit_events, bulkdata, changefeed, delete, ops, qido, rendered, stow, wado
+    from . import audit_events, browser, bulkdata, changefeed, delete, ops, qido, rendered, stow, wado
 
     register_error_handlers(app)
 
     for module in (stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(browser.bp)
 
     _check_every_route_declares_an_action(app)
     _enable_cors(app)
@@ -62,7 +64,7 @@ def register_services(app: Flask) -> None:
 
     @app.before_request
     def _open_index() -> None:
-        if request.path.startswith(("/v1/", "/v2/")):
+        if request.path.startswith(("/v1/", "/v2/")) or g.get("action") is not None:
             archive().index.connect()
 
     @app.after_request
@@ -90,10 +92,15 @@ def register_services(app: Flask) -> None:
         )
 
 
+#: Blueprints outside the versioned API whose pages show patient data: their routes need an action too.
+_DATA_BLUEPRINTS = ("browser",)
+
+
 def _check_every_route_declares_an_action(app: Flask) -> None:
-    """A versioned route that declares no data action would be open to anyone: refuse to start."""
+    """A data route that declares no data action would be open to anyone: refuse to start."""
     for rule in app.url_map.iter_rules():
-        if rule.rule.startswith(API_PREFIX) and required_action(app.view_functions[rule.endpoint]) is None:
+        serves_data = rule.rule.startswith(API_PREFIX) or rule.endpoint.partition(".")[0] in _DATA_BLUEPRINTS
+        if serves_data and required_action(app.view_functions[rule.endpoint]) is None:
             raise RuntimeError(f"route {rule.rule} ({rule.endpoint}) declares no data action (services.web.requires)")
 
 

@@ -225,14 +225,21 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _error(exc: Exception) -> Response:
-        known = http_status(exc)
-        if known is None:
-            log.error("unhandled error (request id %s)", request_id(), exc_info=exc)
-            return text_response(500, f"internal server error (request id {request_id()})")
-        status, message = known
-        if status >= 500:  # a limit doing its job is not a fault of the server's
-            (log.warning if isinstance(exc, ServiceBusy) else log.error)("%s (request id %s)", message, request_id())
+        status, message = error_status(exc)
         response = text_response(status, message)
         if isinstance(exc, DicomWebError):
             response.headers.update(exc.headers)
         return response
+
+
+def error_status(exc: Exception) -> tuple[int, str]:
+    """The status and client message errors.STATUS gives `exc` (an unexpected one is a 500
+    that names only the request id); server-side failures are logged."""
+    known = http_status(exc)
+    if known is None:
+        log.error("unhandled error (request id %s)", request_id(), exc_info=exc)
+        return 500, f"internal server error (request id {request_id()})"
+    status, message = known
+    if status >= 500:  # a limit doing its job is not a fault of the server's
+        (log.warning if isinstance(exc, ServiceBusy) else log.error)("%s (request id %s)", message, request_id())
+    return status, message

@@ -35,6 +35,8 @@ def test_installed_package_serves_dicomserver_wsgi_app(tmp_path: Path) -> None:
             assert json.load(response)["status"] == "ok"
         with urllib.request.urlopen(server.url + "/v2/studies", timeout=10) as response:
             assert response.status == 200 and json.load(response) == []
+        with urllib.request.urlopen(server.url + "/", timeout=10) as response:  # the study browser's templates
+            assert response.status == 200 and b"<h1>Studies</h1>" in response.read()
         code = "import dicomserver, sys; print(dicomserver.__file__)"
         where = subprocess.run(
             [sys.executable, "-c", code], cwd=elsewhere, env={"PYTHONPATH": str(site)},
