@@ -2,9 +2,11 @@
 
 Every URI resolves by ranged reads at the byte offsets recorded at STOW: the stored
 file is never parsed. Pixel Data answers all of its value: native pixel data as one
-part, encapsulated pixel data as one part per frame. A single-part answer honours an
+part, encapsulated pixel data as one part per frame. A value that is one part honours an
 HTTP Range (206), so a client can fetch a slice of a large value (`byte_range` says
-which Range headers are honoured, refused with 416, or ignored). Only Pixel Data
+which Range headers are honoured, refused with 416, or ignored): as the bare bytes, or,
+to a multipart Accept, as the one part of a multipart/related body whose part headers
+carry the Content-Range (dicomweb-client's `byte_range` reads it so). Only Pixel Data
 without recorded frame offsets (a deflated file, whose offsets mean nothing, or frames
 STOW could not locate) is found by parsing the file, within a bound.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from functools import partial
 
 import pydicom
@@ -40,6 +43,7 @@ ReadRange = Callable[[int, int], Iterable[bytes]]
 _RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
 #: Positions longer than this are past the end of any value (10**19 > 2**63).
 _MAX_POSITION_DIGITS = 19
+_ACCEPT_RANGES = ("Accept-Ranges", "bytes")
 
 
 def byte_range(header: str | None, length: int, *, if_range: str | None = None) -> range | None:
@@ -117,35 +121,63 @@ def retrieve_bulkdata(
         )
     total = sum(n for _, n in parts[0])
     requested = byte_range(range_header, total, if_range=if_range) if len(parts) == 1 else None
-    if _wants_multipart(accept, len(parts), requested is not None, content_type):
-        headers = {"Content-Type": content_type}
-        return multipart_body(
-            MultipartWriter(),
-            OCTET_STREAM,
-            [Part(headers, sum(n for _, n in r), partial(ranges_chunks, store, row.blob_key, r)) for r in parts],
-        )
-    return _single_part(content_type, total, requested, partial(_stored_bytes, store, row.blob_key, parts[0]))
+    read = partial(_stored_bytes, store, row.blob_key, parts[0])
+    if not _wants_multipart(accept, len(parts), requested is not None, content_type):
+        return _single_part(content_type, total, requested, read)
+    if requested is not None:
+        return _ranged_part(content_type, total, requested, read)
+    headers = {"Content-Type": content_type}
+    body = multipart_body(
+        MultipartWriter(),
+        OCTET_STREAM,
+        [Part(headers, sum(n for _, n in r), partial(ranges_chunks, store, row.blob_key, r)) for r in parts],
+    )
+    # A value of one part takes a Range (answered in one part); one part per frame does not.
+    return replace(body, headers=(_ACCEPT_RANGES,)) if len(parts) == 1 else body
 
 
 def _single_part(content_type: str, total: int, requested: range | None, read: ReadRange) -> Body:
     """A value as one part: whole (200), the range asked for (206), or none of it (416)."""
-    accept_ranges = ("Accept-Ranges", "bytes")
     if requested is None:
-        return Body(content_type, total, read(0, total), headers=(accept_ranges,))
+        return Body(content_type, total, read(0, total), headers=(_ACCEPT_RANGES,))
     if not requested:
-        why = f"the requested range is not satisfiable: the value is {total} bytes long\n".encode()
-        return Body(
-            "text/plain; charset=utf-8", len(why), (why,), status=416,
-            headers=(("Content-Range", f"bytes */{total}"), accept_ranges),
-        )
+        return _not_satisfiable(total)
     start, stop = requested.start, requested.stop
     return Body(
         content_type,
         stop - start,
         read(start, stop),
         status=206,
-        headers=(("Content-Range", f"bytes {start}-{stop - 1}/{total}"), accept_ranges),
+        headers=(("Content-Range", _content_range(requested, total)), _ACCEPT_RANGES),
     )
+
+
+def _ranged_part(content_type: str, total: int, requested: range, read: ReadRange) -> Body:
+    """The range asked for as the one part of a multipart/related body (206), or 416.
+
+    The Content-Range is a part header, as in multipart/byteranges (RFC 9110 §14.6); the
+    message carries none: its body is no slice of the value, and a cache must not store it
+    as one.
+    """
+    if not requested:
+        return _not_satisfiable(total)
+    start, stop = requested.start, requested.stop
+    headers = {"Content-Type": content_type, "Content-Range": _content_range(requested, total)}
+    body = multipart_body(MultipartWriter(), OCTET_STREAM, [Part(headers, stop - start, lambda: read(start, stop))])
+    return replace(body, status=206, headers=(_ACCEPT_RANGES,))
+
+
+def _not_satisfiable(total: int) -> Body:
+    """416, in text whatever the Accept: there is no value to frame."""
+    why = f"the requested range is not satisfiable: the value is {total} bytes long\n".encode()
+    return Body(
+        "text/plain; charset=utf-8", len(why), (why,), status=416,
+        headers=(("Content-Range", f"bytes */{total}"), _ACCEPT_RANGES),
+    )
+
+
+def _content_range(requested: range, total: int) -> str:
+    return f"bytes {requested.start}-{requested.stop - 1}/{total}"
 
 
 def _stored_bytes(store: BlobStore, key: str, ranges: Ranges, start: int, stop: int) -> Iterable[bytes]:
@@ -169,15 +201,19 @@ def _parsed_pixel_data(
     if value is None:
         raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")
     content_type = f"{OCTET_STREAM}; transfer-syntax={_pixel_syntax(row)}"
-    requested = byte_range(range_header, len(value), if_range=if_range)
+    whole = len(value)
+    requested = byte_range(range_header, whole, if_range=if_range)
+
+    def read(start: int, stop: int) -> list[bytes]:
+        return [value if stop - start == whole else value[start:stop]]
+
     if not _wants_multipart(accept, 1, requested is not None, content_type):
-        whole = len(value)
-        return _single_part(
-            content_type, whole, requested, lambda start, stop: [value if stop - start == whole else value[start:stop]]
-        )
+        return _single_part(content_type, whole, requested, read)
+    if requested is not None:
+        return _ranged_part(content_type, whole, requested, read)
     writer = MultipartWriter()
     data = writer.part_head({"Content-Type": content_type}) + value + writer.close()
-    return Body(writer.content_type(OCTET_STREAM), len(data), [data])
+    return Body(writer.content_type(OCTET_STREAM), len(data), [data], headers=(_ACCEPT_RANGES,))
 
 
 def _pixel_syntax(row: StoredInstance) -> str:

@@ -8,8 +8,9 @@ Properties, besides fuzz_support.check_answer (no 5xx, no leak, a 4xx says why):
   transfer-syntax parameter must be honoured), checked on each part of a multipart answer,
   which must be well framed; an answer in the stored transfer syntax is the stored bytes.
 - Frame lists: a 200 holds one part per frame asked for, each the frame's bytes.
-- Range: a 206 is exactly the bytes its Content-Range names; a 416 only when no range of
-  the header can be satisfied.
+- Range: a 206 is exactly the bytes its Content-Range names (to a multipart Accept: one
+  part, the Content-Range its part header); a 416 only when no range of the header can be
+  satisfied.
 """
 from __future__ import annotations
 
@@ -454,11 +455,20 @@ def range_and_check(archive, name: str, tag: str, header: str, accept: str | Non
         assert satisfiable(header, total) is False, f"{request} -> 416, but the range is satisfiable (value of {total} bytes)"
         assert answer.headers.get("content-range") == f"bytes */{total}", answer.headers
         return
-    m = re.fullmatch(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)", answer.headers.get("content-range", ""))
-    assert m, f"{request} -> 206 with Content-Range {answer.headers.get('content-range')!r}"
+    headers, body = answer.headers, answer.body
+    if accept is not None and accept.startswith("multipart/"):
+        # Range inside multipart: the range is the one part, its Content-Range a part header.
+        assert "content-range" not in headers, f"{request} -> multipart 206 with a message Content-Range"
+        parts = split_multipart(body, answer.content_type)
+        assert parts is not None and len(parts) == 1, f"{request} -> 206 that is not one well-framed part"
+        ((headers, body),) = parts
+    else:
+        assert not answer.content_type.startswith("multipart/"), f"{request} -> multipart 206 to a single-part Accept"
+    m = re.fullmatch(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)", headers.get("content-range", ""))
+    assert m, f"{request} -> 206 with Content-Range {headers.get('content-range')!r}"
     first, last, size = map(int, m.groups())
     assert size == total and first <= last < total, f"{request} -> Content-Range {m.group(0)} for {total} bytes"
-    assert answer.body == whole.body[first:last + 1], f"{request} -> 206 whose bytes are not {m.group(0)}"
+    assert body == whole.body[first:last + 1], f"{request} -> 206 whose bytes are not {m.group(0)}"
 
 
 #: None open: an unsatisfiable Range's 416 now says why; the replay stays as a regression test.
@@ -479,6 +489,8 @@ RANGE_REPLAYS = [
 @example(target=("frames16", "00420011"), header="bytes=0-1,5-6", accept="application/octet-stream")
 @example(target=("frames16", "7FE00010"), header="bytes=0-3", accept="application/octet-stream")
 @example(target=("frames16", "00420011"), header="bytes=2047-99999999999999999999", accept=None)
+# Range inside multipart (dicomweb-client's byte_range): one part holding the range.
+@example(target=("frames16", "00420011"), header="bytes=10-19", accept="multipart/related; type=application/octet-stream")
 def test_range_headers_on_bulk_data(archive, target, header, accept) -> None:
     range_and_check(archive, *target, header, accept, skip_known=True)
 
