@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 FUZZ_EXAMPLES ?=
 FUZZ_SECONDS ?= 120
 
-.PHONY: run dev install install-test install-bench install-lint lint test test-unit test-live fuzz bench bench-quick clean
+.PHONY: run dev install install-test install-bench install-lint install-e2e lint test test-unit test-live e2e fuzz bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,28 @@ test-unit: install-test
 test-live: install-test
 	$(BIN)/python -m pytest tests/live $(PYTEST_ARGS)
 
+# The browser tests' tools: node and Debian's chromium (apt-get, when run as root), playwright-core
+# (npm ci, again only when e2e/package-lock.json changed), and the prebuilt OHIF viewer pinned in
+# e2e/package.json (npm pack into npm's cache, unpacked into e2e/.cache once). No browser download.
+install-e2e: install-test
+	@missing=""; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "make e2e needs:$$missing (apt-get install as root)"; exit 1; fi; \
+	fi
+	@cd e2e && if [ ! node_modules/.installed -nt package-lock.json ] || [ ! node_modules/.installed -nt package.json ]; then \
+		npm ci --ignore-scripts --no-audit --no-fund && touch node_modules/.installed; \
+	fi
+	node e2e/fetch-ohif.mjs
+
+## OHIF (the pinned @ohif/app) against a dicomserver on loopback, and dicomserver's own pages, in
+## Debian's chromium driven by playwright-core (tests/e2e); screenshots in e2e/artifacts/
+e2e: install-e2e
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
 ## The HTTP fuzz tests (tests/fuzz) with thousands of random examples each (hypothesis profile
 ## "fuzz"; failures are saved in tests/fuzz/examples/db and tried first next time), then the
 ## atheris harnesses of the multipart and QIDO parsers if atheris is installed (not in CI)
@@ -121,3 +143,4 @@ bench-quick: install-bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf e2e/node_modules e2e/.cache e2e/artifacts

@@ -129,6 +129,34 @@ def relabelled(ds: Dataset, transfer_syntax: str) -> bytes:
     return to_bytes(ds)
 
 
+def mono8(ds: Dataset, *, step: int = 1) -> Dataset:
+    """A greyscale image as 8-bit MONOCHROME2 (what `jpeg_baseline` takes), through the
+    file's first window, with every `step`th row and column (Pixel Spacing scaled to match).
+
+    MONOCHROME1 is inverted, so the image looks as it did.
+    """
+    assert ds.SamplesPerPixel == 1 and ds.get("NumberOfFrames", 1) in (1, "1")
+    assert ds.PhotometricInterpretation in ("MONOCHROME1", "MONOCHROME2")
+    values = ds.pixel_array[::step, ::step].astype(np.float64)
+    center, width = float(ds.WindowCenter), float(ds.WindowWidth)  # a single window assumed
+    scaled = np.clip((values - (center - width / 2)) / width * 255, 0, 255).round().astype(np.uint8)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        scaled = 255 - scaled
+    out = ds.copy()
+    out.file_meta = FileMetaDataset(ds.file_meta)
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.PhotometricInterpretation = "MONOCHROME2"
+    out.Rows, out.Columns = scaled.shape
+    out.BitsAllocated, out.BitsStored, out.HighBit, out.PixelRepresentation = 8, 8, 7, 0
+    out.WindowCenter, out.WindowWidth = 128, 256
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in out:
+            setattr(out, keyword, [float(v) * step for v in out[keyword].value])
+    out.PixelData = scaled.tobytes()
+    out["PixelData"].VR = "OB"
+    return out
+
+
 def jpeg_baseline(ds: Dataset, *, quality: int = 90, sop: str | None = None) -> bytes:
     """An 8-bit single-frame MONOCHROME2 image compressed by libjpeg (Pillow) as JPEG Baseline.
 

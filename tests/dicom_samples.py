@@ -92,6 +92,9 @@ MR_IMPLICIT_WINDOWED = "MR_small_implicit.dcm"
 #: 8-bit MONOCHROME2 JPEG Baseline (...4.50): a real ultrasound image (768x1024, from
 #: JPGLosslessP14SV1_1s_1f_8b.dcm) compressed by libjpeg; pydicom's data has no such file.
 MONO8_JPEG_BASELINE = "generated/US_mono8_jpeg_baseline.dcm"
+#: 8-bit MONOCHROME2 JPEG Baseline (...4.50) computed radiograph: RG3_UNCR.dcm (a 10-bit
+#: MONOCHROME1 CR of a tibia, 1760x1760) through its window, inverted, every 4th pixel (440x440).
+CR_JPEG_BASELINE = "generated/CR_mono8_jpeg_baseline.dcm"
 
 # -- every sample: the variety the "every file" tests go through ---------------------------
 #: Fixed, so that results do not change with the pydicom-data release. Each is decodable here,
@@ -166,6 +169,12 @@ def _mono8_jpeg() -> bytes:
     return jpeg_baseline(_read("JPGLosslessP14SV1_1s_1f_8b.dcm"), quality=90)
 
 
+def _cr_jpeg() -> bytes:
+    from dicom_factory import jpeg_baseline, mono8
+
+    return jpeg_baseline(mono8(_read("RG3_UNCR.dcm"), step=4), quality=90)
+
+
 #: generated/<name>: how it is built, from which real file.
 GENERATED = {
     "generated/SC_rgb_implicit.dcm": _implicit,  # SC_rgb.dcm in Implicit VR Little Endian
@@ -173,6 +182,7 @@ GENERATED = {
     "generated/SC_rgb_jpeg_gdcm_process14.dcm": _process14,  # SC_rgb_jpeg_gdcm.dcm as ...4.57
     "generated/SC_rgb_jpeg_dcmtk_process2_4.dcm": _process2_4,  # SC_rgb_jpeg_dcmtk.dcm as ...4.51
     "generated/US_mono8_jpeg_baseline.dcm": _mono8_jpeg,  # see MONO8_JPEG_BASELINE
+    CR_JPEG_BASELINE: _cr_jpeg,  # see CR_JPEG_BASELINE
 }
 
 
