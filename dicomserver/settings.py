@@ -17,6 +17,7 @@ class ConfigError(ValueError):
 
 DEFAULT_BLOBSTORE_URL = "./data/blobs"
 DEFAULT_DATABASE_URL = "sqlite:///./data/index.db"
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class Settings:
     max_uploads: int = 16
     #: /readyz reports not ready when local blob storage has less free space than this.
     min_free_bytes: int = 256 * 1024**2
+    #: Log lines: "text" (gunicorn's look) or "json" (one object a line, and one a request).
+    log_format: str = "text"
+    #: When set, a scrape of /metrics must send `Authorization: Bearer <this>`.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -101,6 +106,8 @@ class Settings:
         _check_database_url(self.database_url)
         if self.public_url is not None:
             _check_public_url(self.public_url)
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"DICOMWEB_LOG_FORMAT={self.log_format!r} is invalid: expected text or json")
         if self.qido_default_limit > self.qido_max_limit:
             raise ConfigError(
                 "DICOMWEB_QIDO_DEFAULT_LIMIT must not exceed DICOMWEB_QIDO_MAX_LIMIT"
@@ -202,6 +209,13 @@ def _audit_target(raw: str) -> str | None:
     return None if raw.lower() in ("off", "none", "0", "false") else raw
 
 
+def _log_format(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in LOG_FORMATS:
+        raise ValueError("expected " + " or ".join(LOG_FORMATS))
+    return lowered
+
+
 def _flag(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -240,4 +254,6 @@ _VARIABLES = (
     ("head_timeout", "DICOMWEB_HEAD_TIMEOUT", _positive_seconds),
     ("min_free_bytes", "DICOMWEB_MIN_FREE_BYTES", _whole_number),
     ("max_uploads", "DICOMWEB_MAX_UPLOADS", _positive_int),
+    ("log_format", "DICOMWEB_LOG_FORMAT", _log_format),
+    ("metrics_token", "DICOMWEB_METRICS_TOKEN", str),
 )
