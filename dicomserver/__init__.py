@@ -6,6 +6,7 @@ the index, and mounts one blueprint per DICOMweb service. Nothing happens at imp
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import pydicom
@@ -24,10 +25,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .audit import AuditLog, AuditStore, AuditTrail
     from .auth import Authenticator
     from .index import open_index
+    from .request_log import configure as configure_logging
     from .services import register_services
+    from .services.observe import RequestObserver
 
     settings = settings if settings is not None else Settings.from_env()
     settings.validate()
+    configure_logging(settings.log_format)
     # Real-world files carry values that break VR rules; read them as they are.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
@@ -50,17 +54,25 @@ def create_app(settings: Settings | None = None) -> Flask:
     audit_store = AuditStore(index, settings.audit_retention_days) if settings.audit_store else None
     app.extensions["dicomserver-audit"] = AuditTrail(AuditLog(settings.audit_log), audit_store)
     register_services(app)
+    app.wsgi_app = RequestObserver(app.wsgi_app, log_requests=settings.log_format == "json")  # type: ignore[method-assign]
     from .cli import dicom
 
     app.cli.add_command(dicom)
     log = logging.getLogger(__name__)
-    log.info("dicomserver ready: blobs at %s, index at %s", settings.blobstore_url, settings.database_url)
+    log.info(
+        "dicomserver ready: blobs at %s, index at %s", _redact(settings.blobstore_url), _redact(settings.database_url)
+    )
     if not authenticator.enabled:
         log.warning(
             "the DICOMweb API is open to anyone who can reach it: set DICOMWEB_AUTH_AUTHORITY and "
             "DICOMWEB_AUTH_AUDIENCE to require bearer tokens (docs/security.md)"
         )
     return app
+
+
+def _redact(url: str) -> str:
+    """A URL for the log: 'postgresql://user:secret@host' as 'postgresql://user:***@host'."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", url)
 
 
 def close_app(app: Flask) -> None:

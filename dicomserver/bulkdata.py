@@ -27,6 +27,7 @@ from .errors import BadRequest, NotAcceptable, NotFound
 from .frames import frame_count, frame_ranges
 from .index import StoredInstance
 from .media import MULTIPART_RELATED, OCTET_STREAM, MediaRange, parse_media_type, refused
+from .metrics import open_blob
 from .multipart import MultipartWriter
 from .retrieve import Body, Part, multipart_body, ranges_chunks
 from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
@@ -196,7 +197,7 @@ def _parsed_pixel_data(
             f"the Pixel Data of instance {row.sop_instance_uid} cannot be located without parsing the "
             f"file, which this server does only up to {MAX_PARSED_BYTES} bytes"
         )
-    with store.open(row.blob_key) as fp:
+    with open_blob(store, row.blob_key) as fp:
         value = pydicom.dcmread(fp).get("PixelData")
     if value is None:
         raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")

@@ -29,6 +29,7 @@ from backends.base import BlobStore, BlobStoreError, StorageUnavailable
 from .dicomjson import BulkMap, DicomJson, bulk_data_uri, dataset_to_json
 from .frames import PIXEL_TAGS, PixelDataError, build_frame_map, read_element_header
 from .index import DuplicateInstance, Index, InstanceRecord
+from .metrics import BLOBSTORE_SECONDS
 from .searchable import index_columns
 from .transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -193,7 +194,8 @@ class Ingestor:
         assert result.study_instance_uid and result.series_instance_uid and result.sop_instance_uid
         key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
         fp.seek(0)
-        info = self.store.put(key, fp, size=size)
+        with BLOBSTORE_SECONDS.labels("put").time():
+            info = self.store.put(key, fp, size=size)
         record = prepared.record(key, info.size, info.sha256)
         try:
             outcome = self.index.store_instance(record, replace=replace)
@@ -217,7 +219,8 @@ class Ingestor:
 def discard_blob(store: BlobStore, key: str) -> None:
     """Delete a blob no index row points to; a failure leaves an orphan for `dicom gc`."""
     try:
-        store.delete(key)
+        with BLOBSTORE_SECONDS.labels("delete").time():
+            store.delete(key)
     except BlobStoreError:
         log.exception("could not delete blob %s; it is an orphan for `dicom gc`", key)
 

@@ -40,6 +40,7 @@ from .archive import Archive
 from .errors import BadRequest, NotAcceptable, NotFound
 from .index import StoredInstance
 from .media import MediaRange, refused
+from .metrics import open_blob
 from .transcode import is_data_error
 from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 
@@ -509,7 +510,7 @@ def render_resource(
     row = rows[0] if uids[2] is not None else representative(rows)
     _check_renderable(row, frame, archive.settings.max_render_bytes)
     try:
-        with archive.store.open(row.blob_key) as fp:
+        with open_blob(archive.store, row.blob_key) as fp:
             return render_file(fp, frame, params)
     except (NoPixelData, FrameNotFound) as exc:
         raise type(exc)(f"instance {row.sop_instance_uid}: {exc}") from None

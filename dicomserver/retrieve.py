@@ -32,6 +32,7 @@ from .errors import BadRequest, NotAcceptable, NotFound
 from .frames import frame_count, frame_ranges
 from .index import StoredInstance
 from .media import ANY_TRANSFER_SYNTAX, Rendition, part_content_type, syntax_fits
+from .metrics import open_blob, timed_first_chunk
 from .multipart import MultipartWriter
 from .settings import Settings
 from .transcode import (
@@ -243,7 +244,7 @@ def instances_body(store: BlobStore, instances: list[StoredInstance], rendition:
         for instance, plan in zip(instances, plans, strict=True):
             headers = {"Content-Type": part_content_type(rendition.media_type, plan.syntax)}
             if transcoded is not None and plan.transcode:
-                with store.open(instance.blob_key) as fp:
+                with open_blob(store, instance.blob_key) as fp:
                     start, length = transcoded.append(partial(write_transcoded, fp, plan.syntax))
                 parts.append(Part(headers, length, partial(transcoded.chunks, start, length)))
             else:
@@ -257,7 +258,7 @@ def instances_body(store: BlobStore, instances: list[StoredInstance], rendition:
 
 
 def _transcode(store: BlobStore, instance: StoredInstance, target: str, settings: Settings) -> IO[bytes]:
-    with store.open(instance.blob_key) as fp:
+    with open_blob(store, instance.blob_key) as fp:
         return transcode_instance(
             fp, target, spool_memory_bytes=settings.spool_memory_bytes, spool_dir=settings.spool_dir
         )
@@ -385,7 +386,7 @@ def frames_body(
 def _transcoded_frames(
     store: BlobStore, instance: StoredInstance, numbers: list[int], target: str
 ) -> Generator[bytes, None, None]:
-    with store.open(instance.blob_key) as fp:
+    with open_blob(store, instance.blob_key) as fp:
         yield from transcode_frames(fp, numbers, target)
 
 
@@ -453,4 +454,4 @@ def ranges_chunks(store: BlobStore, key: str, ranges: list[tuple[int, int]]) -> 
 
 
 def _blob_chunks(store: BlobStore, key: str, start: int, length: int) -> Iterator[bytes]:
-    return store.iter_bytes(key, start=start, end=start + length, chunk_size=CHUNK)
+    return timed_first_chunk(store.iter_bytes(key, start=start, end=start + length, chunk_size=CHUNK))

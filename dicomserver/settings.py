@@ -17,6 +17,7 @@ class ConfigError(ValueError):
 
 DEFAULT_BLOBSTORE_URL = "./data/blobs"
 DEFAULT_DATABASE_URL = "sqlite:///./data/index.db"
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class Settings:
     #: OHIF's root URL: the study browser links each study to `{viewer_url}/viewer?StudyInstanceUIDs=…`;
     #: None: no viewer link.
     viewer_url: str | None = None
+    #: Log lines: "text" (gunicorn's look) or "json" (one object a line, and one a request).
+    log_format: str = "text"
+    #: When set, a scrape of /metrics must send `Authorization: Bearer <this>`.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -106,6 +111,8 @@ class Settings:
             _check_public_url(self.public_url)
         if self.viewer_url is not None:
             _check_viewer_url(self.viewer_url)
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"DICOMWEB_LOG_FORMAT={self.log_format!r} is invalid: expected text or json")
         if self.qido_default_limit > self.qido_max_limit:
             raise ConfigError(
                 "DICOMWEB_QIDO_DEFAULT_LIMIT must not exceed DICOMWEB_QIDO_MAX_LIMIT"
@@ -225,6 +232,13 @@ def _audit_target(raw: str) -> str | None:
     return None if raw.lower() in ("off", "none", "0", "false") else raw
 
 
+def _log_format(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in LOG_FORMATS:
+        raise ValueError("expected " + " or ".join(LOG_FORMATS))
+    return lowered
+
+
 def _flag(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -264,4 +278,6 @@ _VARIABLES = (
     ("min_free_bytes", "DICOMWEB_MIN_FREE_BYTES", _whole_number),
     ("max_uploads", "DICOMWEB_MAX_UPLOADS", _positive_int),
     ("viewer_url", "DICOMWEB_VIEWER_URL", _viewer_url),
+    ("log_format", "DICOMWEB_LOG_FORMAT", _log_format),
+    ("metrics_token", "DICOMWEB_METRICS_TOKEN", str),
 )

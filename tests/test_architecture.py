@@ -27,6 +27,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.searchable",
         "dicomserver.matching",
         "dicomserver.frames",
+        "dicomserver.metrics",  # counters and timings the index and pipelines record
+        "dicomserver.request_log",
     ),
     "index": ("dicomserver.index",),
     "pipelines": (

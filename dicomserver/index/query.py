@@ -62,6 +62,7 @@ from ..matching import (
     ValueList,
     Wildcard,
 )
+from ..metrics import INDEX_SECONDS
 from .models import Instance, RequestAttribute, Series, Study
 
 # PS3.18 Table 10.6.3-3/-4/-5 default return attributes (the reference's v1 lists
@@ -283,6 +284,7 @@ def _tables(f: Filter) -> set:
     return {Series} if model is RequestAttribute else {model}
 
 
+@INDEX_SECONDS.labels("search").time()
 def search(
     query: QidoQuery,
     *,

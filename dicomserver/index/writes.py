@@ -21,6 +21,7 @@ from typing import Any
 import peewee as pw
 
 from ..dicomjson import DicomJson
+from ..metrics import INDEX_SECONDS
 from ..searchable import IndexColumns, request_attributes, series_columns, study_columns
 from .connection import utcnow
 from .models import Change, Instance, InstanceMetadata, RequestAttribute, Series, Study
@@ -165,6 +166,7 @@ class IndexWrites(IndexReads):
         self._writer = InstanceWriter(self.db)
 
     # -- writes ------------------------------------------------------------
+    @INDEX_SECONDS.labels("store_instance").time()
     def store_instance(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
         """Index one stored blob; raise DuplicateInstance unless `replace`."""
         try:
@@ -307,6 +309,7 @@ class IndexWrites(IndexReads):
                 (series_id, scheduled_procedure_step_id, requested_procedure_id),
             )
 
+    @INDEX_SECONDS.labels("delete").time()
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
         """Remove matching instances, record 'delete' changes; return their blob keys."""
         with self.write_transaction():

@@ -21,6 +21,7 @@ from .web import (
     audit,
     audit_trail,
     authenticator,
+    describe_request,
     register_error_handlers,
     release_upload_slot,
     request_id,
@@ -33,13 +34,14 @@ _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit")
 
 def register_services(app: Flask) -> None:
     """Mount the blueprints, the error handlers and the per-request index connection."""
-    from . import audit_events, browser, bulkdata, changefeed, delete, ops, qido, rendered, stow, wado
+    from . import audit_events, browser, bulkdata, changefeed, delete, metrics, ops, qido, rendered, stow, wado
 
     register_error_handlers(app)
 
     for module in (stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(browser.bp)
 
     _check_every_route_declares_an_action(app)
@@ -69,6 +71,7 @@ def register_services(app: Flask) -> None:
 
     @app.after_request
     def _audit(response: Response) -> Response:
+        describe_request()
         response.headers["X-Request-Id"] = request_id()
         if audit_trail().enabled:
             audit(response)
@@ -105,8 +108,10 @@ def _check_every_route_declares_an_action(app: Flask) -> None:
 
 
 #: What browsers may send and read (PS3.18 clients: OHIF, dicomweb-client in a page).
-CORS_ALLOW_HEADERS = ["Authorization", "Accept", "Content-Type", "If-None-Match", "Range"]
-CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Location", "Location", "Warning", "Content-Range", "ETag"]
+CORS_ALLOW_HEADERS = ["Authorization", "Accept", "Content-Type", "If-None-Match", "Range", "X-Request-ID"]
+CORS_EXPOSE_HEADERS = [
+    "Content-Type", "Content-Location", "Location", "Warning", "Content-Range", "ETag", "X-Request-Id"
+]
 CORS_MAX_AGE = 600
 
 

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, request
 from .. import stow
 from ..media import DICOM_JSON, parse_accept, require_json
 from ..uids import require_uids
-from .web import api_version, archive, base_url, note_studies, request_body, requires
+from .web import api_version, archive, base_url, note_reason, note_studies, request_body, requires
 
 bp = Blueprint("stow", __name__)
 
@@ -29,5 +29,6 @@ def store_instances(study: str | None = None) -> Response:
         replace=request.method == "PUT",
     )
     note_studies(r.study_instance_uid for r in results if r.stored and r.study_instance_uid)
+    note_reason(stow.summary(results))
     status, dataset = stow.response(results, base_url=base_url(), study_uid=study_uid, api_version=api_version())
     return Response(json.dumps(dataset), status=status, content_type=DICOM_JSON)

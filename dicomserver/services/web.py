@@ -25,9 +25,11 @@ from ..archive import Archive
 from ..audit import AuditRecord, AuditTrail
 from ..auth import Authenticator
 from ..errors import BadRequest, DicomWebError, NotFound, RequestTimeout, ServiceBusy, http_status
+from ..request_log import REASON_LIMIT, RequestLogEntry
 from ..retrieve import Body
 from ..uids import is_valid_uid
 from ..urls import client_address, request_root
+from .observe import ENTRY
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +72,36 @@ def audit_trail() -> AuditTrail:
 
 
 def request_id() -> str:
-    """This request's id: in the audit record, the X-Request-Id header and any 500's message."""
-    if "request_id" not in g:
+    """This request's id (the client's X-Request-ID or a new one): in the audit record, the
+    X-Request-Id header, the request log and any 500's message."""
+    entry = log_entry()
+    if entry is not None:
+        return entry.request_id
+    if "request_id" not in g:  # a request context of its own, not from the WSGI app (tests)
         g.request_id = os.urandom(16).hex()
     rid: str = g.request_id
     return rid
+
+
+def log_entry() -> RequestLogEntry | None:
+    """What the request log and /metrics will say of this request (services/observe.py)."""
+    entry: RequestLogEntry | None = request.environ.get(ENTRY)
+    return entry
+
+
+def describe_request() -> None:
+    """Name the service and route that served the request, for the request log and /metrics."""
+    entry = log_entry()
+    if entry is not None:
+        entry.service = request.blueprint or "other"
+        entry.route = _route_template() if request.url_rule is not None else None
+
+
+def note_reason(reason: str) -> None:
+    """Why the request was refused, or what of it failed (STOW), for the request log."""
+    entry = log_entry()
+    if entry is not None and reason:
+        entry.reason = reason if len(reason) <= REASON_LIMIT else reason[: REASON_LIMIT - 3] + "..."
 
 
 def audit(response: Response) -> None:
@@ -212,11 +239,16 @@ def text_response(status: int, message: str) -> Response:
     return Response(message + "\n" if message else "", status=status, mimetype="text/plain")
 
 
+#: The request log's reason for answers whose body says nothing (401, as the reference server).
+_UNSAID = {401: "no valid bearer token"}
+
+
 def register_error_handlers(app: Flask) -> None:
     """Every exception becomes a plain-text answer with the status errors.STATUS gives it."""
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        note_reason(exc.description or exc.name)
         response = text_response(exc.code or 500, exc.description or exc.name)
         for name, value in exc.get_headers():
             if name.lower() not in ("content-type", "content-length"):
@@ -238,8 +270,10 @@ def error_status(exc: Exception) -> tuple[int, str]:
     known = http_status(exc)
     if known is None:
         log.error("unhandled error (request id %s)", request_id(), exc_info=exc)
+        note_reason("internal server error")
         return 500, f"internal server error (request id {request_id()})"
     status, message = known
+    note_reason(message or _UNSAID.get(status, ""))
     if status >= 500:  # a limit doing its job is not a fault of the server's
         (log.warning if isinstance(exc, ServiceBusy) else log.error)("%s (request id %s)", message, request_id())
     return status, message
