@@ -32,13 +32,14 @@ _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit")
 
 def register_services(app: Flask) -> None:
     """Mount the blueprints, the error handlers and the per-request index connection."""
-    from . import audit_events, bulkdata, changefeed, delete, ops, qido, rendered, stow, wado
+    from . import audit_events, bulkdata, changefeed, delete, openapi, ops, qido, rendered, stow, wado
 
     register_error_handlers(app)
 
     for module in (stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(openapi.bp)
 
     _check_every_route_declares_an_action(app)
     _enable_cors(app)
