@@ -20,6 +20,8 @@ from .matching import parse_count, shown
 
 #: A query parameter's value by name (None when absent).
 Arg = Callable[[str], "str | None"]
+#: `limit` per API version: (default, maximum), as the reference server pages.
+PAGE_SIZES = {"v1": (10, 100), "v2": (100, 200)}
 
 
 def feed(index: Index, api_version: str, arg: Arg) -> list[dict[str, Any]]:
@@ -28,7 +30,7 @@ def feed(index: Index, api_version: str, arg: Arg) -> list[dict[str, Any]]:
     if api_version == "v1":
         entries = index.changes(
             after_sequence=parse_offset(arg("offset")),
-            limit=parse_int("limit", arg("limit"), 10, 1, 100),
+            limit=parse_int("limit", arg("limit"), *PAGE_SIZES["v1"]),
         )
     else:
         start = parse_time("startTime", arg("startTime"))
@@ -39,7 +41,7 @@ def feed(index: Index, api_version: str, arg: Arg) -> list[dict[str, Any]]:
             start=start,
             end=end,
             offset=parse_offset(arg("offset")),
-            limit=parse_int("limit", arg("limit"), 100, 1, 200),
+            limit=parse_int("limit", arg("limit"), *PAGE_SIZES["v2"]),
         )
     return [entry_json(entry, include_metadata) for entry in entries]
 
@@ -81,8 +83,9 @@ def parse_bool(name: str, raw: str | None, default: bool) -> bool:
     raise BadRequest(f"{name}={shown(raw)} must be true or false")
 
 
-def parse_int(name: str, raw: str | None, default: int, minimum: int, maximum: int) -> int:
-    return default if raw is None else parse_count(name, raw, minimum=minimum, maximum=maximum)
+def parse_int(name: str, raw: str | None, default: int, maximum: int) -> int:
+    """A count from 1 to `maximum`, `default` when absent."""
+    return default if raw is None else parse_count(name, raw, minimum=1, maximum=maximum)
 
 
 def parse_offset(raw: str | None) -> int:

@@ -34,7 +34,7 @@ _DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit")
 
 def register_services(app: Flask) -> None:
     """Mount the blueprints, the error handlers and the per-request index connection."""
-    from . import audit_events, browser, bulkdata, changefeed, delete, metrics, ops, qido, rendered, stow, wado
+    from . import audit_events, browser, bulkdata, changefeed, delete, metrics, openapi, ops, qido, rendered, stow, wado
 
     register_error_handlers(app)
 
@@ -42,6 +42,7 @@ def register_services(app: Flask) -> None:
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(browser.bp)
 
     _check_every_route_declares_an_action(app)
