@@ -44,6 +44,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.urls",
         "dicomserver.audit",
         "dicomserver.fhir_audit",
+        "dicomserver.importer",
+        "dicomserver.verify",
     ),
     "views": (
         "dicomserver.services",
