@@ -9,7 +9,6 @@ import logging
 import re
 import threading
 
-import pydicom
 from flask import Flask
 
 from .settings import ConfigError, Settings
@@ -19,12 +18,9 @@ __all__ = ["create_app", "close_app", "ConfigError", "Settings"]
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app; raise ConfigError (naming the variable) on bad configuration."""
-    from backends import open_blobstore
-
-    from .archive import Archive
+    from .archive import open_archive
     from .audit import AuditLog, AuditStore, AuditTrail
     from .auth import Authenticator
-    from .index import open_index
     from .request_log import configure as configure_logging
     from .services import register_services
     from .services.observe import RequestObserver
@@ -32,23 +28,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings if settings is not None else Settings.from_env()
     settings.validate()
     configure_logging(settings.log_format)
-    # Real-world files carry values that break VR rules; read them as they are.
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-
-    try:
-        store = open_blobstore(settings.blobstore_url)
-    except ValueError as exc:
-        raise ConfigError(f"DICOMWEB_BLOBSTORE_URL={settings.blobstore_url!r} is invalid: {exc}") from None
-    except Exception as exc:
-        raise ConfigError(f"DICOMWEB_BLOBSTORE_URL={settings.blobstore_url!r} is unusable: {exc}") from None
-    try:
-        index = open_index(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
-    except Exception as exc:
-        raise ConfigError(f"DICOMWEB_DATABASE_URL={settings.database_url!r} is unusable: {exc}") from None
-
+    archive = open_archive(settings)
+    index = archive.index
     authenticator = Authenticator(settings)  # reads the roles file: ConfigError if unusable
     app = Flask(__name__)
-    app.extensions["dicomserver"] = Archive(settings=settings, store=store, index=index)
+    app.extensions["dicomserver"] = archive
     app.extensions["dicomserver-auth"] = authenticator
     app.extensions["dicomserver-uploads"] = threading.BoundedSemaphore(settings.max_uploads)
     audit_store = AuditStore(index, settings.audit_retention_days) if settings.audit_store else None

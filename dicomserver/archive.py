@@ -14,11 +14,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pydicom
+
+from backends import open_blobstore
 from backends.base import MIN_TEMP_AGE_SECONDS, BlobStore, TempFile
 
-from .index import Index, StoredBlob
+from .index import Index, StoredBlob, open_index
 from .ingest import Ingestor, blob_created, discard_blob
-from .settings import Settings
+from .settings import ConfigError, Settings
+
+
+def open_archive(settings: Settings) -> Archive:
+    """Open the blob store and the index the settings name (migrating the index's schema);
+    ConfigError naming the variable when one is unusable. The server and the CLI share it."""
+    settings.validate()
+    # Real-world files carry values that break VR rules; read them as they are.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        store = open_blobstore(settings.blobstore_url)
+    except ValueError as exc:
+        raise ConfigError(f"DICOMWEB_BLOBSTORE_URL={settings.blobstore_url!r} is invalid: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"DICOMWEB_BLOBSTORE_URL={settings.blobstore_url!r} is unusable: {exc}") from None
+    try:
+        index = open_index(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    except Exception as exc:
+        store.close()
+        raise ConfigError(f"DICOMWEB_DATABASE_URL={settings.database_url!r} is unusable: {exc}") from None
+    return Archive(settings=settings, store=store, index=index)
 
 
 @dataclass
@@ -32,6 +55,11 @@ class Archive:
         self.ingestor = Ingestor(
             self.store, self.index, bulkdata_inline_threshold=self.settings.bulkdata_inline_threshold
         )
+
+    def close(self) -> None:
+        """Close the index's connections and the blob store (a CLI command's end)."""
+        self.index.shutdown()
+        self.store.close()
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> int:
         """Delete a study, series or instance (404 if absent); return how many instances went.

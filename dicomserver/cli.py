@@ -1,6 +1,12 @@
-"""Maintenance commands: `flask --app wsgi dicom gc`, `... dicom backfill-qido`, `... dicom create-api-key`.
+"""The `dicomserver` command (serve, import, verify, gc, backfill-qido, create-api-key), and
+the maintenance commands again under `flask --app wsgi dicom ...`.
 
-The orphan sweep reconciles the blob store with the index. STOW writes the blob
+Under `dicomserver` a command opens the archive the DICOMWEB_* variables name, as the
+server does; under `flask dicom` it uses the app's. The commands are the same objects
+in both groups: this module parses options and prints, the work is in the domain
+modules (importer.py, verify.py, archive.py).
+
+The orphan sweep (`gc`) reconciles the blob store with the index. STOW writes the blob
 before the index row and deletes run the other way round, so a crash can leave a
 blob no row points to; a lost or restored disk can leave a row whose blob is gone.
 A grace period protects uploads in flight: a blob younger than it may simply be
@@ -11,17 +17,38 @@ after which the local store removes them itself when it opens.
 """
 from __future__ import annotations
 
+import copy
+import os
 import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
-from flask.cli import AppGroup
+from flask import has_app_context
+from flask.cli import AppGroup, with_appcontext
+from tqdm import tqdm
 
 from backends.base import STALE_TEMP_SECONDS
 
-from .auth import create_api_key
-from .services.web import archive, authenticator
+from .archive import Archive, open_archive
+from .auth import Roles, create_api_key
+from .importer import FileResult, Summary, find_files, import_into_archive, import_to_server
+from .services import web
+from .settings import ConfigError, Settings
+from .verify import Report, verify
 
-dicom = AppGroup("dicom", help="dicomserver maintenance commands.")
+#: `dicomserver serve`'s address unless --bind says otherwise (as `make run`).
+DEFAULT_BIND = "127.0.0.1:8080"
+#: Files imported at once into the archive, by threads of up to PROCESSES_PER_CPU worker
+#: processes per CPU: on 2 cores, 4 processes of 2 threads were the fastest (importer.py).
+DEFAULT_LOCAL_JOBS = 8
+PROCESSES_PER_CPU = 2
+#: STOW requests at once to another server, and files per request: it does the work, the
+#: client mostly waits; batches save a round trip per file.
+DEFAULT_REMOTE_JOBS = 4
+DEFAULT_BATCH = 10
 
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -42,7 +69,190 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
-@dicom.command("gc")
+def _settings() -> Settings:
+    """The app's settings under `flask dicom`, else the environment's (as the server reads them)."""
+    if has_app_context():
+        return web.archive().settings
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@contextmanager
+def _archive() -> Iterator[Archive]:
+    """The app's archive under `flask dicom`, else one opened (and closed) for the command."""
+    if has_app_context():
+        state = web.archive()
+        state.index.connect()
+        try:
+            yield state
+        finally:
+            state.index.close()
+        return
+    try:
+        state = open_archive(_settings())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+@click.command("serve")
+@click.option("--bind", default=DEFAULT_BIND, show_default=True, help="HOST:PORT to listen on.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Worker processes (default: DICOMWEB_WORKERS, else the CPU count up to 4).",
+)
+def serve(bind: str, workers: int | None) -> None:
+    """Serve the archive with gunicorn and the repository's settings (dicomserver/gunicorn_conf.py)."""
+    _settings()  # a bad variable is named here, not in each worker's traceback
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:dicomserver.gunicorn_conf", "--bind", bind]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    argv.append("dicomserver.wsgi:app")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+# -- import --------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A tqdm bar over the files, with files/s and MB/s."""
+
+    def __init__(self, total: int, enabled: bool | None):
+        self.bytes = 0
+        self.bar = tqdm(
+            total=total, unit=" files", file=sys.stderr, disable=None if enabled is None else not enabled,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]",
+            dynamic_ncols=True,
+        )
+
+    def __call__(self, result: FileResult) -> None:
+        self.bytes += result.size
+        elapsed = self.bar.format_dict["elapsed"] or 1e-9
+        self.bar.set_postfix_str(f"{self.bytes / 1e6 / elapsed:.1f} MB/s", refresh=False)
+        self.bar.update(1)
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--url", default=None,
+    help="Send the files by STOW-RS to this DICOMweb server (its base URL, e.g. http://host:8080/v2) "
+    "instead of storing them into the archive the DICOMWEB_* variables name.",
+)
+@click.option("--token", envvar="DICOMWEB_TOKEN", default=None, help="Bearer token for --url (or DICOMWEB_TOKEN).")
+@click.option(
+    "--jobs", "-j", type=click.IntRange(min=1), default=None,
+    help=f"Files at once (default: {DEFAULT_LOCAL_JOBS}, threads of up to {PROCESSES_PER_CPU} worker processes "
+    f"per CPU; with --url: {DEFAULT_REMOTE_JOBS} requests).",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=None,
+    help=f"Files per STOW request with --url (default: {DEFAULT_BATCH}; at most 64 MB unless one file is larger).",
+)
+@click.option("--progress/--no-progress", default=None, help="The progress bar (default: on a terminal).")
+def import_files(paths: tuple[str, ...], url: str | None, token: str | None, jobs: int | None,
+                 batch: int | None, progress: bool | None) -> None:
+    """Store the DICOM files under PATHS (recursively) through STOW's pipeline.
+
+    Instances already stored are skipped; files that are not DICOM are reported. The
+    exit status is 1 if any file failed.
+    """
+    if (token or batch) and not url:
+        raise click.UsageError("--token and --batch are for --url (STOW-RS to another server)")
+    files = find_files(paths)
+    bar = _Progress(len(files), progress)
+    started = time.monotonic()
+    with bar.bar:
+        if url:
+            summary = import_to_server(
+                files, url, token=token, jobs=jobs or DEFAULT_REMOTE_JOBS, batch=batch or DEFAULT_BATCH, on_result=bar
+            )
+        else:
+            jobs = jobs or DEFAULT_LOCAL_JOBS
+            processes = min(jobs, PROCESSES_PER_CPU * (os.cpu_count() or 1))
+            with _archive() as state:  # opened here first: a bad variable is named, the schema migrated once
+                summary = import_into_archive(files, state, jobs=jobs, processes=processes, on_result=bar)
+    _print_summary(summary, time.monotonic() - started)
+    if not summary.ok:
+        sys.exit(1)
+
+
+def _print_summary(summary: Summary, seconds: float) -> None:
+    warnings = f" ({summary.warnings} with warnings)" if summary.warnings else ""
+    click.echo(f"stored: {summary.stored}{warnings}")
+    click.echo(f"already present: {summary.present}")
+    click.echo(f"failed: {len(summary.failed)}")
+    for result in summary.failed:
+        reason = f"{result.reason} (0x{result.reason:04X})" if result.reason is not None else "no reason given"
+        click.echo(f"  {result.path}: {reason}: {'; '.join(result.comments)}")
+    click.echo(f"not DICOM: {len(summary.not_dicom)}")
+    for result in summary.not_dicom:
+        click.echo(f"  {result.path}: {'; '.join(result.comments)}")
+    if summary.not_attempted:
+        why = "interrupted" if summary.interrupted else f"stopped after: {summary.outage}"
+        click.echo(f"not attempted: {summary.not_attempted} ({why})")
+    seconds = max(seconds, 1e-9)
+    click.echo(
+        f"{summary.files} files, {summary.bytes / 1e6:,.1f} MB in {seconds:.1f} s: "
+        f"{summary.files / seconds:,.1f} files/s, {summary.bytes / 1e6 / seconds:,.1f} MB/s"
+    )
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+@click.command("verify")
+@click.option(
+    "--hashes", is_flag=True,
+    help="Also read every blob: its SHA-256 must be the one recorded at STOW, its header's UIDs its row's.",
+)
+@click.option(
+    "--grace", default="1h", show_default=True,
+    help="Blobs younger than this may be STOWs waiting for their index row: not reported.",
+)
+def verify_command(hashes: bool, grace: str) -> None:
+    """Check that the index and the blob store agree: every row has its blob, of the size (and
+    hash) recorded; every blob has a row. Reads only; the exit status is 1 on any problem."""
+    grace_seconds = parse_duration(grace)
+    with _archive() as state:
+        report = verify(state, hashes=hashes, grace_seconds=grace_seconds)
+    _print_report(report, hashes)
+    if report.problems:
+        sys.exit(1)
+
+
+def _print_report(report: Report, hashes: bool) -> None:
+    checks = "existence, size, SHA-256 and UIDs" if hashes else "existence and size (--hashes reads the blobs)"
+    click.echo(f"verify: {report.rows} index rows, {report.blobs} blobs; checked {checks}")
+    for problem in report.problems:
+        row = problem.row
+        where = (
+            f"{row.study_instance_uid}/{row.series_instance_uid}/{row.sop_instance_uid} -> {problem.blob_key}"
+            if row is not None else problem.blob_key
+        )
+        click.echo(f"{problem.kind}: {where}: {problem.detail}")
+    if report.without_hash:
+        click.echo(f"{report.without_hash} rows have no recorded SHA-256 (stored before the index kept one): "
+                   "checked by size and UIDs")
+    if report.young_blobs:
+        click.echo(f"left alone: {report.young_blobs} blob(s) younger than the grace period")
+    click.echo(f"verify: {len(report.problems)} problem(s)" if report.problems else "verify: index and blobs agree")
+
+
+# -- gc, backfill-qido, create-api-key -----------------------------------------------------
+
+
+@click.command("gc")
 @click.option(
     "--grace",
     default=format_duration(STALE_TEMP_SECONDS),
@@ -54,9 +264,7 @@ def gc(grace: str, dry_run: bool) -> None:
     """Find blobs without an index row, index rows without a blob and temporary files
     of interrupted writes; remove the old ones."""
     grace_seconds = parse_duration(grace)
-    state = archive()
-    state.index.connect()
-    try:
+    with _archive() as state:
         orphans = state.find_orphans(grace_seconds)
         verb = "would remove" if dry_run else "removing"
         click.echo(
@@ -84,35 +292,34 @@ def gc(grace: str, dry_run: bool) -> None:
                 f"left alone (younger than {grace}): {orphans.young_blobs} blob(s), {orphans.young_rows} row(s), "
                 f"{orphans.young_temp_files} temporary file(s)"
             )
-    finally:
-        state.index.close()
 
 
-@dicom.command("backfill-qido")
+@click.command("backfill-qido")
 @click.option("--batch", default=2000, show_default=True, help="Rows per write transaction.")
 def backfill_qido(batch: int) -> None:
     """Build the QIDO members of instances stored before index schema 5 (safe while serving)."""
-    index = archive().index
-    index.connect()
     done = 0
-    try:
-        for done in index.backfill_qido(batch=batch):
+    with _archive() as state:
+        for done in state.index.backfill_qido(batch=batch):
             click.echo(f"{done} instances done")
-    finally:
-        index.close()
     click.echo(f"backfill-qido: {done} instances filled; every instance has its QIDO members")
 
 
-@dicom.command("create-api-key")
+@click.command("create-api-key")
 @click.option("--name", required=True, help="Who the key is for; the audit trail names callers by it.")
 @click.option("--role", "roles", multiple=True, required=True, help="A role of the roles file (repeatable).")
 @click.option("--file", "path", default=None, help="The keys file (default: DICOMWEB_AUTH_TOKENS_FILE).")
 def create_api_key_command(name: str, roles: tuple[str, ...], path: str | None) -> None:
     """Create an API key; it is printed once and only its SHA-256 hash is stored."""
-    path = path or archive().settings.auth_tokens_file
+    settings = _settings()
+    path = path or settings.auth_tokens_file
     if not path:
         raise click.UsageError("set DICOMWEB_AUTH_TOKENS_FILE or pass --file")
-    unknown = [r for r in roles if not authenticator().roles.actions([r])]
+    try:
+        known = Roles.load(settings.auth_roles_file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    unknown = [r for r in roles if not known.actions([r])]
     if unknown:
         raise click.BadParameter(f"roles {unknown} grant no action in the roles file", param_hint="--role")
     try:
@@ -121,3 +328,31 @@ def create_api_key_command(name: str, roles: tuple[str, ...], path: str | None) 
         raise click.BadParameter(str(exc), param_hint="--name") from None
     click.echo(f"API key for {name} (roles: {', '.join(roles)}); store it now, it is not shown again:")
     click.echo(key)
+
+
+# -- the two groups ------------------------------------------------------------------------
+
+
+@click.group("dicomserver", context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """dicomserver: serve the DICOMweb archive, import files into it, check and maintain it.
+
+    Every command reads the DICOMWEB_* environment variables, as the server does.
+    """
+
+
+dicom = AppGroup("dicom", help="dicomserver maintenance commands (the app's archive).")
+
+
+def _in_app_context(command: click.Command) -> click.Command:
+    """The same command, run in the Flask app's context (as AppGroup.command would wrap it)."""
+    assert command.callback is not None
+    wrapped = copy.copy(command)
+    wrapped.callback = with_appcontext(command.callback)
+    return wrapped
+
+
+for _command in (import_files, verify_command, gc, backfill_qido, create_api_key_command):
+    main.add_command(_command)
+    dicom.add_command(_in_app_context(_command))
+main.add_command(serve)

@@ -22,7 +22,7 @@ import peewee
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_dataset, read_partial
 
 from backends.base import BlobStore, BlobStoreError, StorageUnavailable
 
@@ -63,6 +63,9 @@ PIXEL_DATA = "7FE00010"
 _DEFER_SIZE = 64 * 1024
 #: The 128-byte preamble and 'DICM' of a Part 10 file (PS3.10 §7.1); the file meta follows.
 _PREAMBLE_AND_PREFIX = 132
+NOT_PART10 = "not a DICOM Part 10 file: there is no 'DICM' prefix after a 128-byte preamble"
+#: The last of REQUIRED_UIDS in tag order: `identify` reads no element after it.
+_LAST_IDENTIFYING_TAG = 0x0020000E
 
 
 @dataclass
@@ -89,6 +92,10 @@ class InstanceRejected(Exception):
         self.comments = list(comments)
         #: The part's result, filled in as far as it got (set by Ingestor.prepare).
         self.result = PartResult(failure_reason=reason, comments=list(comments))
+
+
+class NotPart10(InstanceRejected):
+    """The data is no DICOM Part 10 file at all: a bulk import reports it apart from corrupt DICOM."""
 
 
 @dataclass
@@ -245,6 +252,30 @@ def blob_created(key: str) -> int | None:
     return int(stamp) if dash and stamp.isdigit() else None
 
 
+def identify(fp: IO[bytes]) -> PartResult | None:
+    """The identifying UIDs of a Part 10 file, read from its start up to (0020,000E) only.
+
+    For a bulk import to skip what is stored without reading the whole file. Raises
+    NotPart10 as `Ingestor.prepare` would; None when the start does not parse (prepare
+    then says why) or a UID is missing or invalid.
+    """
+    fp.seek(0)
+    try:
+        ds = read_partial(
+            cast(BinaryIO, fp), stop_when=_after_identifying_uids, defer_size=_DEFER_SIZE
+        )
+    except InvalidDicomError:
+        raise NotPart10(INVALID_DATASET, NOT_PART10) from None
+    except Exception:  # pydicom raises many types on corrupt input; prepare reports it
+        return None
+    result = PartResult()
+    return None if _identify(ds, result) else result
+
+
+def _after_identifying_uids(tag: int, vr: str | None, length: int) -> bool:
+    return tag > _LAST_IDENTIFYING_TAG
+
+
 def _pixel_data_vr(ds: Dataset, transfer_syntax: str) -> str:
     """PS3.5 §8.2: encapsulated or up to 8 bits allocated is OB, otherwise OW."""
     encapsulated = is_encapsulated(transfer_syntax)
@@ -261,9 +292,7 @@ def _read_header(fp: IO[bytes]) -> tuple[Dataset, str]:
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=_DEFER_SIZE)
     except InvalidDicomError:
-        raise InstanceRejected(
-            INVALID_DATASET, "not a DICOM Part 10 file: there is no 'DICM' prefix after a 128-byte preamble"
-        ) from None
+        raise NotPart10(INVALID_DATASET, NOT_PART10) from None
     except Exception as exc:  # pydicom raises many types on corrupt input; its words are not for clients
         log.info("a STOW part could not be parsed: %s", exc)
         raise InstanceRejected(

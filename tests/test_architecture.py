@@ -48,6 +48,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.audit",
         "dicomserver.fhir_audit",
         "dicomserver.openapi",
+        "dicomserver.importer",
+        "dicomserver.verify",
     ),
     "views": (
         "dicomserver.services",

@@ -65,13 +65,17 @@ class FeedEntry:
 
 @dataclass(frozen=True, slots=True)
 class StoredBlob:
-    """Where an indexed instance's blob is, and when its version was stored (for `dicom gc`)."""
+    """Where an indexed instance's blob is, and when its version was stored (`dicom gc`),
+    with the size and SHA-256 its blob had when stored (`dicomserver verify`)."""
 
     blob_key: str
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
     stored_at: dt.datetime
+    size: int
+    #: None for instances stored before the index kept it.
+    sha256: str | None
 
 
 #: Table alias of each StoredInstance field in the instances query (the rest are Instance columns).
@@ -168,18 +172,28 @@ class IndexReads(IndexDatabase):
         rows = cast("Iterable[tuple[Any, ...]]", query.order_by(*order).offset(offset).limit(limit).tuples())
         return [FeedEntry(*row) for row in rows]
 
-    def stored_blobs(self) -> list[StoredBlob]:
-        """Every indexed instance's blob key, UIDs and the time its version was stored."""
+    def stored_blobs(self, sop_instance_uid: str | None = None) -> list[StoredBlob]:
+        """Every indexed instance's blob key, UIDs and the time its version was stored
+        (or the one instance's, to check again what a scan found)."""
         sql = (
             'SELECT i."blob_key", s."study_instance_uid", se."series_instance_uid", i."sop_instance_uid", '
-            'c."timestamp" FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
+            'c."timestamp", i."size", i."sha256" FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
             'JOIN "study" AS s ON s."id" = i."study_id" JOIN "change" AS c ON c."sequence" = i."watermark"'
         )
+        params: tuple[str, ...] = ()
+        if sop_instance_uid is not None:
+            sql += f' WHERE i."sop_instance_uid" = {self.db.param}'
+            params = (sop_instance_uid,)
         to_datetime = Change.timestamp.python_value
         return [
-            StoredBlob(key, study, series, sop, to_datetime(stored))
-            for key, study, series, sop, stored in self.db.execute_sql(sql).fetchall()
+            StoredBlob(key, study, series, sop, to_datetime(stored), size, sha256)
+            for key, study, series, sop, stored, size, sha256 in self.db.execute_sql(sql, params).fetchall()
         ]
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Whether an instance with this SOP Instance UID is stored (a bulk import skips it)."""
+        sql = f'SELECT 1 FROM "instance" WHERE "sop_instance_uid" = {self.db.param} LIMIT 1'
+        return self.db.execute_sql(sql, (sop_instance_uid,)).fetchone() is not None
 
 
 def _instances_sql(param: str, by_series: bool, by_sop: bool) -> str:
