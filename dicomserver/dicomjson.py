@@ -82,7 +82,20 @@ def element_json(element: DataElement) -> dict[str, Any]:
         values = [int(v) if v is not None else empty_value_for_VR(vr) for v in values]
     elif vr in _FLOAT_VRS:
         values = [float(v) if v is not None else empty_value_for_VR(vr) for v in values]
+    else:
+        values = standard_strings(vr, values)
     return {"vr": vr, "Value": values}
+
+
+def standard_strings(vr: str, values: list[Any]) -> list[Any]:
+    """Where PS3.18 says otherwise than pydicom's to_json_dict: an empty value among several
+    is null (F.2.5), and a CS value's leading and trailing spaces are not part of it
+    (PS3.5 Table 6.2-1: 'DERIVED \\SECONDARY' is DERIVED, SECONDARY)."""
+    if vr == "CS":
+        values = [v.strip(" ") if isinstance(v, str) else v for v in values]
+    if len(values) > 1:
+        values = [None if v == "" else v for v in values]
+    return values
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")

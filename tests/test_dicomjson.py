@@ -39,11 +39,20 @@ def _elements(ds):
 
 
 def _as_pydicom_writes_it(element):
-    """The JSON text stored for the element (or the error), as pydicom would write it."""
+    """The JSON text stored for the element (or the error), as pydicom would write it, with
+    the two places where PS3.18 says otherwise put right (dicomjson.standard_strings)."""
     try:
-        return json.dumps(element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 62))
+        written = element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 62)
     except Exception as exc:  # element_json must fail on the same elements
         return type(exc)
+    values = written.get("Value")
+    if isinstance(values, list) and values and element.VR not in ("PN", "SQ", "AT") and all(
+        isinstance(v, str) for v in values
+    ):
+        if element.VR == "CS":
+            values = [v.strip(" ") for v in values]
+        written["Value"] = [None if v == "" else v for v in values] if len(values) > 1 else values
+    return json.dumps(written)
 
 
 def _ours(element):
