@@ -584,7 +584,9 @@ def _rendered_routes() -> list[Route]:
                 "GET", f"{path}/{resource}",
                 f"{resource.capitalize()} image of {what}", "Rendered", {
                     200: _answer(f"one image{size}: JPEG (default), PNG or GIF, from the accept parameter or the "
-                                 "Accept header", _binary(*RENDERED_MEDIA_TYPES), ["Warning", "Vary"]),
+                                 "Accept header", _binary(*RENDERED_MEDIA_TYPES), ["ETag", "Warning", "Vary"]),
+                    304: _answer("If-None-Match named the current ETag (same stored instance and parameters)",
+                                 headers=["ETag"]),
                     400: _error(_UID_ERRORS + ", frame number or parameter (the message names it)"),
                     404: _error(_NOT_FOUND + ", a frame past NumberOfFrames, or no pixel data"),
                     406: _error("no acceptable image type; no codec for the stored transfer syntax; an unsupported "
@@ -592,8 +594,8 @@ def _rendered_routes() -> list[Route]:
                                 "server was installed without the render extra"),
                     500: MISSING_BLOB,
                 },
-                parameters=tuple(f"rendered.{p}" for p in ("accept", "quality", "viewport", "window", "annotation",
-                                                          "iccprofile")),
+                parameters=(*(f"rendered.{p}" for p in ("accept", "quality", "viewport", "window", "annotation",
+                                                          "iccprofile")), "If-None-Match"),
                 path_parameters={"frames": "frame"},  # one frame, not a list
             ))
     return routes

@@ -15,6 +15,7 @@ the instances it hands over.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -498,24 +499,41 @@ def negotiate(ranges: Sequence[MediaRange], *, from_query: bool = False) -> str:
     )
 
 
+@dataclass(frozen=True)
+class RenderedResource:
+    """A study, series, instance or frame resource as an image: which stored instance it
+    is drawn from, and an ETag that changes when that instance (a new version of it, or
+    another representative) or the rendering parameters do, so that a browser's
+    revalidation is answered 304 without decoding anything."""
+
+    instance: StoredInstance
+    frame: int
+    params: RenderParams
+    etag: str
+
+    def image(self, archive: Archive) -> bytes:
+        row = self.instance
+        try:
+            with open_blob(archive.store, row.blob_key) as fp:
+                return render_file(fp, self.frame, self.params)
+        except (NoPixelData, FrameNotFound) as exc:
+            raise type(exc)(f"instance {row.sop_instance_uid}: {exc}") from None
+        except CannotRender as exc:
+            raise CannotRender(f"instance {row.sop_instance_uid} cannot be rendered: {exc}") from None
+
+
 def render_resource(
     archive: Archive, uids: tuple[str, str | None, str | None], frame: int, params: RenderParams
-) -> bytes:
-    """Render a study, series, instance or frame resource: one image of the instance it means.
-
-    A study or series is rendered by its representative image (see `representative`);
-    what cannot be rendered is refused from the index alone, before the blob is opened.
-    """
+) -> RenderedResource:
+    """Choose the instance a resource is rendered from (a study or series: its representative
+    image, see `representative`); what cannot be rendered is refused from the index alone,
+    before the blob is opened."""
     rows = archive.index.instances(*uids)
     row = rows[0] if uids[2] is not None else representative(rows)
     _check_renderable(row, frame, archive.settings.max_render_bytes)
-    try:
-        with open_blob(archive.store, row.blob_key) as fp:
-            return render_file(fp, frame, params)
-    except (NoPixelData, FrameNotFound) as exc:
-        raise type(exc)(f"instance {row.sop_instance_uid}: {exc}") from None
-    except CannotRender as exc:
-        raise CannotRender(f"instance {row.sop_instance_uid} cannot be rendered: {exc}") from None
+    # A blob key names one stored version of one instance (it carries its write time).
+    etag = hashlib.sha256(repr((row.blob_key, frame, params)).encode()).hexdigest()[:32]
+    return RenderedResource(row, frame, params, etag)
 
 
 def representative(rows: list[StoredInstance]) -> StoredInstance:

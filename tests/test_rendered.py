@@ -359,3 +359,24 @@ def test_max_render_bytes_setting():
     assert Settings.from_env({"DICOMWEB_MAX_RENDER_BYTES": "1048576"}).max_render_bytes == 1048576
     with pytest.raises(ConfigError, match="DICOMWEB_MAX_RENDER_BYTES"):
         Settings.from_env({"DICOMWEB_MAX_RENDER_BYTES": "0"})
+
+
+def test_a_revalidation_is_answered_304_until_the_image_would_change(client, tutorial):
+    """Browsers (the study browser, OHIF's thumbnails) ask again with If-None-Match: 304,
+    nothing decoded; another parameter, or a new version of the instance, is a new ETag."""
+    first = client.get(f"{STUDY}/thumbnail")
+    etag = first.headers["ETag"]
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "private, no-cache"
+    again = client.get(f"{STUDY}/thumbnail", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b"" and again.headers["ETag"] == etag
+    assert client.get(f"{STUDY}/thumbnail?viewport=64,64").headers["ETag"] != etag
+    assert client.get(f"{STUDY}/thumbnail", headers={"Accept": "image/png"}).headers["ETag"] != etag
+    assert client.get(f"{RED}/rendered").headers["ETag"] != client.get(f"{GREEN}/rendered").headers["ETag"]
+    red = client.get(f"{RED}/rendered")
+    replaced = client.put(
+        "/v2/studies", data=sample("red-triangle.dcm").read_bytes(), headers={"Content-Type": "application/dicom"}
+    )
+    assert replaced.status_code == 200, replaced.data
+    after = client.get(f"{RED}/rendered", headers={"If-None-Match": red.headers["ETag"]})
+    assert after.status_code == 200 and after.headers["ETag"] != red.headers["ETag"]
+    assert after.data == red.data  # the same pixels, stored anew

@@ -54,7 +54,13 @@ def rendered(
     uids = require_uids(study, series, instance)
     frame = _single_frame(frames) if frames is not None else 1
     params = _params(thumbnail=resource == "thumbnail")
-    response = Response(render.render_resource(archive(), uids, frame, params), content_type=params.media_type)
+    found = render.render_resource(archive(), uids, frame, params)
+    if found.etag in request.if_none_match:
+        response = Response(status=304)
+    else:
+        response = Response(found.image(archive()), content_type=params.media_type)
+    response.set_etag(found.etag)
+    response.headers["Cache-Control"] = "private, no-cache"  # patient data: revalidate, a 304 is cheap
     if "accept" not in request.args:
         response.vary.add("Accept")
     if "annotation" in request.args:
