@@ -7,6 +7,7 @@ the first request.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -171,13 +172,6 @@ def _check_database_url(url: str) -> str:
     )
 
 
-def _database_url(raw: str) -> str:
-    try:
-        return _check_database_url(raw)
-    except ConfigError as exc:
-        raise ValueError(str(exc).split(": ", 1)[-1]) from None
-
-
 def _check_public_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -185,13 +179,6 @@ def _check_public_url(url: str) -> str:
             f"DICOMWEB_PUBLIC_URL={url!r} is invalid: expected an absolute http(s):// URL"
         )
     return url.rstrip("/")
-
-
-def _public_url(raw: str) -> str:
-    try:
-        return _check_public_url(raw)
-    except ConfigError as exc:
-        raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
 
 def _check_viewer_url(url: str) -> str:
@@ -205,11 +192,17 @@ def _check_viewer_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _viewer_url(raw: str) -> str:
-    try:
-        return _check_viewer_url(raw)
-    except ConfigError as exc:
-        raise ValueError(str(exc).split(": ", 1)[-1]) from None
+def _parsed_by(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A `_VARIABLES` parser from a validator that raises ConfigError naming the variable
+    (the table's caller names it again: keep only the reason)."""
+
+    def parse(raw: str) -> str:
+        try:
+            return check(raw)
+        except ConfigError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+    return parse
 
 
 def _check_authority(url: str, *, allow_http: bool) -> None:
@@ -250,8 +243,8 @@ def _flag(raw: str) -> bool:
 
 _VARIABLES = (
     ("blobstore_url", "DICOMWEB_BLOBSTORE_URL", str),
-    ("database_url", "DICOMWEB_DATABASE_URL", _database_url),
-    ("public_url", "DICOMWEB_PUBLIC_URL", _public_url),
+    ("database_url", "DICOMWEB_DATABASE_URL", _parsed_by(_check_database_url)),
+    ("public_url", "DICOMWEB_PUBLIC_URL", _parsed_by(_check_public_url)),
     ("max_instance_bytes", "DICOMWEB_MAX_INSTANCE_BYTES", _positive_int),
     ("max_transcode_bytes", "DICOMWEB_MAX_TRANSCODE_BYTES", _positive_int),
     ("spool_memory_bytes", "DICOMWEB_SPOOL_MEMORY_BYTES", _positive_int),
@@ -277,7 +270,7 @@ _VARIABLES = (
     ("head_timeout", "DICOMWEB_HEAD_TIMEOUT", _positive_seconds),
     ("min_free_bytes", "DICOMWEB_MIN_FREE_BYTES", _whole_number),
     ("max_uploads", "DICOMWEB_MAX_UPLOADS", _positive_int),
-    ("viewer_url", "DICOMWEB_VIEWER_URL", _viewer_url),
+    ("viewer_url", "DICOMWEB_VIEWER_URL", _parsed_by(_check_viewer_url)),
     ("log_format", "DICOMWEB_LOG_FORMAT", _log_format),
     ("metrics_token", "DICOMWEB_METRICS_TOKEN", str),
 )
