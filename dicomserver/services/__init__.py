@@ -55,27 +55,27 @@ def register_services(app: Flask) -> None:
 
     @app.before_request
     def _authorize() -> None:
-        g.action = action = required_action(app.view_functions.get(request.endpoint or ""))
-        if request.method == "OPTIONS":
+        # The request and g are looked up once: each use of Flask's proxies costs a lookup.
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        ctx = g._get_current_object()
+        ctx.action = action = required_action(app.view_functions.get(req.endpoint or ""))
+        if req.method == "OPTIONS":
             return  # CORS preflights and OPTIONS carry no credentials
         if action is not None:
             auth = authenticator()
-            g.principal = auth.authenticate(request.headers.get("Authorization"))  # kept for the audit trail
-            auth.check(g.principal, action)
-        if request.method in ("POST", "PUT"):
+            ctx.principal = auth.authenticate(req.headers.get("Authorization"))  # kept for the audit trail
+            auth.check(ctx.principal, action)
+        if req.method in ("POST", "PUT"):
             take_upload_slot()
-
-    @app.before_request
-    def _open_index() -> None:
-        if request.path.startswith(("/v1/", "/v2/")) or g.get("action") is not None:
+        if action is not None or req.path.startswith(("/v1/", "/v2/")):
             archive().index.connect()
 
     @app.after_request
     def _audit(response: Response) -> Response:
-        describe_request()
+        route = describe_request()
         response.headers["X-Request-Id"] = request_id()
         if audit_trail().enabled:
-            audit(response)
+            audit(response, route)
         return response
 
     @app.teardown_request

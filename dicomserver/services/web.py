@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
 from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, ParseException
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
@@ -89,12 +89,16 @@ def log_entry() -> RequestLogEntry | None:
     return entry
 
 
-def describe_request() -> None:
-    """Name the service and route that served the request, for the request log and /metrics."""
-    entry = log_entry()
+def describe_request() -> str:
+    """Name the service and route that served the request, for the request log and /metrics;
+    returns the route template (the audit record names it too)."""
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup, not six
+    route = _route_template(req)
+    entry: RequestLogEntry | None = req.environ.get(ENTRY)
     if entry is not None:
-        entry.service = request.blueprint or "other"
-        entry.route = _route_template() if request.url_rule is not None else None
+        entry.service = req.blueprint or "other"
+        entry.route = route if req.url_rule is not None else None
+    return route
 
 
 def note_reason(reason: str) -> None:
@@ -104,24 +108,26 @@ def note_reason(reason: str) -> None:
         entry.reason = reason if len(reason) <= REASON_LIMIT else reason[: REASON_LIMIT - 3] + "..."
 
 
-def audit(response: Response) -> None:
+def audit(response: Response, route: str) -> None:
     """Record a request that touched patient data (its route declares an action) or was refused.
 
     A request with no study in its path that stored instances (STOW to /studies) gives
     one record per study it stored, so that a search by study finds it.
     """
-    action = g.get("action")  # what the route declared, looked up before the view (services/__init__.py)
-    if request.method == "OPTIONS" or (action is None and response.status_code not in (401, 403)):
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup per request
+    ctx = g._get_current_object()
+    action = getattr(ctx, "action", None)  # what the route declared, looked up before the view (services/__init__.py)
+    if req.method == "OPTIONS" or (action is None and response.status_code not in (401, 403)):
         return
-    principal = g.get("principal")
-    args = request.view_args or {}
+    principal = getattr(ctx, "principal", None)
+    args = req.view_args or {}
     record = AuditRecord(
         time=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
         request_id=request_id(),
         subject=principal.subject if principal is not None else "-",
-        client=client_address(archive().settings, request.environ),
-        method=request.method,
-        route=_route_template(),
+        client=client_address(archive().settings, req.environ),
+        method=req.method,
+        route=route,
         action=action,
         study=_uid(args.get("study")),
         series=_uid(args.get("series")),
@@ -129,7 +135,7 @@ def audit(response: Response) -> None:
         status=response.status_code,
         bytes=response.content_length,
     )
-    studies = g.get("audit_studies") if record.study is None else None
+    studies = getattr(ctx, "audit_studies", None) if record.study is None else None
     audit_trail().write([replace(record, study=uid) for uid in studies] if studies else [record])
 
 
@@ -143,11 +149,11 @@ def note_studies(uids: Iterable[str]) -> None:
     g.audit_studies = sorted(set(uids))
 
 
-def _route_template() -> str:
+def _route_template(req: Request) -> str:
     """The route with its parameters as placeholders ('/v2/studies/<study>'): no values."""
-    if request.url_rule is None:
-        return request.path
-    return request.url_rule.rule.replace(API_PREFIX, "/" + api_version(), 1)
+    if req.url_rule is None:
+        return str(req.path)
+    return str(req.url_rule.rule).replace(API_PREFIX, "/" + api_version(), 1)
 
 
 def api_version() -> str:
