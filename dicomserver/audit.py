@@ -34,6 +34,10 @@ __all__ = ["AuditLog", "AuditRecord", "AuditStore", "AuditTrail", "iso_time"]
 log = logging.getLogger(__name__)
 
 
+#: One encoder for every line: json.dumps with separators builds a new encoder per call.
+_encode_line = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def iso_time(moment: dt.datetime) -> str:
     """UTC with milliseconds, ISO 8601 ('2026-12-06T03:54:32.609Z')."""
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
@@ -59,7 +63,7 @@ class AuditLog:
             return
         fields = {name: getattr(record, name) for name in AuditRecord.__slots__}
         fields["time"] = iso_time(record.time)
-        line = json.dumps(fields, separators=(",", ":")) + "\n"
+        line = _encode_line(fields) + "\n"
         with self._lock:
             stream = self._stream()
             stream.write(line)

@@ -125,7 +125,8 @@ QIDO_TAGS = (
     | {tag.split(".")[0] for tag in SEARCHABLE}
 ) - COMPUTED_TAGS
 _QIDO_TAGS_SORTED = tuple(sorted(QIDO_TAGS))
-_SEPARATORS = (",", ":")
+#: Compact JSON; one encoder for every member (json.dumps with separators builds one per call).
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def qido_members(meta: dict[str, Any]) -> str:
@@ -135,7 +136,7 @@ def qido_members(meta: dict[str, Any]) -> str:
     inside strings), so the lines split back exactly.
     """
     return "\n".join(
-        f'"{tag}":{json.dumps(meta[tag], separators=_SEPARATORS)}' for tag in _QIDO_TAGS_SORTED if tag in meta
+        f'"{tag}":{_compact(meta[tag])}' for tag in _QIDO_TAGS_SORTED if tag in meta
     )
 
 
@@ -442,7 +443,7 @@ class _Computed:
 
 def _member(tag: str, vr: str, values: list) -> str:
     element = {"vr": vr, "Value": values} if values else {"vr": vr}
-    return f'"{tag}":{json.dumps(element, separators=_SEPARATORS)}'
+    return f'"{tag}":{_compact(element)}'
 
 
 def _result_from_members(row: dict[str, Any], members: str, computed: _Computed) -> str:
@@ -469,4 +470,4 @@ def _result(
     else:
         out = {tag: meta[tag] for tag in return_tags if tag in meta}
     out.update(json.loads("{" + ",".join(computed.members(row)) + "}"))
-    return json.dumps(dict(sorted(out.items())), separators=_SEPARATORS)
+    return _compact(dict(sorted(out.items())))
