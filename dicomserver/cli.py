@@ -34,7 +34,7 @@ from backends.base import STALE_TEMP_SECONDS
 
 from .archive import Archive, open_archive
 from .auth import Roles, create_api_key
-from .importer import FileResult, Summary, find_files, import_into_archive, import_to_server
+from .importer import FILES_PER_COMMIT, FileResult, Summary, find_files, import_into_archive, import_to_server
 from .services import web
 from .settings import ConfigError, Settings
 from .verify import Report, verify
@@ -157,7 +157,8 @@ class _Progress:
 )
 @click.option(
     "--batch", type=click.IntRange(min=1), default=None,
-    help=f"Files per STOW request with --url (default: {DEFAULT_BATCH}; at most 64 MB unless one file is larger).",
+    help=f"Files per index commit into the archive (default: {FILES_PER_COMMIT}); with --url, files per STOW "
+    f"request (default: {DEFAULT_BATCH}; at most 64 MB unless one file is larger).",
 )
 @click.option("--progress/--no-progress", default=None, help="The progress bar (default: on a terminal).")
 def import_files(paths: tuple[str, ...], url: str | None, token: str | None, jobs: int | None,
@@ -167,8 +168,8 @@ def import_files(paths: tuple[str, ...], url: str | None, token: str | None, job
     Instances already stored are skipped; files that are not DICOM are reported. The
     exit status is 1 if any file failed.
     """
-    if (token or batch) and not url:
-        raise click.UsageError("--token and --batch are for --url (STOW-RS to another server)")
+    if token and not url:
+        raise click.UsageError("--token is for --url (STOW-RS to another server)")
     files = find_files(paths)
     bar = _Progress(len(files), progress)
     started = time.monotonic()
@@ -181,7 +182,9 @@ def import_files(paths: tuple[str, ...], url: str | None, token: str | None, job
             jobs = jobs or DEFAULT_LOCAL_JOBS
             processes = min(jobs, PROCESSES_PER_CPU * (os.cpu_count() or 1))
             with _archive() as state:  # opened here first: a bad variable is named, the schema migrated once
-                summary = import_into_archive(files, state, jobs=jobs, processes=processes, on_result=bar)
+                summary = import_into_archive(
+                    files, state, jobs=jobs, processes=processes, batch=batch or FILES_PER_COMMIT, on_result=bar
+                )
     _print_summary(summary, time.monotonic() - started)
     if not summary.ok:
         sys.exit(1)

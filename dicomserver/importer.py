@@ -1,15 +1,23 @@
 """Bulk import (`dicomserver import`): files and folders into the archive, or into any
 DICOMweb server by STOW-RS.
 
-Into the archive, every file goes through STOW's own pipeline (`Ingestor.ingest`:
-header, validation, DICOM JSON, frames, blob, index row), so an import stores what a
-STOW of the same file would and refuses what it would refuse, with the same reasons.
-First the file's identifying UIDs are read from its first elements (`ingest.identify`):
-an instance the index already holds is skipped there, so re-running an interrupted
-import reads a few kilobytes of each file it had stored. Files that are not DICOM
-Part 10 at all are counted apart: reported, never a failure.
+Into the archive, every file goes through STOW's own pipeline (`Ingestor.prepare`:
+header, validation, DICOM JSON, frames; then its blob, then its index row), so an import
+stores what a STOW of the same file would and refuses what it would refuse, with the
+same reasons. Into an archive that held instances when the import began, the file's
+identifying UIDs are first read from its first elements (`ingest.identify`): an instance
+the index already holds is skipped there, so re-running an interrupted import reads a
+few kilobytes of each file it had stored. (Into an empty archive that read is skipped:
+a copy of an instance met twice is refused by the index, and is as present.) Files
+that are not DICOM Part 10 at all are counted apart: reported, never a failure.
 
-Files are imported by worker processes, each running a few threads on one archive, as
+Files are imported in batches (`FILES_PER_COMMIT`): each file of a batch is parsed and
+its blob stored (durable: fsync'd) one after the other, then the batch's index rows are
+written in one transaction and one commit (`Index.store_many`), each file with its own
+outcome; a file the index refuses has its blob deleted. A crash leaves at worst orphan
+blobs of the batch in flight (`dicomserver gc`), never a row without its blob.
+
+Batches are imported by worker processes, each running a few threads on one archive, as
 gunicorn's workers do. A file costs some CPU (the header parse, the DICOM JSON: Python,
 which the GIL runs one thread at a time) and more time waiting on fsyncs (the blob, its
 folder, the index's commit): processes use the cores, threads overlap the waits. The
@@ -25,6 +33,7 @@ stops trying new files and counts them as not attempted.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -41,8 +50,20 @@ import requests
 
 from .archive import Archive, open_archive
 from .errors import http_status
-from .ingest import INSTANCE_ALREADY_EXISTS, PROCESSING_FAILURE, NotPart10, PartResult, identify
+from .index import DuplicateInstance, InstanceRecord, StoreOutcome
+from .ingest import (
+    INSTANCE_ALREADY_EXISTS,
+    PROCESSING_FAILURE,
+    InstanceRejected,
+    NotPart10,
+    PartResult,
+    blob_key,
+    discard_blob,
+    identify,
+)
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 STORED = "stored"
 PRESENT = "already present"
@@ -58,8 +79,8 @@ _SEND_CHUNK = 1024 * 1024
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 #: Seconds to connect to another server, and to wait for its answer to one file.
 _TIMEOUTS = (10, 300)
-#: Files per task handed to a worker process, per thread it runs.
-_TASKS_PER_THREAD = 4
+#: Files whose index rows one transaction writes (one commit, one fsync of the index).
+FILES_PER_COMMIT = 32
 
 
 @dataclass(frozen=True)
@@ -142,41 +163,109 @@ def find_files(paths: Iterable[str]) -> list[SourceFile]:
 # -- into the archive ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Staged:
+    """A file parsed and its blob stored, waiting for its batch's index commit."""
+
+    path: str
+    size: int
+    result: PartResult
+    record: InstanceRecord
+
+
 class ArchiveImport:
-    """Stores files into one archive through STOW's ingest pipeline."""
+    """Stores files into one archive through STOW's ingest pipeline, a batch per commit.
 
-    def __init__(self, archive: Archive):
+    `check_present`: read each file's UIDs first and skip the instances the index holds
+    (off for an archive that was empty when the import began: nothing there to skip).
+    """
+
+    def __init__(self, archive: Archive, *, check_present: bool = True):
         self.archive = archive
-
-    def each(self, sources: list[SourceFile]) -> list[FileResult]:
-        return [self(source) for source in sources]
+        self.check_present = check_present
 
     def __call__(self, source: SourceFile) -> FileResult:
+        return self.each([source])[0]
+
+    def each(self, sources: list[SourceFile]) -> list[FileResult]:
+        """Import a batch: every file parsed and its blob stored, then all their index rows
+        in one commit. After an outage the batch's later files are not tried (left out)."""
+        index = self.archive.index
+        index.connect()
+        try:
+            results: list[FileResult | _Staged] = []
+            for source in sources:
+                results.append(self._stage(source))
+                if isinstance(results[-1], FileResult) and results[-1].outage:
+                    break
+            staged = [r for r in results if isinstance(r, _Staged)]
+            indexed = dict(zip(map(id, staged), self._index(staged), strict=True))
+        finally:
+            index.close()
+        return [indexed[id(r)] if isinstance(r, _Staged) else r for r in results]
+
+    def _stage(self, source: SourceFile) -> FileResult | _Staged:
         try:
             with open(source.path, "rb") as fp:
                 size = os.fstat(fp.fileno()).st_size
-                return self._import(source.path, fp, size)
+                return self._prepare_and_put(source.path, fp, size)
         except OSError as exc:
             return FileResult(
                 source.path, source.size, FAILED, reason=PROCESSING_FAILURE,
                 comments=(f"the file cannot be read: {exc.strerror or exc}",),
             )
 
-    def _import(self, path: str, fp: IO[bytes], size: int) -> FileResult:
-        uid = _header_uid(path, fp, size)
-        if isinstance(uid, FileResult):
-            return uid
-        index = self.archive.index
-        index.connect()
+    def _prepare_and_put(self, path: str, fp: IO[bytes], size: int) -> FileResult | _Staged:
+        uid: str | None = None
+        if self.check_present or size == 0 or os.path.basename(path).upper() == DICOMDIR:
+            found = _header_uid(path, fp, size)
+            if isinstance(found, FileResult):
+                return found
+            uid = found
         try:
-            if uid is not None and index.has_instance(uid):
+            if uid is not None and self.archive.index.has_instance(uid):
                 return FileResult(path, size, PRESENT, uid)
-            result = self.archive.ingestor.ingest(fp, size, study_uid=None, replace=False)
+            try:
+                prepared = self.archive.ingestor.prepare(fp, size, study_uid=None)
+            except NotPart10 as rejection:
+                return FileResult(path, size, NOT_DICOM, comments=tuple(rejection.comments))
+            except InstanceRejected as rejection:
+                return _from_part_result(path, size, rejection.result)
+            result = prepared.result
+            assert result.study_instance_uid and result.series_instance_uid and result.sop_instance_uid
+            key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
+            fp.seek(0)
+            info = self.archive.store.put(key, fp, size=size)  # durable before its row is committed
         except Exception as exc:
             return _outage(path, size, uid, exc)
-        finally:
-            index.close()
-        return _from_part_result(path, size, result)
+        return _Staged(path, size, result, prepared.record(key, info.size, info.sha256))
+
+    def _index(self, staged: list[_Staged]) -> list[FileResult]:
+        """The batch's index rows in one commit; a blob whose row was not stored is deleted."""
+        if not staged:
+            return []
+        try:
+            outcomes: list[StoreOutcome | Exception] = self.archive.index.store_many([s.record for s in staged])
+        except Exception as exc:  # the transaction failed: none of the batch is stored
+            outcomes = [exc] * len(staged)
+        results = []
+        for file, outcome in zip(staged, outcomes, strict=True):
+            if isinstance(outcome, StoreOutcome):
+                results.append(_from_part_result(file.path, file.size, file.result))
+                continue
+            discard_blob(self.archive.store, file.record.blob_key)
+            uid = file.record.sop_instance_uid
+            if isinstance(outcome, DuplicateInstance):  # a copy of it stored meanwhile, or earlier in the batch
+                results.append(FileResult(file.path, file.size, PRESENT, uid))
+                continue
+            result = _outage(file.path, file.size, uid, outcome)
+            if not result.outage:  # as STOW says it (ingest.py)
+                log.error("indexing instance %s failed: %r", uid, outcome)
+                result = FileResult(
+                    file.path, file.size, FAILED, uid, PROCESSING_FAILURE, ("the instance could not be indexed",)
+                )
+            results.append(result)
+        return results
 
 
 def _header_uid(path: str, fp: IO[bytes], size: int) -> str | FileResult | None:
@@ -214,24 +303,43 @@ def import_into_archive(
     *,
     jobs: int,
     processes: int = 1,
+    batch: int = FILES_PER_COMMIT,
     on_result: Callable[[FileResult], None] = lambda result: None,
 ) -> Summary:
     """Store files into the archive, `jobs` at once: threads of `processes` worker processes
-    (of this one when 1, or when the archive lives in this process's memory)."""
+    (of this one when 1, or when the archive lives in this process's memory), up to `batch`
+    files per index commit."""
+    check_present = _holds_instances(archive)
     if processes <= 1 or not _shareable(archive):
-        importer = ArchiveImport(archive)
+        importer = ArchiveImport(archive, check_present=check_present)
         with ThreadPoolExecutor(jobs, thread_name_prefix="import") as pool:
-            return run(pool, importer.each, [[source] for source in files], jobs=jobs, on_result=on_result)
+            tasks = batches(files, _per_commit(len(files), jobs, batch), most_bytes=sys.maxsize)
+            return run(pool, importer.each, tasks, jobs=jobs, on_result=on_result)
     threads = -(-jobs // processes)
     # Spawned from a fresh interpreter (a fork would copy this process's open index), each
-    # worker takes a few files per task, so that its threads rarely wait for the next one.
+    # worker takes a batch per thread per task, so that its threads rarely wait for the next one.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # imported once, by the server the workers fork from
     with ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_start_worker, initargs=(archive.settings, threads)
+        processes, mp_context=context, initializer=_start_worker,
+        initargs=(archive.settings, threads, check_present),
     ) as pool:
-        tasks = batches(files, threads * _TASKS_PER_THREAD, most_bytes=sys.maxsize)
+        tasks = batches(files, threads * _per_commit(len(files), jobs, batch), most_bytes=sys.maxsize)
         return run(pool, _import_in_worker, tasks, jobs=processes, on_result=on_result)
+
+
+def _per_commit(files: int, jobs: int, batch: int) -> int:
+    """`batch`, or fewer so that a small import still keeps every job busy."""
+    return max(1, min(batch, files // jobs))
+
+
+def _holds_instances(archive: Archive) -> bool:
+    index = archive.index
+    index.connect()
+    try:
+        return index.stored_counts()[1] > 0
+    finally:
+        index.close()
 
 
 def _shareable(archive: Archive) -> bool:
@@ -240,19 +348,23 @@ def _shareable(archive: Archive) -> bool:
 
 
 #: This worker process's archive and threads (set up by `_start_worker`).
-_WORKER: tuple[ArchiveImport, ThreadPoolExecutor] | None = None
+_WORKER: tuple[ArchiveImport, ThreadPoolExecutor, int] | None = None
 
 
-def _start_worker(settings: Settings, threads: int) -> None:
+def _start_worker(settings: Settings, threads: int, check_present: bool) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it lets started files finish
-    _WORKER = ArchiveImport(open_archive(settings)), ThreadPoolExecutor(threads, thread_name_prefix="import")
+    importer = ArchiveImport(open_archive(settings), check_present=check_present)
+    _WORKER = importer, ThreadPoolExecutor(threads, thread_name_prefix="import"), threads
 
 
 def _import_in_worker(sources: list[SourceFile]) -> list[FileResult]:
+    """A task: a batch per thread, each with its own commit."""
     assert _WORKER is not None, "the worker was not started"
-    importer, pool = _WORKER
-    return list(pool.map(importer, sources))
+    importer, pool, threads = _WORKER
+    per_thread = -(-len(sources) // threads)
+    parts = [sources[i : i + per_thread] for i in range(0, len(sources), per_thread)]
+    return [result for results in pool.map(importer.each, parts) for result in results]
 
 
 # -- to another server ---------------------------------------------------------------------

@@ -186,7 +186,7 @@ def test_a_bad_variable_is_named_without_a_traceback(tmp_path):
 
 def test_token_needs_url(tmp_path):
     result = CliRunner().invoke(main, ["import", str(tmp_path), "--token", "t"], env=archive_env(tmp_path))
-    assert result.exit_code == 2 and "--token and --batch are for --url" in result.output
+    assert result.exit_code == 2 and "--token is for --url" in result.output
 
 
 def test_progress_bar_shows_files_and_megabytes_per_second(tmp_path):

@@ -6,9 +6,15 @@ host-wide lock (_SqliteWriteLock), so concurrent writers from several processes 
 their turn, up to the busy timeout, instead of failing on a lock upgrade; on
 PostgreSQL a transaction-scoped advisory lock does the same. So change-feed sequences
 are assigned in commit order without gaps, and check-then-insert needs no retries.
+
+Writes that arrive together share a commit (`GroupCommit`): a commit costs an fsync
+(SQLite's WAL, PostgreSQL's WAL flush), far more than the rows of one instance, so the
+threads of a process that store while a commit runs queue up, and the first of them
+writes the queue's records in one transaction, a savepoint each, and commits once.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import fcntl
 import logging
@@ -16,8 +22,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from typing import TypeVar
 
 import peewee as pw
 from playhouse.db_url import parse as parse_url
@@ -25,6 +33,11 @@ from playhouse.db_url import parse as parse_url
 from .models import database_proxy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Most writes one commit carries: bounds what the first of a group waits for the others' rows.
+GROUP_COMMIT_LIMIT = 64
 
 
 def utcnow() -> dt.datetime:
@@ -61,6 +74,8 @@ class IndexDatabase:
         else:
             self.db = _postgres(database_url, pool_size)
         database_proxy.initialize(self.db)
+        #: Writes that arrive while a commit runs share the next one (see GroupCommit).
+        self.group_commit = GroupCommit(self)
 
     def connect(self) -> None:
         self.db.connect(reuse_if_open=True)
@@ -102,6 +117,141 @@ class IndexDatabase:
             self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,))
             yield
 
+    def write_each(self, writes: Sequence[Callable[[], T]]) -> list[T | Exception]:
+        """Run `writes` in order in one write transaction, committed once; their results.
+
+        Each write of several runs in a savepoint of its own: one that raises is rolled
+        back alone, and its exception is its result. An error of the transaction itself
+        (no write lock, a savepoint that cannot be rolled back, the commit) is raised,
+        and then none of the writes is stored. A lone write needs no savepoint: its
+        error rolls back the transaction and is its result.
+        """
+        results: list[T | Exception] = []
+        lone = len(writes) == 1
+        writing = False
+        try:
+            with self.write_transaction():
+                for write in writes:
+                    if lone:
+                        writing = True
+                        results.append(write())
+                        writing = False
+                    else:
+                        results.append(self._in_savepoint(write))
+        except Exception as exc:
+            if writing:
+                return [exc]
+            raise
+        return results
+
+    def _in_savepoint(self, write: Callable[[], T]) -> T | Exception:
+        self.db.execute_sql("SAVEPOINT group_member")
+        result: T | Exception
+        try:
+            result = write()
+        except Exception as exc:
+            # On PostgreSQL the failed statement aborted the transaction: this resumes it.
+            self.db.execute_sql("ROLLBACK TO SAVEPOINT group_member")
+            result = exc
+        self.db.execute_sql("RELEASE SAVEPOINT group_member")
+        return result
+
+
+class GroupCommit:
+    """One commit for the writes a process's threads ask for while the previous commit runs.
+
+    The first caller becomes the leader: it takes up to `limit` queued writes (its own
+    first), runs them with `IndexDatabase.write_each` (one transaction, the write lock
+    taken once, a savepoint each) and wakes every member with its own result; then the
+    next queued caller, if any, leads the next group. Nobody waits for company: a lone
+    write commits at once, and a group is whatever queued while the last commit ran.
+    No caller returns before the commit that holds its write, and a process commits its
+    groups in queue order, so change-feed sequences still follow commit order.
+    """
+
+    def __init__(self, database: IndexDatabase, limit: int = GROUP_COMMIT_LIMIT):
+        self._database = database
+        self._limit = limit
+        self._mutex = threading.Lock()
+        self._queue: deque[_Member] = deque()
+        self._leading = False
+        _FORK_SENSITIVE.add(self)
+
+    def __call__(self, write: Callable[[], T]) -> T:
+        """The result of `write` once committed; its exception, or the group's, is raised."""
+        member = _Member(write)
+        with self._mutex:
+            self._queue.append(member)
+            member.leads = not self._leading
+            self._leading = True
+        if not member.leads:
+            member.done.wait()  # committed by a leader, or this thread is handed the lead
+        if member.leads:
+            self._lead()
+        return member.outcome()  # type: ignore[return-value]
+
+    def _lead(self) -> None:
+        with self._mutex:
+            group = [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
+        try:
+            try:
+                results: Sequence[object] = self._database.write_each([m.write for m in group])
+            except BaseException as exc:  # the whole group failed: nothing of it is stored
+                results = [exc] + [_for_another_thread(exc) for _ in group[1:]]
+            for member, result in zip(group, results, strict=True):
+                member.result = result
+        finally:
+            with self._mutex:
+                if self._queue:
+                    self._queue[0].leads = True
+                    self._queue[0].done.set()
+                else:
+                    self._leading = False
+            for member in group[1:]:
+                member.done.set()
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's threads, queued or leading, do not exist here."""
+        self._mutex = threading.Lock()
+        self._queue = deque()
+        self._leading = False
+
+
+class _Member:
+    """One caller's write in a GroupCommit queue, and what became of it."""
+
+    __slots__ = ("done", "leads", "result", "write")
+
+    def __init__(self, write: Callable[[], object]):
+        self.write = write
+        self.result: object = _PENDING
+        self.leads = False
+        self.done = threading.Event()
+
+    def outcome(self) -> object:
+        if self.result is _PENDING:  # the leader's thread was stopped before its commit ended
+            raise pw.OperationalError("the index write was interrupted")
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+_PENDING = object()
+
+
+def _for_another_thread(exc: BaseException) -> BaseException:
+    """The group's failure as another member raises it: a copy (one exception raised in
+    several threads would gather all their tracebacks); the leader's interruption
+    (KeyboardInterrupt, a worker's exit) is an outage for the others."""
+    if not isinstance(exc, Exception):
+        return pw.OperationalError("the index write was interrupted")
+    try:
+        clone = copy.copy(exc)
+    except Exception:
+        return exc
+    clone.__traceback__ = None
+    return clone
+
 
 class _SqliteWriteLock:
     """Queue this host's SQLite writers on a lock that hands over within milliseconds.
@@ -119,7 +269,7 @@ class _SqliteWriteLock:
         self._path = f"{os.path.abspath(path)}-writelock" if path and path != ":memory:" else None
         self._fd: int | None = None
         self._mutex = threading.Lock()
-        _WRITE_LOCKS.add(self)
+        _FORK_SENSITIVE.add(self)
 
     def __enter__(self) -> None:
         deadline = time.monotonic() + self._timeout
@@ -175,14 +325,15 @@ class _SqliteWriteLock:
         self.close()
 
 
-_WRITE_LOCKS: weakref.WeakSet[_SqliteWriteLock] = weakref.WeakSet()
+#: The write locks and group commits of this process, reset in a forked child.
+_FORK_SENSITIVE: weakref.WeakSet[_SqliteWriteLock | GroupCommit] = weakref.WeakSet()
 if hasattr(os, "register_at_fork"):
 
-    def _reset_write_locks() -> None:
-        for lock in list(_WRITE_LOCKS):
-            lock._after_fork_in_child()
+    def _reset_after_fork() -> None:
+        for each in list(_FORK_SENSITIVE):
+            each._after_fork_in_child()
 
-    os.register_at_fork(after_in_child=_reset_write_locks)
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _postgres(database_url: str, pool_size: int) -> pw.Database:

@@ -1,8 +1,10 @@
 """Writes of the index: STOW's instances, deletes, and the counters and columns they move.
 
 Every write runs in one short transaction under the index's single write lock
-(connection.py). Blob deletions are returned to the caller to run *after* the commit,
-so a crash can leave an orphan blob but never an index row without its blob.
+(connection.py); STOW's instances share theirs with those stored at the same time
+(group commit), each in a savepoint, so one instance's refusal fails only itself.
+Blob deletions are returned to the caller to run *after* the commit, so a crash
+can leave an orphan blob but never an index row without its blob.
 
 STOW's path is plain parametrised SQL, built once per database: building a statement
 with peewee's query builder costs far more than SQLite needs to run it (about 1 ms
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import peewee as pw
@@ -168,22 +171,26 @@ class IndexWrites(IndexReads):
     # -- writes ------------------------------------------------------------
     @INDEX_SECONDS.labels("store_instance").time()
     def store_instance(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
-        """Index one stored blob; raise DuplicateInstance unless `replace`."""
+        """Index one stored blob; raise DuplicateInstance unless `replace`.
+
+        Returns once committed, in one commit with the instances other threads of this
+        process stored meanwhile (connection.GroupCommit).
+        """
+        return self.group_commit(lambda: self._store(rec, replace))
+
+    def store_many(self, records: Iterable[InstanceRecord], *, replace: bool = False) -> list[StoreOutcome | Exception]:
+        """Index a batch in one transaction and one commit (bulk import, the scale benchmark):
+        each record's outcome, or its exception (DuplicateInstance...), which stores
+        nothing of it and nothing less of the others. Errors of the transaction itself
+        (no write lock, the commit) are raised: then none of the batch is stored."""
+        return self.write_each([partial(self._store, rec, replace) for rec in records])
+
+    def _store(self, rec: InstanceRecord, replace: bool) -> StoreOutcome:
         try:
-            with self.write_transaction():
-                return self._insert(rec, replace=replace)
+            return self._insert(rec, replace=replace)
         except pw.IntegrityError:
             # Defence in depth: writers are serialised, but a unique index has the last word.
             raise DuplicateInstance(rec.sop_instance_uid) from None
-
-    def store_many(self, records: Iterable[InstanceRecord]) -> int:
-        """Index a batch in one transaction (bulk loading, e.g. the scale benchmark)."""
-        count = 0
-        with self.write_transaction():
-            for rec in records:
-                self._insert(rec, replace=False)
-                count += 1
-        return count
 
     def _insert(self, rec: InstanceRecord, *, replace: bool) -> StoreOutcome:
         """The rows of one instance and their counters; callers hold the write lock."""
