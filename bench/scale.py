@@ -220,7 +220,9 @@ def run(
             with _lock(measure_lock, fcntl.LOCK_SH):
                 state.index.connect()
                 try:
-                    state.index.store_many(records)
+                    failed = [o for o in state.index.store_many(records) if isinstance(o, Exception)]
+                    if failed:
+                        raise RuntimeError(f"{len(failed)} of {len(records)} rows were not stored: {failed[0]!r}")
                 finally:
                     state.index.close()
             loaded += count
