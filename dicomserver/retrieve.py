@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ from typing import IO
 from backends.base import BlobStore
 
 from .archive import Archive
-from .dicomjson import absolute_uris
 from .errors import BadRequest, NotAcceptable, NotFound
 from .frames import frame_count, frame_ranges
 from .index import StoredInstance
-from .media import ANY_TRANSFER_SYNTAX, Rendition, part_content_type, syntax_fits
+from .media import ANY_TRANSFER_SYNTAX, DICOM_JSON, Rendition, part_content_type, syntax_fits
+from .metadata_stream import MetadataStream, gzip_accepted, metadata_stream
 from .metrics import open_blob, timed_first_chunk
 from .multipart import MultipartWriter
 from .settings import Settings
@@ -82,21 +81,37 @@ def retrieve_frames(
 
 @dataclass(frozen=True)
 class Metadata:
-    """The metadata of a study, series or instance: its ETag, and its body made on demand."""
+    """The metadata of a study, series or instance: its validator, and its body made on demand.
 
-    etag: str
-    documents: list[str]
-    base_url: str
+    Unlike the other bodies of this module, a large one reads the index as it goes out, in
+    short batches that hold no connection in between (metadata_stream.py)."""
 
-    def body(self) -> str:
-        # Each instance's DICOM JSON was serialised at STOW: join, never re-parse.
-        return absolute_uris("[" + ",".join(self.documents) + "]", self.base_url)
+    stream: MetadataStream
+
+    @property
+    def etag(self) -> str:
+        return self.stream.etag
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """What a 200 and a 304 both carry: the validator, and that it depends on Accept-Encoding."""
+        etag = f'W/"{self.etag}"' if self.stream.gzip else f'"{self.etag}"'
+        return (("ETag", etag), ("Vary", "Accept-Encoding"))
+
+    def body(self) -> Body:
+        headers = self.headers + ((("Content-Encoding", "gzip"),) if self.stream.gzip else ())
+        if self.stream.small:
+            data = b"".join(self.stream.chunks())
+            return Body(DICOM_JSON, len(data), (data,), headers=headers)
+        return Body(DICOM_JSON, None, self.stream.chunks(), headers=headers)
 
 
-def metadata(archive: Archive, uids: tuple[str, str | None, str | None], base_url: str) -> Metadata:
-    """WADO-RS metadata; the ETag follows the stored versions and the base URL the URIs use."""
-    documents, version = archive.index.metadata(*uids)
-    return Metadata(f"{version}-{zlib.crc32(base_url.encode()):08x}", documents, base_url)
+def metadata(
+    archive: Archive, uids: tuple[str, str | None, str | None], base_url: str, accept_encoding: str | None = None
+) -> Metadata:
+    """WADO-RS metadata; the ETag follows the stored versions, the base URL the URIs use and
+    the content coding (gzip when Accept-Encoding allows it)."""
+    return Metadata(metadata_stream(archive.index, uids, base_url, gzip=gzip_accepted(accept_encoding)))
 
 
 class DamagedInstance(NotFound):

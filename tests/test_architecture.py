@@ -37,6 +37,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.ingest",
         "dicomserver.archive",
         "dicomserver.stow",
+        "dicomserver.metadata_stream",
         "dicomserver.retrieve",
         "dicomserver.bulkdata",
         "dicomserver.render",

@@ -5,7 +5,8 @@ Study and Series columns hold the searchable attributes of their *latest* stored
 instance ("latest wins" when instances disagree) plus counters maintained in the
 same transaction as every write, so QIDO is one indexed query and never opens a blob.
 Instance rows carry the instance's frame offsets and, in InstanceMetadata, its DICOM
-JSON, so `/metadata` and frame retrieval need no parse of the stored file.
+JSON, so `/metadata` and frame retrieval need no parse of the stored file; SeriesMetadataCache
+keeps each series' `/metadata` compressed for gzip-accepting clients.
 """
 from __future__ import annotations
 
@@ -99,6 +100,30 @@ class InstanceMetadata(BaseModel):
     qido = pw.TextField(null=True)
 
 
+class SeriesMetadataCache(BaseModel):
+    """A series' `/metadata` text, deflated once and served to every gzip-accepting client.
+
+    Compressing a large study's DICOM JSON costs more CPU than everything else a
+    `/metadata` request does, so it is done once per version of a series (`version`,
+    '<newest watermark>-<count>' as in reads.py) and base URL (its BulkDataURIs are
+    absolute). `deflate` is a raw deflate stream ending in a sync flush: streams of several
+    series join into one gzip member (metadata_stream.py). An entry for an older version is
+    never served; a series' entries go with it (ON DELETE CASCADE).
+    """
+
+    id = pw.AutoField()
+    series = pw.ForeignKeyField(Series, on_delete="CASCADE")
+    base_url = pw.TextField()
+    version = pw.CharField(max_length=64)
+    #: CRC-32 and byte length of the text deflated, for the gzip trailer.
+    crc32 = pw.BigIntegerField()
+    length = pw.BigIntegerField()
+    deflate = pw.BlobField()
+
+    class Meta:
+        indexes = ((("series", "base_url"), True),)
+
+
 class RequestAttribute(BaseModel):
     """One item of a series' Request Attributes Sequence (0040,0275), for sequence matching."""
 
@@ -145,7 +170,7 @@ class AuditEvent(BaseModel):
         indexes = ((("subject", "id"), False), (("study", "id"), False))
 
 
-MODELS = (Study, Series, Instance, InstanceMetadata, RequestAttribute, Change, AuditEvent)
+MODELS = (Study, Series, Instance, InstanceMetadata, SeriesMetadataCache, RequestAttribute, Change, AuditEvent)
 
 
 class SchemaInfo(BaseModel):

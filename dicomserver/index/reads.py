@@ -4,11 +4,18 @@ Every WADO request starts with one of these, so their SQL text is built once per
 database and only values are bound (building a statement with peewee's query builder
 costs more than SQLite takes to run it; see writes.py). Rows come back as frozen
 dataclasses, never as peewee models, so what a caller gets is what the hints say.
+
+`/metadata` is read in pieces (metadata_stream.py streams it): the series and their
+versions first, then per series its instance ids, then their DICOM JSON a batch at a
+time. The one thing written here is derived data: a series' gzip-compressed `/metadata`
+(SeriesMetadataCache), kept per version so that no write path has to invalidate it.
 """
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
@@ -18,6 +25,14 @@ from ..errors import NotFound
 from ..metrics import INDEX_SECONDS
 from .connection import IndexDatabase
 from .models import Change, Instance, InstanceMetadata
+
+log = logging.getLogger(__name__)
+
+#: Instances per read of a streamed `/metadata` body (~250 KB of CT JSON: memory stays bounded,
+#: and each piece is joined, made absolute and encoded while it is still in the CPU cache).
+METADATA_BATCH = 50
+#: Base URLs a series' gzip cache is kept for (each deployment answers under one or a few).
+METADATA_CACHE_BASES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +62,30 @@ class StoredInstance:
     series_number: int | None
     #: The DICOM JSON text stored at STOW (BulkDataURIs relative, see dicomjson.py).
     metadata: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesVersion:
+    """One series of a `/metadata` answer: its row id, and the newest watermark and number of
+    its instances in the answer."""
+
+    id: int
+    newest: int
+    count: int
+
+    @property
+    def version(self) -> str:
+        return version_tag(self.newest, self.count)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedDeflate:
+    """A series' `/metadata` text as a raw deflate stream ending in a sync flush, with the
+    CRC-32 and length of the text, which the gzip trailer needs."""
+
+    crc32: int
+    length: int
+    deflate: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +128,14 @@ class IndexReads(IndexDatabase):
     def __init__(self, database_url: str, **options: Any):
         super().__init__(database_url, **options)
         self._read_sql: dict[tuple[SqlBuilder, bool, bool], str] = {}
+        p = self.db.param
+        ids = f'SELECT "id", "watermark" FROM "instance" WHERE "series_id" = {p}'
+        order = 'ORDER BY "instance_number", "id"'
+        self._metadata_ids_sql = {False: f"{ids} {order}", True: f'{ids} AND "sop_instance_uid" = {p} {order}'}
+        self._metadata_texts_sql = (
+            f'SELECT "instance_id", "metadata" FROM "instance_metadata" '
+            f'WHERE "instance_id" IN ({", ".join([p] * METADATA_BATCH)})'
+        )
 
     @INDEX_SECONDS.labels("instances").time()
     def instances(
@@ -102,18 +149,79 @@ class IndexReads(IndexDatabase):
         return rows
 
     @INDEX_SECONDS.labels("metadata").time()
-    def metadata(
+    def metadata_series(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-    ) -> tuple[list[str], str]:
-        """The stored DICOM JSON texts (one per instance, unparsed) and a version tag.
-
-        The tag is '<newest watermark>-<count>': it changes whenever an instance is
-        added, replaced or removed, which is what a metadata ETag must follow.
-        """
-        rows = self._execute_cached(_metadata_sql, study_uid, series_uid, sop_uid).fetchall()
+    ) -> list[SeriesVersion]:
+        """The series of a study/series/instance in answer order, each with the version of its
+        instances there (one aggregate over the instance rows; no DICOM JSON read); 404 if none."""
+        rows = self._execute_cached(_metadata_series_sql, study_uid, series_uid, sop_uid).fetchall()
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
-        return [text for text, _ in rows], f"{max(w for _, w in rows)}-{len(rows)}"
+        return [SeriesVersion(series_id, newest, count) for series_id, newest, count in rows]
+
+    def metadata_ids(self, series_id: int, sop_uid: str | None = None) -> tuple[list[int], str]:
+        """The instance ids of a series (or of its one instance) in answer order, and the
+        version of exactly those rows (one statement, so the two agree)."""
+        sql = self._metadata_ids_sql[sop_uid is not None]
+        with self._connected():
+            rows = self.db.execute_sql(sql, (series_id,) if sop_uid is None else (series_id, sop_uid)).fetchall()
+        return [row[0] for row in rows], version_tag(max((row[1] for row in rows), default=0), len(rows))
+
+    def metadata_texts(self, ids: Sequence[int]) -> list[str]:
+        """The DICOM JSON texts stored at STOW of up to METADATA_BATCH instances, in the order
+        of `ids`; an instance deleted since its id was read is left out."""
+        padded = list(ids) + [ids[-1]] * (METADATA_BATCH - len(ids))  # one statement text
+        with self._connected():
+            found = dict(self.db.execute_sql(self._metadata_texts_sql, padded).fetchall())
+        return [found[i] for i in ids if i in found]
+
+    def cached_metadata(self, series_id: int, base_url: str, version: str) -> CachedDeflate | None:
+        """The series' deflated `/metadata` text for this base URL, if built for this version."""
+        sql = (
+            f'SELECT "crc32", "length", "deflate" FROM "series_metadata_cache" '
+            f'WHERE "series_id" = {self.db.param} AND "base_url" = {self.db.param} AND "version" = {self.db.param}'
+        )
+        with self._connected():
+            row = self.db.execute_sql(sql, (series_id, base_url, version)).fetchone()
+        return None if row is None else CachedDeflate(row[0], row[1], bytes(row[2]))
+
+    def cache_metadata(self, series_id: int, base_url: str, version: str, entry: CachedDeflate) -> None:
+        """Keep a series' deflated `/metadata` text (the newest METADATA_CACHE_BASES base URLs
+        per series). Best effort: a cache that cannot be written (a read-only database, a busy
+        writer lock) only costs the next reader the compression again."""
+        p = self.db.param
+        table = '"series_metadata_cache"'
+        newest = f'SELECT "id" FROM {table} WHERE "series_id" = {p} ORDER BY "id" DESC LIMIT {METADATA_CACHE_BASES}'
+        try:
+            with self._connected(), self.write_transaction():
+                self.db.execute_sql(
+                    f'DELETE FROM {table} WHERE "series_id" = {p} AND "base_url" = {p}', (series_id, base_url)
+                )
+                self.db.execute_sql(
+                    f'INSERT INTO {table} ("series_id", "base_url", "version", "crc32", "length", "deflate") '
+                    f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+                    (series_id, base_url, version, entry.crc32, entry.length, entry.deflate),
+                )
+                self.db.execute_sql(
+                    f'DELETE FROM {table} WHERE "series_id" = {p} AND "id" NOT IN ({newest})',
+                    (series_id, series_id),
+                )
+        except pw.DatabaseError as exc:
+            log.warning("the gzip cache of series %s was not stored: %s", series_id, exc)
+
+    @contextmanager
+    def _connected(self) -> Iterator[None]:
+        """A connection for the reads a streamed `/metadata` body makes: it runs after the
+        request's teardown gave the pooled connection back, so it takes one per batch and
+        returns it (never holding one while a slow client reads)."""
+        if not self.db.is_closed():
+            yield
+            return
+        self.connect()
+        try:
+            yield
+        finally:
+            self.close()
 
     def stored_counts(self) -> tuple[int, int]:
         """(studies, instances) in the archive, for /metrics: one pass over the study rows' counters."""
@@ -200,23 +308,35 @@ def _instances_sql(param: str, by_series: bool, by_sop: bool) -> str:
     return _by_uids(_INSTANCE_COLUMNS, param, by_series, by_sop)
 
 
-def _metadata_sql(param: str, by_series: bool, by_sop: bool) -> str:
-    return _by_uids('m."metadata", i."watermark"', param, by_series, by_sop)
+def _metadata_series_sql(param: str, by_series: bool, by_sop: bool) -> str:
+    columns, tail = 'se."id", MAX(i."watermark"), COUNT(*)', 'GROUP BY se."id" ORDER BY se."id"'
+    return _by_uids(columns, param, by_series, by_sop, tail=tail, with_metadata=False)
 
 
-def _by_uids(columns: str, param: str, by_series: bool, by_sop: bool) -> str:
+def _by_uids(
+    columns: str, param: str, by_series: bool, by_sop: bool, *,
+    tail: str = 'ORDER BY se."id", i."instance_number", i."id"', with_metadata: bool = True,
+) -> str:
     """SELECT `columns` of a study's/series'/instance's instances, in series then instance order."""
     where = [f's."study_instance_uid" = {param}']
     if by_series:
         where.append(f'se."series_instance_uid" = {param}')
     if by_sop:
         where.append(f'i."sop_instance_uid" = {param}')
+    join = ' JOIN "instance_metadata" AS m ON m."instance_id" = i."id"' if with_metadata else ""
     return (
         f"SELECT {columns} "
         f'FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
-        f'JOIN "study" AS s ON s."id" = i."study_id" JOIN "instance_metadata" AS m ON m."instance_id" = i."id" '
-        f'WHERE {" AND ".join(where)} ORDER BY se."id", i."instance_number", i."id"'
+        f'JOIN "study" AS s ON s."id" = i."study_id"{join} '
+        f'WHERE {" AND ".join(where)} {tail}'
     )
+
+
+def version_tag(newest_watermark: int, count: int) -> str:
+    """'<newest watermark>-<count>': it changes whenever an instance is added, replaced or
+    removed (a new version gets a higher watermark; removals lower the count, and what is
+    left below a watermark only shrinks), which is what a metadata ETag must follow."""
+    return f"{newest_watermark}-{count}"
 
 
 def _not_found_message(study_uid: str, series_uid: str | None, sop_uid: str | None) -> str:

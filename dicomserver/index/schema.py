@@ -14,14 +14,24 @@ from typing import TYPE_CHECKING
 
 from playhouse.migrate import SchemaMigrator, migrate
 
-from .models import MODELS, AuditEvent, Instance, InstanceMetadata, RequestAttribute, SchemaInfo, Series, Study
+from .models import (
+    MODELS,
+    AuditEvent,
+    Instance,
+    InstanceMetadata,
+    RequestAttribute,
+    SchemaInfo,
+    Series,
+    SeriesMetadataCache,
+    Study,
+)
 
 if TYPE_CHECKING:
     from . import Index
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: What the stored `instance_metadata.qido` members were built from (query.QIDO_TAGS).
 #: A change of QIDO_TAGS needs a migration that sets `qido` to NULL (the backfill then
 #: rebuilds it) and a new fingerprint here; tests/test_schema.py compares the two.
@@ -105,10 +115,16 @@ def _v6_to_v7(index: Index) -> bool:
     return False
 
 
+def _v7_to_v8(index: Index) -> bool:
+    """The per-series gzip cache of `/metadata` (SeriesMetadataCache); it fills on first reads."""
+    index.db.create_tables([SeriesMetadataCache])
+    return False
+
+
 #: MIGRATIONS[v] takes a database at version v to v + 1; True asks for derived columns
 #: to be recomputed once the schema is current (the code that does it expects that).
 MIGRATIONS: dict[int, Callable[[Index], bool]] = {
-    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
 }
 
 

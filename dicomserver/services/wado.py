@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from .. import retrieve
-from ..media import DICOM_JSON, negotiate_retrieve, parse_accept, require_json
+from ..media import negotiate_retrieve, parse_accept, require_json
 from ..transcode import log_capabilities
 from ..uids import parse_frame_list, require_uids
 from .web import archive, base_url, requires, stream
@@ -32,12 +32,10 @@ def retrieve_instances(study: str, series: str | None = None, instance: str | No
 def metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     uids = require_uids(study, series, instance)
     require_json(parse_accept(request.headers.get("Accept")))
-    found = retrieve.metadata(archive(), uids, base_url())
-    if found.etag in request.if_none_match:
-        return Response(status=304, headers={"ETag": f'"{found.etag}"'})
-    response = Response(found.body(), content_type=DICOM_JSON)
-    response.set_etag(found.etag)
-    return response
+    found = retrieve.metadata(archive(), uids, base_url(), request.headers.get("Accept-Encoding"))
+    if request.if_none_match.contains_weak(found.etag):  # If-None-Match compares weakly (RFC 9110 13.1.2)
+        return Response(status=304, headers=list(found.headers))
+    return stream(found.body())
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>")
