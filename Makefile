@@ -5,8 +5,8 @@ PORT ?= 8080
 HOST ?= 127.0.0.1
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-# make bench: instances to generate and store, rounds per server, extra bench/run.py flags
-N ?= 3000
+# make bench: data sizes (comma-separated instance counts, each measured on its own), rounds per server, extra bench/run.py flags
+N ?= 500,3000
 REPEAT ?= 3
 BENCH_ARGS ?=
 # make fuzz: examples per property test (default: the "fuzz" profile's), seconds per atheris target
@@ -131,8 +131,8 @@ fuzz: install-test
 	else echo "atheris is not installed: the parser harnesses were skipped (pip install atheris)"; fi; \
 	exit $$status
 
-## dicomserver beside Orthanc and nginx, written to docs/benchmarks.md (about 20 min on 2 cores;
-## smaller: make bench N=500 REPEAT=3; more flags: BENCH_ARGS="--servers dicomserver --ops metadata")
+## dicomserver beside Orthanc and nginx at N=500 and N=3000 side by side, written to docs/benchmarks.md
+## (about 40 min on 2 cores; one size: make bench N=3000; more flags: BENCH_ARGS="--servers dicomserver --ops metadata")
 bench: install-bench
 	BENCH_INVOKED_AS="make bench N=$(N) REPEAT=$(REPEAT)$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 		$(BIN)/python bench/run.py --n $(N) --repeat $(REPEAT) $(BENCH_ARGS)

@@ -11,6 +11,12 @@ git-ignored) with a `manifest.json` describing them; a later run with the same N
 and seed reuses them.
 
     python bench/generate.py --n 3000           # writes bench/.data/3000/
+    python bench/generate.py --big-study 5000   # writes bench/.data/big-5000/
+
+`generate_big_study` writes the other data set: one study of many small instances
+(64x64 pixels, so 5,000 of them stay about 60 MB) in 3 series (2/5, 2/5 and 1/5 of
+them: 2,000 + 2,000 + 1,000 for 5,000) with a realistic CT header of about a hundred
+attributes, for the study and series /metadata of a big study.
 """
 from __future__ import annotations
 
@@ -35,6 +41,9 @@ INSTANCES_PER_STUDY = 25
 SERIES_SIZES = (9, 8, 8)  # instances per series; sums to INSTANCES_PER_STUDY
 ROWS = COLUMNS = 512
 CACHE_ROOT = Path(__file__).resolve().parent / ".data"
+#: The big study: instances per series as fractions of the whole (2,000 + 2,000 + 1,000 of 5,000).
+BIG_SERIES_FRACTIONS = (0.4, 0.4, 0.2)
+BIG_ROWS = BIG_COLUMNS = 64
 
 SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
@@ -229,6 +238,176 @@ def _write_instance(job: tuple) -> int:
     return path.stat().st_size
 
 
+def big_study_plan(n: int, seed: int = DEFAULT_SEED) -> Study:
+    """One study of n instances in len(BIG_SERIES_FRACTIONS) series (the last takes the rest)."""
+    if n < len(BIG_SERIES_FRACTIONS):
+        raise ValueError(f"a big study needs at least {len(BIG_SERIES_FRACTIONS)} instances")
+    sizes = [int(n * f) for f in BIG_SERIES_FRACTIONS[:-1]]
+    sizes.append(n - sum(sizes))
+    study = Study(uid=_uid(seed, "big", n, "study"), patient_id="BIG000001", patient_name="BIGSTUDY^PATIENT",
+                  study_date="20240315", accession="BIG0000001", modality="CT")
+    for k, size in enumerate(sizes):
+        series = Series(uid=_uid(seed, "big", n, "series", k), number=k + 1, modality="CT")
+        for i in range(size):
+            series.instances.append(_uid(seed, "big", n, "instance", k, i))
+            series.files.append(f"{k}/{i:05d}.dcm")
+        study.series.append(series)
+    return study
+
+
+def _write_big_instance(job: tuple) -> int:
+    """One small CT instance with a header as a scanner writes it (about a hundred attributes)."""
+    directory, seed, study, series, index, sop_uid, rel = job
+    rng = np.random.default_rng([seed, series["number"], index, 64])
+    z = -1.25 * index
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "CT_SOM5 SPI"]
+    ds.InstanceCreationDate = study["study_date"]
+    ds.InstanceCreationTime = "101530.123000"
+    ds.SOPClassUID = SOP_CLASSES["CT"]
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study["study_date"]
+    ds.StudyTime = "101200.000000"
+    ds.SeriesTime = f"1013{series['number']:02d}.000000"
+    ds.AcquisitionTime = ds.ContentTime = f"1014{index % 60:02d}.{index:06d}"
+    ds.AccessionNumber = study["accession"]
+    ds.Modality = "CT"
+    ds.Manufacturer = "dicomserver-bench"
+    ds.InstitutionName = "BENCH GENERAL HOSPITAL"
+    ds.InstitutionAddress = "1 Benchmark Road, Testville"
+    ds.ReferringPhysicianName = "BENCH^REFERRER^^DR"
+    ds.StationName = "CTBENCH01"
+    ds.StudyDescription = "CT CHEST ABDOMEN PELVIS WITH CONTRAST"
+    ds.SeriesDescription = f"AXIAL {1.25 * series['number']:.2f} B30f"
+    ds.InstitutionalDepartmentName = "RADIOLOGY"
+    ds.PerformingPhysicianName = "BENCH^TECHNOLOGIST"
+    ds.OperatorsName = "BENCH^OPERATOR"
+    ds.ManufacturerModelName = "BenchScan 128"
+    code = Dataset()
+    code.CodeValue = "CTCAP"
+    code.CodingSchemeDesignator = "99BENCH"
+    code.CodeMeaning = "CT chest abdomen pelvis"
+    ds.ProcedureCodeSequence = [code]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = SOP_CLASSES["CT"]
+    ref.ReferencedSOPInstanceUID = _uid(seed, "big", "localizer", study["uid"])
+    ds.ReferencedImageSequence = [ref]
+    ds.PatientName = study["patient_name"]
+    ds.PatientID = study["patient_id"]
+    ds.IssuerOfPatientID = "BENCH"
+    ds.PatientBirthDate = "19580704"
+    ds.PatientSex = "F"
+    ds.PatientAge = "065Y"
+    ds.PatientSize = 1.68
+    ds.PatientWeight = 71.5
+    ds.BodyPartExamined = "CHEST"
+    ds.ContrastBolusAgent = "IOHEXOL 350"
+    ds.ScanOptions = "HELICAL_CT"
+    ds.SliceThickness = 1.25
+    ds.KVP = 120
+    ds.SpacingBetweenSlices = 1.25
+    ds.DataCollectionDiameter = 500
+    ds.DeviceSerialNumber = "BENCH-0001"
+    ds.SoftwareVersions = ["syngo CT VA48A", "bench 1.0"]
+    ds.ProtocolName = "CAP_CONTRAST"
+    ds.ReconstructionDiameter = 380
+    ds.DistanceSourceToDetector = 1085.6
+    ds.DistanceSourceToPatient = 595
+    ds.GantryDetectorTilt = 0
+    ds.TableHeight = 152.5
+    ds.RotationDirection = "CW"
+    ds.ExposureTime = 500
+    ds.XRayTubeCurrent = 180 + index % 40
+    ds.Exposure = 90 + index % 20
+    ds.FilterType = "FLAT"
+    ds.GeneratorPower = 22
+    ds.FocalSpots = 1.2
+    ds.ConvolutionKernel = "B30f"
+    ds.PatientPosition = "FFS"
+    ds.RevolutionTime = 0.5
+    ds.SingleCollimationWidth = 0.6
+    ds.TotalCollimationWidth = 38.4
+    ds.TableSpeed = 46
+    ds.TableFeedPerRotation = 23
+    ds.SpiralPitchFactor = 0.6
+    ds.CTDIvol = 9.87
+    ds.StudyInstanceUID = study["uid"]
+    ds.SeriesInstanceUID = series["uid"]
+    ds.StudyID = "1"
+    ds.SeriesNumber = series["number"]
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = index + 1
+    ds.ImagePositionPatient = [-190.0, -190.0, z]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.FrameOfReferenceUID = _uid(seed, "big", "frame-of-reference", study["uid"])
+    ds.PositionReferenceIndicator = "SN"
+    ds.SliceLocation = z
+    ds.ImageComments = f"bench big study, series {series['number']}, slice {index + 1}"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = BIG_ROWS
+    ds.Columns = BIG_COLUMNS
+    ds.PixelSpacing = [5.9375, 5.9375]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.SmallestImagePixelValue = 0
+    ds.LargestImagePixelValue = 4095
+    ds.WindowCenter = [40, 300]
+    ds.WindowWidth = [400, 1500]
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.RescaleType = "HU"
+    ds.WindowCenterWidthExplanation = ["WINDOW1", "WINDOW2"]
+    ds.PixelData = rng.integers(0, 4096, size=(BIG_ROWS, BIG_COLUMNS), dtype="<u2").tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1255.1"
+    meta.ImplementationVersionName = "DSBENCH1"
+    ds.file_meta = meta
+    path = Path(directory) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    tmp.replace(path)
+    return path.stat().st_size
+
+
+def generate_big_study(n: int, seed: int = DEFAULT_SEED, cache_root: Path = CACHE_ROOT, *,
+                       jobs: int | None = None, log=print) -> DataSet:
+    """The big study of n instances, in cache_root/big-<n>[-<seed>]/ unless already there."""
+    name = f"big-{n}" if seed == DEFAULT_SEED else f"big-{n}-{seed}"
+    directory = Path(cache_root) / name
+    cached = load(directory)
+    if cached is not None and cached.n == n and cached.seed == seed:
+        return cached
+    study = big_study_plan(n, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    _manifest_path(directory).unlink(missing_ok=True)
+    work = [
+        (str(directory), seed, asdict(study), asdict(series), i, sop, rel)
+        for series in study.series
+        for i, (sop, rel) in enumerate(zip(series.instances, series.files, strict=True))
+    ]
+    log(f"generating a study of {n} small instances into {directory} ...")
+    with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        sizes = list(pool.map(_write_big_instance, work, chunksize=64))
+    return _write_manifest(DataSet(directory, n, seed, [study], sum(sizes)))
+
+
+def _write_manifest(data: DataSet) -> DataSet:
+    manifest = {"format": FORMAT_VERSION, "n": data.n, "seed": data.seed, "total_bytes": data.total_bytes,
+                "studies": [asdict(s) for s in data.studies]}
+    tmp = _manifest_path(data.directory).with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest))
+    tmp.replace(_manifest_path(data.directory))  # the manifest last: its presence means "complete"
+    return data
+
+
 def _manifest_path(directory: Path) -> Path:
     return directory / "manifest.json"
 
@@ -268,22 +447,20 @@ def generate(n: int, seed: int = DEFAULT_SEED, cache_root: Path = CACHE_ROOT, *,
     jobs = jobs or os.cpu_count() or 1
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         sizes = list(pool.map(_write_instance, work, chunksize=16))
-    data = DataSet(directory, n, seed, studies, sum(sizes))
-    manifest = {"format": FORMAT_VERSION, "n": n, "seed": seed, "total_bytes": data.total_bytes,
-                "studies": [asdict(s) for s in studies]}
-    tmp = _manifest_path(directory).with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest))
-    tmp.replace(_manifest_path(directory))  # the manifest last: its presence means "complete"
-    return data
+    return _write_manifest(DataSet(directory, n, seed, studies, sum(sizes)))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3000, help="number of instances (default 3000)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--big-study", type=int, metavar="N", help="write the big study of N instances instead")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_ROOT)
     args = parser.parse_args(argv)
-    data = generate(args.n, args.seed, args.cache_dir)
+    if args.big_study:
+        data = generate_big_study(args.big_study, args.seed, args.cache_dir)
+    else:
+        data = generate(args.n, args.seed, args.cache_dir)
     print(f"{data.n} instances, {len(data.studies)} studies, {data.total_bytes / 1e6:.1f} MB in {data.directory}")
     return 0
 

@@ -6,9 +6,13 @@
   bytes, errors and latency percentiles, plus wrk's own CPU time (from wait4), so a
   saturated client is visible in the report.
 * `run_stow` POSTs multipart/related bodies from a thread pool and checks every answer.
+* `run_gets` GETs slow, big answers (a big study's /metadata) from a thread pool: every
+  connection runs for a fixed time but at least one request, so a server taking seconds
+  per answer gets a few requests and a fast one many, with the same client for both.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -35,11 +39,16 @@ class BenchmarkError(RuntimeError):
     """A server answered wrongly or a tool failed: the run stops, loudly."""
 
 
+class NoAnswerInTime(BenchmarkError):
+    """wrk ended without one complete answer: each took longer than the test (a loaded machine)."""
+
+
 # -- server resources ----------------------------------------------------------------------
 
 @dataclass
 class Resources:
     peak_rss: int = 0  # bytes, all processes summed, highest sample
+    start_rss: int = 0  # bytes, all processes summed, when the test started
     peak_pss: int = 0  # bytes, proportional set size summed (shared pages counted once)
     cpu_seconds: float = 0.0  # user + system of all processes during the test
     processes: int = 0  # how many distinct processes were seen
@@ -81,7 +90,7 @@ class ResourceMonitor:
             current.append(proc)
         return current
 
-    def _sample(self, with_pss: bool) -> None:
+    def _sample(self, with_pss: bool) -> int:
         rss = pss = 0
         for proc in self._processes():
             try:
@@ -101,6 +110,7 @@ class ResourceMonitor:
         self.result.peak_rss = max(self.result.peak_rss, rss)
         if with_pss:
             self.result.peak_pss = max(self.result.peak_pss, pss)
+        return rss
 
     def _run(self) -> None:
         count = 0
@@ -110,7 +120,7 @@ class ResourceMonitor:
 
     def __enter__(self) -> ResourceMonitor:
         self._started = time.time() - 1.0  # create_time has a coarse clock
-        self._sample(with_pss=True)
+        self.result.start_rss = self._sample(with_pss=True)
         self._machine_start = psutil.cpu_times()
         self._harness_start = time.process_time()
         self._thread.start()
@@ -217,13 +227,15 @@ def wrk_available() -> bool:
 
 
 def run_wrk(origin: str, paths: list[str], accept: str | None, *, connections: int, duration: float,
-            timeout: float = 30.0, close_delimited: bool = False) -> WrkResult:
+            timeout: float = 30.0, close_delimited: bool = False, warmup: bool = False) -> WrkResult:
     """wrk with `connections` connections and as many threads, cycling through paths.
 
     close_delimited: the server ends each response by closing the connection (no
     Content-Length, not chunked; Orthanc does this for studies). wrk then counts one
     "read" error per response although the response is complete; those are expected.
     Any other error (connect, write, timeout, HTTP status >= 400) stops the run.
+    warmup: no answer within the duration is no error (a slow server's first answers may take
+    longer than a short warm-up; wrk does not count requests still in flight).
     """
     if not paths:
         raise BenchmarkError("no paths to request")
@@ -262,7 +274,9 @@ def run_wrk(origin: str, paths: list[str], accept: str | None, *, connections: i
     errors = {k: v for k, v in summary["errors"].items() if v}
     if close_delimited and errors.get("read", 0) <= summary["requests"] + connections:
         errors.pop("read", None)
-    if errors or summary["requests"] == 0:
+    if summary["requests"] == 0 and not errors and not warmup:
+        raise NoAnswerInTime(f"no answer within {duration:g} s: {origin}{paths[0]} Accept: {accept}")
+    if errors or (summary["requests"] == 0 and not warmup):
         raise BenchmarkError(
             f"wrk saw errors {errors} in {summary['requests']} requests ('status' counts HTTP >= 400); "
             f"first path {origin}{paths[0]} Accept: {accept}\n{output}"
@@ -276,6 +290,67 @@ def run_wrk(origin: str, paths: list[str], accept: str | None, *, connections: i
         p95_ms=lat["p95"] / 1000,
         p99_ms=lat["p99"] / 1000,
         client_cpu_seconds=usage.ru_utime + usage.ru_stime,
+    )
+
+
+# -- a Python client for slow answers -----------------------------------------------------
+
+def run_gets(origin: str, paths: list[str], headers: dict[str, str], *, connections: int, duration: float,
+             timeout: float = 300.0) -> WrkResult:
+    """GET paths (cycled) on `connections` keep-alive connections, each for `duration` seconds
+    but at least one request; bodies are read into one buffer and dropped.
+
+    wrk's fixed duration does not fit answers that take seconds (a test would end with
+    requests in flight, uncounted); here every request started is completed and counted.
+    Any status but 200 stops the run.
+    """
+    if not paths:
+        raise BenchmarkError("no paths to request")
+    host, port = origin.split("://", 1)[1].rsplit(":", 1)
+    latencies: list[float] = []
+    received = [0]
+    lock = threading.Lock()
+
+    def connection(number: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        counter = number * (len(paths) // max(1, connections) + 1)
+        try:
+            while True:
+                path = paths[counter % len(paths)]
+                counter += 1
+                started = time.perf_counter()
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                size = sum(len(line) for line in str(response.headers).splitlines()) + 16
+                while True:
+                    n = response.readinto(view)
+                    if not n:
+                        break
+                    size += n
+                elapsed = time.perf_counter() - started
+                if response.status != 200:
+                    raise BenchmarkError(f"GET {origin}{path} answered {response.status}")
+                with lock:
+                    latencies.append(elapsed)
+                    received[0] += size
+                if time.perf_counter() - begun >= duration:
+                    return
+        finally:
+            conn.close()
+
+    cpu_before = time.process_time()
+    begun = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="get") as pool:
+        for future in [pool.submit(connection, i) for i in range(connections)]:
+            future.result()
+    seconds = time.perf_counter() - begun
+    latencies.sort()
+    return WrkResult(
+        requests=len(latencies), seconds=seconds, bytes=received[0],
+        p50_ms=percentile(latencies, 50) * 1000, p95_ms=percentile(latencies, 95) * 1000,
+        p99_ms=percentile(latencies, 99) * 1000, client_cpu_seconds=time.process_time() - cpu_before,
     )
 
 

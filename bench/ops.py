@@ -11,7 +11,10 @@ studies a query must match); a wrong or missing answer stops the run.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,11 +46,18 @@ P50_MS = Metric("p50_ms", "p50 ms", False)
 
 
 @dataclass(frozen=True)
+class Target:
+    """A ratio the report checks at the highest concurrency, and the issue that asked for it."""
+    ratio: float
+    issue: int
+
+
+@dataclass(frozen=True)
 class StowOp:
     key: str
     label: str
     per_request: int
-    target: float | None  # the issue's ratio target at concurrency 4
+    target: Target | None  # the issue's ratio target at concurrency 4
     metric: Metric = INSTANCES_PER_S
 
 
@@ -56,7 +66,7 @@ class GetOp:
     key: str
     label: str
     metric: Metric
-    target: float | None
+    target: Target | None
     #: Accept per server name; "default" for any other server (standard DICOMweb).
     accept: dict[str, str]
     #: Random valid paths (relative to the DICOMweb root) for this data set.
@@ -64,14 +74,16 @@ class GetOp:
     #: Raises BenchmarkError unless the answer to path is right.
     check: Callable[[requests.Response, DataSet, str], None]
     note: str = ""
+    #: Draw the paths as this operation does (the same requests, e.g. multipart beside single part).
+    same_paths_as: str | None = None
 
     def accept_for(self, server: str) -> str:
         return self.accept.get(server, self.accept["default"])
 
 
 STOW_OPS = [
-    StowOp("stow-1", "STOW, 1 instance per request", 1, 2.0),
-    StowOp("stow-10", "STOW, 10 instances per request", 10, 2.0),
+    StowOp("stow-1", "STOW, 1 instance per request", 1, Target(1.5, 13)),
+    StowOp("stow-10", "STOW, 10 instances per request", 10, Target(1.5, 13)),
 ]
 
 
@@ -184,6 +196,35 @@ def _find(data: DataSet, path: str):
     raise KeyError(path)
 
 
+def multipart_parts(response: requests.Response) -> list[bytes]:
+    """The part bodies of a multipart/related answer (its boundary from Content-Type)."""
+    match = re.search(r'boundary="?([^";]+)"?', response.headers.get("Content-Type", ""))
+    if not response.headers.get("Content-Type", "").startswith("multipart/related") or not match:
+        return []
+    delimiter = b"\r\n--" + match.group(1).encode()
+    body = b"\r\n" + response.content  # the first delimiter needs no CRLF before it
+    chunks = body.split(delimiter)
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        return []
+    parts = []
+    for chunk in chunks[1:-1]:
+        _head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            return []
+        parts.append(content)
+    return parts
+
+
+def _check_instance_multipart(response, data, path):
+    _ok(response, path)
+    *_, file = _find(data, path)
+    parts = multipart_parts(response)
+    if len(parts) != 1:
+        _fail(path, response, f"expected multipart/related with one part, got {len(parts)} parts")
+    if parts[0] != file.read_bytes():
+        _fail(path, response, "the part is not the stored file")
+
+
 def _check_instance(response, data, path):
     _ok(response, path)
     *_, file = _find(data, path)
@@ -266,7 +307,7 @@ def _check_instances_page(response, data, path):
 
 GET_OPS = [
     GetOp(
-        "wado-instance", "WADO instance", REQUESTS_PER_S, 5.0,
+        "wado-instance", "WADO instance", REQUESTS_PER_S, Target(5.0, 5),
         # dicomserver sends one instance as a single part (PS3.18 8.7.3.5.1); Orthanc 1.10 +
         # DICOMweb 1.7 answers 400 to that and only frames it as multipart/related.
         {"dicomserver": "application/dicom; transfer-syntax=*", "default": MULTIPART_DICOM_ANY},
@@ -276,34 +317,42 @@ GET_OPS = [
              "answers 400 to single-part). Same bytes plus ~230 B of multipart framing.",
     ),
     GetOp(
+        "wado-instance-multipart", "WADO instance, multipart", REQUESTS_PER_S, Target(1.5, 13),
+        {"default": MULTIPART_DICOM_ANY}, _instance_paths, _check_instance_multipart,
+        note="Both asked for `multipart/related; type=\"application/dicom\"; transfer-syntax=*`, the "
+             "same paths as WADO instance; the answer must be one part holding exactly the stored file. "
+             "dicomserver's multipart/single-part ratio is in the targets section.",
+        same_paths_as="wado-instance",
+    ),
+    GetOp(
         "wado-study", "WADO study (25 instances, multipart)", REQUESTS_PER_S, None,
         {"default": MULTIPART_DICOM_ANY}, _study_paths, _check_study,
     ),
     GetOp(
-        "frames", "WADO frames/1", REQUESTS_PER_S, 5.0,
+        "frames", "WADO frames/1", REQUESTS_PER_S, Target(5.0, 5),
         {"default": MULTIPART_FRAMES_ANY}, _frame_paths, _check_frame,
         note="Both asked for `multipart/related; type=\"application/octet-stream\"; transfer-syntax=*`; "
              "Orthanc answers with the transfer syntax inside the `type` parameter, both send the "
              "stored 512 KB frame unchanged.",
     ),
     GetOp(
-        "metadata", "study /metadata (25 instances)", REQUESTS_PER_S, 10.0,
+        "metadata", "study /metadata (25 instances)", REQUESTS_PER_S, Target(10.0, 5),
         {"default": DICOM_JSON}, lambda d, r: _study_paths(d, r, "/metadata"), _check_metadata,
     ),
     GetOp(
-        "qido-patientid", "QIDO studies?PatientID=", P50_MS, 5.0,
+        "qido-patientid", "QIDO studies?PatientID=", P50_MS, Target(5.0, 5),
         {"default": DICOM_JSON}, _patient_id_paths, _check_query(_by_patient_id),
     ),
     GetOp(
-        "qido-patientname", "QIDO studies?PatientName=ABC*", P50_MS, 5.0,
+        "qido-patientname", "QIDO studies?PatientName=ABC*", P50_MS, Target(5.0, 5),
         {"default": DICOM_JSON}, _patient_name_paths, _check_query(_by_name),
     ),
     GetOp(
-        "qido-studydate", "QIDO studies?StudyDate=range", P50_MS, 5.0,
+        "qido-studydate", "QIDO studies?StudyDate=range", P50_MS, Target(5.0, 5),
         {"default": DICOM_JSON}, _date_paths, _check_query(_by_date),
     ),
     GetOp(
-        "qido-instances", "QIDO instances?limit=100", P50_MS, 20.0,
+        "qido-instances", "QIDO instances?limit=100", P50_MS, Target(20.0, 5),
         {"default": DICOM_JSON}, _instances_limit_paths, _check_instances_page,
     ),
 ]
@@ -318,7 +367,7 @@ def nginx_paths(data: DataSet, rng: random.Random) -> list[str]:
 
 def paths_for(op: GetOp, data: DataSet, seed: int) -> list[str]:
     """The same random paths for every server and round (seeded by the operation's name)."""
-    return op.paths(data, random.Random(f"{seed}/{op.key}"))
+    return op.paths(data, random.Random(f"{seed}/{op.same_paths_as or op.key}"))
 
 
 def validate(op: GetOp, server, data: DataSet, path: str) -> dict:
@@ -335,3 +384,87 @@ def validate(op: GetOp, server, data: DataSet, path: str) -> dict:
         "close_delimited": "content-length" not in headers and "chunked" not in headers.get("Transfer-Encoding", "")
                            and headers.get("Connection", "").lower() == "close",
     }
+
+
+# -- dicomserver behind nginx (X-Accel-Redirect) -------------------------------------------
+
+#: The Accept of WADO instance through nginx: single part, as stored (dicomserver's own row's).
+PROXY_ACCEPT = "application/dicom; transfer-syntax=*"
+PROXY_OP = "wado-instance-nginx"
+
+
+def check_proxied_instance(response: requests.Response, data: DataSet, path: str) -> str | None:
+    """Why the answer through nginx is not an X-Accel answer of the stored file, or None if it is."""
+    *_, file = _find(data, path)
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}"
+    if response.content != file.read_bytes():
+        return f"the body ({len(response.content)} bytes) is not the stored file"
+    if response.headers.get("X-Bench-Accel") != "1":
+        return "dicomserver sent the bytes itself: no X-Accel-Redirect answer"
+    return None
+
+
+# -- the big study ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BigOp:
+    """One /metadata request of the big study, with or without Accept-Encoding: gzip."""
+    key: str
+    label: str
+    level: str  # "study" or "series" (the first, biggest series)
+    gzip: bool
+
+    def path(self, data: DataSet) -> str:
+        study = data.studies[0]
+        if self.level == "study":
+            return f"/studies/{study.uid}/metadata"
+        return f"/studies/{study.uid}/series/{study.series[0].uid}/metadata"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": DICOM_JSON}
+        if self.gzip:
+            headers["Accept-Encoding"] = "gzip"
+        return headers
+
+    def expected(self, data: DataSet) -> list[str]:
+        study = data.studies[0]
+        series = study.series if self.level == "study" else study.series[:1]
+        return [sop for s in series for sop in s.instances]
+
+
+BIG_OPS = [
+    BigOp("big-study-metadata", "big study /metadata", "study", False),
+    BigOp("big-study-metadata-gzip", "big study /metadata, gzip", "study", True),
+    BigOp("big-series-metadata", "big series /metadata", "series", False),
+    BigOp("big-series-metadata-gzip", "big series /metadata, gzip", "series", True),
+]
+#: The issue 13 targets of the big study's /metadata (both levels, both encodings).
+BIG_TARGET = Target(20.0, 13)
+BIG_P50_LIMIT_MS = 150.0
+BIG_RSS_GROWTH_LIMIT_MB = 50.0
+
+
+def fetch_big(op: BigOp, server, data: DataSet) -> dict:
+    """One answer of op from server, checked: every instance of the study or series once, with its
+    SOP Instance UID, gunzipped first when the answer says Content-Encoding: gzip."""
+    path = op.path(data)
+    response = requests.get(server.origin + server.base_path + path, headers=op.headers(), timeout=600,
+                            stream=True)
+    raw = response.raw.read(decode_content=False)
+    response._content = raw  # for _fail's message
+    if response.status_code != 200:
+        _fail(path, response, "not 200")
+    encoding = response.headers.get("Content-Encoding", "").lower()
+    try:
+        body = gzip.decompress(raw) if encoding == "gzip" else raw
+        documents = json.loads(body)
+    except (OSError, ValueError) as exc:
+        _fail(path, response, f"not {'gzipped ' if encoding == 'gzip' else ''}JSON ({exc})")
+    want = op.expected(data)
+    got = [d.get("00080018", {}).get("Value", [None])[0] for d in documents]
+    if len(got) != len(want) or set(got) != set(want):
+        _fail(path, response, f"{len(got)} objects ({len(set(got) & set(want))} of the expected SOP Instance "
+                              f"UIDs), expected the {len(want)} instances")
+    return {"status": 200, "bytes": len(raw), "json_bytes": len(body), "content_encoding": encoding or None,
+            "objects": len(documents)}

@@ -1,4 +1,5 @@
-"""The benchmark harness end to end, small: `bench/run.py --quick --n 50 --servers dicomserver`.
+"""The benchmark harness end to end, small: `bench/run.py --quick --n 50 --servers dicomserver`
+(with the quick big study of 200 instances and `dicomserver import`).
 
 Not the benchmark itself (that is `make bench`): this only proves the harness still
 runs against the current server, that every operation gets a positive figure, and
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ops import GET_OPS, STOW_OPS
+from bench.ops import BIG_OPS, GET_OPS, STOW_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def _table_rows(markdown: str, heading: str) -> dict[str, list[str]]:
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and not set(cells[0]) <= {"-"} and cells[0] != "operation":
+        if line.startswith("|") and not set(cells[0]) <= {"-"} and cells[0] not in ("operation", "N"):
             rows[cells[0]] = cells
     return rows
 
@@ -61,19 +62,23 @@ def test_quick_run_against_dicomserver(tmp_path):
     labels = [op.label for op in STOW_OPS + GET_OPS]
     for conc in (1, 4):
         rows = _table_rows(markdown, f"## Concurrency {conc}\n")
-        for label in labels:
+        for label in labels + ([op.label for op in BIG_OPS] if conc == 4 else []):
             assert label in rows, f"no row for {label!r} at concurrency {conc}:\n{markdown}"
-            # operation | metric | dicomserver
+            # operation | metric | dicomserver N=50
             assert _number(rows[label][2]) > 0, rows[label]
         assert _number(rows["peak RSS, whole run"][2]) > 0
 
     # The gunicorn floors (bench/floor_app.py) are measured and reported beside dicomserver.
     floors = _table_rows(markdown, "## WADO instance against nginx")
-    for conc in ("1", "4"):  # concurrency | nginx | wrk CPU | bare WSGI | Flask route | dicomserver | ...
-        assert _number(floors[conc][3]) > 0 and _number(floors[conc][4]) > 0, floors[conc]
+    assert set(floors) == {"50"}
+    for row in floors.values():  # N | concurrency | nginx | wrk CPU | bare WSGI | Flask route | dicomserver | ...
+        assert _number(row[4]) > 0 and _number(row[5]) > 0, row
 
     records = json.loads(out.with_suffix(".json").read_text())["records"]
     keys = {(r["op"], r["concurrency"]) for r in records if r["server"] == "dicomserver"}
-    assert keys == {(op.key, c) for op in STOW_OPS + GET_OPS for c in (1, 4)}
+    assert keys == ({(op.key, c) for op in STOW_OPS + GET_OPS for c in (1, 4)}
+                    | {(op.key, 4) for op in BIG_OPS} | {("big-stow", 4)})
+    imports = [r for r in records if r["server"] == "dicomserver-import"]
+    assert len(imports) == 1 and imports[0]["instances"] == 50 and imports[0]["instances_per_s"] > 0
     for r in records:
-        assert r["seconds"] > 0 and r["server_cpu_s"] > 0 and r["server_peak_rss"] > 0, r
+        assert r["n"] == 50 and r["seconds"] > 0 and r["server_cpu_s"] > 0 and r["server_peak_rss"] > 0, r
