@@ -248,6 +248,10 @@ def _parameters() -> dict[str, Json]:
             {"type": "string"},
         ),
         "If-Range": _header("If-Range", "Any value makes the server send the whole value (200)", {"type": "string"}),
+        "Accept-Encoding": _header(
+            "Accept-Encoding", "gzip (or x-gzip, or *) with a non-zero quality: the answer in gzip, one member "
+            "(RFC 9110 q-values; gzip;q=0 or no header: no coding)", {"type": "string"},
+        ),
         "rendered.accept": _query(
             "accept", "The media type(s) wanted, as in an Accept header; when present, used instead of it",
             {"type": "string"},
@@ -454,7 +458,8 @@ def _headers() -> dict[str, Json]:
         "Content-Range": header("bytes first-last/length (206), bytes */length (416)",
                                 {"type": "string", "pattern": r"^bytes ([0-9]+-[0-9]+|\*)/[0-9]+$"}, required=True),
         "Accept-Ranges": header("bytes", {"const": "bytes"}),
-        "Vary": header("Accept, when the media type was negotiated on the Accept header"),
+        "Vary": header("The request headers the answer was negotiated on: Accept, Accept-Encoding"),
+        "Content-Encoding": header("gzip, when Accept-Encoding allowed it", {"const": "gzip"}),
     }
 
 
@@ -540,12 +545,14 @@ def _retrieve_routes() -> list[Route]:
         }))
         routes.append(Route("GET", f"{path}/metadata", f"Retrieve the {level}'s metadata (WADO-RS)", "WADO-RS", {
             200: _answer("the DICOM JSON of each instance; binary values over DICOMWEB_BULKDATA_THRESHOLD, and "
-                         "Pixel Data, as absolute BulkDataURIs", DICOM_JSON_ARRAY, ["ETag"]),
-            304: _answer("If-None-Match named the current ETag", headers=["ETag"]),
+                         "Pixel Data, as absolute BulkDataURIs; streamed (chunked) past 50 instances, in gzip when "
+                         "Accept-Encoding allows it (then a weak ETag of its own)", DICOM_JSON_ARRAY,
+                         ["ETag", "Vary", "Content-Encoding"]),
+            304: _answer("If-None-Match named the current ETag of the variant asked for", headers=["ETag", "Vary"]),
             400: _error(_UID_ERRORS),
             404: _error(_NOT_FOUND),
             406: _error("the Accept header allows no JSON (use application/dicom+json)"),
-        }, parameters=("If-None-Match",)))
+        }, parameters=("If-None-Match", "Accept-Encoding")))
     frame_types = sorted(FRAME_MEDIA_TYPES)
     routes.append(Route("GET", _FRAMES, "Retrieve frames (WADO-RS)", "WADO-RS", {
         200: _answer("the frames in the order asked: multipart/related (type application/octet-stream or an image "
