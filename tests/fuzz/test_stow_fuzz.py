@@ -192,7 +192,20 @@ class Stow:
             doc = parts[0]
             intact = doc.json == "inline" or (len(parts) == 2 and parts[1].raw == PIXELS_4X4)
             return {_JSON_SOP} if doc.json and not doc.mutations and intact else set()
-        return {sop_of(p.base) for p in parts if p.base and not p.mutations}
+        # A part's own Content-Type decides what it is (the root type only stands in for a
+        # missing one): a valid file in a part that says it is something else need not be stored.
+        return {
+            sop_of(part.payload.base)
+            for part in self.body.parts
+            if isinstance(part.payload, Payload) and part.payload.base and not part.payload.mutations
+            and _says_dicom(part.headers)
+        }
+
+
+def _says_dicom(headers: tuple[str, ...]) -> bool:
+    """No Content-Type (the root type applies), or application/dicom itself."""
+    types = [line.split(":", 1)[1].strip().lower() for line in headers if line.split(":", 1)[0].strip().lower() == "content-type"]
+    return not types or types[0] in ("", DICOM)
 
 
 # -- strategies ------------------------------------------------------------------------
@@ -528,6 +541,8 @@ def store_and_check(stow: Stow, *, skip_known: bool = False) -> None:
 @example(stow=Stow("multipart/related", Body(boundary="a b", preamble=b"\r\n")))
 @example(stow=Stow(body=Body(parts=(Part(payload=Payload("native16", mutations=(("length", 26, 0xFFFFFFFF),))),))))
 @example(stow=Stow(body=Body(parts=(Part(payload=Payload("bulk_sequence", mutations=(("length", 28, 7),))),))))
+# A valid file in a part that says it is DICOM JSON: the part's type decides (a model error once).
+@example(stow=Stow(body=Body(parts=(Part(("Content-Type: application/dicom+json",), Payload("native16")),))))
 @example(
     stow=Stow(
         'multipart/related; type="application/dicom+json"; boundary=BOUNDARY',
