@@ -34,6 +34,7 @@ install-test: $(VENV)/.installed-test
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v dcm2json >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \

@@ -21,6 +21,11 @@ keep-alive connections at once) does not all land on whichever worker's event lo
 quickest. The step-back is bounded: if no other worker takes a waiting connection within
 that time, the busier one does.
 
+A multipart answer of stored files (retrieve.SegmentedFile: framing bytes and ranges of
+local files) goes out as a single file does: the worker's wsgi.file_wrapper claims it, and
+the connection writes the bytes with write(2) and each file range with sendfile(2), corked
+into full packets. Any other server reads it as chunks.
+
 TLS terminated by gunicorn itself is left to gthread as it is (put nginx in front:
 docs/deployment.md).
 """
@@ -30,6 +35,7 @@ import ctypes
 import errno
 import multiprocessing
 import os
+import select
 import selectors
 import socket
 import time
@@ -38,8 +44,10 @@ from functools import partial
 from typing import Any
 
 from gunicorn.http.body import ChunkedReader, LengthReader
+from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from .retrieve import SegmentedFile
 from .settings import Settings
 
 _HEAD_END = b"\r\n\r\n"
@@ -152,6 +160,59 @@ class ClientSocket(socket.socket):
                 raise
             return b""
 
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """gunicorn sends a file wrapper's file here; a SegmentedFile is sent segment by segment.
+
+        write(2) and sendfile(2) are called straight away, waiting for the client only when
+        the socket's buffer is full. The socket's own sendall() and sendfile() first wait
+        until a third of the buffer is free: after a file, the closing boundary would wait
+        for the client to read most of it, and the thread to be woken for it.
+        """
+        if not isinstance(file, SegmentedFile):
+            return super().sendfile(file, offset, count)
+        if count != file.length:  # gunicorn sends what the Content-Length says: it must be the body's
+            raise ConnectionAbortedError(f"a segmented body of {file.length} bytes was to be sent as {count}")
+        corked = self.family in (socket.AF_INET, socket.AF_INET6)
+        if corked:  # the framing and the files share packets; uncorking sends the last one at once
+            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        try:
+            for segment in file.segments:
+                if isinstance(segment, bytes):
+                    self._write_all(segment)
+                else:
+                    self._sendfile_all(file.open(segment.path).fileno(), segment.offset, segment.length)
+        finally:
+            if corked:
+                self.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        return count
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fileno(), view):]
+            except BlockingIOError:
+                self._wait_writable()
+
+    def _sendfile_all(self, fd: int, offset: int, length: int) -> None:
+        while length > 0:
+            try:
+                sent = os.sendfile(self.fileno(), fd, offset, min(length, 1 << 30))
+            except BlockingIOError:
+                self._wait_writable()
+                continue
+            if sent == 0:  # the file is shorter than the index says: the answer cannot be completed
+                raise ConnectionAbortedError("a stored file ended before the range served from it")
+            offset += sent
+            length -= sent
+
+    def _wait_writable(self) -> None:
+        """Wait until the client has read enough to write more (the blocking mode's deadline)."""
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLOUT)
+        if not poller.poll(self.io_timeout * 1000):
+            raise TimeoutError("timed out")
+
     def recv_more(self) -> bytes | None:
         """Non-blocking read for the head (event loop): new bytes, b"" at EOF or when the
         client reset the connection, None if none yet. Never raises: an exception here
@@ -164,8 +225,20 @@ class ClientSocket(socket.socket):
             return b""
 
 
+class FileWrapper(GunicornFileWrapper):
+    """The worker's wsgi.file_wrapper: gunicorn's, which also claims a SegmentedFile for
+    ClientSocket.sendfile (gunicorn's sendfile path needs its fileno)."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        super().__init__(filelike, blksize)
+        if isinstance(filelike, SegmentedFile):
+            filelike.sent_by_server = True
+
+
 class Worker(ThreadWorker):
     """gthread, with request heads read in the event loop and deadlines on every read."""
+
+    wsgi: Any  # the app, set by gunicorn's load_wsgi
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Runs in the master, before the fork: take a slot of the shared load table.
@@ -211,6 +284,20 @@ class Worker(ThreadWorker):
         #: Closed connections draining what the client still sends: (deadline, socket, bytes left).
         self.lingering: deque[list[Any]] = deque()
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        """Offer the app this worker's file wrapper on the connections whose sendfile it owns."""
+        super().load_wsgi()
+        app = self.wsgi
+        if self.cfg.is_ssl or self.cfg.sendfile is False:
+            return
+
+        def with_file_wrapper(environ: dict[str, Any], start_response: Any) -> Any:
+            if isinstance(environ.get("gunicorn.socket"), ClientSocket):
+                environ["wsgi.file_wrapper"] = FileWrapper
+            return app(environ, start_response)
+
+        self.wsgi = with_file_wrapper
 
     # -- the event loop: heads -------------------------------------------------
     def accept(self, listener: socket.socket) -> None:

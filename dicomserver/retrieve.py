@@ -11,13 +11,20 @@ transcoded too. Whatever is transcoded is converted before the status line goes 
 into one spool file per answer (memory, then disk): a failure in any instance or frame
 is still a clean 406, never a 200 cut short, and every answer has a Content-Length.
 Frames cut from the stored file are checked against its size first, for the same reason.
+
+What is served as stored from a local disk store is described as `segments` (framing
+bytes and ranges of stored files): gunicorn's worker sends the files by sendfile between
+the framing (gunicorn_worker.py), any other server reads them as one file (`SegmentedFile`),
+so a multipart answer costs about what a single-part one does.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import tempfile
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -48,6 +55,18 @@ CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
+class FileRange:
+    """`length` bytes of the local file at `path`, from `offset`."""
+
+    path: str
+    offset: int
+    length: int
+
+
+Segment = bytes | FileRange
+
+
+@dataclass(frozen=True)
 class Body:
     """A response body to stream: headers and a lazy iterator of chunks."""
 
@@ -59,6 +78,11 @@ class Body:
     local_path: str | None = None
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
+    #: Set (and `chunks` empty) when the body is framing bytes and ranges of local files:
+    #: what is served as stored from a local store, sent by sendfile (`SegmentedFile`).
+    segments: tuple[Segment, ...] | None = None
+    #: The blob key of `local_path` (the nginx X-Accel-Redirect mode names it).
+    blob_key: str | None = None
 
 
 def retrieve_instances(
@@ -252,6 +276,16 @@ def instances_body(store: BlobStore, instances: list[StoredInstance], rendition:
             length=instance.size,
             chunks=() if local_path else _blob_chunks(store, instance.blob_key, 0, instance.size),
             local_path=local_path,
+            blob_key=instance.blob_key if local_path else None,
+        )
+    if not any(plan.transcode for plan in plans) and (paths := _local_paths(store, instances)) is not None:
+        return segments_body(
+            MultipartWriter(),
+            rendition.media_type,
+            [
+                ({"Content-Type": part_content_type(rendition.media_type, plan.syntax)}, [FileRange(path, 0, i.size)])
+                for i, plan, path in zip(instances, plans, paths, strict=True)
+            ],
         )
     parts: list[Part] = []
     transcoded = _Spool(settings) if any(plan.transcode for plan in plans) else None
@@ -385,6 +419,13 @@ def frames_body(
                 f"frame {number} of instance {instance.sop_instance_uid} is not in the stored file, "
                 "which ends before it: the instance was stored with incomplete pixel data"
             )
+    local_path = store.local_path(instance.blob_key)
+    if local_path is not None:
+        files = [[FileRange(local_path, start, n) for start, n in frame] for frame in ranges]
+        if not rendition.multipart:
+            return _segments(content_type, files[0])
+        framed = [({"Content-Type": content_type}, frame) for frame in files]
+        return segments_body(MultipartWriter(), rendition.media_type, framed)
     if not rendition.multipart:
         return Body(content_type, sum(n for _, n in ranges[0]), ranges_chunks(store, instance.blob_key, ranges[0]))
     parts = [
@@ -437,6 +478,101 @@ def multipart_body(writer: MultipartWriter, media_type: str, parts: list[Part], 
     if spool is None:
         return Body(writer.content_type(media_type), length, generate())
     return Body(writer.content_type(media_type), length, _Closing(generate(), spool.close))
+
+
+def _local_paths(store: BlobStore, instances: list[StoredInstance]) -> list[str] | None:
+    """Where each instance's blob is on local disk (checked to exist now, before the status
+    line goes out); None when the store is not local."""
+    paths = []
+    for instance in instances:
+        path = store.local_path(instance.blob_key)
+        if path is None:
+            return None
+        paths.append(path)
+    return paths
+
+
+def segments_body(
+    writer: MultipartWriter, media_type: str, parts: list[tuple[dict[str, str], list[FileRange]]]
+) -> Body:
+    """Parts made of ranges of local files, framed as multipart/related (the same bytes as
+    `multipart_body`)."""
+    segments: list[Segment] = []
+    for headers, ranges in parts:
+        segments.append(writer.part_head(headers))
+        segments.extend(ranges)
+    segments.append(writer.close())
+    return _segments(writer.content_type(media_type), segments)
+
+
+def _segments(content_type: str, segments: Sequence[Segment]) -> Body:
+    length = sum(len(s) if isinstance(s, bytes) else s.length for s in segments)
+    return Body(content_type, length, (), segments=tuple(segments))
+
+
+class SegmentedFile:
+    """A body of framing bytes and ranges of local files, read as one file.
+
+    gunicorn's worker (gunicorn_worker.py) claims it in its wsgi.file_wrapper and sends
+    the files by sendfile between the bytes; any other server reads it. One file is open
+    at a time (a study of thousands of instances holds one descriptor), the first from
+    `open_first`, before the status line: a blob deleted since the index was read is
+    still a 404, not an answer cut short.
+    """
+
+    def __init__(self, segments: tuple[Segment, ...]) -> None:
+        self.segments = segments
+        self.length = sum(len(s) if isinstance(s, bytes) else s.length for s in segments)
+        #: Set by the server that sends the segments itself; until then fileno() refuses,
+        #: so a server that would sendfile() the fileno as one whole file reads instead.
+        self.sent_by_server = False
+        self._path: str | None = None
+        self._file: IO[bytes] | None = None
+        self._pieces = self._read_pieces()
+
+    def open_first(self) -> None:
+        first = next((s for s in self.segments if isinstance(s, FileRange)), None)
+        if first is not None:
+            self.open(first.path)
+
+    def open(self, path: str) -> IO[bytes]:
+        """The file at `path`, open; the one open before is closed, unless it is the same
+        (the frames of one instance follow each other)."""
+        if self._file is None or self._path != path:
+            self.close()
+            self._file = open(path, "rb")  # noqa: SIM115 - closed with the body or by the next open
+            self._path = path
+        return self._file
+
+    def fileno(self) -> int:
+        if not self.sent_by_server or self._file is None:
+            raise io.UnsupportedOperation("a segmented body has no single file")
+        return self._file.fileno()
+
+    def read(self, size: int | None = -1) -> bytes:
+        """The next piece (a framing segment or up to CHUNK bytes of a file; b"" at the end),
+        whatever `size`: the WSGI file wrappers iterate read() until it is empty."""
+        return next(self._pieces, b"")
+
+    def _read_pieces(self) -> Iterator[bytes]:
+        for segment in self.segments:
+            if isinstance(segment, bytes):
+                yield segment
+                continue
+            fd = self.open(segment.path).fileno()
+            start, left = segment.offset, segment.length
+            while left > 0:
+                chunk = os.pread(fd, min(CHUNK, left), start)
+                if not chunk:
+                    raise OSError(f"{segment.path} ended {left} bytes before the range served from it")
+                start += len(chunk)
+                left -= len(chunk)
+                yield chunk
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._path = None
 
 
 class _Closing:

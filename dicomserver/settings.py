@@ -7,6 +7,7 @@ the first request.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -87,6 +88,10 @@ class Settings:
     log_format: str = "text"
     #: When set, a scrape of /metrics must send `Authorization: Bearer <this>`.
     metrics_token: str | None = None
+    #: nginx X-Accel-Redirect mode: the prefix of nginx's internal location for the local blob
+    #: store's root (e.g. "/_dicomserver_blobs/"); a stored instance asked for as stored is an
+    #: empty answer naming its file, which nginx sends. None: dicomserver sends every byte.
+    accel_redirect: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -241,6 +246,17 @@ def _flag(raw: str) -> bool:
     raise ValueError("expected 1 or 0")
 
 
+def _accel_prefix(raw: str) -> str:
+    """An absolute URI path ending in '/', to which a blob key is appended as it is: keys are
+    [A-Za-z0-9._-] segments that never start with '.' (backends/base.py validate_key)."""
+    if not _ACCEL_PREFIX.fullmatch(raw):
+        raise ValueError("expected the path of an nginx internal location, e.g. /_dicomserver_blobs/")
+    return raw
+
+
+_ACCEL_PREFIX = re.compile(r"(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+/")
+
+
 _VARIABLES = (
     ("blobstore_url", "DICOMWEB_BLOBSTORE_URL", str),
     ("database_url", "DICOMWEB_DATABASE_URL", _parsed_by(_check_database_url)),
@@ -273,4 +289,5 @@ _VARIABLES = (
     ("viewer_url", "DICOMWEB_VIEWER_URL", _parsed_by(_check_viewer_url)),
     ("log_format", "DICOMWEB_LOG_FORMAT", _log_format),
     ("metrics_token", "DICOMWEB_METRICS_TOKEN", str),
+    ("accel_redirect", "DICOMWEB_ACCEL_REDIRECT", _accel_prefix),
 )

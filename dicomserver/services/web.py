@@ -26,7 +26,7 @@ from ..audit import AuditRecord, AuditTrail
 from ..auth import Authenticator
 from ..errors import BadRequest, DicomWebError, NotFound, RequestTimeout, ServiceBusy, http_status
 from ..request_log import REASON_LIMIT, RequestLogEntry
-from ..retrieve import Body
+from ..retrieve import CHUNK, Body, SegmentedFile
 from ..uids import is_valid_uid
 from ..urls import client_address, request_root
 from .observe import ENTRY
@@ -225,17 +225,40 @@ def _parse_error(exc: ParseException) -> str:
 
 
 def stream(body: Body) -> Response:
-    """A streamed response for a retrieve body; a single local file goes out by sendfile."""
-    if body.local_path is not None:
-        try:
-            chunks = wrap_file(request.environ, open(body.local_path, "rb"))  # noqa: SIM115 - closed by the WSGI server
-        except FileNotFoundError:
-            raise NotFound("the instance was deleted while it was being retrieved") from None
-    else:
-        chunks = body.chunks
+    """A streamed response for a retrieve body: a local file, or framing bytes around local
+    files, goes out through wsgi.file_wrapper (sendfile under gunicorn); with
+    DICOMWEB_ACCEL_REDIRECT a single stored file is left to nginx."""
+    prefix = archive().settings.accel_redirect
+    if prefix is not None and body.local_path is not None and body.blob_key is not None:
+        return accel_redirect(body, prefix + body.blob_key)
+    chunks: Iterable[bytes]
+    try:
+        if body.local_path is not None:
+            file = open(body.local_path, "rb")  # noqa: SIM115 - closed by the WSGI server
+            chunks = wrap_file(request.environ, file, buffer_size=CHUNK)  # read in chunks without sendfile
+        elif body.segments is not None:
+            segmented = SegmentedFile(body.segments)
+            segmented.open_first()
+            chunks = wrap_file(request.environ, segmented)  # type: ignore[arg-type]
+        else:
+            chunks = body.chunks
+    except FileNotFoundError:
+        raise NotFound("the instance was deleted while it was being retrieved") from None
     response = Response(chunks, status=body.status, content_type=body.content_type, direct_passthrough=True)
     if body.length is not None:  # else unknown (transcoded parts): sent chunked
         response.content_length = body.length
+    response.headers.extend(body.headers)
+    return response
+
+
+def accel_redirect(body: Body, location: str) -> Response:
+    """An empty answer that tells nginx which stored file to send (X-Accel-Redirect to its
+    internal location for the blob store: docs/deployment.md), with the headers of `body`.
+
+    nginx keeps Content-Type from this answer and sets Content-Length from the file.
+    """
+    response = Response(b"", status=body.status, content_type=body.content_type)
+    response.headers["X-Accel-Redirect"] = location
     response.headers.extend(body.headers)
     return response
 
