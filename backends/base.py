@@ -15,8 +15,11 @@ input stream raised while a `put` was reading it.
 from __future__ import annotations
 
 import abc
+import contextlib
+import errno
 import hashlib
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -39,6 +42,8 @@ __all__ = [
     "validate_prefix",
     "is_valid_key",
     "BlobStore",
+    "BlobSpool",
+    "SPOOL_PREFIX",
     "copy_stream",
     "check_range",
 ]
@@ -231,6 +236,123 @@ def copy_stream(
     return total, digest.hexdigest()
 
 
+#: ENOSPC and EDQUOT: the filesystem has no room (StoreFull).
+FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class BlobSpool(abc.ABC):
+    """A blob being received: written and hashed in one pass, then stored or dropped.
+
+    Lets a caller read what it received (a STOW parses the header) before it decides to
+    keep it, without a second copy of the bytes: the local store spools in its own temp
+    directory and `commit` renames the file into place. Use it as a context manager:
+    leaving the block uncommitted discards it. Write errors are BlobStoreErrors
+    (StoreFull when out of space); after one the spool can only be discarded.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._done = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append `data` (any bytes-like object; it is not kept)."""
+        if self._done:
+            raise ValueError("write() to a committed or discarded spool")
+        self._write(data)
+        self._digest.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of everything written so far."""
+        return self._digest.hexdigest()
+
+    @abc.abstractmethod
+    def _write(self, data: bytes | memoryview) -> None:
+        """Store `data` at the end of the spool; raise BlobStoreError."""
+
+    @abc.abstractmethod
+    def reader(self) -> BinaryIO:
+        """A seekable reader of what was written; valid until commit() or discard()."""
+
+    def commit(self, key: str) -> BlobInfo:
+        """Store the spool as blob `key`, as durably and atomically as `put`; the spool is
+        used up, whatever happens (on failure nothing new is visible)."""
+        if self._done:
+            raise ValueError("commit() of a committed or discarded spool")
+        try:
+            validate_key(key)
+            info = self._commit(key)
+        finally:
+            self.discard()
+        return info
+
+    @abc.abstractmethod
+    def _commit(self, key: str) -> BlobInfo:
+        """Install the spool under `key` (discard() runs after it, whatever happens)."""
+
+    def discard(self) -> None:
+        """Drop the spool and its temporary file; idempotent."""
+        if not self._done:
+            self._done = True
+            self._release()
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Free the spool's file or memory."""
+
+    def __enter__(self) -> BlobSpool:
+        return self
+
+    def __del__(self) -> None:  # a spool dropped unused still frees its file
+        with contextlib.suppress(Exception):
+            self.discard()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.discard()
+
+
+class _SpooledTemporaryBlob(BlobSpool):
+    """BlobStore.spool's default: a SpooledTemporaryFile (memory, then an unnamed file),
+    stored by the store's put() on commit. For stores that cannot rename into place."""
+
+    def __init__(self, store: BlobStore, memory_bytes: int, spool_dir: str | None) -> None:
+        super().__init__()
+        self._store = store
+        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by discard()
+            max_size=memory_bytes, dir=spool_dir, prefix=SPOOL_PREFIX
+        )
+
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            kind = StoreFull if exc.errno in FULL_ERRNOS else StorageUnavailable
+            raise kind(f"cannot spool an incoming blob: {exc.strerror or exc}") from exc
+
+    def reader(self) -> BinaryIO:
+        self._file.seek(0)
+        return self._file  # type: ignore[return-value]
+
+    def _commit(self, key: str) -> BlobInfo:
+        self._file.seek(0)
+        return self._store.put(key, self._file, size=self.size)
+
+    def _release(self) -> None:
+        self._file.close()
+
+
+#: Names a spool's temporary file wherever a name is seen (/proc/<pid>/fd, a platform
+#: without unnamed temporary files).
+SPOOL_PREFIX = "dicomweb-stow-"
+
+
 class BlobStore(abc.ABC):
     """A flat namespace of immutable-once-written blobs addressed by validated keys.
 
@@ -302,6 +424,13 @@ class BlobStore(abc.ABC):
         Order is unspecified and in-progress puts are never listed. Meant for
         garbage collection and verification, not for request handling.
         """
+
+    def spool(self, *, memory_bytes: int = COPY_CHUNK_SIZE, spool_dir: str | None = None) -> BlobSpool:
+        """A BlobSpool to write a blob into before its key is known (STOW reads a part's
+        header before it names the blob). This default keeps up to `memory_bytes` in
+        memory, the rest in an unnamed file in `spool_dir`, and puts it on commit; a store
+        that can turn its temporary file into the blob overrides it (one copy less)."""
+        return _SpooledTemporaryBlob(self, memory_bytes, spool_dir)
 
     def local_path(self, key: str) -> str | None:
         """Filesystem path of the blob so the server can use sendfile; None if not local."""

@@ -2,13 +2,21 @@
 
 This module owns how blobs live on disk. A key 'a/b/c' is the file
 '<root>/a/b/c'. Puts are atomic and durable: data goes to a temporary file in
-'<root>/.tmp' (same filesystem, so the final rename is atomic), is fsynced,
+'<root>/.tmp' (same filesystem, so the final rename is atomic), is flushed,
 renamed over the destination with os.replace, and the directory is fsynced.
 A crash can leave stale files in '.tmp' (never visible as blobs, never
 listed); opening the store removes those not written to for STALE_TEMP_SECONDS,
 a pause no running put makes, and `dicom gc` lists and removes them too
 (`temp_files`, `remove_temp_file`). A put that fails, for whatever reason, leaves
 nothing behind: no temp file, no blob.
+
+Incoming blobs whose key is not known yet (a STOW part, read before it is named) are
+spooled by `spool()` straight into a temp file in '.tmp', hashed on the way, and
+`commit` renames that file into place: the bytes are written once. A killed worker
+can leave its spool files, which are swept like those of a put.
+
+Durability: a blob file's data is flushed with fdatasync (its data and size, all a
+later read needs; not its timestamps) before the rename, the directory with fsync after.
 
 Blob files are created with mode 0600 (owner only), as mkstemp creates them.
 Every OSError is translated to a BlobStoreError subclass - StoreFull when the
@@ -19,6 +27,7 @@ so - except errors raised by the caller's input stream, which propagate unchange
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import stat as stat_module
@@ -26,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 from urllib.parse import unquote, urlsplit
 
 from .base import (
@@ -34,6 +43,7 @@ from .base import (
     STALE_TEMP_SECONDS,
     BlobInfo,
     BlobNotFound,
+    BlobSpool,
     BlobStore,
     BlobStoreError,
     InvalidKey,
@@ -91,7 +101,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _fdatasync(fd: int) -> None:
+    """Flush a file's data and the metadata a read needs (its size), not its timestamps:
+    all a blob needs to survive power loss (fsync where there is no fdatasync)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     """os.write may write less than asked; loop until everything is written."""
     view = memoryview(data)
     while view:
@@ -173,20 +189,31 @@ class LocalBlobStore(BlobStore):
         dest = self._path(key)
         with _storage_errors(f"cannot create a temporary file for blob {key!r}"):
             fd, tmp = tempfile.mkstemp(dir=self._tmp_dir, prefix="put-", suffix=".part")
-        installed = False
         try:
             try:
                 written, sha256 = copy_stream(
                     stream, lambda chunk: self._write(fd, chunk, key), key=key, size=size
                 )
                 with _storage_errors(f"cannot flush blob {key!r} to disk"):
-                    os.fsync(fd)
+                    _fdatasync(fd)
             except BaseException:
                 with suppress(OSError):
                     os.close(fd)
                 raise
             with _storage_errors(f"cannot close blob {key!r}"):
                 os.close(fd)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._install_durably(tmp, dest, key)
+        return BlobInfo(key=key, size=written, sha256=sha256)
+
+    def _install_durably(self, tmp: str, dest: str, key: str) -> None:
+        """Rename the flushed temp file `tmp` onto `dest` and flush the directory; on any
+        failure neither the temp file nor the blob is left."""
+        installed = False
+        try:
             self._install(tmp, dest, key)
             installed = True
             with _storage_errors(f"cannot flush the directory of blob {key!r} to disk"):
@@ -207,7 +234,16 @@ class LocalBlobStore(BlobStore):
                 with suppress(OSError):
                     os.unlink(tmp)
             raise
-        return BlobInfo(key=key, size=written, sha256=sha256)
+
+    def spool(self, *, memory_bytes: int = COPY_CHUNK_SIZE, spool_dir: str | None = None) -> BlobSpool:
+        """A spool file in '.tmp' that commit() renames into place (memory_bytes and
+        spool_dir do not apply: the bytes go where the blob will be, once)."""
+        return _LocalSpool(self)
+
+    def _open_spool_file(self) -> tuple[int, str]:
+        """(fd, path) of a new spool file in '.tmp', named as a put's temp file is."""
+        with _storage_errors("cannot create a temporary file for an incoming blob"):
+            return tempfile.mkstemp(dir=self._tmp_dir, prefix="put-", suffix=".part")
 
     @staticmethod
     def _write(fd: int, chunk: bytes, key: str) -> None:
@@ -408,6 +444,119 @@ class LocalBlobStore(BlobStore):
             fd, probe = tempfile.mkstemp(dir=self._tmp_dir, prefix="check-")
             os.close(fd)
             os.unlink(probe)
+
+
+class _LocalSpool(BlobSpool):
+    """A spool file in the store's '.tmp': written with os.write, flushed with fdatasync
+    and renamed into place on commit; unlinked otherwise."""
+
+    def __init__(self, store: LocalBlobStore) -> None:
+        super().__init__()
+        self._store = store
+        fd, name = store._open_spool_file()
+        self._fd: int | None = fd
+        self._name: str | None = name
+        self._reader: _SpoolReader | None = None
+
+    def _write(self, data: bytes | memoryview) -> None:
+        assert self._fd is not None
+        with _storage_errors("cannot write an incoming blob"):
+            _write_all(self._fd, data)
+
+    def reader(self) -> BinaryIO:
+        """What was written, read by position (pread): a header parse seeks and tells
+        many times, which on the descriptor would each be a system call."""
+        assert self._fd is not None
+        if self._reader is None:
+            self._reader = _SpoolReader(io.BufferedReader(_PositionalReader(self._fd), buffer_size=_READER_BUFFER))
+        self._reader.seek(0)
+        return cast(BinaryIO, self._reader)
+
+    def _commit(self, key: str) -> BlobInfo:
+        assert self._fd is not None
+        store = self._store
+        dest = store._path(key)
+        with _storage_errors(f"cannot flush blob {key!r} to disk"):
+            _fdatasync(self._fd)
+        name, self._name = self._name, None  # _install_durably removes it, or makes it the blob
+        assert name is not None
+        store._install_durably(name, dest, key)
+        return BlobInfo(key=key, size=self.size, sha256=self.sha256)
+
+    def _release(self) -> None:
+        if self._reader is not None:
+            self._reader.close()  # leaves the descriptor open
+            self._reader = None
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+        name, self._name = self._name, None
+        if name is not None:
+            with suppress(OSError):
+                os.unlink(name)
+
+
+#: Reads of a spool file: a DICOM header (a few KiB) in one or two calls, without copying
+#: much of the Pixel Data that follows it out of the page cache.
+_READER_BUFFER = 16 * 1024
+
+
+class _PositionalReader(io.RawIOBase):
+    """A raw reader of a descriptor that keeps its own position and reads with pread:
+    seek and tell cost no system call, and the descriptor's offset is never moved."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = os.pread(self._fd, len(buffer), self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            offset += os.fstat(self._fd).st_size
+        elif whence != io.SEEK_SET:
+            raise ValueError(f"invalid whence {whence}")
+        if offset < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:  # the descriptor belongs to the spool
+        super().close()
+
+
+class _SpoolReader:
+    """read/seek/tell of a BufferedReader, as a plain object: pydicom reopens a
+    BufferedReader by its name to load a deferred value, and reads any other object
+    itself (the methods are the buffered reader's own, so a call costs nothing more)."""
+
+    def __init__(self, buffered: io.BufferedReader) -> None:
+        self._buffered = buffered
+        self.read = buffered.read
+        self.seek = buffered.seek
+        self.tell = buffered.tell
+        self.close = buffered.close
+
+    @property
+    def closed(self) -> bool:
+        return self._buffered.closed
 
 
 class _FileChunks(Iterator[bytes]):

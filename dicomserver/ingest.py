@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, cast
 
@@ -24,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
 
-from backends.base import BlobStore, BlobStoreError, StorageUnavailable
+from backends.base import BlobInfo, BlobStore, BlobStoreError, StorageUnavailable
 
 from .dicomjson import BulkMap, DicomJson, bulk_data_uri, dataset_to_json
 from .frames import PIXEL_TAGS, PixelDataError, build_frame_map, read_element_header
@@ -138,13 +139,28 @@ class Ingestor:
         self.bulkdata_inline_threshold = bulkdata_inline_threshold
 
     def ingest(self, fp: IO[bytes], size: int, *, study_uid: str | None, replace: bool) -> PartResult:
-        """Store one spooled Part 10 file; never raises for bad input, only for outages."""
+        """Store one Part 10 file (copied into the store); never raises for bad input, only
+        for outages."""
         try:
             prepared = self.prepare(fp, size, study_uid=study_uid)
         except InstanceRejected as rejection:
             return rejection.result
+
+        def put(key: str) -> BlobInfo:
+            fp.seek(0)
+            return self.store.put(key, fp, size=size)
+
+        return self.store_prepared(prepared, put, replace=replace)
+
+    def store_prepared(
+        self, prepared: Prepared, write: Callable[[str], BlobInfo], *, replace: bool
+    ) -> PartResult:
+        """Write the blob (`write(key)` stores it durably: `BlobStore.put`, or
+        `BlobSpool.commit` for a part STOW received into a spool of the store) and index
+        it; the result, with a failure reason when the index refuses it. Raises for
+        outages only."""
         try:
-            self._store(fp, size, prepared, replace)
+            self._store(write, prepared, replace)
         except InstanceRejected as rejection:
             prepared.result.failure_reason = rejection.reason
             prepared.result.warning_reason = None
@@ -196,13 +212,12 @@ class Ingestor:
             raise
         return Prepared(result, transfer_syntax, frame_map, metadata, bulk, invalid)
 
-    def _store(self, fp: IO[bytes], size: int, prepared: Prepared, replace: bool) -> None:
+    def _store(self, write: Callable[[str], BlobInfo], prepared: Prepared, replace: bool) -> None:
         result = prepared.result
         assert result.study_instance_uid and result.series_instance_uid and result.sop_instance_uid
         key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
-        fp.seek(0)
         with BLOBSTORE_SECONDS.labels("put").time():
-            info = self.store.put(key, fp, size=size)
+            info = write(key)
         record = prepared.record(key, info.size, info.sha256)
         try:
             outcome = self.index.store_instance(record, replace=replace)
@@ -270,6 +285,22 @@ def identify(fp: IO[bytes]) -> PartResult | None:
         return None
     result = PartResult()
     return None if _identify(ds, result) else result
+
+
+def name_from_head(head: bytes) -> tuple[str | None, str | None]:
+    """(SOPClassUID, SOPInstanceUID) as far as the start of a Part 10 file gives them:
+    STOW names a part the store had no room to receive from the bytes that came first."""
+    try:
+        ds = read_partial(cast(BinaryIO, io.BytesIO(head)), stop_when=_after_sop_instance_uid, defer_size=_DEFER_SIZE)
+        result = PartResult()
+        _identify(ds, result)
+    except Exception:  # anything short of a readable start names nothing
+        return None, None
+    return result.sop_class_uid, result.sop_instance_uid
+
+
+def _after_sop_instance_uid(tag: int, vr: str | None, length: int) -> bool:
+    return tag > 0x00080018
 
 
 def _after_identifying_uids(tag: int, vr: str | None, length: int) -> bool:

@@ -10,6 +10,8 @@ as ``wsgi.input``). Parts can be hundreds of megabytes, so the reader never hold
 whole part: part data is handed out as soon as it cannot be the start of a delimiter,
 and only the tail of the buffer that might begin a delimiter split across two reads is
 kept back. Each input byte is searched a bounded number of times, so parsing is linear.
+Part data is handed out as memoryviews of the bytes fed in, never copied: the input is
+kept as immutable bytes and a read position, so a megabyte read costs one search.
 
 The structure (events, an explicit state enum, a driver) follows werkzeug's
 ``sansio/multipart.py``; the code is our own and accepts what real DICOMweb clients
@@ -63,9 +65,13 @@ class PartStart:
 
 @dataclass(frozen=True)
 class PartData:
-    """A chunk of the current part's body (never empty)."""
+    """A chunk of the current part's body (never empty).
 
-    data: bytes
+    A read-only memoryview of the bytes fed in (or bytes): no copy is made of part data,
+    and the view stays valid, since the reader never changes bytes it was given.
+    """
+
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,8 @@ class State(enum.Enum):
     FAILED = "failed"  # a MultipartError was raised; it is raised again on every call
 
 
-def _suffix_prefix_start(buf: bytearray, needle: bytes) -> int:
-    """Index of the longest suffix of `buf` that is a proper prefix of `needle`.
+def _suffix_prefix_start(buf: bytes, needle: bytes, start: int = 0) -> int:
+    """Index of the longest suffix of `buf[start:]` that is a proper prefix of `needle`.
 
     Returns len(buf) when there is none. That suffix is what must be kept back because
     the next read may complete it into `needle`; everything before it is safe to release.
@@ -123,7 +129,7 @@ def _suffix_prefix_start(buf: bytearray, needle: bytes) -> int:
     """
     n = len(buf)
     first = needle[:1]
-    i = buf.find(first, max(0, n - len(needle) + 1))
+    i = buf.find(first, max(start, n - len(needle) + 1))
     while i >= 0:
         if needle.startswith(buf[i:]):
             return i
@@ -164,8 +170,11 @@ class MultipartReader:
     ) -> None:
         self._max_header_bytes = max_header_bytes
         self._max_parts = max_parts
-        self._buffer = bytearray()
-        self._pos = 0  # where the next newline search in _buffer starts
+        # The unread input is _buffer[_start:]. _buffer is never changed in place (feed
+        # replaces it), so the memoryviews PartData hands out of it stay valid.
+        self._buffer = b""
+        self._start = 0
+        self._pos = 0  # where the next newline search in _buffer starts (an index into it)
         self._closed = False
         self._received = 0
         self._state = State.PREAMBLE
@@ -196,12 +205,26 @@ class MultipartReader:
         return self._state
 
     def feed(self, data: bytes) -> None:
-        """Append input. After the close delimiter, input is the epilogue and dropped."""
+        """Append input. After the close delimiter, input is the epilogue and dropped.
+
+        bytes are kept as given (part data is handed out as views of them); anything
+        else is copied once, since a caller may change a bytearray it fed.
+        """
         if self._closed:
             raise RuntimeError("feed() after close()")
         self._received += len(data)
-        if self._state is not State.EPILOGUE:
-            self._buffer += data
+        if self._state is State.EPILOGUE or not data:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        start = self._start
+        if start >= len(self._buffer):  # all read: the usual case inside a part, no copy
+            self._buffer = data
+            self._pos = 0
+        else:  # a short unread tail (a delimiter or header line cut by the read)
+            self._buffer = self._buffer[start:] + data
+            self._pos = max(self._pos - start, 0)
+        self._start = 0
 
     def close(self) -> None:
         """Signal end of input; next_event() then raises if the body is incomplete."""
@@ -242,7 +265,7 @@ class MultipartReader:
                 return self._discover_boundary()
             return self._read_preamble()
         if state is State.EPILOGUE:
-            self._buffer.clear()
+            self._clear()
             return END
         raise AssertionError(state)  # pragma: no cover - FAILED is handled by caller
 
@@ -271,58 +294,72 @@ class MultipartReader:
         return MultipartError("multipart body ended before the closing boundary")
 
     def _consume(self, n: int) -> None:
-        del self._buffer[:n]  # bytearray deletes from the front in O(1) amortised
-        self._pos = 0
+        self._start += n
+        self._pos = self._start
+
+    def _consume_to(self, index: int) -> None:
+        self._start = self._pos = index
+
+    def _clear(self) -> None:
+        self._buffer = b""
+        self._start = self._pos = 0
+
+    def _unread(self) -> int:
+        return len(self._buffer) - self._start
 
     def _read_preamble(self) -> _NeedData | None:
         """Skip preamble text up to the first "--boundary" at the start of a line."""
-        buf, dash = self._buffer, self._dash_boundary
+        buf, start, dash = self._buffer, self._start, self._dash_boundary
         if self._at_body_start:
-            if len(buf) < len(dash) and dash.startswith(buf):
+            if self._unread() < len(dash) and dash.startswith(buf[start:]):
                 return NEED_DATA
             self._at_body_start = False
-            if buf.startswith(dash):
+            if buf.startswith(dash, start):
                 self._consume(len(dash))
                 self._state = State.DELIMITER
                 return None
         needle = b"\n" + dash
-        idx = buf.find(needle)
+        idx = buf.find(needle, start)
         if idx >= 0:
-            self._consume(idx + len(needle))
+            self._consume_to(idx + len(needle))
             self._state = State.DELIMITER
             return None
-        self._consume(_suffix_prefix_start(buf, needle))
+        self._consume_to(_suffix_prefix_start(buf, needle, start))
         return NEED_DATA
 
     def _discover_boundary(self) -> _NeedData | None:
         """Find the first line starting with "--" and take the boundary from it."""
         buf = self._buffer
         while True:
+            start = self._start
             if self._skip_line:
-                idx = buf.find(b"\n")
+                idx = buf.find(b"\n", start)
                 if idx < 0:
-                    self._consume(len(buf))
+                    self._consume_to(len(buf))
                     return NEED_DATA
-                self._consume(idx + 1)
+                self._consume_to(idx + 1)
                 self._skip_line = False
-            if not buf:
+                start = self._start
+            if start >= len(buf):
                 return NEED_DATA
-            if buf[:1] != b"-" or (len(buf) >= 2 and buf[:2] != b"--"):
+            if buf[start : start + 1] != b"-" or (
+                len(buf) - start >= 2 and buf[start : start + 2] != b"--"
+            ):
                 self._skip_line = True  # preamble text (or a blank line)
                 continue
-            if len(buf) < 2:
+            if len(buf) - start < 2:
                 return NEED_DATA
             break
-        idx = buf.find(b"\n", self._pos)
-        if (len(buf) if idx < 0 else idx) > self._max_header_bytes:
+        idx = buf.find(b"\n", max(self._pos, start))
+        if (len(buf) if idx < 0 else idx) - start > self._max_header_bytes:
             raise MultipartError("multipart boundary line too long")
         if idx < 0:
             self._pos = len(buf)
             if not self._closed:
                 return NEED_DATA
-            line = bytes(buf[2:])  # the last line may lack its newline ("--b--" at EOF)
+            line = buf[start + 2 :]  # the last line may lack its newline ("--b--" at EOF)
         else:
-            line = bytes(buf[2:idx])
+            line = buf[start + 2 : idx]
         line = line.rstrip(_PADDING + b"\r")
         closing = line.endswith(b"--")
         raw = line[:-2] if closing else line
@@ -333,30 +370,30 @@ class MultipartReader:
 
     def _read_delimiter_tail(self) -> Event | _NeedData | None:
         """After "--boundary": "--" closes the body; padding + CRLF starts a part."""
-        buf = self._buffer
-        if buf[:1] == b"-":
-            if len(buf) < 2:
+        buf, start = self._buffer, self._start
+        if buf[start : start + 1] == b"-":
+            if len(buf) - start < 2:
                 return NEED_DATA
-            if buf[1:2] != b"-":
+            if buf[start + 1 : start + 2] != b"-":
                 raise self._garbage_error()
-            self._consume(2)
             self._state = State.EPILOGUE
-            self._buffer.clear()
+            self._clear()
             if self._in_part:
                 self._in_part = False
                 self._events.append(PART_END)
             self._events.append(END)
             return None
-        padding = 0
-        while padding < len(buf) and buf[padding] in _PADDING:
-            padding += 1
-        if padding:
-            self._consume(padding)
-        if not buf or buf == b"\r":
+        end = start
+        while end < len(buf) and buf[end] in _PADDING:
+            end += 1
+        if end > start:
+            self._consume_to(end)
+            start = end
+        if start >= len(buf) or buf[start:] == b"\r":
             return NEED_DATA
-        if buf.startswith(CRLF):
+        if buf.startswith(CRLF, start):
             self._consume(2)
-        elif buf.startswith(b"\n"):
+        elif buf.startswith(b"\n", start):
             self._consume(1)
         else:
             raise self._garbage_error()
@@ -372,7 +409,7 @@ class MultipartReader:
         return None
 
     def _garbage_error(self) -> MultipartError:
-        found = bytes(self._buffer[:20])
+        found = self._buffer[self._start : self._start + 20]
         return MultipartError(
             f"unexpected {found!r} after multipart boundary '--{self._boundary}' "
             "(expected CRLF or '--')"
@@ -382,15 +419,16 @@ class MultipartReader:
         """Read header lines up to the blank line; LF alone is accepted as a line end."""
         buf = self._buffer
         while True:
-            idx = buf.find(b"\n", self._pos)
+            start = self._start
+            idx = buf.find(b"\n", max(self._pos, start))
             if idx < 0:
                 self._pos = len(buf)
-                if self._header_bytes + len(buf) > self._max_header_bytes:
+                if self._header_bytes + len(buf) - start > self._max_header_bytes:
                     raise self._header_size_error()
                 return NEED_DATA
-            line = bytes(buf[:idx])
-            self._consume(idx + 1)
-            self._header_bytes += idx + 1
+            line = buf[start:idx]
+            self._consume_to(idx + 1)
+            self._header_bytes += idx + 1 - start
             if self._header_bytes > self._max_header_bytes:
                 raise self._header_size_error()
             if line.endswith(b"\r"):
@@ -424,22 +462,22 @@ class MultipartReader:
     def _read_data(self) -> PartData | _NeedData | None:
         """Release part data up to the next delimiter, or up to a possible delimiter start.
 
-        The search always starts at 0: after a miss the buffer holds only a tail shorter
-        than the delimiter, so at most len(delimiter) bytes are ever searched twice.
+        The search always starts at the read position: after a miss only a tail shorter
+        than the delimiter is left unread, so at most len(delimiter) bytes are ever
+        searched twice. The data is a view of the input, not a copy.
         """
-        buf, delim = self._buffer, self._delimiter
-        idx = buf.find(delim)
-        if idx == 0:
+        buf, start, delim = self._buffer, self._start, self._delimiter
+        idx = buf.find(delim, start)
+        if idx == start:
             self._consume(len(delim))
             self._state = State.DELIMITER
             return None
         if idx < 0:
-            idx = _suffix_prefix_start(buf, delim)
-            if idx == 0:
+            idx = _suffix_prefix_start(buf, delim, start)
+            if idx == start:
                 return NEED_DATA
-        data = bytes(buf[:idx])
-        self._consume(idx)
-        return PartData(data)
+        self._consume_to(idx)
+        return PartData(memoryview(buf)[start:idx])
 
 
 def iter_events(

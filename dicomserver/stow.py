@@ -1,8 +1,11 @@
 """STOW-RS requests (PS3.18 §10.5): a request body in, the response dataset out.
 
-The body is read as a stream: each part is spooled (memory, then disk) and handed to
-the ingest pipeline as soon as its closing delimiter arrives, so memory stays flat for
-any size and a truncated part is never stored. Every part ends as one `PartResult`;
+The body is read as a stream: each Part 10 part is written, as it arrives, into a spool
+of the blob store (`BlobStore.spool`: on local disk the file that becomes the blob, so
+the bytes are written once and hashed on the way) and handed to the ingest pipeline as
+soon as its closing delimiter arrives, so memory stays flat for any size and a
+truncated part is never stored. DICOM JSON and bulk data parts, which are no blobs,
+are spooled to memory, then disk. Every part ends as one `PartResult`;
 `response` turns them into the Store Instances Response dataset and its status.
 PUT is the reference server's upsert: new instances are stored, existing ones replaced.
 
@@ -26,10 +29,10 @@ from typing import IO, Any
 
 import peewee
 
-from backends.base import BlobStoreError, StoreFull
+from backends.base import SPOOL_PREFIX, BlobSpool, BlobStoreError, StoreFull
 
 from .errors import BadRequest, InsufficientStorage, PayloadTooLarge, UnsupportedMediaType, http_status
-from .ingest import INVALID_DATASET, PROCESSING_FAILURE, Ingestor, InstanceRejected, PartResult
+from .ingest import INVALID_DATASET, PROCESSING_FAILURE, Ingestor, InstanceRejected, PartResult, name_from_head
 from .media import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, parse_media_type
 from .metrics import count_stow_instance
 from .multipart import End, Event, MultipartError, PartData, PartEnd, PartStart, iter_events
@@ -42,11 +45,13 @@ from .uids import normalize_uid
 READ_CHUNK = 1024 * 1024
 #: A DICOM JSON metadata part is parsed whole: keep it bounded.
 MAX_JSON_PART_BYTES = 64 * 1024 * 1024
+#: The start of a part kept (as views of the body, no copy) while it is received, so a
+#: part the store has no room for can still be named in the answer.
+HEAD_BYTES = 64 * 1024
 
-#: Spooled parts that outgrow memory go to an unnamed temp file (O_TMPFILE, or unlinked as
-#: soon as it is made), so a killed worker leaves none behind; the prefix names the file
-#: wherever a name is seen (a platform without either, /proc/<pid>/fd).
-SPOOL_PREFIX = "dicomweb-stow-"
+#: Spooled JSON and bulk data parts that outgrow memory go to an unnamed temp file
+#: (O_TMPFILE, or unlinked as soon as it is made), so a killed worker leaves none behind;
+#: SPOOL_PREFIX names the file wherever a name is seen (/proc/<pid>/fd).
 #: Failures of the archive's storage rather than of the request, when errors.STATUS gives
 #: them one of OUTAGE_STATUSES (not so an invalid key or a missing blob: those are bugs).
 STORAGE_ERRORS = (BlobStoreError, peewee.OperationalError, InsufficientStorage)
@@ -131,7 +136,7 @@ def _counted(results: list[PartResult]) -> list[PartResult]:
 
 
 def spool(
-    chunks: Iterable[bytes], *, max_bytes: int, memory_bytes: int, spool_dir: str | None
+    chunks: Iterable[bytes | memoryview], *, max_bytes: int, memory_bytes: int, spool_dir: str | None
 ) -> tuple[IO[bytes], int]:
     """Copy a part's chunks into a spooled temp file; 413 past max_bytes, 507 when the
     spool directory is out of space.
@@ -169,14 +174,46 @@ class _StowRequest:
         self.root_type = DICOM
         #: (status, message) of the first storage failure: no part is tried after it.
         self.outage: tuple[int, str] | None = None
+        #: The first bytes of the part that `receive` last failed to receive.
+        self.unreceived_head = b""
 
-    def spool(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[IO[bytes], int]:
+    def spool(self, chunks: Iterable[bytes | memoryview], max_bytes: int | None = None) -> tuple[IO[bytes], int]:
         return spool(
             chunks,
             max_bytes=self.settings.max_instance_bytes if max_bytes is None else max_bytes,
             memory_bytes=self.settings.spool_memory_bytes,
             spool_dir=self.settings.spool_dir,
         )
+
+    def receive(self, chunks: Iterable[bytes | memoryview]) -> BlobSpool:
+        """A Part 10 part's bytes, written into a spool of the blob store as they arrive
+        (hashed on the way); 413 past the instance size limit. The caller owns the spool."""
+        settings = self.settings
+        limit = settings.max_instance_bytes
+        head: list[bytes | memoryview] = []
+        try:
+            target = self.ingestor.store.spool(
+                memory_bytes=settings.spool_memory_bytes, spool_dir=settings.spool_dir
+            )
+        except Exception:
+            self.unreceived_head = b""
+            raise
+        try:
+            for chunk in chunks:
+                if target.size < HEAD_BYTES:
+                    head.append(chunk)
+                if target.size + len(chunk) > limit:
+                    raise PayloadTooLarge(f"a DICOM instance is larger than this server's limit of {limit} bytes")
+                target.write(chunk)
+        except BaseException:
+            target.discard()
+            self.unreceived_head = b"".join(head)
+            raise
+        return target
+
+    def not_received(self) -> NotStored:
+        """The result of the part whose receiving met the storage failure."""
+        return self.not_stored(*name_from_head(self.unreceived_head))
 
     # -- storage failures ----------------------------------------------------
 
@@ -210,36 +247,37 @@ class _StowRequest:
         result.comments = [f"not attempted after an earlier instance failed: {result.comments[0]}"]
         return result
 
-    def ingest(self, fp: IO[bytes], size: int) -> PartResult:
-        if self.outage is not None:
-            return self.not_attempted()
-        try:
-            return self.ingestor.ingest(fp, size, study_uid=self.study_uid, replace=self.replace)
-        except Exception as exc:
-            if not self.storage_failed(exc):
-                raise
-        # Ingest read the header before storage failed: read it again to name the instance.
-        try:
-            prepared = self.ingestor.prepare(fp, size, study_uid=self.study_uid)
-        except InstanceRejected:
-            return self.not_stored()
-        return self.not_stored(prepared.result.sop_class_uid, prepared.result.sop_instance_uid)
+    def ingest(self, spool: BlobSpool) -> PartResult:
+        """Parse, validate, store and index a received part (the spool is used up)."""
+        with spool:
+            if self.outage is not None:
+                return self.not_attempted()
+            try:
+                prepared = self.ingestor.prepare(spool.reader(), spool.size, study_uid=self.study_uid)
+            except InstanceRejected as rejection:
+                return rejection.result
+            try:
+                return self.ingestor.store_prepared(prepared, spool.commit, replace=self.replace)
+            except Exception as exc:
+                if not self.storage_failed(exc):
+                    raise
+            return self.not_stored(prepared.result.sop_class_uid, prepared.result.sop_instance_uid)
 
     # -- bodies and parts ----------------------------------------------------
 
     def single(self, read: Read) -> PartResult:
         chunks = iter(lambda: read(READ_CHUNK), b"")
         try:
-            fp, size = self.spool(chunks)
+            received = self.receive(chunks)
         except Exception as exc:
             if not self.storage_failed(exc):
                 raise
             _drain(chunks)
-            return self.not_stored()
-        with fp:
-            if size == 0:
-                raise BadRequest("the request body is empty; send a DICOM Part 10 file")
-            return self.ingest(fp, size)
+            return self.not_received()
+        if received.size == 0:
+            received.discard()
+            raise BadRequest("the request body is empty; send a DICOM Part 10 file")
+        return self.ingest(received)
 
     def multipart(self, read: Read, boundary: str | None, root_type: str) -> list[PartResult]:
         """Store each Part 10 part as soon as it is complete.
@@ -281,7 +319,11 @@ class _StowRequest:
         return self.results
 
     def part(
-        self, start: PartStart, data: Iterator[bytes], datasets: list[DicomJsonDataset], bulk: dict[str, BulkPart]
+        self,
+        start: PartStart,
+        data: Iterator[bytes | memoryview],
+        datasets: list[DicomJsonDataset],
+        bulk: dict[str, BulkPart],
     ) -> None:
         """One part: a Part 10 file is stored now; JSON and bulk data parts are kept for later.
 
@@ -299,7 +341,7 @@ class _StowRequest:
             except Exception as exc:
                 if not self.storage_failed(exc):
                     raise
-            result = self.not_stored()  # the spool had no room for it
+            result = self.not_received() if media == DICOM and not is_bulk else self.not_stored()
         else:
             result = self.not_attempted()
         _drain(data)
@@ -311,7 +353,7 @@ class _StowRequest:
         media: str,
         content_type: str,
         bulk_location: str | None,
-        data: Iterator[bytes],
+        data: Iterator[bytes | memoryview],
         datasets: list[DicomJsonDataset],
         bulk: dict[str, BulkPart],
     ) -> None:
@@ -323,11 +365,10 @@ class _StowRequest:
             fp, size = self.spool(data)
             bulk[bulk_location.strip()] = BulkPart(content_type, fp, size)
             return
-        fp, size = self.spool(data)
-        with fp:
-            if media == DICOM:
-                self.results.append(self.ingest(fp, size))
-                return
+        if media == DICOM:
+            self.results.append(self.ingest(self.receive(data)))
+            return
+        self.spool(data)[0].close()  # read (and held to the size limit) like any part
         self.results.append(
             PartResult(
                 failure_reason=INVALID_DATASET,
@@ -338,7 +379,7 @@ class _StowRequest:
             )
         )
 
-    def json_part(self, chunks: Iterable[bytes]) -> list[DicomJsonDataset]:
+    def json_part(self, chunks: Iterable[bytes | memoryview]) -> list[DicomJsonDataset]:
         """The datasets of one application/dicom+json part (a JSON array, or one object)."""
         fp, _size = self.spool(chunks, MAX_JSON_PART_BYTES)
         with fp:
@@ -377,7 +418,13 @@ class _StowRequest:
                 raise PayloadTooLarge(
                     f"a DICOM instance is larger than this server's limit of {settings.max_instance_bytes} bytes"
                 )
-            return self.ingest(fp, size)
+            try:  # into the store's spool: the same path as a Part 10 part (a copy, for this rare form)
+                received = self.receive(iter(lambda: fp.read(READ_CHUNK), b""))
+            except Exception as exc:
+                if not self.storage_failed(exc):
+                    raise
+                return self.not_stored(*uids)
+        return self.ingest(received)
 
 
 @contextmanager
@@ -408,7 +455,7 @@ def _index_out_of_space(exc: BaseException) -> bool:
     return False
 
 
-def _drain(chunks: Iterable[bytes]) -> None:
+def _drain(chunks: Iterable[bytes | memoryview]) -> None:
     """Read the rest of a part (or body) that will not be stored."""
     for _chunk in chunks:
         pass
@@ -419,7 +466,7 @@ def _json_uid(metadata: DicomJsonDataset, key: str) -> str | None:
     return normalize_uid(str(values[0])) if values else None
 
 
-def _part_data(events: Iterator[Event]) -> Iterator[bytes]:
+def _part_data(events: Iterator[Event]) -> Iterator[bytes | memoryview]:
     """The data chunks of the current part, up to its PartEnd."""
     for event in events:
         if isinstance(event, PartData):

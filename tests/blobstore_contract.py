@@ -481,3 +481,60 @@ class BlobStoreContract:
 
     def test_check_passes(self, store: BlobStore) -> None:
         assert store.check() is None
+
+    # -- spools: received first, named (committed) later -------------------
+
+    @pytest.mark.parametrize("size", [0, 1, 3 * MiB + 17], ids=["empty", "1B", "3MiB"])
+    def test_spool_round_trip(self, store: BlobStore, size: int) -> None:
+        data = os.urandom(size)
+        key = new_key("spooled")
+        before = set(store.list())
+        with store.spool(memory_bytes=MiB) as spool:
+            view = memoryview(data)
+            for start in range(0, size, 100_000):  # bytes and memoryviews alike
+                chunk = view[start : start + 100_000]
+                spool.write(chunk if start % 200_000 else bytes(chunk))
+            assert (spool.size, spool.sha256) == (size, sha256(data))
+            reader = spool.reader()
+            assert reader.read() == data
+            reader.seek(size // 2)
+            assert reader.read() == data[size // 2 :]
+            assert set(store.list()) == before and not store.exists(key)  # nothing visible yet
+            info = spool.commit(key)
+        assert info == BlobInfo(key=key, size=size, sha256=sha256(data))
+        assert read_all(store, key) == data
+        assert list(store.temp_files()) == []
+        with pytest.raises(ValueError):
+            spool.write(b"more")  # used up
+
+    def test_spool_commit_replaces_existing_key(self, store: BlobStore) -> None:
+        key = new_key("spooled")
+        store.put(key, io.BytesIO(b"old content"))
+        with store.spool() as spool:
+            spool.write(b"new")
+            assert read_all(store, key) == b"old content"
+            spool.commit(key)
+        assert read_all(store, key) == b"new"
+
+    @pytest.mark.parametrize("how", ["discard", "exception", "base-exception", "invalid-key"])
+    def test_spool_not_committed_leaves_nothing(self, store: BlobStore, how: str) -> None:
+        before = set(store.list())
+        data = os.urandom(2 * MiB)
+        spool = store.spool(memory_bytes=MiB)
+        failure: BaseException = StreamBroke("client went away") if how == "exception" else Interrupted()
+        try:
+            with spool:
+                spool.write(data[:MiB])
+                spool.write(data[MiB:])
+                if how == "discard":
+                    spool.discard()
+                    spool.discard()  # idempotent
+                elif how == "invalid-key":
+                    with pytest.raises(InvalidKey):
+                        spool.commit("../outside")
+                else:
+                    raise failure
+        except (StreamBroke, Interrupted) as exc:
+            assert exc is failure
+        assert set(store.list()) == before
+        assert list(store.temp_files()) == []

@@ -35,6 +35,7 @@ from backends.base import (
     BlobStoreError,
     InvalidKey,
     StorageUnavailable,
+    StoreFull,
 )
 from backends.local import TMP_DIR_NAME, LocalBlobStore
 from backends.memory import MemoryBlobStore
@@ -169,28 +170,45 @@ def test_put_writes_into_store_tmp_dir_then_renames(local: LocalBlobStore, root:
     assert os.stat(root / TMP_DIR_NAME).st_dev == os.stat(root / "a").st_dev
 
 
+@pytest.mark.parametrize("write", ["put", "spool"])
 def test_put_fsyncs_file_and_directories(
-    local: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+    local: LocalBlobStore, monkeypatch: pytest.MonkeyPatch, write: str
 ) -> None:
-    """Spy on (not replace) os.fsync: the file and every changed directory get synced."""
+    """Spy on (not replace) os.fsync and os.fdatasync: the file's data and every changed
+    directory get synced, the file first (a put and a committed spool alike)."""
     synced: list[str] = []
-    real_fsync = os.fsync
 
-    def spy(fd: int) -> None:
-        mode = os.fstat(fd).st_mode
-        synced.append("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other")
-        real_fsync(fd)
+    def spying(real):
+        def spy(fd: int) -> None:
+            mode = os.fstat(fd).st_mode
+            kind = "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+            synced.append(f"{kind} {real.__name__}")
+            real(fd)
 
-    monkeypatch.setattr(os, "fsync", spy)
-    local.put("new/nested/dirs/blob", io.BytesIO(b"payload"))
+        return spy
+
+    monkeypatch.setattr(os, "fsync", spying(os.fsync))
+    if hasattr(os, "fdatasync"):
+        monkeypatch.setattr(os, "fdatasync", spying(os.fdatasync))
+    file_sync = "file fdatasync" if hasattr(os, "fdatasync") else "file fsync"
+
+    def store(key: str) -> None:
+        if write == "put":
+            local.put(key, io.BytesIO(b"payload"))
+            return
+        with local.spool() as spool:
+            spool.write(b"payload")
+            spool.commit(key)
+
+    store("new/nested/dirs/blob")
     # The file, the parent of each of the 3 new directories, and the blob's directory.
-    assert synced.count("file") == 1
-    assert synced.count("dir") == 4
-    assert synced[0] == "file"
+    assert synced.count(file_sync) == 1
+    assert synced.count("dir fsync") == 4
+    assert synced[0] == file_sync
 
     synced.clear()
-    local.put("new/nested/dirs/blob2", io.BytesIO(b"payload"))
-    assert synced == ["file", "dir"]
+    store("new/nested/dirs/blob2")
+    assert synced == [file_sync, "dir fsync"]
 
 
 def test_blob_files_are_owner_only(local: LocalBlobStore, root: Path) -> None:
@@ -436,3 +454,51 @@ def test_stale_temp_files_are_removed_on_open(tmp_path):
     LocalBlobStore(tmp_path)
     assert not stale.exists()
     assert fresh.exists()
+
+
+# -- spools: received into '.tmp', renamed into place ------------------------
+
+
+def test_a_committed_spool_is_renamed_into_place_not_copied(local: LocalBlobStore, root: Path) -> None:
+    with local.spool() as spool:
+        spool.write(b"x" * 100_000)
+        spooled = os.fstat(spool._fd).st_ino  # type: ignore[attr-defined]
+        spool.commit("a/b/blob")
+    assert (root / "a" / "b" / "blob").stat().st_ino == spooled
+    assert tmp_files(root) == []
+
+
+def test_a_spool_file_is_a_temp_file_gc_knows(local: LocalBlobStore, root: Path) -> None:
+    """A killed worker's spool files are swept like a put's: `dicom gc` lists them."""
+    with local.spool() as spool:
+        spool.write(b"partial")
+        (listed,) = local.temp_files()
+        assert listed.name.startswith(f"{TMP_DIR_NAME}/put-") and listed.size == 7
+    assert tmp_files(root) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+@pytest.mark.parametrize("call", ["write", "fdatasync", "replace", "fsync"])
+def test_a_spool_that_fails_leaves_nothing(
+    local: LocalBlobStore, root: Path, monkeypatch: pytest.MonkeyPatch, call: str, code: int
+) -> None:
+    """Every step of receiving and committing can fail (a full disk, an I/O error): the
+    error is StoreFull or StorageUnavailable, and no temp file and no blob stay."""
+    real = getattr(os, call)
+
+    def failing(*args: object, **kwargs: object) -> object:
+        raise OSError(code, os.strerror(code))
+
+    with local.spool() as spool:
+        if call == "write":
+            monkeypatch.setattr(os, call, failing)
+            with pytest.raises(StorageUnavailable) as raised:
+                spool.write(b"x" * 1000)
+        else:
+            spool.write(b"x" * 1000)
+            monkeypatch.setattr(os, call, failing)
+            with pytest.raises(StorageUnavailable) as raised:
+                spool.commit("a/blob")
+    monkeypatch.setattr(os, call, real)
+    assert isinstance(raised.value, StoreFull) == (code == errno.ENOSPC)
+    assert list(local.list()) == [] and tmp_files(root) == []

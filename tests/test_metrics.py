@@ -296,7 +296,7 @@ def test_app_lines_logged_while_serving_carry_the_request_id(app_factory, monkey
     def full(*args: object, **kwargs: object) -> None:
         raise StorageUnavailable("the disk is gone")
 
-    monkeypatch.setattr(app.extensions["dicomserver"].store, "put", full)
+    monkeypatch.setattr(app.extensions["dicomserver"].store, "spool", full)  # STOW receives into a spool
     answer = stow(app.test_client(), to_bytes(make_instance()), **{"X-Request-ID": "outage-1"})
     assert answer.status_code == 503
     (warning,) = [r for r in caplog.records if r.name == "dicomserver.stow" and r.levelno == logging.WARNING]

@@ -165,7 +165,8 @@ def test_a_body_with_no_room_to_spool_is_read_to_its_end_and_answered_507(archiv
                            "application/dicom", study_uid=None, replace=False)
     assert body.tell() == len(body.getvalue())  # the client, still sending, gets its answer
     assert result.failure_reason == PROCESSING_FAILURE
-    assert result.comments == ["the archive is out of space to receive instances; nothing can be stored until space is freed"]
+    # The memory store spools like any store that cannot rename: in the spool directory.
+    assert result.comments == ["the archive is out of storage space; nothing can be stored until space is freed"]
     status, dataset = stow.response([result], base_url=BASE, study_uid=None, api_version="v2")
     assert status == 507 and len(dataset["00081198"]["Value"]) == 1
     assert list(archive.store.list()) == []
