@@ -21,7 +21,7 @@ keep-alive connections at once) does not all land on whichever worker's event lo
 quickest. The step-back is bounded: if no other worker takes a waiting connection within
 that time, the busier one does.
 
-A multipart answer of stored files (retrieve.SegmentedFile: framing bytes and ranges of
+A multipart answer of stored files (segments.SegmentedFile: framing bytes and ranges of
 local files) goes out as a single file does: the worker's wsgi.file_wrapper claims it, and
 the connection writes the bytes with write(2) and each file range with sendfile(2), corked
 into full packets. Any other server reads it as chunks.
@@ -47,7 +47,7 @@ from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from .retrieve import SegmentedFile
+from .segments import SegmentedFile
 from .settings import Settings
 
 _HEAD_END = b"\r\n\r\n"

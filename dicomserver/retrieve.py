@@ -19,10 +19,8 @@ so a multipart answer costs about what a single-part one does.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
 import tempfile
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
@@ -40,6 +38,7 @@ from .media import ANY_TRANSFER_SYNTAX, DICOM_JSON, Rendition, part_content_type
 from .metadata_stream import MetadataStream, gzip_accepted, metadata_stream
 from .metrics import open_blob, timed_first_chunk
 from .multipart import MultipartWriter
+from .segments import FileRange, Segment
 from .settings import Settings
 from .transcode import (
     TARGETS,
@@ -52,18 +51,6 @@ from .transcode import (
 from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_LITTLE_ENDIAN
 
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class FileRange:
-    """`length` bytes of the local file at `path`, from `offset`."""
-
-    path: str
-    offset: int
-    length: int
-
-
-Segment = bytes | FileRange
 
 
 @dataclass(frozen=True)
@@ -508,71 +495,6 @@ def segments_body(
 def _segments(content_type: str, segments: Sequence[Segment]) -> Body:
     length = sum(len(s) if isinstance(s, bytes) else s.length for s in segments)
     return Body(content_type, length, (), segments=tuple(segments))
-
-
-class SegmentedFile:
-    """A body of framing bytes and ranges of local files, read as one file.
-
-    gunicorn's worker (gunicorn_worker.py) claims it in its wsgi.file_wrapper and sends
-    the files by sendfile between the bytes; any other server reads it. One file is open
-    at a time (a study of thousands of instances holds one descriptor), the first from
-    `open_first`, before the status line: a blob deleted since the index was read is
-    still a 404, not an answer cut short.
-    """
-
-    def __init__(self, segments: tuple[Segment, ...]) -> None:
-        self.segments = segments
-        self.length = sum(len(s) if isinstance(s, bytes) else s.length for s in segments)
-        #: Set by the server that sends the segments itself; until then fileno() refuses,
-        #: so a server that would sendfile() the fileno as one whole file reads instead.
-        self.sent_by_server = False
-        self._path: str | None = None
-        self._file: IO[bytes] | None = None
-        self._pieces = self._read_pieces()
-
-    def open_first(self) -> None:
-        first = next((s for s in self.segments if isinstance(s, FileRange)), None)
-        if first is not None:
-            self.open(first.path)
-
-    def open(self, path: str) -> IO[bytes]:
-        """The file at `path`, open; the one open before is closed, unless it is the same
-        (the frames of one instance follow each other)."""
-        if self._file is None or self._path != path:
-            self.close()
-            self._file = open(path, "rb")  # noqa: SIM115 - closed with the body or by the next open
-            self._path = path
-        return self._file
-
-    def fileno(self) -> int:
-        if not self.sent_by_server or self._file is None:
-            raise io.UnsupportedOperation("a segmented body has no single file")
-        return self._file.fileno()
-
-    def read(self, size: int | None = -1) -> bytes:
-        """The next piece (a framing segment or up to CHUNK bytes of a file; b"" at the end),
-        whatever `size`: the WSGI file wrappers iterate read() until it is empty."""
-        return next(self._pieces, b"")
-
-    def _read_pieces(self) -> Iterator[bytes]:
-        for segment in self.segments:
-            if isinstance(segment, bytes):
-                yield segment
-                continue
-            fd = self.open(segment.path).fileno()
-            start, left = segment.offset, segment.length
-            while left > 0:
-                chunk = os.pread(fd, min(CHUNK, left), start)
-                if not chunk:
-                    raise OSError(f"{segment.path} ended {left} bytes before the range served from it")
-                start += len(chunk)
-                left -= len(chunk)
-                yield chunk
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = self._path = None
 
 
 class _Closing:

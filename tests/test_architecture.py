@@ -6,6 +6,8 @@ views (dicomserver/services), the app factory, the CLI and the WSGI entry import
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Lowest first. A module not listed here fails the test: place it in a layer.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "wire codec": ("dicomserver.multipart",),
+    "wire codec": ("dicomserver.multipart", "dicomserver.segments"),
     "blob stores": ("backends",),
     "DICOM vocabulary": (
         "dicomserver.settings",
@@ -168,3 +170,12 @@ def test_every_service_has_views() -> None:
     found = {p.stem: _views(p) for p in (REPO / "dicomserver" / "services").glob("*.py")}
     for service in ("stow", "wado", "bulkdata", "qido", "delete", "changefeed", "rendered", "ops", "browser", "metrics", "openapi"):
         assert found[service], service
+
+
+def test_the_gunicorn_worker_loads_no_metrics_in_the_master():
+    """gunicorn's master imports the worker class before `on_starting` chooses the Prometheus
+    multiprocess directory: prometheus_client imported by then counts for one process only
+    (every worker's counts were lost once, when the worker imported retrieve.py)."""
+    code = "import sys, dicomserver.gunicorn_worker; print('prometheus_client' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -17,7 +17,8 @@ from werkzeug.test import EnvironBuilder
 
 from dicomserver.gunicorn_worker import ClientSocket, FileWrapper
 from dicomserver.multipart import MultipartWriter
-from dicomserver.retrieve import FileRange, Part, SegmentedFile, multipart_body, segments_body
+from dicomserver.retrieve import Part, multipart_body, segments_body
+from dicomserver.segments import FileRange, SegmentedFile
 from dicomserver.settings import ConfigError, Settings
 
 MULTIPART = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}

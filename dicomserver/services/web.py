@@ -26,7 +26,8 @@ from ..audit import AuditRecord, AuditTrail
 from ..auth import Authenticator
 from ..errors import BadRequest, DicomWebError, NotFound, RequestTimeout, ServiceBusy, http_status
 from ..request_log import REASON_LIMIT, RequestLogEntry
-from ..retrieve import CHUNK, Body, SegmentedFile
+from ..retrieve import CHUNK, Body
+from ..segments import SegmentedFile
 from ..uids import is_valid_uid
 from ..urls import client_address, request_root
 from .observe import ENTRY
