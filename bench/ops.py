@@ -422,10 +422,8 @@ class BigOp:
         return f"/studies/{study.uid}/series/{study.series[0].uid}/metadata"
 
     def headers(self) -> dict[str, str]:
-        headers = {"Accept": DICOM_JSON}
-        if self.gzip:
-            headers["Accept-Encoding"] = "gzip"
-        return headers
+        # Said either way: requests (the answer check) asks for gzip unless told otherwise.
+        return {"Accept": DICOM_JSON, "Accept-Encoding": "gzip" if self.gzip else "identity"}
 
     def expected(self, data: DataSet) -> list[str]:
         study = data.studies[0]
