@@ -218,6 +218,25 @@ def absolute_uris(text: str, base_url: str) -> str:
     return text.replace(_STORED_URI_IN_JSON, '"' + base_url + "/studies/")
 
 
+def joined_absolute_uris(texts: list[str], base_url: str) -> str:
+    """The instances' texts joined by commas, their BulkDataURIs made absolute.
+
+    A stored URI's placeholder is escaped (`\\u0001`), and backslashes are rare in DICOM JSON,
+    so no URI starts before an instance's first backslash, found at memchr speed: the search
+    for the URIs covers only the rest (for a CT instance, the Pixel Data attribute at its end),
+    not the whole text (a third of a 5,000-instance `/metadata`'s CPU).
+    """
+    absolute = '"' + base_url + "/studies/"
+    fixed = []
+    for text in texts:
+        backslash = text.find("\\")
+        if backslash >= 0:
+            start = max(backslash - 1, 0)  # the URI's opening quote comes just before it
+            text = text[:start] + text[start:].replace(_STORED_URI_IN_JSON, absolute)
+        fixed.append(text)
+    return ",".join(fixed)
+
+
 def _value_tell(element: _Element) -> int | None:
     """Where an element's value starts, relative to what it was parsed from."""
     if isinstance(element, RawDataElement):

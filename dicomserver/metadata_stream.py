@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .dicomjson import absolute_uris
+from .dicomjson import joined_absolute_uris
 from .index import Index
 from .index.reads import METADATA_BATCH, CachedDeflate, SeriesVersion, version_tag
 
@@ -169,7 +169,7 @@ class MetadataStream:
             texts = self.index.metadata_texts(ids[start : start + METADATA_BATCH])
             if not texts:
                 continue
-            text = absolute_uris(",".join(texts), self.base_url)
+            text = joined_absolute_uris(texts, self.base_url)
             yield _Piece(text.encode() if first else b"," + text.encode(), first)
             first = False
 

@@ -12,7 +12,7 @@ import pytest
 from big_study import BigStudy, store
 
 from dicomserver import Settings, close_app, create_app
-from dicomserver.dicomjson import absolute_uris
+from dicomserver.dicomjson import absolute_uris, bulk_data_uri, joined_absolute_uris
 from dicomserver.index.reads import METADATA_BATCH
 from dicomserver.metadata_stream import crc32_combine, gzip_accepted, metadata_stream
 
@@ -270,6 +270,31 @@ def test_a_body_read_while_instances_go_is_still_json(app, big):
         body = b"".join(answer.chunks())
         assert (single_gzip_member(body) if packed else body) == joined_answer(app, study)
         assert etag != metadata_stream(index, (study, None, None), BASE, gzip=packed).etag
+
+
+def test_uris_made_absolute_per_instance_equal_the_whole_text_replaced():
+    """Each text's URIs are searched for only from its first backslash: texts with other
+    backslashes before, between and after URIs, URIs in sequences, none at all."""
+    def uri(n: int) -> str:
+        return bulk_data_uri(f"/studies/1.2/series/3.4/instances/5.{n}", f"7FE00010/{n}")
+
+    elements = [
+        {"00100010": {"vr": "PN", "Value": [{"Alphabetic": 'Doe^"Jo\\hn"'}]}},  # escapes before
+        {"00540016": {"vr": "SQ", "Value": [{"00281201": {"vr": "OW", "BulkDataURI": uri(1)}}]}},
+        {"00080070": {"vr": "LO", "Value": ["caf\u00e9 \\ \u0001"]}},  # a \u0001 that is no URI
+        {"7FE00010": {"vr": "OB", "BulkDataURI": uri(2)}},
+        {"00080060": {"vr": "CS", "Value": ["CT"]}},
+    ]
+    texts = [
+        json.dumps({k: v for e in chosen for k, v in e.items()}, sort_keys=True)
+        for chosen in ([], elements, elements[1:2], elements[3:], elements[:1], elements[2:], elements[4:] * 2)
+    ]
+    texts.append(texts[1] + "")  # the same text twice in a batch
+    for base in (BASE, "https://pacs.example.org/dicomweb/v1"):
+        joined = joined_absolute_uris(texts, base)
+        assert joined == absolute_uris(",".join(texts), base)
+        assert joined.count(base + "/studies/1.2/series/3.4/instances/5.") == 7
+        assert "\\u0001/studies" not in joined
 
 
 def test_crc32_combine():
