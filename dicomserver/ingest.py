@@ -29,6 +29,7 @@ from backends.base import BlobInfo, BlobStore, BlobStoreError, StorageUnavailabl
 
 from .dicomjson import BulkMap, DicomJson, bulk_data_uri, dataset_to_json
 from .frames import PIXEL_TAGS, PixelDataError, build_frame_map, read_element_header
+from .header import Converter, Unhandled, read_header, read_trailer
 from .index import DuplicateInstance, Index, InstanceRecord
 from .metrics import BLOBSTORE_SECONDS
 from .searchable import index_columns
@@ -168,48 +169,87 @@ class Ingestor:
         return prepared.result
 
     def prepare(self, fp: IO[bytes], size: int, *, study_uid: str | None) -> Prepared:
-        """Everything STOW learns from a file before storing it; raise InstanceRejected."""
+        """Everything STOW learns from a file before storing it; raise InstanceRejected.
+
+        The common case is read from the raw element stream (`header.py`); a file that
+        reader declines (it decides before producing anything) goes through pydicom.
+        Both give the same result (tests/test_header.py)."""
         result = PartResult()
         try:
             if size == 0:
                 raise InstanceRejected(INVALID_DATASET, "the part is empty")
-            ds, transfer_syntax = _read_header(fp)
             try:
-                frame_map = _check_encoding(fp, size, ds, transfer_syntax)
-            except InstanceRejected:
-                _identify(ds, result)  # as far as the UIDs can be read: say which instance was refused
-                raise
-            _validate(ds, result, study_uid)
-            invalid = _check_values(ds, transfer_syntax, result)
-            instance_path = (
-                f"/studies/{result.study_instance_uid}/series/{result.series_instance_uid}"
-                f"/instances/{result.sop_instance_uid}"
-            )
-            metadata, skipped, bulk = dataset_to_json(
-                ds,
-                # Offsets into a deflated file's inflated data mean nothing in the file.
-                fp=None if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else fp,
-                instance_path=instance_path,
-                inline_threshold=self.bulkdata_inline_threshold,
-            )
-            if skipped:
-                log.info("instance %s: attributes left out of metadata: %s", result.sop_instance_uid, skipped)
-            # Deflated files have no offsets, but their Pixel Data is still served (by parsing).
-            has_pixels = frame_map is not None or (
-                transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and "Rows" in ds
-            )
-            if has_pixels:
-                metadata[PIXEL_DATA] = {
-                    "vr": _pixel_data_vr(ds, transfer_syntax),
-                    "BulkDataURI": bulk_data_uri(instance_path, PIXEL_DATA),
-                }
-                metadata = dict(sorted(metadata.items()))
+                return self._prepare_fast(fp, size, study_uid, result)
+            except Unhandled:
+                result = PartResult()
+            return self._prepare_pydicom(fp, size, study_uid, result)
         except InstanceRejected as rejection:
             result.failure_reason = rejection.reason
             result.warning_reason = None
             result.comments = rejection.comments
             rejection.result = result
             raise
+
+    def _prepare_fast(self, fp: IO[bytes], size: int, study_uid: str | None, result: PartResult) -> Prepared:
+        """`prepare` from the raw bytes: raises Unhandled before any outcome when the file is
+        not one `header.py` reads exactly as pydicom would."""
+        parsed = read_header(fp, size)
+        converter = Converter(parsed, fp)
+        uids = converter.identifying_uids()
+        pixel_module = converter.pixel_module()
+        ds = cast(Dataset, pixel_module)  # build_frame_map reads only the Image Pixel attributes
+        fp.seek(parsed.pixel_offset)
+        try:
+            frame_map = build_frame_map(fp, ds, parsed.transfer_syntax, size)
+        except PixelDataError as exc:
+            _identify_texts(uids, result)
+            raise InstanceRejected(INVALID_DATASET, str(exc)) from None
+        if fp.tell() < size:
+            read_trailer(fp, fp.tell(), size, parsed.implicit)
+        problems = _identify_texts(uids, result)
+        if problems:
+            raise InstanceRejected(INVALID_DATASET, *problems)
+        _check_study(result, study_uid)
+        metadata, bulk = converter.to_json(_instance_path(result), self.bulkdata_inline_threshold)
+        _warn_implicit_vr(parsed.transfer_syntax, result)
+        if frame_map is not None:
+            metadata[PIXEL_DATA] = {
+                "vr": _pixel_data_vr(ds, parsed.transfer_syntax),
+                "BulkDataURI": bulk_data_uri(_instance_path(result), PIXEL_DATA),
+            }
+            metadata = dict(sorted(metadata.items()))
+        return Prepared(result, parsed.transfer_syntax, frame_map, metadata, bulk, frozenset())
+
+    def _prepare_pydicom(self, fp: IO[bytes], size: int, study_uid: str | None, result: PartResult) -> Prepared:
+        """`prepare` through pydicom: every file, whatever its encoding or flaws."""
+        ds, transfer_syntax = _read_header(fp)
+        try:
+            frame_map = _check_encoding(fp, size, ds, transfer_syntax)
+        except InstanceRejected:
+            _identify(ds, result)  # as far as the UIDs can be read: say which instance was refused
+            raise
+        _validate(ds, result, study_uid)
+        invalid = _check_values(ds, transfer_syntax, result)
+        instance_path = _instance_path(result)
+        metadata, skipped, bulk = dataset_to_json(
+            ds,
+            # Offsets into a deflated file's inflated data mean nothing in the file.
+            fp=None if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else fp,
+            instance_path=instance_path,
+            inline_threshold=self.bulkdata_inline_threshold,
+        )
+        if skipped:
+            log.info("instance %s: attributes left out of metadata: %s", result.sop_instance_uid, skipped)
+        # Deflated files have no offsets, but their Pixel Data is still served (by parsing).
+        has_pixels = frame_map is not None or (
+            transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and "Rows" in ds
+        )
+        if has_pixels:
+            metadata[PIXEL_DATA] = {
+                "vr": _pixel_data_vr(ds, transfer_syntax),
+                "BulkDataURI": bulk_data_uri(instance_path, PIXEL_DATA),
+            }
+            metadata = dict(sorted(metadata.items()))
         return Prepared(result, transfer_syntax, frame_map, metadata, bulk, invalid)
 
     def _store(self, write: Callable[[str], BlobInfo], prepared: Prepared, replace: bool) -> None:
@@ -274,6 +314,21 @@ def identify(fp: IO[bytes]) -> PartResult | None:
     NotPart10 as `Ingestor.prepare` would; None when the start does not parse (prepare
     then says why) or a UID is missing or invalid.
     """
+    try:
+        return _identify_fast(fp)
+    except Unhandled:
+        return _identify_pydicom(fp)
+
+
+def _identify_fast(fp: IO[bytes]) -> PartResult | None:
+    """`identify` from the raw bytes (`header.py`); Unhandled for a file it leaves to pydicom."""
+    size = fp.seek(0, io.SEEK_END)
+    converter = Converter(read_header(fp, size, stop_after=_LAST_IDENTIFYING_TAG), fp)
+    result = PartResult()
+    return None if _identify_texts(converter.identifying_uids(), result) else result
+
+
+def _identify_pydicom(fp: IO[bytes]) -> PartResult | None:
     fp.seek(0)
     try:
         ds = read_partial(
@@ -305,6 +360,13 @@ def _after_sop_instance_uid(tag: int, vr: str | None, length: int) -> bool:
 
 def _after_identifying_uids(tag: int, vr: str | None, length: int) -> bool:
     return tag > _LAST_IDENTIFYING_TAG
+
+
+def _instance_path(result: PartResult) -> str:
+    return (
+        f"/studies/{result.study_instance_uid}/series/{result.series_instance_uid}"
+        f"/instances/{result.sop_instance_uid}"
+    )
 
 
 def _pixel_data_vr(ds: Dataset, transfer_syntax: str) -> str:
@@ -413,13 +475,19 @@ def _check_values(ds: Dataset, transfer_syntax: str, result: PartResult) -> froz
     if problems:
         result.warning_reason = ELEMENTS_DISCARDED
         result.comments.extend(f"{comment} (stored, not searchable)" for _tag, comment in problems)
+    _warn_implicit_vr(transfer_syntax, result)
+    return frozenset(tag for tag, _comment in problems)
+
+
+def _warn_implicit_vr(transfer_syntax: str, result: PartResult) -> None:
+    """The warning every implicit VR file gets (the rest of `_check_values` for a file
+    `header.py` read: it has no invalid value, or it would have gone through pydicom)."""
     if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
         result.warning_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
         result.comments.append(
             "the file is encoded in Implicit VR Little Endian; "
             "value representations were taken from the data dictionary"
         )
-    return frozenset(tag for tag, _comment in problems)
 
 
 def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:
@@ -427,6 +495,11 @@ def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:
     problems = _identify(ds, result)
     if problems:
         raise InstanceRejected(INVALID_DATASET, *problems)
+    _check_study(result, study_uid)
+
+
+def _check_study(result: PartResult, study_uid: str | None) -> None:
+    """The StudyInstanceUID must be the one in the URL, if there is one."""
     if study_uid is not None and result.study_instance_uid != study_uid:
         raise InstanceRejected(
             STUDY_UID_MISMATCH,
@@ -436,14 +509,28 @@ def _validate(ds: Dataset, result: PartResult, study_uid: str | None) -> None:
 
 def _identify(ds: Dataset, result: PartResult) -> list[str]:
     """Fill `result` with the identifying UIDs that are valid; one problem per other one."""
-    values: dict[str, str] = {}
-    problems: list[str] = []
+    texts: dict[int, str | None] = {}
     for keyword, tag in REQUIRED_UIDS:
         try:
             raw = ds.get(keyword)
         except Exception:
             raw = None
-        text = "" if raw is None else str(raw)
+        texts[_tag_number(tag)] = None if raw is None else str(raw)
+    return _identify_texts(texts, result)
+
+
+def _tag_number(tag: str) -> int:
+    """'(0008,0016)' as 0x00080016."""
+    return int(tag[1:5] + tag[6:10], 16)
+
+
+def _identify_texts(texts: dict[int, str | None], result: PartResult) -> list[str]:
+    """`_identify` from the UIDs' text by tag (None when absent)."""
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    for keyword, tag in REQUIRED_UIDS:
+        raw = texts.get(_tag_number(tag))
+        text = "" if raw is None else raw
         uid = normalize_uid(text)
         if uid is None:
             problems.append(

@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.media",
         "dicomserver.dicomjson",
         "dicomserver.validation",
+        "dicomserver.header",  # the raw-bytes reader of the STOW header (pydicom path: ingest)
         "dicomserver.searchable",
         "dicomserver.matching",
         "dicomserver.frames",
