@@ -23,14 +23,23 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
-from pydicom.filewriter import _AMBIGUOUS_US_SS_TAGS
-from pydicom.tag import _LUT_DESCRIPTOR_TAGS
 from pydicom.uid import UID, AllTransferSyntaxes
 from pydicom.valuerep import MAX_VALUE_LEN, STR_VR_REGEXES
 
 from .dicomjson import BulkMap, DicomJson
 from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from .validation import _TEXT_VRS, STANDARD_VRS, _surely_valid
+
+# pydicom's own tables of the tags it reads specially; private names, so a pydicom that moves
+# them leaves the fast path declining every such tag (and the LUT descriptors as of 3.0).
+try:
+    from pydicom.filewriter import _AMBIGUOUS_US_SS_TAGS
+except ImportError:  # pragma: no cover - depends on the pydicom release
+    _AMBIGUOUS_US_SS_TAGS = set()
+try:
+    from pydicom.tag import _LUT_DESCRIPTOR_TAGS
+except ImportError:  # pragma: no cover
+    _LUT_DESCRIPTOR_TAGS = (0x00281101, 0x00281102, 0x00281103, 0x00283002)
 
 
 class Unhandled(Exception):
