@@ -27,6 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.dicomjson",
         "dicomserver.validation",
         "dicomserver.searchable",
+        "dicomserver.query_tags",
         "dicomserver.matching",
         "dicomserver.frames",
         "dicomserver.metrics",  # counters and timings the index and pipelines record
@@ -46,6 +47,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.search",
         "dicomserver.browse",
         "dicomserver.changes",
+        "dicomserver.operations",
+        "dicomserver.extended_query_tags",
         "dicomserver.auth",
         "dicomserver.urls",
         "dicomserver.audit",
