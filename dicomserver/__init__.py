@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .archive import open_archive
     from .audit import AuditLog, AuditStore, AuditTrail
     from .auth import Authenticator
+    from .operations import OperationRunner
     from .request_log import configure as configure_logging
     from .services import register_services
     from .services.observe import RequestObserver
@@ -38,6 +39,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     audit_store = AuditStore(index, settings.audit_retention_days) if settings.audit_store else None
     app.extensions["dicomserver-audit"] = AuditTrail(AuditLog(settings.audit_log), audit_store)
     register_services(app)
+    if settings.operations_runner:
+        # Re-indexes of extended query tags run in a thread of each server process, started by
+        # the process's first request: a gunicorn worker forked from a preloaded app gets its
+        # own, and `flask dicom ...` commands (an app, no requests) never take an operation.
+        runner = app.extensions["dicomserver-operations"] = OperationRunner(index, settings)
+        app.before_request(runner.start)
     app.wsgi_app = RequestObserver(app.wsgi_app, log_requests=settings.log_format == "json")  # type: ignore[method-assign]
     from .cli import dicom
 
@@ -60,10 +67,13 @@ def _redact(url: str) -> str:
 
 
 def close_app(app: Flask) -> None:
-    """Store the audit records still queued, then close the index's connections.
+    """Stop the operations thread, store the audit records still queued, then close the index's connections.
 
     For whoever builds apps in a long-lived process (tests, embedding); a gunicorn
     worker does the same at exit on its own.
     """
+    runner = app.extensions.get("dicomserver-operations")
+    if runner is not None:
+        runner.stop()
     app.extensions["dicomserver-audit"].close()
     app.extensions["dicomserver"].index.shutdown()

@@ -51,6 +51,10 @@ class NotAcceptable(DicomWebError):
     """No representation the client accepts can be produced (Accept, transfer syntax)."""
 
 
+class Conflict(DicomWebError):
+    """The request conflicts with what exists (an extended query tag already added, an operation running)."""
+
+
 class PayloadTooLarge(DicomWebError):
     """An instance is larger than the configured limit."""
 
@@ -81,6 +85,7 @@ STATUS: dict[type[BaseException], tuple[int, str | None]] = {
     IdentityProviderUnavailable: (503, None),
     NotFound: (404, None),
     NotAcceptable: (406, None),
+    Conflict: (409, None),
     PayloadTooLarge: (413, None),
     UnsupportedMediaType: (415, None),
     RequestTimeout: (408, None),

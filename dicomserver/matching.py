@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -16,6 +17,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from .dicomjson import name_key, normalize_time
 from .errors import InvalidQuery
+from .query_tags import InvalidTag, normalize_datetime
 from .searchable import INTEGER_COLUMN_RANGE
 from .uids import normalize_uid
 
@@ -28,7 +30,9 @@ class Attribute:
     keyword: str
     tag: str  # GGGGEEEE
     level: str
-    kind: str  # uid, string, name, date, time, int, modalities
+    kind: str  # uid, string, name, date, time, datetime, int, number, modalities
+    #: The extended query tag's id in the index; None for the attributes of SEARCHABLE.
+    extended: int | None = None
 
 
 def _attr(keyword: str, level: str, kind: str) -> Attribute:
@@ -82,7 +86,7 @@ _WHOLE_NUMBER = re.compile(r"([+-]?)([0-9]+)")
 # -- matchers -----------------------------------------------------------------
 @dataclass(frozen=True)
 class SingleValue:
-    value: str | int
+    value: str | int | float
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,10 @@ def parse_query(
     *,
     default_limit: int,
     max_limit: int,
+    extended: Mapping[str, Attribute] | None = None,
 ) -> QidoQuery:
-    """Turn the request's query pairs into a QidoQuery for `level`."""
+    """Turn the request's query pairs into a QidoQuery for `level`; `extended` adds the
+    extended query tags that are ready and enabled, by tag."""
     query = QidoQuery(level=level, limit=default_limit)
     seen: set[str] = set()
     raw_filters: list[tuple[Attribute, str]] = []
@@ -202,6 +208,8 @@ def parse_query(
             raise InvalidQuery(f"attribute {key!r} is given more than once")
         seen.add(tag)
         attribute = SEARCHABLE.get(tag)
+        if attribute is None and extended:
+            attribute = extended.get(tag)
         if attribute is None or LEVEL_ORDER[attribute.level] > LEVEL_ORDER[level]:
             query.ignored.append(_display(tag))
             continue
@@ -349,6 +357,10 @@ def _parse_matcher(attribute: Attribute, value: str) -> Matcher:
         return _date_matcher(name, value)
     if kind == "time":
         return _time_matcher(name, value)
+    if kind == "datetime":
+        return _datetime_matcher(name, value)
+    if kind == "number":
+        return _number_matcher(name, value)
     if kind == "int":
         number = _whole_number(value)
         if number is None:
@@ -413,3 +425,34 @@ def _time_matcher(name: str, value: str) -> Matcher:
     # The order is checked once it is known whether a date combines with it.
     return Range(lo, hi)
 
+
+def _datetime_matcher(name: str, value: str) -> Matcher:
+    """DT, exact (a partial value is the span it names: '2024' is the whole year) or a range."""
+    lower, dash, upper = value.partition("-")
+    if value.count("-") > 1 or "+" in value:
+        raise InvalidQuery(f"{name}: {value!r} is not a DT value or range (UTC offsets are not matched)")
+    lower, upper = lower.strip(), upper.strip()
+    if not dash:
+        upper = lower
+    if not lower and not upper:
+        raise InvalidQuery(f"{name}: a range needs at least one bound, got {value!r}")
+    try:
+        lo = normalize_datetime(lower) if lower else None
+        hi = normalize_datetime(upper, upper=True) if upper else None
+    except InvalidTag as exc:
+        raise InvalidQuery(f"{name}: {exc}") from None
+    return Range(lo, hi)
+
+
+def _number_matcher(name: str, value: str) -> Matcher:
+    """A number, or a list separated by backslashes: matched by value ('1.50' finds 1.5)."""
+    numbers = []
+    for item in value.split("\\"):
+        try:
+            number = float(item.strip())
+        except ValueError:
+            raise InvalidQuery(f"{name}={shown(value)} is not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise InvalidQuery(f"{name}={shown(value)} is not a finite number")
+        numbers.append(number)
+    return SingleValue(numbers[0]) if len(numbers) == 1 else ValueList(tuple(numbers))  # type: ignore[arg-type]

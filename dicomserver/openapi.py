@@ -27,6 +27,8 @@ from .fhir_audit import DEFAULT_COUNT, FHIR_JSON, MAX_COUNT
 from .matching import INSTANCE, LEVEL_ORDER, SERIES, STUDY
 from .matching import SEARCHABLE as _SEARCHABLE
 from .media import DICOM, DICOM_JSON, FRAME_MEDIA_TYPES, MULTIPART_RELATED, OCTET_STREAM
+from .query_tags import LEVELS as XQT_LEVELS
+from .query_tags import MAX_TAGS, SUPPORTED_VRS
 from .searchable import INTEGER_COLUMN_RANGE
 from .uids import MAX_UID_LENGTH
 
@@ -236,6 +238,13 @@ def _parameters() -> dict[str, Json]:
             {"type": "string", "pattern": r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$"},
         ),
         "record_id": _path("record_id", "The AuditEvent's id", {"type": "string", "pattern": "^[0-9]+$"}),
+        "xqt.tag_path": _path(
+            "tag_path", "The extended query tag: GGGGEEEE, or a standard tag's keyword",
+            {"type": "string", "pattern": r"^([0-9A-Fa-f]{8}|[A-Za-z][A-Za-z0-9]*)$"},
+        ),
+        "operation_id": _path("operation_id", "The operation's id", {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}),
+        "xqt.limit": _query("limit", "Entries per page", _count(1, 200, 100)),
+        "xqt.offset": _query("offset", "Entries to skip", _count(0, default=0)),
         "path": _path("path", "Anything: the path is not served", {"type": "string"}),
         **_qido_parameters(),
         "If-None-Match": _header(
@@ -434,6 +443,55 @@ def _schemas() -> dict[str, Json]:
             },
         },
         "OpenApiDocument": {"type": "object", "required": ["openapi", "info", "paths"]},
+        "OperationReference": {
+            "type": "object", "required": ["id", "href"], "additionalProperties": False,
+            "properties": {"id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "href": url},
+        },
+        "Operation": {
+            "type": "object", "additionalProperties": False,
+            "required": ["operationId", "type", "createdTime", "lastUpdatedTime", "status", "percentComplete",
+                         "resources", "errors"],
+            "properties": {
+                "operationId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                "type": {"enum": ["reindex"]},
+                "createdTime": {"type": "string", "format": "date-time"},
+                "lastUpdatedTime": {"type": "string", "format": "date-time"},
+                "startedTime": {"type": "string", "format": "date-time"},
+                "endedTime": {"type": "string", "format": "date-time"},
+                "status": {"enum": ["notStarted", "running", "succeeded", "failed", "canceled", "completed"],
+                           "description": "/v1 says completed where /v2 says succeeded (as the reference)"},
+                "percentComplete": {"type": "integer", "minimum": 0, "maximum": 100},
+                "resources": {"type": "array", "items": url, "description": "What the operation works on"},
+                "errors": {"type": "array", "items": {"type": "string"}, "description": "Why it failed"},
+            },
+        },
+        "ExtendedQueryTag": {
+            "type": "object", "additionalProperties": False,
+            "required": ["path", "vr", "level", "status", "queryStatus"],
+            "properties": {
+                "path": {"type": "string", "pattern": "^[0-9A-F]{8}$"},
+                "vr": {"enum": sorted(SUPPORTED_VRS)},
+                "privateCreator": {"type": "string", "maxLength": 64},
+                "level": {"enum": list(XQT_LEVELS)},
+                "status": {"enum": ["Adding", "Ready"]},
+                "queryStatus": {"enum": ["Enabled", "Disabled"]},
+                "errors": {
+                    "type": "object", "required": ["count", "href"], "additionalProperties": False,
+                    "properties": {"count": {"type": "integer", "minimum": 1}, "href": url},
+                },
+                "operation": _schema("OperationReference"),
+            },
+        },
+        "ExtendedQueryTags": {"type": "array", "items": _schema("ExtendedQueryTag")},
+        "ExtendedQueryTagErrors": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["studyInstanceUid", "seriesInstanceUid", "sopInstanceUid", "createdTime", "errorMessage"],
+            "properties": {
+                "studyInstanceUid": uid, "seriesInstanceUid": uid, "sopInstanceUid": uid,
+                "createdTime": {"type": "string", "format": "date-time"},
+                "errorMessage": {"type": "string"},
+            },
+        }},
     }
 
 
@@ -460,6 +518,11 @@ def _headers() -> dict[str, Json]:
         "Accept-Ranges": header("bytes", {"const": "bytes"}),
         "Vary": header("The request headers the answer was negotiated on: Accept, Accept-Encoding"),
         "Content-Encoding": header("gzip, when Accept-Encoding allowed it", {"const": "gzip"}),
+        "Location": header("The operation's absolute URL", {"type": "string", "format": "uri"}, required=True),
+        "erroneous-dicom-attributes": header(
+            "Extended query tags the search matched on whose re-index could not index every instance "
+            "(they were re-enabled after it), comma-separated"
+        ),
     }
 
 
@@ -476,6 +539,29 @@ def _request_bodies() -> dict[str, Json]:
                 _multipart(DICOM_JSON): {"schema": binary},
                 DICOM: {"schema": binary},
             },
+        },
+        "extendedquerytags.add": {
+            "required": True,
+            "description": f"The tags to add (at most {MAX_TAGS} on the server); member names are read "
+                           "case-insensitively. A standard tag by keyword or GGGGEEEE (vr optional: the "
+                           "dictionary's); a private tag GGGGxxEE with its vr and privateCreator.",
+            "content": {JSON: {"schema": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["path", "level"],
+                "properties": {
+                    "path": {"type": "string"},
+                    "vr": {"enum": sorted(SUPPORTED_VRS)},
+                    "privateCreator": {"type": "string", "maxLength": 64},
+                    "level": {"type": "string", "description": "Study, Series or Instance (any case)"},
+                },
+            }}}},
+        },
+        "extendedquerytags.update": {
+            "required": True,
+            "description": "Whether QIDO matches on the tag",
+            "content": {JSON: {"schema": {
+                "type": "object", "required": ["queryStatus"], "additionalProperties": False,
+                "properties": {"queryStatus": {"enum": ["Enabled", "Disabled"]}},
+            }}},
         },
     }
 
@@ -610,7 +696,8 @@ def _rendered_routes() -> list[Route]:
 
 def _qido_routes() -> list[Route]:
     responses = {
-        200: _answer("the matches (an empty array when none), oldest first", DICOM_JSON_ARRAY, ["Warning"]),
+        200: _answer("the matches (an empty array when none), oldest first", DICOM_JSON_ARRAY,
+                     ["Warning", "erroneous-dicom-attributes"]),
         400: _error("an unknown or repeated parameter, a malformed value, limit, offset or fuzzymatching; "
                     + _UID_ERRORS),
         406: _error("the Accept header allows no JSON (use application/dicom+json)"),
@@ -676,6 +763,46 @@ def _audit_routes() -> list[Route]:
     ]
 
 
+def _extended_query_tag_routes() -> list[Route]:
+    tag = {"tag_path": "xqt.tag_path"}
+    bad_path = "the tag path is neither 8 hex digits nor a keyword"
+    missing = _error("no such extended query tag")
+    one = _answer("the tag", {JSON: _schema("ExtendedQueryTag")})
+    return [
+        Route("POST", "/extendedquerytags", "Add extended query tags (non-standard)", "Extended query tags", {
+            202: _answer("added (status Adding); the re-index operation follows", {JSON: _schema("OperationReference")},
+                         ["Location"]),
+            400: _error("the body is not a JSON array of valid definitions (the message says which and why), "
+                        f"or the server would keep more than {MAX_TAGS} tags"),
+            409: _error("a tag exists already, or a re-index is under way"),
+        }, body="extendedquerytags.add", action="manageExtendedQueryTags"),
+        Route("GET", "/extendedquerytags", "List the extended query tags (non-standard)", "Extended query tags", {
+            200: _answer("one page of tags", {JSON: _schema("ExtendedQueryTags")}),
+            400: _error("a malformed limit or offset"),
+        }, parameters=("xqt.limit", "xqt.offset")),
+        Route("GET", "/extendedquerytags/{tag_path}", "One extended query tag (non-standard)", "Extended query tags",
+              {200: one, 400: _error(bad_path), 404: missing}, path_parameters=tag),
+        Route("PATCH", "/extendedquerytags/{tag_path}", "Enable or disable QIDO on an extended query tag",
+              "Extended query tags", {
+                  200: one, 400: _error(f"{bad_path}, or the body is not {{\"queryStatus\": ...}}"), 404: missing,
+              }, body="extendedquerytags.update", action="manageExtendedQueryTags", path_parameters=tag),
+        Route("DELETE", "/extendedquerytags/{tag_path}", "Remove an extended query tag and its values",
+              "Extended query tags", {204: _answer("removed"), 400: _error(bad_path), 404: missing},
+              action="manageExtendedQueryTags", path_parameters=tag),
+        Route("GET", "/extendedquerytags/{tag_path}/errors", "The values an extended query tag could not index",
+              "Extended query tags", {
+                  200: _answer("one page of errors, oldest first", {JSON: _schema("ExtendedQueryTagErrors")}),
+                  400: _error(f"{bad_path}, or a malformed limit or offset"), 404: missing,
+              }, parameters=("xqt.limit", "xqt.offset"), path_parameters=tag),
+        Route("GET", "/operations/{operation_id}", "A long-running operation's status (non-standard)", "Operations", {
+            200: _answer("the operation has ended (succeeded, failed, canceled)", {JSON: _schema("Operation")}),
+            202: _answer("the operation has not ended yet", {JSON: _schema("Operation")}, ["Location"]),
+            400: _error("not an operation id (32 hex digits)"),
+            404: _error("no such operation"),
+        }),
+    ]
+
+
 def _operations_routes() -> list[Route]:
     return [
         Route("GET", "/healthz", "Liveness: the process answers", "Operations",
@@ -720,7 +847,7 @@ def _browser_routes() -> list[Route]:
 
 
 #: The DICOMweb roots, as services/__init__.py answers them without a version prefix.
-UNVERSIONED_ROOTS = ("studies", "series", "instances", "changefeed", "audit")
+UNVERSIONED_ROOTS = ("studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations")
 
 
 def _unversioned_routes() -> list[Route]:
@@ -744,6 +871,7 @@ ROUTES: tuple[Route, ...] = (
     *_delete_routes(),
     *_changefeed_routes(),
     *_audit_routes(),
+    *_extended_query_tag_routes(),
     *_operations_routes(),
     *_browser_routes(),
     *_unversioned_routes(),

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from .archive import Archive
 from .dicomjson import absolute_uris
+from .index.extended import ENABLED, StoredTag
 from .index.query import search as run_query
-from .matching import parse_query
+from .matching import Attribute, parse_query
+from .query_tags import KIND, name_of
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class SearchResult:
     warnings: list[str]
     #: More results match beyond this page (at offset + limit).
     more: bool
+    #: Extended query tags matched on whose re-index left some instances out (the
+    #: reference's erroneous-dicom-attributes header).
+    erroneous: tuple[str, ...] = ()
 
 
 def search(
@@ -36,7 +41,11 @@ def search(
 ) -> SearchResult:
     """Search one level (study, series, instance), within a study or series if given."""
     settings = archive.settings
-    query = parse_query(args, level, default_limit=settings.qido_default_limit, max_limit=settings.qido_max_limit)
+    tags = {t.path: t for t in archive.index.extended_query_tags(ready_only=True) if t.query_status == ENABLED}
+    query = parse_query(
+        args, level, default_limit=settings.qido_default_limit, max_limit=settings.qido_max_limit,
+        extended={path: _attribute(tag) for path, tag in tags.items()},
+    )
     results, more = run_query(query, base_url=base_url, study_uid=study_uid, series_uid=series_uid)
     warnings = []
     if query.ignored:
@@ -50,4 +59,12 @@ def search(
             "The number of results exceeded the maximum supported by the server. "
             f"Additional results can be requested with offset={query.offset + query.limit}."
         )
-    return SearchResult(absolute_uris("[" + ",".join(results) + "]", base_url), warnings, more)
+    erroneous = tuple(
+        f.attribute.keyword for f in query.filters if f.attribute.extended and tags[f.attribute.tag].error_count
+    )
+    return SearchResult(absolute_uris("[" + ",".join(results) + "]", base_url), warnings, more, erroneous)
+
+
+def _attribute(tag: StoredTag) -> Attribute:
+    """An extended query tag as matching.py matches it."""
+    return Attribute(name_of(tag.path), tag.path, tag.level.lower(), KIND[tag.vr], extended=tag.id)

@@ -92,6 +92,18 @@ class Settings:
     #: store's root (e.g. "/_dicomserver_blobs/"); a stored instance asked for as stored is an
     #: empty answer naming its file, which nginx sends. None: dicomserver sends every byte.
     accel_redirect: str | None = None
+    #: Run operations (extended query tag re-indexes) in a thread of each server process.
+    #: Off: this process only answers; another host or process must run them.
+    operations_runner: bool = True
+    #: Seconds an operation's runner holds it between checkpoints; a runner that crashed is
+    #: replaced this long after its last checkpoint.
+    operations_lease_seconds: float = 60.0
+    #: Seconds between looks for operations to run, when none is running.
+    operations_poll_seconds: float = 5.0
+    #: Instances a re-index reads and commits at a time, and the pause after each batch
+    #: (seconds), which leaves the index to STOW and QIDO on a busy archive.
+    reindex_batch: int = 500
+    reindex_pause: float = 0.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -149,6 +161,10 @@ def _whole_number(raw: str) -> int:
     if value < 0:
         raise ValueError("expected a number of 0 or more")
     return value
+
+
+def _non_negative_seconds(raw: str) -> float:
+    return 0.0 if raw.strip() in ("0", "0.0") else _positive_seconds(raw)
 
 
 def _positive_seconds(raw: str) -> float:
@@ -290,4 +306,9 @@ _VARIABLES = (
     ("log_format", "DICOMWEB_LOG_FORMAT", _log_format),
     ("metrics_token", "DICOMWEB_METRICS_TOKEN", str),
     ("accel_redirect", "DICOMWEB_ACCEL_REDIRECT", _accel_prefix),
+    ("operations_runner", "DICOMWEB_OPERATIONS_RUNNER", _flag),
+    ("operations_lease_seconds", "DICOMWEB_OPERATIONS_LEASE_SECONDS", _positive_seconds),
+    ("operations_poll_seconds", "DICOMWEB_OPERATIONS_POLL_SECONDS", _positive_seconds),
+    ("reindex_batch", "DICOMWEB_REINDEX_BATCH", _positive_int),
+    ("reindex_pause", "DICOMWEB_REINDEX_PAUSE", _non_negative_seconds),
 )

@@ -12,6 +12,17 @@ from s3_fixtures import empty_bucket, moto_s3, new_bucket  # noqa: F401  (fixtur
 from dicomserver import Settings, close_app, create_app
 
 
+@pytest.fixture(autouse=True)
+def _no_operations_runner_outlives_its_test():
+    """An app a test did not close keeps its operations thread, which would poll the next tests'
+    PostgreSQL database and could take their operations: stop every runner after each test (an
+    app used again starts its runner again with its next request)."""
+    yield
+    from dicomserver.operations import stop_runners
+
+    stop_runners()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
     """Every test that uses the app runs twice: local disk + SQLite, and S3 + PostgreSQL."""

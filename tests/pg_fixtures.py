@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import pytest
 
-TABLES = ("audit_event", "change", "request_attribute", "instance", "series", "study")
+TABLES = (
+    "extended_query_tag_error", "extended_query_tag_value", "extended_query_tag", "operation",
+    "audit_event", "change", "request_attribute", "instance", "series", "study")
 
 
 def _bin(name: str) -> str | None:

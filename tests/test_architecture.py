@@ -28,6 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.validation",
         "dicomserver.header",  # the raw-bytes reader of the STOW header (pydicom path: ingest)
         "dicomserver.searchable",
+        "dicomserver.query_tags",
         "dicomserver.matching",
         "dicomserver.frames",
         "dicomserver.metrics",  # counters and timings the index and pipelines record
@@ -47,6 +48,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.search",
         "dicomserver.browse",
         "dicomserver.changes",
+        "dicomserver.operations",
+        "dicomserver.extended_query_tags",
         "dicomserver.auth",
         "dicomserver.urls",
         "dicomserver.audit",

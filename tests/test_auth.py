@@ -28,11 +28,15 @@ from dicom_factory import make_instance, to_bytes
 
 from dicomserver import ConfigError, Settings
 
-ACTIONS = {"GET": "read", "POST": "write", "PUT": "write", "DELETE": "delete"}
+ACTIONS = {"GET": "read", "POST": "write", "PUT": "write", "DELETE": "delete", "PATCH": "manageExtendedQueryTags"}
+XQT = "manageExtendedQueryTags"
 
 
 def action_of(method: str, rule) -> str:
-    """The action the spec gives a route: the audit trail needs `audit`, the rest goes by method."""
+    """The action the spec gives a route: the audit trail needs `audit`, changes to extended query
+    tags `manageExtendedQueryTags`, the rest goes by method."""
+    if "/extendedquerytags" in rule.rule and method != "GET":
+        return XQT
     return "audit" if "/audit" in rule.rule else ACTIONS[method]
 DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
 
@@ -71,6 +75,7 @@ def seed(client, idp: IdentityProvider) -> dict[str, str]:
         "frames": "1",
         "tag_path": "7FE00010",
         "record_id": "1",
+        "operation_id": "0" * 32,
     }
 
 
@@ -101,7 +106,7 @@ def test_the_url_map_has_every_kind_of_route(auth_app):
     paths = {rule.rule.split("api_version>", 1)[-1] for _, rule in api_routes(auth_app)}
     for expected in ("/studies", "/changefeed", "/changefeed/latest", "/studies/<study>/thumbnail"):
         assert expected in paths
-    assert {method for method, _ in api_routes(auth_app)} == {"GET", "POST", "PUT", "DELETE"}
+    assert {method for method, _ in api_routes(auth_app)} == {"GET", "POST", "PUT", "DELETE", "PATCH"}
     assert len(api_routes(auth_app)) >= 30
 
 
@@ -147,7 +152,8 @@ def test_a_writer_stores_on_every_stow_route_and_may_not_delete(auth_client, aut
     for method, rule in api_routes(auth_app):
         path = fill(rule, "v2", values)
         response = call(auth_client, method, path, writer, values)
-        wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 403, "audit": 403}[action_of(method, rule)])
+        wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 403, "audit": 403, XQT: 403}[
+            action_of(method, rule)])
     assert wrong == []
 
 
@@ -158,7 +164,8 @@ def test_a_deleter_deletes_on_every_delete_route_and_may_not_store(auth_client, 
         values = seed(auth_client, identity_provider)
         path = fill(rule, "v2", values)
         response = call(auth_client, method, path, deleter, values)
-        wrong += mismatch(method, path, response, {"read": None, "write": 403, "delete": 204, "audit": 403}[action_of(method, rule)])
+        wrong += mismatch(method, path, response, {"read": None, "write": 403, "delete": 204, "audit": 403, XQT: 403}[
+            action_of(method, rule)])
     assert wrong == []
 
 
@@ -170,7 +177,8 @@ def test_an_admin_may_do_anything(auth_client, auth_app, identity_provider):
             values = seed(auth_client, identity_provider)
             path = fill(rule, version, values)
             response = call(auth_client, method, path, admin, values)
-            wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 204, "audit": None}[action_of(method, rule)])
+            wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 204, "audit": None, XQT: None}[
+                action_of(method, rule)])
     assert wrong == []
 
 
@@ -199,7 +207,8 @@ def test_health_endpoints_need_no_token(auth_client):
 
 def test_options_needs_no_token(auth_client, auth_app):
     for _, rule in api_routes(auth_app):
-        path = fill(rule, "v2", {"study": "1.2.3", "series": "1.2.3.4", "instance": "1.2.3.4.5", "frames": "1", "tag_path": "7FE00010", "record_id": "1"})
+        path = fill(rule, "v2", {"study": "1.2.3", "series": "1.2.3.4", "instance": "1.2.3.4.5", "frames": "1", "tag_path": "7FE00010", "record_id": "1",
+                                  "operation_id": "0" * 32})
         response = auth_client.options(path)
         assert response.status_code not in (401, 403), path
 

@@ -151,3 +151,14 @@ def test_cors_origins_from_the_environment():
     both = Settings.from_env({"DICOMWEB_CORS_ORIGINS": f"{ORIGIN}, {OTHER}"})
     assert both.cors_origins == (ORIGIN, OTHER)
     assert Settings.from_env({}).cors_origins == ()
+
+
+def test_patch_is_allowed_for_extended_query_tags(app_factory):
+    """PATCH /extendedquerytags/{tag} (query status) from a page: its preflight allows the method."""
+    client = app_factory(cors_origins=(ORIGIN,)).test_client()
+    response = preflight(client, "/v2/extendedquerytags/PatientWeight", method="PATCH")
+    assert response.status_code == 200
+    assert "patch" in names(response.headers.get("Access-Control-Allow-Methods"))
+    answer = client.get("/v2/extendedquerytags", headers={"Origin": ORIGIN})
+    assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "erroneous-dicom-attributes" in names(answer.headers.get("Access-Control-Expose-Headers"))

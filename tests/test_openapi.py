@@ -201,6 +201,24 @@ SPOT_CHECKS: list[tuple[str, str, dict[str, Any], int]] = [
     ("audit", "GET /v2/audit?_count=5", {}, 200),
     ("audit unknown", "GET /v2/audit/999999", {}, 404),
     ("audit accept", "GET /v2/audit", {"headers": {"Accept": "image/png"}}, 406),
+    ("extended query tags, add", "POST /v2/extendedquerytags", {"json": [{"path": "PatientWeight", "level": "Study"}]},
+     202),
+    ("extended query tags, add again", "POST /v2/extendedquerytags",
+     {"json": [{"path": "PatientWeight", "level": "Study"}]}, 409),
+    ("extended query tags, add nothing", "POST /v2/extendedquerytags", {"json": []}, 400),
+    ("extended query tags", "GET /v2/extendedquerytags?limit=10", {}, 200),
+    ("extended query tags, bad limit", "GET /v2/extendedquerytags?limit=0", {}, 400),
+    ("extended query tag", "GET /v1/extendedquerytags/00101030", {}, 200),
+    ("extended query tag, bad path", "GET /v2/extendedquerytags/nope", {}, 400),
+    ("extended query tag, unknown", "GET /v2/extendedquerytags/PatientSize", {}, 404),
+    ("extended query tag, disable", "PATCH /v2/extendedquerytags/PatientWeight", {"json": {"queryStatus": "Disabled"}},
+     200),
+    ("extended query tag, bad patch", "PATCH /v2/extendedquerytags/PatientWeight", {"json": {"queryStatus": 1}}, 400),
+    ("extended query tag errors", "GET /v2/extendedquerytags/PatientWeight/errors", {}, 200),
+    ("extended query tag, delete", "DELETE /v2/extendedquerytags/PatientWeight", {}, 204),
+    ("extended query tag, delete again", "DELETE /v2/extendedquerytags/PatientWeight", {}, 404),
+    ("operation, bad id", "GET /v2/operations/123", {}, 400),
+    ("operation, unknown", "GET /v2/operations/" + "0" * 32, {}, 404),
     ("delete instance", f"DELETE {INSTANCE}", {}, 204),
     ("delete again", f"DELETE {INSTANCE}", {}, 404),
     ("healthz", "GET /healthz", {}, 200),
@@ -271,6 +289,29 @@ def test_each_status_is_produced_and_documented(archive_app, served):
     unchanged = client.get(metadata, headers={"If-None-Match": etag})
     assert unchanged.status_code == 304
     check_answer(served, served["paths"]["/v2/studies/{study}/metadata"]["get"], unchanged)
+
+
+def test_operation_answers_are_documented(app_factory):
+    """/operations/{id} while an operation waits (202) and once it has ended (200)."""
+    from dicomserver.operations import default_handlers, run_pending
+
+    app = app_factory(operations_runner=False)
+    client = app.test_client()
+    doc = client.get("/openapi.json").get_json()
+    started = client.post("/v2/extendedquerytags", json=[{"path": "PatientWeight", "level": "Study"}])
+    check_answer(doc, doc["paths"]["/v2/extendedquerytags"]["post"], started)
+    operation = doc["paths"]["/v2/operations/{operation_id}"]["get"]
+    waiting = client.get(started.get_json()["href"])
+    assert waiting.status_code == 202
+    check_answer(doc, operation, waiting)
+    archive = app.extensions["dicomserver"]
+    archive.index.connect()
+    run_pending(archive.index, archive.settings, default_handlers())
+    ended = client.get(started.get_json()["href"])
+    assert ended.status_code == 200
+    check_answer(doc, operation, ended)
+    check_answer(doc, doc["paths"]["/v2/extendedquerytags/{tag_path}"]["get"],
+                 client.get("/v2/extendedquerytags/PatientWeight"))
 
 
 def test_limits_and_outages_are_documented(app_factory, tmp_path):

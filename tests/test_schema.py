@@ -114,3 +114,29 @@ def test_rows_without_qido_members_are_answered_from_the_full_json(tmp_path):
     with sqlite3.connect(tmp_path / "i.db") as db:
         db.execute("UPDATE instance_metadata SET qido = NULL")
     assert _app(tmp_path).test_client().get("/v2/series?PatientID=P-5").json == expected
+
+
+def test_version_8_database_gains_operations_and_extended_query_tags(tmp_path):
+    app = _app(tmp_path)
+    ds = make_instance(PatientWeight="61")
+    app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    close_app(app)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        for table in ("extended_query_tag_error", "extended_query_tag_value", "extended_query_tag", "operation"):
+            db.execute(f"DROP TABLE {table}")
+        db.execute("UPDATE schema_info SET version = 8")
+
+    from dicomserver.operations import default_handlers, run_pending
+
+    migrated = _app(tmp_path)
+    client = migrated.test_client()
+    added = client.post("/v2/extendedquerytags", json=[{"path": "PatientWeight", "level": "Study"}])
+    assert added.status_code == 202
+    archive = migrated.extensions["dicomserver"]
+    archive.index.connect()
+    run_pending(archive.index, archive.settings, default_handlers())
+    assert client.get(added.json["href"]).json["status"] == "succeeded"
+    assert len(client.get("/v2/studies?PatientWeight=61").json) == 1
+    close_app(migrated)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]

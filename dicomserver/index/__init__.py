@@ -3,17 +3,19 @@
 One concrete class over Peewee (SQLite by default, PostgreSQL by URL), assembled from
 one module per job: `connection.py` (the database, per-request connections, the writer
 lock), `reads.py` (by UID: WADO, /metadata, the change feed, gc), `writes.py` (STOW,
-DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail) and
+DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail),
+`operations.py` (long-running jobs), `extended.py` (extended query tags) and
 `schema.py` (migrations).
 """
 from __future__ import annotations
 
 from .audit import AuditQuery, AuditRecord, IndexAudit
+from .extended import IndexExtendedQueryTags
 from .reads import FeedEntry, StoredBlob, StoredInstance
 from .writes import DuplicateInstance, IndexWrites, InstanceRecord, StoreOutcome
 
 
-class Index(IndexWrites, IndexAudit):
+class Index(IndexWrites, IndexAudit, IndexExtendedQueryTags):
     """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
 
     def create_schema(self) -> None:

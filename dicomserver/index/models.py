@@ -1,4 +1,5 @@
-"""Peewee models of the metadata index: Study, Series, Instance, the change feed, the audit trail.
+"""Peewee models of the metadata index: Study, Series, Instance, the change feed, the audit trail,
+operations and extended query tags.
 
 Patient attributes live on Study (as in the reference server: no patient level).
 Study and Series columns hold the searchable attributes of their *latest* stored
@@ -170,7 +171,90 @@ class AuditEvent(BaseModel):
         indexes = ((("subject", "id"), False), (("study", "id"), False))
 
 
-MODELS = (Study, Series, Instance, InstanceMetadata, SeriesMetadataCache, RequestAttribute, Change, AuditEvent)
+class Operation(BaseModel):
+    """A long-running job (re-index of extended query tags, ...) and its progress, at /operations/{id}.
+
+    Any process of any host may run it: one claims it by taking its lease (owner and expiry,
+    under the write lock), renews the lease with each checkpoint and resumes from `checkpoint`
+    when a previous runner's lease ran out (it crashed or was killed).
+    """
+
+    id = pw.CharField(max_length=32, primary_key=True)  # a UUID, 32 hex digits (the reference's format)
+    type = pw.CharField(max_length=32)
+    status = pw.CharField(max_length=16, index=True)
+    created = pw.DateTimeField()
+    last_updated = pw.DateTimeField()
+    started = pw.DateTimeField(null=True)
+    ended = pw.DateTimeField(null=True)
+    percent_complete = pw.IntegerField(default=0)
+    #: JSON: what the operation was asked to do, and its resources (relative paths).
+    payload = pw.TextField()
+    #: JSON: where to resume (the handler's own state); NULL before the first checkpoint.
+    checkpoint = pw.TextField(null=True)
+    #: JSON list of error messages (a failed operation says why).
+    errors = pw.TextField(null=True)
+    lease_owner = pw.CharField(max_length=128, null=True)
+    lease_expires = pw.DateTimeField(null=True)
+    #: How many runners have claimed it (a crash loop shows here, and ends in failure).
+    attempts = pw.IntegerField(default=0)
+
+
+class ExtendedQueryTag(BaseModel):
+    """An attribute made searchable at a level (the reference's extended query tags)."""
+
+    id = pw.AutoField()
+    #: GGGGEEEE, upper case; for a private tag the element as the data carries it (GGGGxxEE).
+    path = pw.CharField(max_length=8)
+    vr = pw.CharField(max_length=2)
+    private_creator = pw.CharField(max_length=64, null=True)
+    level = pw.CharField(max_length=8)  # Study, Series, Instance
+    status = pw.CharField(max_length=8)  # Adding, Ready
+    query_status = pw.CharField(max_length=8)  # Enabled, Disabled
+    operation_id = pw.CharField(max_length=32, null=True)
+    created = pw.DateTimeField()
+
+    class Meta:
+        indexes = ((("path",), True),)
+
+
+class ExtendedQueryTagValue(BaseModel):
+    """One instance's value of an extended query tag (its first value, normalised for matching).
+
+    Kept per instance: a study- or series-level tag matches on the value of the study's or
+    series' latest instance (Study/Series.latest_instance_id), as the core columns do, so
+    a delete that changes the latest instance needs no re-derivation here.
+    """
+
+    tag = pw.ForeignKeyField(ExtendedQueryTag, on_delete="CASCADE")
+    instance = pw.ForeignKeyField(Instance, on_delete="CASCADE")
+    text_value = pw.TextField(null=True)
+    number_value = pw.DoubleField(null=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("tag", "instance")
+        indexes = ((("tag", "text_value"), False), (("tag", "number_value"), False))
+
+
+class ExtendedQueryTagError(BaseModel):
+    """A value of an extended query tag that could not be indexed, and why."""
+
+    id = pw.AutoField()
+    tag = pw.ForeignKeyField(ExtendedQueryTag, on_delete="CASCADE")
+    instance = pw.ForeignKeyField(Instance, on_delete="CASCADE")
+    study_instance_uid = pw.CharField(max_length=64)
+    series_instance_uid = pw.CharField(max_length=64)
+    sop_instance_uid = pw.CharField(max_length=64)
+    created = pw.DateTimeField()
+    message = pw.TextField()
+
+    class Meta:
+        indexes = ((("tag", "instance"), True),)
+
+
+MODELS = (
+    Study, Series, Instance, InstanceMetadata, SeriesMetadataCache, RequestAttribute, Change, AuditEvent,
+    Operation, ExtendedQueryTag, ExtendedQueryTagValue, ExtendedQueryTagError,
+)
 
 
 class SchemaInfo(BaseModel):

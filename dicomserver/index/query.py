@@ -213,9 +213,33 @@ class _Params:
         return f"{column} IN (" + ", ".join(self.one(v) for v in values) + ")"
 
 
+#: Where each level's value of an extended query tag comes from: the latest instance of a study
+#: or series (as for the core columns), or the instance itself.
+_EXTENDED_SOURCE = {STUDY: 's."latest_instance_id"', SERIES: 'se."latest_instance_id"', INSTANCE: 'i."id"'}
+_EXTENDED_MODEL = {STUDY: Study, SERIES: Series, INSTANCE: Instance}
+
+
+def _extended_condition(f: Filter, p: _Params) -> str:
+    """An extended query tag's filter: its value row for the entity's (latest) instance matches."""
+    m = f.matcher
+    tag = p.one(f.attribute.extended)  # placeholders are bound in the order they are written
+    column = 'xv."number_value"' if f.attribute.kind == "number" else 'xv."text_value"'
+    if isinstance(m, FuzzyName):
+        words = f"(' ' || REPLACE(REPLACE({column}, '^', ' '), '=', ' '))"
+        condition = " AND ".join(_like(words, "% " + like_pattern(word) + "%", p) for word in m.words)
+    else:
+        condition = _value_condition(column, m, p)
+    return (
+        f'EXISTS (SELECT 1 FROM "extended_query_tag_value" AS xv WHERE xv."tag_id" = {tag} '
+        f'AND xv."instance_id" = {_EXTENDED_SOURCE[f.attribute.level]} AND {condition})'
+    )
+
+
 def _condition(f: Filter, p: _Params) -> str:
     m = f.matcher
     kind = f.attribute.kind
+    if f.attribute.extended is not None:
+        return _extended_condition(f, p)
     if kind == "modalities":
         matches = p.is_in('ms."modality"', m.values)  # type: ignore[union-attr]
         return f'EXISTS (SELECT 1 FROM "series" AS ms WHERE ms."study_id" = s."id" AND {matches})'
@@ -275,6 +299,8 @@ def _between(expression: str, lower: str | None, upper: str | None, p: _Params) 
 def _tables(f: Filter) -> set:
     """The models a filter's SQL condition refers to (so the page query joins only those)."""
     kind = f.attribute.kind
+    if f.attribute.extended is not None:
+        return {_EXTENDED_MODEL[f.attribute.level]}
     if kind in ("modalities", "sopclasses"):
         return {Study}
     if isinstance(f.matcher, FuzzyName):

@@ -27,6 +27,7 @@ from ..dicomjson import DicomJson
 from ..metrics import INDEX_SECONDS
 from ..searchable import IndexColumns, request_attributes, series_columns, study_columns
 from .connection import utcnow
+from .extended import index_instance_values
 from .models import Change, Instance, InstanceMetadata, RequestAttribute, Series, Study
 from .query import qido_members
 from .reads import IndexReads
@@ -257,6 +258,8 @@ class IndexWrites(IndexReads):
             ("instance_id", "metadata", "qido"),
             (instance_id, json.dumps(meta, separators=(",", ":")), qido_members(meta)),
         )
+        uids = (rec.study_instance_uid, rec.series_instance_uid, rec.sop_instance_uid)
+        index_instance_values(self.db, instance_id, uids, meta)  # extended query tags (index/extended.py)
         # Counters move by increments: no recount of a large study per STOW.
         series_columns = rec.columns.series
         s.update(

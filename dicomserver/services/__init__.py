@@ -29,16 +29,33 @@ from .web import (
     take_upload_slot,
 )
 
-_DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit")
+_DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations")
 
 
 def register_services(app: Flask) -> None:
     """Mount the blueprints, the error handlers and the per-request index connection."""
-    from . import audit_events, browser, bulkdata, changefeed, delete, metrics, openapi, ops, qido, rendered, stow, wado
+    from . import (
+        audit_events,
+        browser,
+        bulkdata,
+        changefeed,
+        delete,
+        extended_query_tags,
+        metrics,
+        openapi,
+        operations,
+        ops,
+        qido,
+        rendered,
+        stow,
+        wado,
+    )
 
     register_error_handlers(app)
 
-    for module in (stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events):
+    for module in (
+        stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events, extended_query_tags, operations
+    ):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
     app.register_blueprint(metrics.bp)
@@ -111,7 +128,8 @@ def _check_every_route_declares_an_action(app: Flask) -> None:
 #: What browsers may send and read (PS3.18 clients: OHIF, dicomweb-client in a page).
 CORS_ALLOW_HEADERS = ["Authorization", "Accept", "Content-Type", "If-None-Match", "Range", "X-Request-ID"]
 CORS_EXPOSE_HEADERS = [
-    "Content-Type", "Content-Location", "Location", "Warning", "Content-Range", "ETag", "X-Request-Id"
+    "Content-Type", "Content-Location", "Location", "Warning", "Content-Range", "ETag", "X-Request-Id",
+    "erroneous-dicom-attributes",
 ]
 CORS_MAX_AGE = 600
 
@@ -125,7 +143,7 @@ def _enable_cors(app: Flask) -> None:
         app,
         origins="*" if origins == ["*"] else origins,
         send_wildcard=origins == ["*"],
-        methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=CORS_ALLOW_HEADERS,
         expose_headers=CORS_EXPOSE_HEADERS,
         max_age=CORS_MAX_AGE,

@@ -41,4 +41,6 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     response = Response(found.body, content_type=DICOM_JSON)
     for text in found.warnings:
         response.headers.add("Warning", warning(text))
+    if found.erroneous:
+        response.headers["erroneous-dicom-attributes"] = ",".join(found.erroneous)
     return response

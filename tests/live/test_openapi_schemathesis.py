@@ -67,6 +67,7 @@ EXAMPLES = {
     "frame": ["2"],
     "tag_path": ["7FE00010", "00091010"],  # Pixel Data, and a private OB value over the threshold
     "record_id": ["1"],
+    "xqt.tag_path": ["PatientWeight", "00101030"],  # an extended query tag the fixture adds
 }
 CHECKS = [
     not_a_server_error,
@@ -137,6 +138,9 @@ def server(tmp_path_factory):
             answer = requests.post(f"{live.url}/v2/studies", data=to_bytes(ds),
                                    headers={"Content-Type": "application/dicom"}, timeout=30)
             assert answer.status_code == 200, answer.text
+        added = requests.post(f"{live.url}/v2/extendedquerytags", json=[{"path": "PatientWeight", "level": "Study"}],
+                              timeout=30)
+        assert added.status_code == 202, added.text
         yield live
     finally:
         stop_server(live)
@@ -194,7 +198,10 @@ _SETTINGS = settings(
 # DELETE last, as they remove what the others read: the unversioned ones (404), then the
 # instance, the series and the study (so each level's example deletes something real).
 NOT_DELETE = SCHEMA.exclude(method="DELETE")
-DELETE_UNVERSIONED = SCHEMA.include(method="DELETE", path_regex=r"^/(studies|series|instances|changefeed|audit)")
+DELETE_UNVERSIONED = SCHEMA.include(
+    method="DELETE", path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations)"
+)
+DELETE_TAG = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/extendedquerytags/")
 DELETE_INSTANCE = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/instances/\{instance\}$")
 DELETE_SERIES = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/series/\{series\}$")
 DELETE_STUDY = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/studies/\{study\}$")
@@ -205,7 +212,8 @@ def test_every_operation_is_tested():
     def labels(schema: Any) -> list[str]:
         return [result.ok().label for result in schema.get_all_operations()]
 
-    selected = [label for part in (NOT_DELETE, DELETE_UNVERSIONED, DELETE_INSTANCE, DELETE_SERIES, DELETE_STUDY)
+    selected = [label for part in (NOT_DELETE, DELETE_UNVERSIONED, DELETE_TAG, DELETE_INSTANCE, DELETE_SERIES,
+                                   DELETE_STUDY)
                 for label in labels(part)]
     assert sorted(selected) == sorted(labels(SCHEMA))
 
@@ -219,6 +227,12 @@ def test_operation(case, server):
 @DELETE_UNVERSIONED.parametrize()
 @_SETTINGS
 def test_delete_unversioned(case, server):
+    case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
+
+
+@DELETE_TAG.parametrize()
+@_SETTINGS
+def test_delete_extended_query_tag(case, server):
     case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
 
 

@@ -1,0 +1,100 @@
+"""A re-index of extended query tags survives the death of its server: gunicorn (master and
+workers) is killed with SIGKILL halfway through the operation, restarted on the same data,
+and the operation completes, resumed by the restarted server once the dead runner's lease
+has expired. On SQLite + local disk, and on PostgreSQL + S3 (moto's server mode).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import boto3
+import pytest
+import requests
+from dicom_factory import make_instance, to_bytes
+from live_servers import start_server, stop_server
+from pg_fixtures import truncate_all
+from pydicom.uid import generate_uid
+from s3_fixtures import empty_bucket, moto_env, shared_moto_server
+
+pytestmark = pytest.mark.live
+
+ROOT = "1.2.826.0.1.3680043.10.1011.77"
+INSTANCES = 24
+DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
+#: Small batches with a pause after each: the re-index takes a few seconds, long enough to be
+#: caught halfway; a short lease so the restarted server takes over soon after.
+ENV = {
+    "DICOMWEB_REINDEX_BATCH": "2",
+    "DICOMWEB_REINDEX_PAUSE": "0.25",
+    "DICOMWEB_OPERATIONS_LEASE_SECONDS": "2",
+    "DICOMWEB_OPERATIONS_POLL_SECONDS": "0.2",
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    """The server's environment: SQLite + local disk (live_servers' default), or PostgreSQL + S3."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    postgres = request.getfixturevalue("postgres")
+    truncate_all(postgres.url())
+    moto = shared_moto_server()
+    env = {k: v for k, v in moto_env(moto.url).items() if v is not None}
+    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"reindex-{generate_uid()[-12:].replace('.', '')}"
+    s3.create_bucket(Bucket=bucket)
+    env.update(DICOMWEB_BLOBSTORE_URL=f"s3://{bucket}/archive", DICOMWEB_DATABASE_URL=postgres.url())
+    yield env
+    empty_bucket(s3, bucket, remove=True)
+
+
+def _operation(url: str, href_path: str) -> requests.Response:
+    return requests.get(url + href_path, timeout=30)
+
+
+def test_a_reindex_killed_halfway_completes_after_restart(backend, tmp_path):
+    env = {**ENV, **backend}
+    server = start_server(tmp_path / "data", workers=2, threads=4, env=env, new_session=True)
+    try:
+        for n in range(INSTANCES):
+            body = to_bytes(make_instance(study=f"{ROOT}.{n + 1}", PatientWeight=str(50 + n)))
+            assert requests.post(f"{server.url}/v2/studies", data=body, headers=DICOM, timeout=60).status_code == 200
+        added = requests.post(f"{server.url}/v2/extendedquerytags", json=[{"path": "PatientWeight", "level": "Study"}],
+                              timeout=30)
+        assert added.status_code == 202, added.text
+        path = added.json()["href"].removeprefix(server.url)
+        for _ in range(1200):  # until the operation is under way, not done (it takes seconds)
+            state = _operation(server.url, path).json()
+            if state["status"] == "running" and state["percentComplete"] >= 20:
+                break
+            assert state["status"] in ("notStarted", "running"), state
+            time.sleep(0.02)
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    finally:
+        stop_server(server)
+    assert 20 <= state["percentComplete"] < 100
+
+    restarted = start_server(tmp_path / "data", workers=2, threads=4, env=env)
+    try:
+        interrupted = _operation(restarted.url, path)
+        assert interrupted.status_code == 202 and interrupted.json()["percentComplete"] < 100
+        for _ in range(600):  # the dead runner's lease expires, a new runner resumes
+            answer = _operation(restarted.url, path)
+            if answer.status_code == 200:
+                break
+            time.sleep(0.1)
+        done = answer.json()
+        assert done["status"] == "succeeded", done
+        assert done["startedTime"] == state["startedTime"]  # the same operation, resumed
+        tag = requests.get(f"{restarted.url}/v2/extendedquerytags/PatientWeight", timeout=30).json()
+        assert tag["status"] == "Ready" and tag["queryStatus"] == "Enabled" and "errors" not in tag
+        for n in range(INSTANCES):
+            found = requests.get(f"{restarted.url}/v2/studies", params={"PatientWeight": str(50 + n)}, timeout=30)
+            assert [s["0020000D"]["Value"][0] for s in found.json()] == [f"{ROOT}.{n + 1}"], n
+    finally:
+        stop_server(restarted)
