@@ -56,6 +56,15 @@ def on_starting(server: Any) -> None:
         _owned_metrics_dir.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
+def post_worker_init(worker: Any) -> None:
+    """Start the app's operations runner as the worker starts, not at its first request: a
+    restarted server resumes an interrupted re-index with no traffic at all."""
+    app = getattr(worker.app, "callable", None)  # the app gunicorn loaded for this worker
+    runner = getattr(app, "extensions", {}).get("dicomserver-operations")
+    if runner is not None:
+        runner.start()
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """A worker's live gauges go with it (its counters and histograms stay counted)."""
     from prometheus_client import multiprocess
