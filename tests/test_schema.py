@@ -114,3 +114,30 @@ def test_rows_without_qido_members_are_answered_from_the_full_json(tmp_path):
     with sqlite3.connect(tmp_path / "i.db") as db:
         db.execute("UPDATE instance_metadata SET qido = NULL")
     assert _app(tmp_path).test_client().get("/v2/series?PatientID=P-5").json == expected
+
+
+def test_version_8_database_loses_the_indexes_no_query_uses(tmp_path):
+    """Schema 9 drops change.sop_instance_uid's and instance.watermark's indexes (each STOW
+    wrote to them, no query read them); what was stored is served as before."""
+    from dicomserver.index.schema import UNUSED_INDEXES
+
+    app = _app(tmp_path)
+    ds = make_instance()
+    app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    close_app(app)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert not {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} & set(
+            UNUSED_INDEXES
+        )  # a new database never has them
+        db.execute('CREATE INDEX "change_sop_instance_uid" ON "change" ("sop_instance_uid")')
+        db.execute('CREATE INDEX "instance_watermark" ON "instance" ("watermark")')
+        db.execute("UPDATE schema_info SET version = 8")
+    migrated = _app(tmp_path)
+    client = migrated.test_client()
+    assert client.get(f"/v2/studies/{ds.StudyInstanceUID}/metadata").status_code == 200
+    assert client.get("/v2/changefeed").status_code == 200
+    close_app(migrated)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+        names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert not names & set(UNUSED_INDEXES)
