@@ -43,6 +43,7 @@ __all__ = [
     "is_valid_key",
     "BlobStore",
     "BlobSpool",
+    "BlobBatch",
     "SPOOL_PREFIX",
     "copy_stream",
     "check_range",
@@ -203,8 +204,11 @@ def copy_stream(
     key: str,
     size: int | None = None,
     chunk_size: int = COPY_CHUNK_SIZE,
+    sha256: str | None = None,
 ) -> tuple[int, str]:
     """Copy `stream` to `write` chunk by chunk, hashing on the way; return (bytes, sha256 hex).
+
+    With `sha256` (the caller hashed the data already) nothing is hashed and it is returned.
 
     Only `read(n)` is used, so non-seekable request bodies work and short reads
     are fine. If `size` is given, a stream that turns out longer fails as soon
@@ -215,7 +219,7 @@ def copy_stream(
     """
     if size is not None and size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if sha256 is None else None
     total = 0
     while True:
         chunk = stream.read(chunk_size)
@@ -226,14 +230,15 @@ def copy_stream(
             raise BlobStoreError(
                 f"stream for blob {_shorten(key)} is longer than its declared size of {size} bytes"
             )
-        digest.update(chunk)
+        if digest is not None:
+            digest.update(chunk)
         write(chunk)
     if size is not None and total != size:
         raise BlobStoreError(
             f"stream for blob {_shorten(key)} ended after {total} bytes; "
             f"its declared size is {size} bytes"
         )
-    return total, digest.hexdigest()
+    return total, digest.hexdigest() if digest is not None else str(sha256)
 
 
 #: ENOSPC and EDQUOT: the filesystem has no room (StoreFull).
@@ -342,10 +347,48 @@ class _SpooledTemporaryBlob(BlobSpool):
 
     def _commit(self, key: str) -> BlobInfo:
         self._file.seek(0)
-        return self._store.put(key, self._file, size=self.size)
+        # The spool hashed every byte as it was written: the store need not again.
+        return self._store.put(key, self._file, size=self.size, sha256=self.sha256)
 
     def _release(self) -> None:
         self._file.close()
+
+
+class BlobBatch:
+    """Blobs stored together and made durable together (a bulk import's batch).
+
+    `put` stores a blob, `commit` returns once every blob put is durable and visible;
+    only then may the caller index them. This default puts each blob durably at once
+    (commit has nothing left to do); the local store overrides it to write the batch's
+    files first and flush them together (one wait for the disk, not one per blob).
+    Leaving the block uncommitted drops what a put left unfinished; blobs already
+    visible stay, as orphans the caller deletes or `dicom gc` finds.
+    """
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+
+    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
+        """Store `stream` under `key` (as BlobStore.put), durable by the time commit() returns."""
+        return self._store.put(key, stream, size=size)
+
+    def commit(self) -> None:
+        """Make every blob put so far durable and visible; BlobStoreError if that fails
+        (then none of them may be indexed)."""
+
+    def discard(self) -> None:
+        """Drop what was put and not committed (idempotent)."""
+
+    def __enter__(self) -> BlobBatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.discard()
 
 
 #: Names a spool's temporary file wherever a name is seen (/proc/<pid>/fd, a platform
@@ -373,12 +416,16 @@ class BlobStore(abc.ABC):
         raise ValueError(f"{cls.__name__} cannot be opened from a URL")
 
     @abc.abstractmethod
-    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
+    def put(
+        self, key: str, stream: IO[bytes], *, size: int | None = None, sha256: str | None = None
+    ) -> BlobInfo:
         """Store everything `stream` yields under `key`, atomically.
 
         Replaces an existing blob atomically. If `size` is given and the stream
         yields a different number of bytes, raises BlobStoreError and nothing
         becomes visible. Errors raised by the stream itself propagate unchanged.
+        `sha256` is the data's hex SHA-256 when the caller knows it already (a spool
+        hashed it as it arrived): trusted, so a store need not hash the bytes again.
         """
 
     @abc.abstractmethod
@@ -431,6 +478,11 @@ class BlobStore(abc.ABC):
         memory, the rest in an unnamed file in `spool_dir`, and puts it on commit; a store
         that can turn its temporary file into the blob overrides it (one copy less)."""
         return _SpooledTemporaryBlob(self, memory_bytes, spool_dir)
+
+    def batch(self) -> BlobBatch:
+        """A BlobBatch: blobs put one after the other and made durable together by its
+        commit() (bulk import). The default puts each durably at once."""
+        return BlobBatch(self)
 
     def local_path(self, key: str) -> str | None:
         """Filesystem path of the blob so the server can use sendfile; None if not local."""

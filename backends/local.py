@@ -31,6 +31,7 @@ import io
 import os
 import shutil
 import stat as stat_module
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from urllib.parse import unquote, urlsplit
 from .base import (
     COPY_CHUNK_SIZE,
     STALE_TEMP_SECONDS,
+    BlobBatch,
     BlobInfo,
     BlobNotFound,
     BlobSpool,
@@ -66,6 +68,10 @@ TMP_DIR_NAME = ".tmp"
 # How often put() retries installing a blob whose fresh parent directory was
 # pruned by a concurrent delete() of the directory's last blob.
 _INSTALL_ATTEMPTS = 20
+
+# Most directories a store remembers as existing (a series' and its study's per series:
+# a few MB of strings); past it the memory starts again empty.
+_KNOWN_DIRS_LIMIT = 100_000
 
 # Errors that mean "there is no blob at this path" when reading.
 _NOT_FOUND_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
@@ -124,6 +130,8 @@ class LocalBlobStore(BlobStore):
         self.root = os.path.abspath(os.fspath(root))
         self._root_prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
         self._tmp_dir = os.path.join(self.root, TMP_DIR_NAME)
+        #: Directories (as key prefixes, 'study/series') known to exist: see _make_parents.
+        self._known_dirs: set[str] = set()
         try:
             os.makedirs(self._tmp_dir, exist_ok=True)
         except OSError as exc:
@@ -185,7 +193,10 @@ class LocalBlobStore(BlobStore):
 
     # -- writing -----------------------------------------------------------
 
-    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
+    def put(
+        self, key: str, stream: IO[bytes], *, size: int | None = None, sha256: str | None = None
+    ) -> BlobInfo:
+        # `sha256` is not needed: copy_stream hashes as it copies (its own spool never puts).
         dest = self._path(key)
         with _storage_errors(f"cannot create a temporary file for blob {key!r}"):
             fd, tmp = tempfile.mkstemp(dir=self._tmp_dir, prefix="put-", suffix=".part")
@@ -240,6 +251,11 @@ class LocalBlobStore(BlobStore):
         spool_dir do not apply: the bytes go where the blob will be, once)."""
         return _LocalSpool(self)
 
+    def batch(self) -> BlobBatch:
+        """Files written into '.tmp' as they come, flushed together and renamed into place
+        by commit() (see _LocalBatch)."""
+        return _LocalBatch(self)
+
     def _open_spool_file(self) -> tuple[int, str]:
         """(fd, path) of a new spool file in '.tmp', named as a put's temp file is."""
         with _storage_errors("cannot create a temporary file for an incoming blob"):
@@ -255,13 +271,15 @@ class LocalBlobStore(BlobStore):
         for attempt in range(1, _INSTALL_ATTEMPTS + 1):
             try:
                 self._make_parents(key)
-                if os.path.isdir(dest):
-                    raise self._conflict(key, key)
+                # No check that dest is not a directory first: rename(2) of a file onto
+                # a directory fails with EISDIR, which says so (below) at no extra cost.
                 os.replace(tmp, dest)
                 return
             except FileNotFoundError as exc:
-                # A concurrent delete() pruned a parent directory between our
-                # mkdir and the rename; recreate it and try again.
+                # A parent directory is gone: a concurrent delete() pruned it after our
+                # mkdir, or it was removed since this process created or met it (the
+                # cache of known directories is then stale). Recreate it and try again.
+                self._forget_parents(key)
                 if attempt == _INSTALL_ATTEMPTS or not os.path.exists(tmp):
                     raise StorageUnavailable(
                         f"cannot store blob {key!r}: {exc.strerror or exc}"
@@ -270,16 +288,24 @@ class LocalBlobStore(BlobStore):
                 # Lost a race against a put of a conflicting key like 'a' vs 'a/b'.
                 raise self._conflict(key, None) from exc
             except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # dest is a directory of blobs
+                    raise self._conflict(key, key) from exc
                 raise _storage_error(f"cannot store blob {key!r}", exc) from exc
 
     def _make_parents(self, key: str) -> None:
         """mkdir each missing parent of key, fsyncing the directory that gained an entry.
 
-        Raises OSError untranslated (the caller retries FileNotFoundError) and
-        BlobStoreError if a parent is a blob file.
+        Directories this process created or met are remembered (`_known_dirs`): a blob
+        into a known directory costs no mkdir or stat. A stale entry (the directory was
+        removed since) makes the rename fail with ENOENT; `_install` forgets it and
+        comes back here. Raises OSError untranslated (the caller retries
+        FileNotFoundError) and BlobStoreError if a parent is a blob file.
         """
+        folder = key.rpartition("/")[0]
+        if not folder or folder in self._known_dirs:
+            return
         current = self.root
-        segments = key.split("/")[:-1]
+        segments = folder.split("/")
         for depth, segment in enumerate(segments, start=1):
             parent, current = current, os.path.join(current, segment)
             try:
@@ -291,6 +317,16 @@ class LocalBlobStore(BlobStore):
                     raise self._conflict(key, "/".join(segments[:depth])) from None
                 continue
             _fsync_dir(parent)
+        if len(self._known_dirs) >= _KNOWN_DIRS_LIMIT:
+            self._known_dirs.clear()  # bounded memory; the next blob of each directory re-learns it
+        self._known_dirs.update("/".join(segments[:depth]) for depth in range(1, len(segments) + 1))
+
+    def _forget_parents(self, key: str) -> None:
+        """Drop the cached parents of key (one of them was found missing)."""
+        folder = key.rpartition("/")[0]
+        while folder:
+            self._known_dirs.discard(folder)
+            folder = folder.rpartition("/")[0]
 
     @staticmethod
     def _conflict(key: str, other: str | None) -> BlobStoreError:
@@ -321,6 +357,9 @@ class LocalBlobStore(BlobStore):
         whose fresh directory disappears retries (see _install).
         """
         while directory != self.root and directory.startswith(self._root_prefix):
+            # Forgotten before it goes: a put that reads the cache after the rmdir must
+            # not take it for existing (and one in between recreates it, harmlessly).
+            self._known_dirs.discard(os.path.relpath(directory, self.root).replace(os.sep, "/"))
             try:
                 os.rmdir(directory)
             except OSError:
@@ -495,6 +534,132 @@ class _LocalSpool(BlobSpool):
         if name is not None:
             with suppress(OSError):
                 os.unlink(name)
+
+
+class _PendingBlob:
+    """A blob of a batch: its temp file (open until flushed), where it goes."""
+
+    __slots__ = ("dest", "fd", "key", "tmp")
+
+    def __init__(self, fd: int, tmp: str, dest: str, key: str) -> None:
+        self.fd: int | None = fd
+        self.tmp: str | None = tmp
+        self.dest = dest
+        self.key = key
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+
+
+class _LocalBatch(BlobBatch):
+    """A batch on local disk: each put writes a temp file in '.tmp' and starts its
+    writeback (sync_file_range, where there is one) without waiting; commit() then
+    waits for them all (fdatasync each: by then mostly written, and one journal commit
+    of the filesystem covers the batch's allocations), renames them into place and
+    fsyncs each directory that gained one, once. The order a single put keeps (file
+    data flushed before the rename, the directory after it) holds for every blob, so
+    a crash leaves temp files (swept) or complete orphan blobs, never a torn blob, and
+    the caller indexes nothing before commit() returned."""
+
+    def __init__(self, store: LocalBlobStore) -> None:
+        super().__init__(store)
+        self._local = store
+        self._pending: list[_PendingBlob] = []
+
+    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
+        store = self._local
+        dest = store._path(key)
+        fd, tmp = store._open_spool_file()
+        blob = _PendingBlob(fd, tmp, dest, key)
+        try:
+            written, sha256 = copy_stream(stream, lambda chunk: store._write(fd, chunk, key), key=key, size=size)
+            _start_writeback(fd)
+            if self._pending and len(self._pending) % _BATCH_OPEN_FILES == 0:
+                # A large batch keeps no more files open than this: those written since
+                # the last such flush are flushed now and closed.
+                self._flush(self._pending[-_BATCH_OPEN_FILES:])
+        except BaseException:
+            self._drop([blob])
+            raise
+        self._pending.append(blob)
+        return BlobInfo(key=key, size=written, sha256=sha256)
+
+    @staticmethod
+    def _flush(blobs: list[_PendingBlob]) -> None:
+        """fdatasync and close the blobs' temp files that are still open."""
+        for blob in blobs:
+            if blob.fd is not None:
+                with _storage_errors(f"cannot flush blob {blob.key!r} to disk"):
+                    _fdatasync(blob.fd)
+                blob.close()
+
+    def commit(self) -> None:
+        pending, self._pending = self._pending, []
+        installed: list[_PendingBlob] = []
+        try:
+            self._flush(pending)
+            for blob in pending:
+                assert blob.tmp is not None
+                self._local._install(blob.tmp, blob.dest, blob.key)
+                blob.tmp = None  # it is the blob now
+                installed.append(blob)
+            for folder in sorted({os.path.dirname(blob.dest) for blob in pending}):
+                with _storage_errors(f"cannot flush the directory {folder!r} to disk"):
+                    try:
+                        _fsync_dir(folder)
+                    except FileNotFoundError:
+                        pass  # a concurrent delete() of its blobs already pruned it
+        except BaseException:
+            for blob in installed:  # the caller is told the batch failed and indexes none of it
+                with suppress(BlobStoreError):
+                    self._local.delete(blob.key)
+            self._drop(pending)
+            raise
+
+    def discard(self) -> None:
+        pending, self._pending = self._pending, []
+        self._drop(pending)
+
+    @staticmethod
+    def _drop(blobs: list[_PendingBlob]) -> None:
+        for blob in blobs:
+            blob.close()
+            tmp, blob.tmp = blob.tmp, None
+            if tmp is not None:
+                with suppress(OSError):
+                    os.unlink(tmp)
+
+
+#: Temp files a batch keeps open at most before it flushes and closes the older ones.
+_BATCH_OPEN_FILES = 64
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None
+
+
+def _start_writeback(fd: int) -> None:
+    """Start writing a file's dirty pages to disk without waiting (Linux sync_file_range
+    SYNC_FILE_RANGE_WRITE): the fdatasync that follows then mostly finds them written.
+    Not a durability step (fdatasync is), so a platform without it skips it."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                function = libc.sync_file_range
+                function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+                function.restype = ctypes.c_int
+                _sync_file_range = function
+            except (OSError, AttributeError):
+                pass
+    if _sync_file_range:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # an error here is the fdatasync's to report
 
 
 #: Reads of a spool file: a DICOM header (a few KiB) in one or two calls, without copying

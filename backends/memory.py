@@ -61,7 +61,9 @@ class MemoryBlobStore(BlobStore):
             except KeyError:
                 raise BlobNotFound(key) from None
 
-    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
+    def put(
+        self, key: str, stream: IO[bytes], *, size: int | None = None, sha256: str | None = None
+    ) -> BlobInfo:
         validate_key(key)
         with self._lock:
             fail_after, self.fail_after_bytes = self.fail_after_bytes, None
@@ -70,7 +72,7 @@ class MemoryBlobStore(BlobStore):
         # The stream is read without holding the lock, into a private buffer
         # that is published only once the whole stream was read successfully.
         buffer = io.BytesIO()
-        size_read, sha256 = copy_stream(stream, buffer.write, key=key, size=size)
+        size_read, sha256 = copy_stream(stream, buffer.write, key=key, size=size, sha256=sha256)
         with self._lock:
             self._blobs[key] = (buffer.getvalue(), sha256)
         return BlobInfo(key=key, size=size_read, sha256=sha256)

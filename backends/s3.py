@@ -34,6 +34,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import re
@@ -48,6 +49,7 @@ import s3transfer.exceptions
 import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from s3transfer.manager import TransferManager
 
 from .base import (
     COPY_CHUNK_SIZE,
@@ -91,6 +93,9 @@ OPEN_BUFFER_SIZE = MiB
 #: A seek forward by at most this much reads on in the open GET instead of
 #: starting a new one (a request costs more than reading 256 KiB).
 OPEN_SKIP_LIMIT = 256 * 1024
+
+# s3transfer takes a caller's SHA-256 checksum for a PutObject since 0.11 (boto3 1.36).
+_SHA256_CHECKSUM = "ChecksumSHA256" in TransferManager.ALLOWED_UPLOAD_ARGS
 
 # The object metadata key (x-amz-meta-sha256) holding the blob's sha256.
 _SHA256_METADATA = "sha256"
@@ -270,26 +275,38 @@ class S3BlobStore(BlobStore):
 
     # -- writing -----------------------------------------------------------
 
-    def put(self, key: str, stream: IO[bytes], *, size: int | None = None) -> BlobInfo:
+    def put(
+        self, key: str, stream: IO[bytes], *, size: int | None = None, sha256: str | None = None
+    ) -> BlobInfo:
         object_key = self._object_key(key)
         if size is not None and size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         expected: tuple[int, str] | None = None
-        if _is_seekable(stream):
+        if sha256 is not None and size is not None:
+            # A spool hashed it as it arrived: no pass over the data to hash it again.
+            expected = (size, sha256)
+        elif _is_seekable(stream):
             # First pass: the sha256 must be known before the upload starts to go
             # into the object's metadata. Also fails a wrong `size` before any request.
             start = stream.tell()
             expected = copy_stream(stream, lambda chunk: None, key=key, size=size)
             stream.seek(start)
             size = expected[0]
-        reader = _HashingReader(stream, key, size, None if expected is None else expected[1])
+        # The upload hashes what it reads only to check it against a first pass of its own.
+        reader = _HashingReader(stream, key, size, None if expected is None else expected[1], check=sha256 is None)
         extra_args: dict[str, Any] = {}
+        config = _transfer_config(size)
         if expected is not None:
             extra_args["Metadata"] = {_SHA256_METADATA: expected[1]}
+            if _SHA256_CHECKSUM and size is not None and size < config.multipart_threshold:
+                # One PutObject: S3 checks the bytes it got against our digest, and
+                # botocore computes no checksum of its own (a multipart upload's
+                # SHA-256 checksums are per part: left to botocore there).
+                extra_args["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(expected[1])).decode("ascii")
         failure: BaseException | None = None
         try:
             self._client.upload_fileobj(
-                reader, self.bucket, object_key, ExtraArgs=extra_args, Config=_transfer_config(size)
+                reader, self.bucket, object_key, ExtraArgs=extra_args, Config=config
             )
         except BaseException as exc:  # re-raised below, translated or as is
             failure = exc
@@ -305,7 +322,7 @@ class S3BlobStore(BlobStore):
         if not reader.finished:
             # Cannot happen with s3transfer, which reads to EOF; refuse to guess.
             raise BlobStoreError(f"blob {key!r} was stored before its stream was read to the end")
-        return BlobInfo(key=key, size=reader.bytes_read, sha256=reader.hexdigest())
+        return BlobInfo(key=key, size=reader.bytes_read, sha256=expected[1] if expected else reader.hexdigest())
 
     def delete(self, key: str) -> None:
         # S3 answers 204 for a missing key too, which makes this idempotent.
@@ -456,12 +473,15 @@ class _HashingReader:
     wait forever.
     """
 
-    def __init__(self, stream: IO[bytes], key: str, size: int | None, expected_sha256: str | None) -> None:
+    def __init__(
+        self, stream: IO[bytes], key: str, size: int | None, expected_sha256: str | None, *, check: bool = True
+    ) -> None:
         self._stream = stream
         self._key = key
         self._size = size
-        self._expected_sha256 = expected_sha256
-        self._digest = hashlib.sha256()
+        # Hashes only to find the sha256 (a non-seekable stream) or to check a first pass's.
+        self._expected_sha256 = expected_sha256 if check else None
+        self._digest = hashlib.sha256() if check or expected_sha256 is None else None
         self.bytes_read = 0
         self.finished = False
         self.stream_error: BaseException | None = None
@@ -491,7 +511,8 @@ class _HashingReader:
             raise BlobStoreError(
                 f"stream for blob {_shorten(self._key)} is longer than its declared size of {self._size} bytes"
             )
-        self._digest.update(piece)
+        if self._digest is not None:
+            self._digest.update(piece)
 
     def _at_eof(self) -> None:
         if self._size is not None and self.bytes_read != self._size:
@@ -499,11 +520,14 @@ class _HashingReader:
                 f"stream for blob {_shorten(self._key)} ended after {self.bytes_read} bytes; "
                 f"its declared size is {self._size} bytes"
             )
-        if self._expected_sha256 is not None and self._digest.hexdigest() != self._expected_sha256:
+        if self._expected_sha256 is not None and self._digest is not None and (
+            self._digest.hexdigest() != self._expected_sha256
+        ):
             raise BlobStoreError(f"stream for blob {_shorten(self._key)} changed while it was being stored")
         self.finished = True
 
     def hexdigest(self) -> str:
+        assert self._digest is not None, "a reader that was given the digest computes none"
         return self._digest.hexdigest()
 
 

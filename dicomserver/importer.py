@@ -12,18 +12,22 @@ a copy of an instance met twice is refused by the index, and is as present.) Fil
 that are not DICOM Part 10 at all are counted apart: reported, never a failure.
 
 Files are imported in batches (`FILES_PER_COMMIT`): each file of a batch is parsed and
-its blob stored (durable: fsync'd) one after the other, then the batch's index rows are
-written in one transaction and one commit (`Index.store_many`), each file with its own
-outcome; a file the index refuses has its blob deleted. A crash leaves at worst orphan
-blobs of the batch in flight (`dicomserver gc`), never a row without its blob.
+its blob written one after the other (`BlobStore.batch`); then the batch's blobs are made
+durable together (on local disk: one wait for their fdatasyncs, a directory fsync per
+series), and only then are its index rows written in one transaction and one commit
+(`Index.store_many`), each file with its own outcome; a file the index refuses has its
+blob deleted. A crash leaves at worst temporary files or orphan blobs of the batch in
+flight (`dicomserver gc`), never a row without its blob.
 
 Batches are imported by worker processes, each running a few threads on one archive, as
-gunicorn's workers do. A file costs some CPU (the header parse, the DICOM JSON: Python,
-which the GIL runs one thread at a time) and more time waiting on fsyncs (the blob, its
-folder, the index's commit): processes use the cores, threads overlap the waits. The
-index's write lock is host-wide (index/connection.py), so processes share one SQLite file
-safely. On 2 cores, 4 processes of 2 threads stored 1.1 to 1.7 times the files per second
-of 8 threads in one process (and more than 2 processes of 4 or 8 threads).
+gunicorn's workers do (forked from the command, which has imported everything already;
+no workers for fewer than FILES_PER_PROCESS files each). A file costs some CPU (the header
+parse, the DICOM JSON: Python, which the GIL runs one thread at a time) and some time
+waiting on the disk (the batch's blobs, the index's commit): processes use the cores,
+threads overlap the waits. The index's write lock is host-wide (index/connection.py), so
+processes share one SQLite file safely. On 2 cores, 4 processes of 2 threads stored 1.1 to
+1.7 times the files per second of 8 threads in one process (and more than 2 processes of 4
+or 8 threads; measured before the batch's blobs were flushed together).
 To another server (`--url`) the work is waiting on the network: threads do it.
 
 A storage outage (blob store full or down, index unavailable, the server unreachable
@@ -47,6 +51,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import requests
+
+from backends.base import BlobBatch
 
 from .archive import Archive, open_archive
 from .errors import http_status
@@ -81,6 +87,9 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 _TIMEOUTS = (10, 300)
 #: Files whose index rows one transaction writes (one commit, one fsync of the index).
 FILES_PER_COMMIT = 32
+#: Fewer files than this per worker process are imported by threads of this process: a
+#: worker costs its start (opening the archive) and idles when the files run out.
+FILES_PER_PROCESS = 64
 
 
 @dataclass(frozen=True)
@@ -188,34 +197,46 @@ class ArchiveImport:
         return self.each([source])[0]
 
     def each(self, sources: list[SourceFile]) -> list[FileResult]:
-        """Import a batch: every file parsed and its blob stored, then all their index rows
-        in one commit. After an outage the batch's later files are not tried (left out)."""
+        """Import a batch: every file parsed and its blob written, the blobs made durable
+        together, then all their index rows in one commit. After an outage the batch's
+        later files are not tried (left out)."""
         index = self.archive.index
         index.connect()
         try:
-            results: list[FileResult | _Staged] = []
-            for source in sources:
-                results.append(self._stage(source))
-                if isinstance(results[-1], FileResult) and results[-1].outage:
-                    break
-            staged = [r for r in results if isinstance(r, _Staged)]
-            indexed = dict(zip(map(id, staged), self._index(staged), strict=True))
+            with self.archive.store.batch() as blobs:
+                results: list[FileResult | _Staged] = []
+                for source in sources:
+                    results.append(self._stage(source, blobs))
+                    if isinstance(results[-1], FileResult) and results[-1].outage:
+                        break
+                staged = [r for r in results if isinstance(r, _Staged)]
+                indexed = dict(zip(map(id, staged), self._commit(staged, blobs), strict=True))
         finally:
             index.close()
         return [indexed[id(r)] if isinstance(r, _Staged) else r for r in results]
 
-    def _stage(self, source: SourceFile) -> FileResult | _Staged:
+    def _commit(self, staged: list[_Staged], blobs: BlobBatch) -> list[FileResult]:
+        """The batch's blobs made durable, then (only then) their index rows committed."""
+        if not staged:
+            return []
+        try:
+            blobs.commit()
+        except Exception as exc:  # no blob of the batch is left, and no row was written
+            return [_outage(s.path, s.size, s.record.sop_instance_uid, exc) for s in staged]
+        return self._index(staged)
+
+    def _stage(self, source: SourceFile, blobs: BlobBatch) -> FileResult | _Staged:
         try:
             with open(source.path, "rb") as fp:
                 size = os.fstat(fp.fileno()).st_size
-                return self._prepare_and_put(source.path, fp, size)
+                return self._prepare_and_put(source.path, fp, size, blobs)
         except OSError as exc:
             return FileResult(
                 source.path, source.size, FAILED, reason=PROCESSING_FAILURE,
                 comments=(f"the file cannot be read: {exc.strerror or exc}",),
             )
 
-    def _prepare_and_put(self, path: str, fp: IO[bytes], size: int) -> FileResult | _Staged:
+    def _prepare_and_put(self, path: str, fp: IO[bytes], size: int, blobs: BlobBatch) -> FileResult | _Staged:
         uid: str | None = None
         if self.check_present or size == 0 or os.path.basename(path).upper() == DICOMDIR:
             found = _header_uid(path, fp, size)
@@ -235,7 +256,7 @@ class ArchiveImport:
             assert result.study_instance_uid and result.series_instance_uid and result.sop_instance_uid
             key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
             fp.seek(0)
-            info = self.archive.store.put(key, fp, size=size)  # durable before its row is committed
+            info = blobs.put(key, fp, size=size)  # durable once the batch's blobs are committed
         except Exception as exc:
             return _outage(path, size, uid, exc)
         return _Staged(path, size, result, prepared.record(key, info.size, info.sha256))
@@ -310,22 +331,35 @@ def import_into_archive(
     (of this one when 1, or when the archive lives in this process's memory), up to `batch`
     files per index commit."""
     check_present = _holds_instances(archive)
+    processes = min(processes, max(1, len(files) // FILES_PER_PROCESS))
     if processes <= 1 or not _shareable(archive):
         importer = ArchiveImport(archive, check_present=check_present)
         with ThreadPoolExecutor(jobs, thread_name_prefix="import") as pool:
             tasks = batches(files, _per_commit(len(files), jobs, batch), most_bytes=sys.maxsize)
             return run(pool, importer.each, tasks, jobs=jobs, on_result=on_result)
     threads = -(-jobs // processes)
-    # Spawned from a fresh interpreter (a fork would copy this process's open index), each
-    # worker takes a batch per thread per task, so that its threads rarely wait for the next one.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # imported once, by the server the workers fork from
+    # Each worker takes a batch per thread per task, so that its threads rarely wait for the next one.
     with ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_start_worker,
+        processes, mp_context=_worker_context(archive), initializer=_start_worker,
         initargs=(archive.settings, threads, check_present),
     ) as pool:
         tasks = batches(files, threads * _per_commit(len(files), jobs, batch), most_bytes=sys.maxsize)
         return run(pool, _import_in_worker, tasks, jobs=processes, on_result=on_result)
+
+
+def _worker_context(archive: Archive) -> multiprocessing.context.BaseContext:
+    """Workers forked from this process, which has imported pydicom and the rest already
+    (a fresh interpreter per worker, or a forkserver, imports them again: about 0.7 s of
+    CPU each). The index's connection is closed first, so no worker inherits it (each
+    opens its own); the pool forks every worker before it starts a thread of its own.
+    Elsewhere (macOS, where fork is unsafe, has no default fork) a forkserver that
+    imports this module once."""
+    if sys.platform.startswith("linux"):
+        archive.index.shutdown()
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _per_commit(files: int, jobs: int, batch: int) -> int:

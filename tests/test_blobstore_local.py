@@ -502,3 +502,139 @@ def test_a_spool_that_fails_leaves_nothing(
     monkeypatch.setattr(os, call, real)
     assert isinstance(raised.value, StoreFull) == (code == errno.ENOSPC)
     assert list(local.list()) == [] and tmp_files(root) == []
+
+
+# -- directories a store remembers ---------------------------------------------
+
+
+@pytest.mark.parametrize("write", ["put", "spool"])
+def test_a_blob_into_a_known_directory_makes_no_directory(
+    local: LocalBlobStore, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    """The second blob of a directory is one rename: no mkdir, no stat of its parents."""
+    local.put("study/series/first", io.BytesIO(b"1"))
+    calls: list[str] = []
+    for name in ("mkdir", "stat"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *args, _real=real, _name=name, **kw: (calls.append(_name), _real(*args, **kw))[1])
+    if write == "put":
+        local.put("study/series/second", io.BytesIO(b"2"))
+    else:
+        with local.spool() as spool:
+            spool.write(b"2")
+            spool.commit("study/series/second")
+    assert calls == []
+    assert read_all(local, "study/series/second") == b"2"
+
+
+def test_a_remembered_directory_removed_behind_the_store_is_recreated(local: LocalBlobStore, root: Path) -> None:
+    """Another process (or an operator) removed a directory this store had met: the rename
+    fails, the store forgets what it knew and creates it again."""
+    local.put("study/series/first", io.BytesIO(b"1"))
+    shutil.rmtree(root / "study")
+    local.put("study/series/second", io.BytesIO(b"2"))
+    assert read_all(local, "study/series/second") == b"2"
+    with local.spool() as spool:
+        spool.write(b"3")
+        shutil.rmtree(root / "study")
+        spool.commit("study/series/third")
+    assert list(local.list()) == ["study/series/third"]
+    assert tmp_files(root) == []
+
+
+def test_a_directory_pruned_by_this_store_is_made_again(local: LocalBlobStore, root: Path) -> None:
+    local.put("study/series/first", io.BytesIO(b"1"))
+    local.delete("study/series/first")
+    assert not (root / "study").exists()
+    local.put("study/series/second", io.BytesIO(b"2"))
+    assert read_all(local, "study/series/second") == b"2"
+
+
+def test_a_key_onto_a_directory_still_conflicts_without_a_stat(local: LocalBlobStore) -> None:
+    local.put("c/d", io.BytesIO(b"x"))
+    local.put("c/e", io.BytesIO(b"x"))
+    with pytest.raises(BlobStoreError, match="directory"):
+        local.put("c", io.BytesIO(b"x"))
+    assert sorted(local.list()) == ["c/d", "c/e"]
+
+
+# -- batches ---------------------------------------------------------------------
+
+
+def test_a_batch_is_visible_only_once_committed(local: LocalBlobStore, root: Path) -> None:
+    with local.batch() as batch:
+        info = batch.put("s/x/1", io.BytesIO(b"one"), size=3)
+        batch.put("s/y/2", io.BytesIO(b"two"))
+        assert info.sha256 is not None and info.size == 3
+        assert list(local.list()) == [] and len(tmp_files(root)) == 2
+        batch.commit()
+    assert sorted(local.list()) == ["s/x/1", "s/y/2"]
+    assert read_all(local, "s/y/2") == b"two"
+    assert tmp_files(root) == []
+
+
+def test_a_batch_left_uncommitted_leaves_nothing(local: LocalBlobStore, root: Path) -> None:
+    with pytest.raises(RuntimeError), local.batch() as batch:
+        batch.put("s/x/1", io.BytesIO(b"one"))
+        raise RuntimeError("the caller gave up")
+    assert list(local.list()) == [] and tmp_files(root) == []
+
+
+@pytest.mark.parametrize("fails", ["fdatasync", "rename"])
+def test_a_batch_whose_commit_fails_leaves_nothing(
+    local: LocalBlobStore, root: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """Flushing the second blob fails (or renaming it): the first, flushed and maybe
+    installed, goes too, since the caller indexes none of the batch."""
+    with local.batch() as batch:
+        batch.put("s/x/1", io.BytesIO(b"one"))
+        batch.put("s/x/2", io.BytesIO(b"two"))
+        calls = []
+        name = "fdatasync" if fails == "fdatasync" else "replace"
+        real = getattr(os, name)
+
+        def second_fails(*args):
+            calls.append(args)
+            if len(calls) == 2:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(*args)
+
+        monkeypatch.setattr(os, name, second_fails)
+        with pytest.raises(StorageUnavailable):
+            batch.commit()
+        monkeypatch.undo()
+    assert list(local.list()) == [] and tmp_files(root) == []
+
+
+def test_a_failed_put_into_a_batch_leaves_its_other_blobs(local: LocalBlobStore, root: Path) -> None:
+    with local.batch() as batch:
+        batch.put("s/x/1", io.BytesIO(b"one"))
+        with pytest.raises(BlobStoreError):
+            batch.put("s/x/2", io.BytesIO(b"two"), size=5)
+        assert len(tmp_files(root)) == 1
+        batch.commit()
+    assert list(local.list()) == ["s/x/1"] and tmp_files(root) == []
+
+
+def test_the_default_batch_puts_at_once() -> None:
+    store = MemoryBlobStore()
+    with store.batch() as batch:
+        batch.put("a/b", io.BytesIO(b"x"))
+        assert list(store.list()) == ["a/b"]
+        batch.commit()
+    assert read_all(store, "a/b") == b"x"
+
+
+def test_a_large_batch_keeps_few_files_open(local: LocalBlobStore, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import backends.local
+
+    monkeypatch.setattr(backends.local, "_BATCH_OPEN_FILES", 4)
+    with local.batch() as batch:
+        for number in range(10):
+            batch.put(f"s/x/{number}", io.BytesIO(b"%d" % number))
+            open_files = [n for n in os.listdir("/proc/self/fd") if TMP_DIR_NAME in os.path.realpath(f"/proc/self/fd/{n}")]
+            assert len(open_files) <= 5
+        assert list(local.list()) == []
+        batch.commit()
+    assert sorted(local.list()) == [f"s/x/{n}" for n in range(10)]
+    assert tmp_files(root) == []

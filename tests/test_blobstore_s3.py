@@ -9,6 +9,7 @@ and the s3:// URL forms.
 
 from __future__ import annotations
 
+import base64
 import gc
 import hashlib
 import io
@@ -652,3 +653,61 @@ def test_boto3_is_imported_only_for_s3() -> None:
         "assert 'boto3' not in sys.modules and 'backends.s3' not in sys.modules\n"
     )
     assert result.returncode == 0, result.stderr
+
+
+class _CountingHashlib:
+    """Stands in for a module's `hashlib`: counts the bytes its sha256 objects hash."""
+
+    def __init__(self) -> None:
+        self.hashed = 0
+
+    def sha256(self, *args: bytes):
+        counter = self
+        real = hashlib.sha256(*args)
+        counter.hashed += sum(len(a) for a in args)
+
+        class Counted:
+            def update(self, data: bytes) -> None:
+                counter.hashed += len(data)
+                real.update(data)
+
+            def hexdigest(self) -> str:
+                return real.hexdigest()
+
+            def digest(self) -> bytes:
+                return real.digest()
+
+        return Counted()
+
+
+@pytest.mark.parametrize("size", [1000, PART_SIZE + 100])
+def test_a_spooled_blob_is_hashed_once(s3: S3BlobStore, client, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """The spool hashes what it receives; its put hashes nothing again (once was three
+    passes: the spool, the put's first pass, the upload's check), and a one-request upload
+    hands S3 that digest as its checksum, for S3 to verify."""
+    import backends.base
+    import backends.s3
+
+    counting = _CountingHashlib()
+    monkeypatch.setattr(backends.base, "hashlib", counting)
+    monkeypatch.setattr(backends.s3, "hashlib", counting)
+    data = os.urandom(size)
+    sent: dict[str, str] = {}
+
+    def record(request, **kwargs) -> None:
+        sent.update({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()
+                     if k.lower().startswith("x-amz-checksum")})
+
+    client.meta.events.register("before-send.s3.PutObject", record)
+    try:
+        with s3.spool(memory_bytes=4096) as spool:
+            spool.write(data)
+            info = spool.commit("spooled/once")
+    finally:
+        client.meta.events.unregister("before-send.s3.PutObject", record)
+    assert counting.hashed == size
+    assert info.sha256 == sha256(data) == s3.stat("spooled/once").sha256
+    assert read_all(s3, "spooled/once") == data
+    if size < PART_SIZE:
+        assert sent == {"x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(data).digest()).decode()}
+

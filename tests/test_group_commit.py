@@ -263,3 +263,29 @@ def test_a_child_forked_while_a_thread_leads_a_commit_can_store(tmp_path):
     index.connect()
     assert index.has_instance(record(1).sop_instance_uid)
     index.shutdown()
+
+
+def test_a_group_without_failures_takes_one_savepoint_not_one_each(index, monkeypatch):
+    """A savepoint makes SQLite copy every page its writes touch first: a group that
+    stores all its members runs them in one; only a failure has each run in its own."""
+    statements: list[str] = []
+    real = index.db.execute_sql
+
+    def counting(sql, params=None, *args, **kwargs):
+        statements.append(sql.split()[0].upper())
+        return real(sql, params, *args, **kwargs)
+
+    monkeypatch.setattr(index.db, "execute_sql", counting)
+    index.connect()
+    try:
+        outcomes = index.store_many([record(n) for n in range(5)])
+        assert all(isinstance(o, StoreOutcome) for o in outcomes)
+        assert statements.count("SAVEPOINT") == 1
+        statements.clear()
+        outcomes = index.store_many([record(5), record(6), record(5), record(7)])
+    finally:
+        index.close()
+    assert [type(o) for o in outcomes] == [StoreOutcome, StoreOutcome, DuplicateInstance, StoreOutcome]
+    assert statements.count("SAVEPOINT") == 1 + 4  # the group's, undone; then one each
+    assert [seq for seq, _ in feed(index)] == list(range(1, 9))
+    assert sops(index) == sorted(record(n).sop_instance_uid for n in range(8))

@@ -3,6 +3,11 @@ commit, each with its own outcome; a failed commit leaves neither rows nor blobs
 header pre-read is skipped into an empty archive."""
 from __future__ import annotations
 
+import os
+import signal
+import stat
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import peewee as pw
@@ -10,6 +15,7 @@ import pytest
 from cli_fixtures import archive_env, make_tree
 from dicom_factory import make_instance, to_bytes
 
+from backends.local import TMP_DIR_NAME
 from dicomserver import Settings
 from dicomserver import importer as importer_module
 from dicomserver.archive import open_archive
@@ -138,3 +144,124 @@ def test_a_bug_indexing_one_file_fails_it_as_stow_would(tmp_path, archive, monke
     assert (result.outcome, result.outage, result.comments) == (FAILED, False, ("the instance could not be indexed",))
     assert [p for p in tree.instances if results[str(p)].outcome == STORED] == list(tree.instances)[1:]
     assert len(blobs(archive)) == 3
+
+
+def test_a_batchs_blobs_are_flushed_together_before_its_rows(tmp_path, archive, monkeypatch):
+    """Every blob of the batch is written before the first waits for the disk; then each
+    directory that gained blobs is flushed once (not once per blob), and only then is the
+    index written."""
+    tree = make_tree(tmp_path / "src")
+    events: list[str] = []
+
+    def spying(real, name):
+        def spy(fd):
+            mode = os.fstat(fd).st_mode
+            events.append(f"{name} {'dir' if stat.S_ISDIR(mode) else 'file'}")
+            return real(fd)
+
+        return spy
+
+    monkeypatch.setattr(os, "fsync", spying(os.fsync, "fsync"))
+    monkeypatch.setattr(os, "fdatasync", spying(os.fdatasync, "fdatasync"))
+    real_write = os.write
+
+    def writing(fd, data):
+        if stat.S_ISREG(os.fstat(fd).st_mode) and TMP_DIR_NAME in os.readlink(f"/proc/self/fd/{fd}"):
+            events.append("write blob")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", writing)
+    real_store_many = archive.index.store_many
+    monkeypatch.setattr(
+        archive.index, "store_many", lambda records: (events.append("index"), real_store_many(records))[1]
+    )
+    results = ArchiveImport(archive).each([s for s in find_files([str(tree.root)]) if s.path != str(tree.duplicate)])
+    assert sum(r.outcome == STORED for r in results) == 4
+    first_flush = events.index("fdatasync file")
+    assert events[:first_flush] == ["write blob"] * 4  # 4 blobs written, none flushed yet
+    assert events[first_flush : first_flush + 4] == ["fdatasync file"] * 4
+    # Directories: the blobs' 3 series folders once each (plus the parents of new folders).
+    between = events[first_flush + 4 : events.index("index")]
+    assert set(between) == {"fsync dir"}
+    series_folders = {os.path.dirname(k) for k in blobs(archive)}
+    assert len(series_folders) == 3
+    assert len(between) == 3 + 2 + 3  # each series folder, and the parent of each new folder (2 studies, 3 series)
+
+
+CRASH_AFTER_BLOBS = """
+import os, signal, sys
+from backends.local import TMP_DIR_NAME
+from dicomserver import Settings
+from dicomserver.archive import open_archive
+from dicomserver.importer import ArchiveImport, find_files
+
+archive = open_archive(Settings.from_env())
+real_commit = type(archive.store.batch()).commit
+
+def commit_then_crash(self):
+    real_commit(self)
+    os.kill(os.getpid(), signal.SIGKILL)  # power lost between the blobs' flush and the index commit
+
+type(archive.store.batch()).commit = commit_then_crash
+ArchiveImport(archive, check_present=False).each(find_files([sys.argv[1]]))
+"""
+
+
+def test_a_crash_between_the_blobs_flush_and_the_index_commit_leaves_only_orphans(tmp_path):
+    """Killed once the batch's blobs are durable and before its rows are: the index holds
+    nothing, every blob is complete, and `dicom gc` finds them as orphans."""
+    tree = make_tree(tmp_path / "src")
+    env = {**os.environ, **archive_env(tmp_path / "archive"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", CRASH_AFTER_BLOBS, str(tree.root / "a")], env=env, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    archive = open_archive(Settings.from_env(archive_env(tmp_path / "archive")))
+    try:
+        stored = blobs(archive)
+        assert len(stored) == 3
+        for key in stored:
+            data = b"".join(archive.store.iter_bytes(key))
+            sop = key.rsplit("/", 1)[-1].split("_")[0]
+            assert any(ds.SOPInstanceUID == sop and to_bytes(ds) == data for ds in tree.instances.values())
+        archive.index.connect()
+        assert archive.index.stored_blobs() == []
+        orphans = archive.find_orphans(0)
+        archive.index.close()
+        assert (sorted(orphans.blobs), orphans.rows, orphans.temp_files) == (stored, [], [])
+    finally:
+        archive.close()
+
+
+def test_few_files_are_imported_without_worker_processes(tmp_path, archive, monkeypatch):
+    """A worker process costs its start; fewer than FILES_PER_PROCESS files per worker are
+    imported by threads of this process."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for number in range(10):
+        (folder / f"{number}.dcm").write_bytes(to_bytes(make_instance(rows=8, columns=8)))
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker process was started for 10 files")
+
+    monkeypatch.setattr(importer_module, "ProcessPoolExecutor", no_pool)
+    summary = import_into_archive(find_files([str(folder)]), archive, jobs=4, processes=4)
+    assert summary.stored == 10 and summary.ok
+
+
+def test_worker_processes_forked_from_the_command_store_every_file_once(tmp_path, archive):
+    """Enough files for 2 workers: forked from this process (its index closed first, each
+    worker opens its own), they store every file, each once, and this process can use
+    its archive afterwards."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    count = 2 * importer_module.FILES_PER_PROCESS + 3
+    sops = set()
+    for number in range(count):
+        ds = make_instance(rows=8, columns=8)
+        sops.add(ds.SOPInstanceUID)
+        (folder / f"{number:03}.dcm").write_bytes(to_bytes(ds))
+    summary = import_into_archive(find_files([str(folder)]), archive, jobs=4, processes=2)
+    assert (summary.stored, summary.ok) == (count, True)
+    archive.index.connect()
+    assert {b.sop_instance_uid for b in archive.index.stored_blobs()} == sops
+    archive.index.close()
+    assert len(blobs(archive)) == count

@@ -140,3 +140,30 @@ def test_version_8_database_gains_operations_and_extended_query_tags(tmp_path):
     close_app(migrated)
     with sqlite3.connect(tmp_path / "i.db") as db:
         assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_version_9_database_loses_the_indexes_no_query_uses(tmp_path):
+    """Schema 10 drops change.sop_instance_uid's and instance.watermark's indexes (each STOW
+    wrote to them, no query read them); what was stored is served as before."""
+    from dicomserver.index.schema import UNUSED_INDEXES
+
+    app = _app(tmp_path)
+    ds = make_instance()
+    app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    close_app(app)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert not {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} & set(
+            UNUSED_INDEXES
+        )  # a new database never has them
+        db.execute('CREATE INDEX "change_sop_instance_uid" ON "change" ("sop_instance_uid")')
+        db.execute('CREATE INDEX "instance_watermark" ON "instance" ("watermark")')
+        db.execute("UPDATE schema_info SET version = 9")
+    migrated = _app(tmp_path)
+    client = migrated.test_client()
+    assert client.get(f"/v2/studies/{ds.StudyInstanceUID}/metadata").status_code == 200
+    assert client.get("/v2/changefeed").status_code == 200
+    close_app(migrated)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+        names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert not names & set(UNUSED_INDEXES)

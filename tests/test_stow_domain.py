@@ -88,11 +88,11 @@ class FillingStore(MemoryBlobStore):
         self.error = error or StoreFull("no space left on device")
         self.attempts = 0
 
-    def put(self, key, stream, *, size=None):
+    def put(self, key, stream, *, size=None, sha256=None):
         self.attempts += 1
         if self.attempts > self.room:
             raise self.error
-        return super().put(key, stream, size=size)
+        return super().put(key, stream, size=size, sha256=sha256)
 
 
 def with_store(archive: Archive, store: MemoryBlobStore) -> Archive:

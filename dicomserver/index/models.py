@@ -85,7 +85,9 @@ class Instance(BaseModel):
     #: JSON {bulk data path: [offset, length]} for the BulkDataURIs in `metadata`.
     bulkdata = pw.TextField(null=True)
     #: Sequence of the change-feed entry that created this version of the instance.
-    watermark = pw.BigIntegerField(index=True)
+    #: Not indexed: it is read through the instance's row (by series, by UID), never
+    #: searched for, and each STOW would pay for the index (schema 10 dropped it).
+    watermark = pw.BigIntegerField()
 
 
 class InstanceMetadata(BaseModel):
@@ -143,7 +145,9 @@ class Change(BaseModel):
     action = pw.CharField(max_length=8)
     study_instance_uid = pw.CharField(max_length=64)
     series_instance_uid = pw.CharField(max_length=64)
-    sop_instance_uid = pw.CharField(max_length=64, index=True)
+    #: Not indexed: the feed is read by sequence or time and joined to instances by their
+    #: UID index; an index here cost each STOW a page write at a random place (schema 10 dropped it).
+    sop_instance_uid = pw.CharField(max_length=64)
 
 
 class AuditEvent(BaseModel):

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 #: What the stored `instance_metadata.qido` members were built from (query.QIDO_TAGS).
 #: A change of QIDO_TAGS needs a migration that sets `qido` to NULL (the backfill then
 #: rebuilds it) and a new fingerprint here; tests/test_schema.py compares the two.
@@ -131,10 +131,23 @@ def _v8_to_v9(index: Index) -> bool:
     return False
 
 
+def _v9_to_v10(index: Index) -> bool:
+    """Two indexes no query uses, which every STOW wrote to: change.sop_instance_uid (a page
+    at a random place per instance) and instance.watermark."""
+    for name in UNUSED_INDEXES:
+        index.db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+    return False
+
+
+#: Indexes of earlier schemas that schema 10 drops.
+UNUSED_INDEXES = ("change_sop_instance_uid", "instance_watermark")
+
+
 #: MIGRATIONS[v] takes a database at version v to v + 1; True asks for derived columns
 #: to be recomputed once the schema is current (the code that does it expects that).
 MIGRATIONS: dict[int, Callable[[Index], bool]] = {
-    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8, 8: _v8_to_v9,
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
+    8: _v8_to_v9, 9: _v9_to_v10,
 }
 
 

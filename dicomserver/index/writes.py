@@ -64,6 +64,10 @@ class StoreOutcome:
     sequence: int
 
 
+#: peewee's translation of DB-API errors into its own (what its execute_sql wraps a call in).
+_DATABASE_ERRORS = pw.__exception_wrapper__  # type: ignore[attr-defined]
+
+
 class WriteStatements:
     def __init__(self, db: pw.Database):
         self.db = db
@@ -72,8 +76,13 @@ class WriteStatements:
 
     # -- execution ---------------------------------------------------------
     def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Execute; the DB-API cursor (sqlite3 or psycopg2) is returned as is."""
-        return self.db.execute_sql(sql, tuple(params))
+        """Execute; the DB-API cursor (sqlite3 or psycopg2) is returned as is. As peewee's
+        execute_sql, errors become peewee's (IntegrityError, OperationalError...), without
+        its query logging and hooks, which the hot path does not use."""
+        with _DATABASE_ERRORS:
+            cursor = self.db.cursor()
+            cursor.execute(sql, tuple(params))
+        return cursor
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self.run(sql, params).fetchone()
@@ -147,11 +156,18 @@ class InstanceWriter:
         )
         self.next_sequence = f"SELECT COALESCE(MAX({column(Change.sequence)}), 0) + 1 FROM {table(Change)}"
         self.study_by_uid = (
-            f"SELECT {column(Study.id)}, {column(Study.sop_classes_in_study)} FROM {table(Study)} "
-            f"WHERE {column(Study.study_instance_uid)} = {p}"
+            f"SELECT {column(Study.id)}, {column(Study.sop_classes_in_study)}, {column(Study.modalities_in_study)} "
+            f"FROM {table(Study)} WHERE {column(Study.study_instance_uid)} = {p}"
+        )
+        # The study and, if stored, the series: one statement where most STOWs need two.
+        self.study_and_series = (
+            f"SELECT st.{column(Study.id)}, st.{column(Study.sop_classes_in_study)}, "
+            f"st.{column(Study.modalities_in_study)}, se.{column(Series.id)}, se.{column(Series.study)}, "
+            f"se.{column(Series.modality)} FROM {table(Study)} st LEFT JOIN {table(Series)} se "
+            f"ON se.{column(Series.series_instance_uid)} = {p} WHERE st.{column(Study.study_instance_uid)} = {p}"
         )
         self.series_by_uid = (
-            f"SELECT {column(Series.id)}, {column(Series.study)} FROM {table(Series)} "
+            f"SELECT {column(Series.id)}, {column(Series.study)}, {column(Series.modality)} FROM {table(Series)} "
             f"WHERE {column(Series.series_instance_uid)} = {p}"
         )
         self.modalities = (
@@ -216,17 +232,20 @@ class IndexWrites(IndexReads):
                 rec.sop_instance_uid,
             ),
         )
-        study = s.one(w.study_by_uid, (rec.study_instance_uid,))
+        study = s.one(w.study_and_series, (rec.series_instance_uid, rec.study_instance_uid))
+        series: tuple[Any, ...] | None
         if study is None:
-            study_id, sop_classes = s.insert(
+            study_id = s.insert(
                 Study,
                 ("study_instance_uid", "number_of_series", "number_of_instances"),
                 (rec.study_instance_uid, 0, 0),
                 returning="id",
-            ), None
+            )
+            sop_classes = modalities = None
+            series = s.one(w.series_by_uid, (rec.series_instance_uid,))  # stored under another study?
         else:
-            study_id, sop_classes = study
-        series = s.one(w.series_by_uid, (rec.series_instance_uid,))
+            study_id, sop_classes, modalities = study[:3]
+            series = None if study[3] is None else study[3:]
         new_series = series is None
         if series is None:
             series_id = s.insert(
@@ -235,11 +254,12 @@ class IndexWrites(IndexReads):
                 (study_id, rec.series_instance_uid, 0),
                 returning="id",
             )
+            old_modality = None
         elif series[1] != study_id:
             # A series UID re-used under another study: keep the first owner.
             raise DuplicateInstance(rec.sop_instance_uid)
         else:
-            series_id = series[0]
+            series_id, _, old_modality = series
         instance_columns = rec.columns.instance
         instance_id = s.insert(
             Instance,
@@ -269,8 +289,11 @@ class IndexWrites(IndexReads):
             (instance_id, *series_columns.values(), 1),
             series_id,
         )
-        self._set_request_attributes(series_id, meta)
-        modalities = "\\".join(sorted(row[0] for row in s.all(w.modalities, (study_id,)))) or None
+        self._set_request_attributes(series_id, meta, new_series=new_series)
+        if new_series or series_columns.get("modality", old_modality) != old_modality:
+            # The series' modality is new or changed ("latest wins"): the study's set is
+            # recomputed from its series; otherwise it is the one stored.
+            modalities = "\\".join(sorted(row[0] for row in s.all(w.modalities, (study_id,)))) or None
         study_columns = rec.columns.study
         s.update(
             Study,
@@ -308,10 +331,12 @@ class IndexWrites(IndexReads):
             done += len(rows)
             yield done
 
-    def _set_request_attributes(self, series_id: int, meta: DicomJson) -> None:
-        """Mirror the latest instance's Request Attributes Sequence items for matching."""
+    def _set_request_attributes(self, series_id: int, meta: DicomJson, *, new_series: bool = False) -> None:
+        """Mirror the latest instance's Request Attributes Sequence items for matching
+        (a series created in this transaction has none to replace)."""
         s = self._writer.s
-        s.run(self._writer.delete_request_attributes, (series_id,))
+        if not new_series:
+            s.run(self._writer.delete_request_attributes, (series_id,))
         for scheduled_procedure_step_id, requested_procedure_id in request_attributes(meta):
             s.insert(
                 RequestAttribute,
