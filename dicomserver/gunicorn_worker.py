@@ -21,6 +21,11 @@ keep-alive connections at once) does not all land on whichever worker's event lo
 quickest. The step-back is bounded: if no other worker takes a waiting connection within
 that time, the busier one does.
 
+A request body of known length (Content-Length) is read by `LengthBody` straight from the
+socket: each read asks the kernel for what is still missing and hands the bytes on as
+they came (gunicorn's reader copies every byte through two BytesIO buffers on the way).
+A chunked body is left to gunicorn's reader.
+
 A multipart answer of stored files (segments.SegmentedFile: framing bytes and ranges of
 local files) goes out as a single file does: the worker's wsgi.file_wrapper claims it, and
 the connection writes the bytes with write(2) and each file range with sendfile(2), corked
@@ -39,11 +44,14 @@ import select
 import selectors
 import socket
 import time
+import traceback
 from collections import deque
 from functools import partial
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.http.body import ChunkedReader, LengthReader
+from gunicorn.http.errors import NoMoreData
 from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -64,6 +72,9 @@ STEP_BACK_SECONDS = 0.05
 STEP_BACK_POLL_SECONDS = 0.002
 #: A worker whose event loop has not turned for this long is left out of the comparison.
 STALE_SECONDS = 5.0
+#: How often the event loop tells the master it is alive (gunicorn does it every turn, a
+#: system call each time, several per request; the master waits `timeout`, 300 s, for it).
+NOTIFY_SECONDS = 0.5
 
 
 class LoadTable:
@@ -225,6 +236,202 @@ class ClientSocket(socket.socket):
             return b""
 
 
+class LengthBody:
+    """wsgi.input for a body of known length (Content-Length), read from the socket as it comes.
+
+    gunicorn's Body copies each byte through its own and its reader's BytesIO, twice or
+    more per read. Here read(n) asks the socket for what is missing and returns what it
+    received as is (joined once when it took several receives), and read1(n) returns
+    what one receive gave, never copied. Reads stop at the body's end: a byte of the next
+    request (pipelined) is never taken. A client that closes the connection before the end
+    raises NoMoreData (gunicorn's Body would return a short body, which a single-part STOW
+    would take for the whole instance; the app answers 400), and a receive that times out
+    raises TimeoutError (the app answers 408).
+    """
+
+    def __init__(self, sock: ClientSocket, unreader: Any, length: int) -> None:
+        self.sock = sock
+        #: Bytes of the body not yet handed out: in `pending`, then on the socket.
+        self.left = length
+        ahead = unreader.take_buffered()  # gunicorn's parser read past the head: the body's start
+        if len(ahead) > length:  # a pipelined request follows the body: it stays gunicorn's
+            unreader.unread(ahead[length:])
+            ahead = ahead[:length]
+        #: The start of `left` that gunicorn's parser had read already.
+        self.pending = ahead
+        #: Set when a read raised: where the next request starts is then unknown (gunicorn's
+        #: parser checks it before reusing the connection).
+        self.failed = False
+
+    def _take(self, size: int) -> bytes:
+        """At most `size` (> 0) bytes of what is buffered or one receive brings; b"" only at
+        the end of the body."""
+        pending = self.pending
+        if pending:
+            if len(pending) <= size:
+                self.pending = b""
+                data = pending
+            else:
+                data, self.pending = pending[:size], pending[size:]
+        else:
+            want = min(size, self.left)
+            if want <= 0:
+                return b""
+            try:
+                data = self.sock.recv(want)
+            except BaseException:
+                self.failed = True
+                raise
+            if not data:  # the client is gone before sending all it announced
+                self.failed = True
+                raise NoMoreData(b"")
+        self.left -= len(data)
+        return data
+
+    def read1(self, size: int | None = -1) -> bytes:
+        """Up to `size` bytes, as one receive brought them (no copy); b"" at the end."""
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        return self._take(size) if size > 0 else b""
+
+    def read(self, size: int | None = -1) -> bytes:
+        """`size` bytes (all that is left if fewer, or if None or negative); b"" at the end."""
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        if size <= 0:
+            return b""
+        data = self._take(size)
+        if len(data) == size:  # one receive: the bytes as they came
+            return data
+        pieces = [data]
+        missing = size - len(data)
+        while missing > 0:
+            more = self._take(missing)
+            pieces.append(more)
+            missing -= len(more)
+        return b"".join(pieces)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.left
+        line = b""
+        while len(line) < size:
+            chunk = self._take(min(size - len(line), 8192))
+            if not chunk:
+                break
+            end = chunk.find(b"\n")
+            if end >= 0:
+                self.pending = chunk[end + 1:] + self.pending
+                self.left += len(chunk) - end - 1
+                chunk = chunk[: end + 1]
+            line += chunk
+            if end >= 0:
+                break
+        return line
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> LengthBody:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class AccessLogger(glogging.Logger):
+    """gunicorn's logger, whose access log makes only the atoms its format names.
+
+    gunicorn's builds every atom, one per request header, response header and environ
+    variable (some eighty), and copies them all to escape quotes, for the ten or so the
+    line shows. The line is the same (`_Atoms`). gunicorn_conf.py makes it the logger class.
+    """
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        try:
+            self.access_log.info(self.cfg.access_log_format, _Atoms(self, resp, req, environ, request_time))
+        except Exception:
+            self.error(traceback.format_exc())
+
+
+class _Atoms(dict[str, Any]):
+    """gunicorn's SafeAtoms(Logger.atoms(...)) for a log line, each atom made when the format asks."""
+
+    def __init__(self, logger: glogging.Logger, resp: Any, req: Any, environ: dict[str, Any], request_time: Any):
+        super().__init__()
+        self.logger, self.resp, self.req, self.environ, self.request_time = logger, resp, req, environ, request_time
+
+    def __bool__(self) -> bool:  # logging formats with a mapping only when it is truthy
+        return True
+
+    def __getitem__(self, key: str) -> Any:
+        if key.startswith("{"):
+            value = self._header_or_variable(key.lower())
+        else:
+            make = _ATOMS.get(key)
+            value = "-" if make is None else make(self)
+        return value.replace('"', '\\"') if isinstance(value, str) else value
+
+    def _header_or_variable(self, key: str) -> Any:
+        name, kind = key[1:-2], key[-2:]
+        if kind == "}i":
+            pairs = self.req.headers.items() if hasattr(self.req.headers, "items") else self.req.headers
+        elif kind == "}o":
+            pairs = self.resp.headers.items() if hasattr(self.resp.headers, "items") else self.resp.headers
+        elif kind == "}e":
+            pairs = self.environ.items()
+        else:
+            return "-"
+        value: Any = "-"
+        for found, found_value in pairs:  # the last one, as gunicorn's dict of them keeps
+            if found.lower() == name:
+                value = found_value
+        return value
+
+
+def _status(atoms: _Atoms) -> Any:
+    status = atoms.resp.status
+    return status.split(None, 1)[0] if isinstance(status, str) else status
+
+
+def _sent(atoms: _Atoms) -> Any:
+    return getattr(atoms.resp, "sent", None)
+
+
+#: gunicorn's atoms (glogging.Logger.atoms) other than headers and environ variables.
+_ATOMS: dict[str, Any] = {
+    "h": lambda a: a.environ.get("REMOTE_ADDR", "-"),
+    "l": lambda a: "-",
+    "u": lambda a: a.logger._get_user(a.environ) or "-",
+    "t": lambda a: a.logger.now(),
+    "r": lambda a: f"{a.environ['REQUEST_METHOD']} {a.environ['RAW_URI']} {a.environ['SERVER_PROTOCOL']}",
+    "s": _status,
+    "m": lambda a: a.environ.get("REQUEST_METHOD"),
+    "U": lambda a: a.environ.get("PATH_INFO"),
+    "q": lambda a: a.environ.get("QUERY_STRING"),
+    "H": lambda a: a.environ.get("SERVER_PROTOCOL"),
+    "b": lambda a: "-" if _sent(a) is None else str(_sent(a)),
+    "B": _sent,
+    "f": lambda a: a.environ.get("HTTP_REFERER", "-"),
+    "a": lambda a: a.environ.get("HTTP_USER_AGENT", "-"),
+    "T": lambda a: a.request_time.seconds,
+    "D": lambda a: a.request_time.seconds * 1000000 + a.request_time.microseconds,
+    "M": lambda a: a.request_time.seconds * 1000 + int(a.request_time.microseconds / 1000),
+    "L": lambda a: f"{a.request_time.seconds:d}.{a.request_time.microseconds:06d}",
+    "p": lambda a: f"<{os.getpid()}>",
+}
+
+
 class FileWrapper(GunicornFileWrapper):
     """The worker's wsgi.file_wrapper: gunicorn's, which also claims a SegmentedFile for
     ClientSocket.sendfile (gunicorn's sendfile path needs its fileno)."""
@@ -245,7 +452,9 @@ class Worker(ThreadWorker):
         self._slot: int | None = None
         self._connections = 0
         self._step_back_until = 0.0
+        self._next_notify = 0.0
         super().__init__(*args, **kwargs)
+        self._is_ssl = bool(self.cfg.is_ssl)  # looked up per connection: gunicorn's Config is slow to ask
         self._loads = _shared_load_table(self.cfg.workers)
         self._slot = self._loads.claim()
 
@@ -260,6 +469,11 @@ class Worker(ThreadWorker):
             self._loads.publish(self._slot, value)
 
     def notify(self) -> None:
+        """The heartbeat, at most every NOTIFY_SECONDS (gthread calls it on every turn of its loop)."""
+        now = time.monotonic()
+        if now < self._next_notify:
+            return
+        self._next_notify = now + NOTIFY_SECONDS
         super().notify()
         if self._slot is not None:
             self._loads.publish(self._slot, self._connections)
@@ -289,7 +503,7 @@ class Worker(ThreadWorker):
         """Offer the app this worker's file wrapper on the connections whose sendfile it owns."""
         super().load_wsgi()
         app = self.wsgi
-        if self.cfg.is_ssl or self.cfg.sendfile is False:
+        if self._is_ssl or self.cfg.sendfile is False:
             return
 
         def with_file_wrapper(environ: dict[str, Any], start_response: Any) -> Any:
@@ -301,7 +515,7 @@ class Worker(ThreadWorker):
 
     # -- the event loop: heads -------------------------------------------------
     def accept(self, listener: socket.socket) -> None:
-        if self.cfg.is_ssl:
+        if self._is_ssl:
             super().accept(listener)
             return
         try:
@@ -339,13 +553,16 @@ class Worker(ThreadWorker):
         super().wait_for_and_dispatch_events(timeout)
 
     def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
-        """A kept-alive connection has data: its next request's head."""
-        if self.cfg.is_ssl:
+        """A kept-alive connection has data: its next request's head, read at once (it is
+        usually all there), the connection staying registered for the rest of it."""
+        if self._is_ssl:
             super().on_client_socket_readable(conn, client)
             return
-        self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        self._await_head(conn)
+        conn.head_deadline = time.monotonic() + self.head_timeout
+        self.heads.append(conn)
+        self.poller.modify(client, selectors.EVENT_READ, partial(self._on_head_data, conn))
+        self._on_head_data(conn, client)
 
     def _await_head(self, conn: TConn) -> None:
         conn.head_deadline = time.monotonic() + self.head_timeout
@@ -363,6 +580,11 @@ class Worker(ThreadWorker):
         head: bytearray = conn.sock.prefix
         start = max(0, len(head) - len(_HEAD_END) + 1)
         head += data
+        self._check_head(conn, start)
+
+    def _check_head(self, conn: TConn, start: int = 0) -> None:
+        """Hand the connection to a thread once its head is complete (searched from `start`)."""
+        head: bytearray = conn.sock.prefix
         if head.find(_HEAD_END, start) >= 0:
             self._forget_head(conn)
             conn.data_ready = True
@@ -393,6 +615,13 @@ class Worker(ThreadWorker):
             if not keep:
                 self.nr_conns -= 1
                 self._linger(conn.sock)
+                return
+            if conn.sock.prefix and not conn.parser.unreader.buf.getbuffer().nbytes:
+                # A pipelined request: the event loop read its bytes with the previous body's
+                # (they are in the prefix, not on the socket, which would not turn readable).
+                conn.sock.setblocking(False)
+                self._await_head(conn)
+                self._check_head(conn)
                 return
         super().finish_request(conn, fs)
 
@@ -458,6 +687,8 @@ class Worker(ThreadWorker):
         if not isinstance(sock, ClientSocket):
             keep: bool = super().handle_request(req, conn)
             return keep
+        if isinstance(getattr(req.body, "reader", None), LengthReader):
+            req.body = LengthBody(sock, conn.parser.unreader, req.body.reader.length)
         sock.in_app = True
         try:
             keep = super().handle_request(req, conn)
@@ -472,6 +703,8 @@ class Worker(ThreadWorker):
 
 
 def _unread_body(req: Any) -> bool:
+    if isinstance(req.body, LengthBody):
+        return req.body.left > 0
     reader = getattr(req.body, "reader", None)
     if isinstance(reader, LengthReader):
         return reader.length > 0

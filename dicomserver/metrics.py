@@ -117,8 +117,15 @@ def observe_request(service: str, method: str, status: int, seconds: float, byte
         sent.inc(bytes_out)
 
 
+#: STOW_INSTANCES' children by (outcome, reason), for the same reason (reasons are the archive's codes).
+_stow_children: dict[tuple[str, int | None], Counter] = {}
+
+
 def count_stow_instance(outcome: str, reason: int | None) -> None:
-    STOW_INSTANCES.labels(outcome, "" if reason is None else str(reason)).inc()
+    child = _stow_children.get((outcome, reason))
+    if child is None:
+        child = _stow_children[outcome, reason] = STOW_INSTANCES.labels(outcome, "" if reason is None else str(reason))
+    child.inc()
 
 
 def open_blob(store: BlobStore, key: str) -> BinaryIO:

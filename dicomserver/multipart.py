@@ -389,7 +389,7 @@ class MultipartReader:
         if end > start:
             self._consume_to(end)
             start = end
-        if start >= len(buf) or buf[start:] == b"\r":
+        if start >= len(buf) or (start == len(buf) - 1 and buf[start] == 13):  # nothing or a lone CR yet
             return NEED_DATA
         if buf.startswith(CRLF, start):
             self._consume(2)

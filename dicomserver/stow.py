@@ -40,8 +40,10 @@ from .settings import Settings
 from .stow_json import BulkPart, MetadataRejected, build_part10, is_bulk_media_type
 from .uids import normalize_uid
 
-#: Request body reads. gunicorn buffers up to 1 MiB of read-ahead and copies what is left
-#: of it on every read, so reads of less than that copy the same bytes many times over.
+#: Request body reads: a part up to this size comes as one piece, searched for its delimiter
+#: once and spooled in one write. (A chunked body is gunicorn's to read: it buffers up to
+#: 1 MiB of read-ahead and copies what is left of it on every read, so smaller reads would
+#: copy the same bytes many times over.)
 READ_CHUNK = 1024 * 1024
 #: A DICOM JSON metadata part is parsed whole: keep it bounded.
 MAX_JSON_PART_BYTES = 64 * 1024 * 1024
