@@ -10,7 +10,10 @@ from dicomserver.index.schema import SCHEMA_VERSION
 
 
 def _app(tmp_path):
-    return create_app(Settings(blobstore_url=str(tmp_path / "b"), database_url=f"sqlite:///{tmp_path / 'i.db'}"))
+    # No operations thread: a test runs the operations it starts itself (run_pending), and a
+    # runner of its own could claim one first.
+    return create_app(Settings(blobstore_url=str(tmp_path / "b"), database_url=f"sqlite:///{tmp_path / 'i.db'}",
+                               operations_runner=False))
 
 
 def test_new_database_gets_current_version(tmp_path):
