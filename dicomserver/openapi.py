@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from .changes import PAGE_SIZES
+from .export import MAX_IDENTIFIERS as MAX_EXPORT_IDENTIFIERS
 from .fhir_audit import DEFAULT_COUNT, FHIR_JSON, MAX_COUNT
 from .matching import INSTANCE, LEVEL_ORDER, SERIES, STUDY
 from .matching import SEARCHABLE as _SEARCHABLE
@@ -453,7 +454,7 @@ def _schemas() -> dict[str, Json]:
                          "resources", "errors"],
             "properties": {
                 "operationId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                "type": {"enum": ["reindex"]},
+                "type": {"enum": ["reindex", "export"]},
                 "createdTime": {"type": "string", "format": "date-time"},
                 "lastUpdatedTime": {"type": "string", "format": "date-time"},
                 "startedTime": {"type": "string", "format": "date-time"},
@@ -463,6 +464,17 @@ def _schemas() -> dict[str, Json]:
                 "percentComplete": {"type": "integer", "minimum": 0, "maximum": 100},
                 "resources": {"type": "array", "items": url, "description": "What the operation works on"},
                 "errors": {"type": "array", "items": {"type": "string"}, "description": "Why it failed"},
+                "results": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "export: the files written, the identifiers that matched nothing (skipped), "
+                                   "the instances that could not be copied (failed), and where errors.log is",
+                    "properties": {
+                        "exported": {"type": "integer", "minimum": 0},
+                        "skipped": {"type": "integer", "minimum": 0},
+                        "failed": {"type": "integer", "minimum": 0},
+                        "errorHref": {"type": "string"},
+                    },
+                },
             },
         },
         "ExtendedQueryTag": {
@@ -554,6 +566,38 @@ def _request_bodies() -> dict[str, Json]:
                     "level": {"type": "string", "description": "Study, Series or Instance (any case)"},
                 },
             }}}},
+        },
+        "export": {
+            "required": True,
+            "description": "What to export (study, study/series or study/series/instance UIDs) and where: a folder "
+                           "under DICOMWEB_EXPORT_ROOT, or a bucket of DICOMWEB_EXPORT_S3_BUCKETS (the server's "
+                           "credentials; endpointUrl one of DICOMWEB_EXPORT_S3_ENDPOINTS). Member names and types "
+                           "are read case-insensitively.",
+            "content": {JSON: {"schema": {
+                "type": "object", "required": ["source", "destination"],
+                "properties": {
+                    "source": {"type": "object", "required": ["type", "settings"], "properties": {
+                        "type": {"const": "identifiers"},
+                        "settings": {"type": "object", "required": ["values"], "properties": {
+                            "values": {"type": "array", "minItems": 1, "maxItems": MAX_EXPORT_IDENTIFIERS,
+                                       "items": {"type": "string"}},
+                        }},
+                    }},
+                    "destination": {"oneOf": [
+                        {"type": "object", "required": ["type", "settings"], "properties": {
+                            "type": {"const": "folder"},
+                            "settings": {"type": "object", "required": ["path"], "additionalProperties": False,
+                                         "properties": {"path": {"type": "string"}}},
+                        }},
+                        {"type": "object", "required": ["type", "settings"], "properties": {
+                            "type": {"const": "s3"},
+                            "settings": {"type": "object", "required": ["bucket"], "additionalProperties": False,
+                                         "properties": {"bucket": {"type": "string"}, "prefix": {"type": "string"},
+                                                        "endpointUrl": {"type": "string"}}},
+                        }},
+                    ]},
+                },
+            }}},
         },
         "extendedquerytags.update": {
             "required": True,
@@ -794,6 +838,12 @@ def _extended_query_tag_routes() -> list[Route]:
                   200: _answer("one page of errors, oldest first", {JSON: _schema("ExtendedQueryTagErrors")}),
                   400: _error(f"{bad_path}, or a malformed limit or offset"), 404: missing,
               }, parameters=("xqt.limit", "xqt.offset"), path_parameters=tag),
+        Route("POST", "/export", "Export studies, series or instances to a folder or S3 (non-standard)", "Export", {
+            202: _answer("accepted; the export operation follows", {JSON: _schema("OperationReference")},
+                         ["Location"]),
+            400: _error("the body is malformed, an identifier is not UIDs, or the destination is not one the "
+                        "server allows or can write (the message says which)"),
+        }, body="export", action="export"),
         Route("GET", "/operations/{operation_id}", "A long-running operation's status (non-standard)", "Operations", {
             200: _answer("the operation has ended (succeeded, failed, canceled)", {JSON: _schema("Operation")}),
             202: _answer("the operation has not ended yet", {JSON: _schema("Operation")}, ["Location"]),
@@ -847,7 +897,9 @@ def _browser_routes() -> list[Route]:
 
 
 #: The DICOMweb roots, as services/__init__.py answers them without a version prefix.
-UNVERSIONED_ROOTS = ("studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations")
+UNVERSIONED_ROOTS = (
+    "studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations", "export",
+)
 
 
 def _unversioned_routes() -> list[Route]:

@@ -59,6 +59,8 @@ def status(index: Index, operation_id: str, base_url: str, api_version: str = "v
         "status": "completed" if api_version == "v1" and record.status == SUCCEEDED else record.status,
         "percentComplete": record.percent_complete,
         "resources": [f"{base_url}/{path}" for path in record.payload.get("resources", [])],
+        # What the operation did so far, when its handler keeps a count (export: exported, skipped...).
+        "results": record.checkpoint.get("results") if isinstance(record.checkpoint, dict) else None,
         # Beyond the reference: when it ran, and why it failed.
         "startedTime": _iso(record.started),
         "endedTime": _iso(record.ended),
@@ -105,9 +107,10 @@ Handler = Callable[[Run], None]
 
 
 def default_handlers() -> dict[str, Handler]:
+    from .export import export
     from .extended_query_tags import reindex
 
-    return {"reindex": reindex}
+    return {"reindex": reindex, "export": export}
 
 
 def run_pending(

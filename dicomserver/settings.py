@@ -104,6 +104,15 @@ class Settings:
     #: (seconds), which leaves the index to STOW and QIDO on a busy archive.
     reindex_batch: int = 500
     reindex_pause: float = 0.0
+    #: Export (POST /export): the folder every "folder" destination lies under (None: folder
+    #: destinations are refused), the S3 buckets an "s3" destination may name (none: refused)
+    #: and the endpoint URLs it may name besides boto3's own; instances copied between two
+    #: checkpoints, and the pause after each batch (seconds).
+    export_root: str | None = None
+    export_s3_buckets: tuple[str, ...] = ()
+    export_s3_endpoints: tuple[str, ...] = ()
+    export_batch: int = 50
+    export_pause: float = 0.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -311,4 +320,9 @@ _VARIABLES = (
     ("operations_poll_seconds", "DICOMWEB_OPERATIONS_POLL_SECONDS", _positive_seconds),
     ("reindex_batch", "DICOMWEB_REINDEX_BATCH", _positive_int),
     ("reindex_pause", "DICOMWEB_REINDEX_PAUSE", _non_negative_seconds),
+    ("export_root", "DICOMWEB_EXPORT_ROOT", str),
+    ("export_s3_buckets", "DICOMWEB_EXPORT_S3_BUCKETS", _names),
+    ("export_s3_endpoints", "DICOMWEB_EXPORT_S3_ENDPOINTS", _names),
+    ("export_batch", "DICOMWEB_EXPORT_BATCH", _positive_int),
+    ("export_pause", "DICOMWEB_EXPORT_PAUSE", _non_negative_seconds),
 )

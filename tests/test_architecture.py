@@ -50,6 +50,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.changes",
         "dicomserver.operations",
         "dicomserver.extended_query_tags",
+        "dicomserver.export",
         "dicomserver.auth",
         "dicomserver.urls",
         "dicomserver.audit",

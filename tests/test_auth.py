@@ -34,9 +34,11 @@ XQT = "manageExtendedQueryTags"
 
 def action_of(method: str, rule) -> str:
     """The action the spec gives a route: the audit trail needs `audit`, changes to extended query
-    tags `manageExtendedQueryTags`, the rest goes by method."""
+    tags `manageExtendedQueryTags`, an export `export`, the rest goes by method."""
     if "/extendedquerytags" in rule.rule and method != "GET":
         return XQT
+    if rule.rule.endswith("/export"):
+        return "export"
     return "audit" if "/audit" in rule.rule else ACTIONS[method]
 DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
 
@@ -152,7 +154,8 @@ def test_a_writer_stores_on_every_stow_route_and_may_not_delete(auth_client, aut
     for method, rule in api_routes(auth_app):
         path = fill(rule, "v2", values)
         response = call(auth_client, method, path, writer, values)
-        wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 403, "audit": 403, XQT: 403}[
+        wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 403, "audit": 403, XQT: 403,
+                                                      "export": 403}[
             action_of(method, rule)])
     assert wrong == []
 
@@ -164,7 +167,8 @@ def test_a_deleter_deletes_on_every_delete_route_and_may_not_store(auth_client, 
         values = seed(auth_client, identity_provider)
         path = fill(rule, "v2", values)
         response = call(auth_client, method, path, deleter, values)
-        wrong += mismatch(method, path, response, {"read": None, "write": 403, "delete": 204, "audit": 403, XQT: 403}[
+        wrong += mismatch(method, path, response, {"read": None, "write": 403, "delete": 204, "audit": 403, XQT: 403,
+                                                      "export": 403}[
             action_of(method, rule)])
     assert wrong == []
 
@@ -177,7 +181,8 @@ def test_an_admin_may_do_anything(auth_client, auth_app, identity_provider):
             values = seed(auth_client, identity_provider)
             path = fill(rule, version, values)
             response = call(auth_client, method, path, admin, values)
-            wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 204, "audit": None, XQT: None}[
+            wrong += mismatch(method, path, response, {"read": None, "write": 200, "delete": 204, "audit": None, XQT: None,
+                                                      "export": None}[
                 action_of(method, rule)])
     assert wrong == []
 

@@ -217,6 +217,10 @@ SPOT_CHECKS: list[tuple[str, str, dict[str, Any], int]] = [
     ("extended query tag errors", "GET /v2/extendedquerytags/PatientWeight/errors", {}, 200),
     ("extended query tag, delete", "DELETE /v2/extendedquerytags/PatientWeight", {}, 204),
     ("extended query tag, delete again", "DELETE /v2/extendedquerytags/PatientWeight", {}, 404),
+    ("export, bad body", "POST /v2/export", {"json": {"source": {}}}, 400),
+    ("export, folders not enabled", "POST /v2/export", {"json": {
+        "source": {"type": "identifiers", "settings": {"values": [STUDY]}},
+        "destination": {"type": "folder", "settings": {"path": "out"}}}}, 400),
     ("operation, bad id", "GET /v2/operations/123", {}, 400),
     ("operation, unknown", "GET /v2/operations/" + "0" * 32, {}, 404),
     ("delete instance", f"DELETE {INSTANCE}", {}, 204),

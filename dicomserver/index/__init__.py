@@ -4,18 +4,19 @@ One concrete class over Peewee (SQLite by default, PostgreSQL by URL), assembled
 one module per job: `connection.py` (the database, per-request connections, the writer
 lock), `reads.py` (by UID: WADO, /metadata, the change feed, gc), `writes.py` (STOW,
 DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail),
-`operations.py` (long-running jobs), `extended.py` (extended query tags) and
-`schema.py` (migrations).
+`operations.py` (long-running jobs), `extended.py` (extended query tags), `export.py`
+(the instances an export copies) and `schema.py` (migrations).
 """
 from __future__ import annotations
 
 from .audit import AuditQuery, AuditRecord, IndexAudit
+from .export import ExportRow, IndexExport
 from .extended import IndexExtendedQueryTags
 from .reads import FeedEntry, StoredBlob, StoredInstance
 from .writes import DuplicateInstance, IndexWrites, InstanceRecord, StoreOutcome
 
 
-class Index(IndexWrites, IndexAudit, IndexExtendedQueryTags):
+class Index(IndexWrites, IndexAudit, IndexExtendedQueryTags, IndexExport):
     """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
 
     def create_schema(self) -> None:
@@ -35,6 +36,7 @@ __all__ = [
     "AuditQuery",
     "AuditRecord",
     "DuplicateInstance",
+    "ExportRow",
     "FeedEntry",
     "Index",
     "InstanceRecord",

@@ -29,7 +29,9 @@ from .web import (
     take_upload_slot,
 )
 
-_DICOMWEB_ROOTS = ("studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations")
+_DICOMWEB_ROOTS = (
+    "studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations", "export",
+)
 
 
 def register_services(app: Flask) -> None:
@@ -40,6 +42,7 @@ def register_services(app: Flask) -> None:
         bulkdata,
         changefeed,
         delete,
+        export,
         extended_query_tags,
         metrics,
         openapi,
@@ -54,7 +57,8 @@ def register_services(app: Flask) -> None:
     register_error_handlers(app)
 
     for module in (
-        stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events, extended_query_tags, operations
+        stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events, extended_query_tags, operations,
+        export,
     ):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)

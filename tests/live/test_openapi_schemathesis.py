@@ -199,7 +199,7 @@ _SETTINGS = settings(
 # instance, the series and the study (so each level's example deletes something real).
 NOT_DELETE = SCHEMA.exclude(method="DELETE")
 DELETE_UNVERSIONED = SCHEMA.include(
-    method="DELETE", path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations)"
+    method="DELETE", path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export)"
 )
 DELETE_TAG = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/extendedquerytags/")
 DELETE_INSTANCE = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/instances/\{instance\}$")
