@@ -169,8 +169,7 @@ class MetadataStream:
             texts = self.index.metadata_texts(ids[start : start + METADATA_BATCH])
             if not texts:
                 continue
-            text = joined_absolute_uris(texts, self.base_url)
-            yield _Piece(text.encode() if first else b"," + text.encode(), first)
+            yield _Piece(joined_absolute_uris(texts, self.base_url, leading_comma=not first), first)
             first = False
 
 

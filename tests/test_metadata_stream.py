@@ -291,8 +291,9 @@ def test_uris_made_absolute_per_instance_equal_the_whole_text_replaced():
     ]
     texts.append(texts[1] + "")  # the same text twice in a batch
     for base in (BASE, "https://pacs.example.org/dicomweb/v1"):
-        joined = joined_absolute_uris(texts, base)
+        joined = joined_absolute_uris([t.encode() for t in texts], base).decode()
         assert joined == absolute_uris(",".join(texts), base)
+        assert joined_absolute_uris([t.encode() for t in texts], base, leading_comma=True).decode() == "," + joined
         assert joined.count(base + "/studies/1.2/series/3.4/instances/5.") == 7
         assert "\\u0001/studies" not in joined
 
