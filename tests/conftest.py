@@ -10,6 +10,7 @@ from pg_fixtures import postgres, truncate_all  # noqa: F401  (fixture)
 from s3_fixtures import empty_bucket, moto_s3, new_bucket  # noqa: F401  (fixture)
 
 from dicomserver import Settings, close_app, create_app
+from dicomserver.operations import default_handlers, run_pending
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +69,25 @@ def app(settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def index(app):
+    """The app's index, connected (tests of operations and of the index through the app)."""
+    index = app.extensions["dicomserver"].index
+    index.connect()
+    yield index
+    index.close()
+
+
+@pytest.fixture
+def run_ops(app, index):
+    """Run the operations pending in the app's index now, in this thread (an app built with
+    operations_runner=False has no thread that would take them first)."""
+    def run(owner: str = "test-runner") -> int:
+        return run_pending(index, app.extensions["dicomserver"].settings, default_handlers(), owner=owner)
+
+    return run
 
 
 @pytest.fixture

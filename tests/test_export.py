@@ -21,7 +21,7 @@ from test_openapi import _operation, check_answer
 
 from dicomserver import close_app, create_app
 from dicomserver.export import export
-from dicomserver.operations import Run, default_handlers, run_pending
+from dicomserver.operations import Run
 
 STUDY_A, STUDY_B, SERIES_B = "1.2.826.0.1.3680043.10.1011.5.1", "1.2.826.0.1.3680043.10.1011.5.2", "1.2.826.0.1.5.3"
 MISSING = "1.2.826.0.1.3680043.10.1011.5.99"
@@ -42,7 +42,7 @@ def bucket(settings, request):
 
 
 @pytest.fixture
-def xapp(settings, tmp_path, bucket):
+def app(settings, tmp_path, bucket):
     """The app without its operations thread (tests run operations when they choose), exports
     allowed under tmp_path/exports and to the test bucket, two instances a batch."""
     app = create_app(dataclasses.replace(
@@ -52,27 +52,6 @@ def xapp(settings, tmp_path, bucket):
     app.config["TESTING"] = True
     yield app
     close_app(app)
-
-
-@pytest.fixture
-def client(xapp):
-    return xapp.test_client()
-
-
-@pytest.fixture
-def index(xapp):
-    index = xapp.extensions["dicomserver"].index
-    index.connect()
-    yield index
-    index.close()
-
-
-@pytest.fixture
-def run_ops(xapp, index):
-    def run(owner: str = "test-runner") -> int:
-        return run_pending(index, xapp.extensions["dicomserver"].settings, default_handlers(), owner=owner)
-
-    return run
 
 
 class Destination:
@@ -127,9 +106,9 @@ def _export(client, values: list[str], destination: Any, status: int = 202, vers
     return response
 
 
-def _stored(xapp, index, sop: str) -> bytes:
+def _stored(app, index, sop: str) -> bytes:
     (blob,) = index.stored_blobs(sop)
-    with xapp.extensions["dicomserver"].store.open(blob.blob_key) as stream:
+    with app.extensions["dicomserver"].store.open(blob.blob_key) as stream:
         return stream.read()
 
 
@@ -139,7 +118,7 @@ def _error_lines(destination: Destination, operation_id: str) -> list[dict[str, 
 
 
 def test_export_copies_the_stored_files_and_logs_what_matched_nothing(
-    client, stow, run_ops, xapp, index, destination, tmp_path
+    client, stow, run_ops, app, index, destination, tmp_path
 ):
     a1 = stow(study=STUDY_A)
     a2 = stow(study=STUDY_A)
@@ -168,10 +147,10 @@ def test_export_copies_the_stored_files_and_logs_what_matched_nothing(
     assert results["errorHref"].endswith(f"{started['id']}/errors.log")
     for ds in (a1, a2, b1):
         key = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
-        assert destination.read(key) == _stored(xapp, index, ds.SOPInstanceUID), key
+        assert destination.read(key) == _stored(app, index, ds.SOPInstanceUID), key
     openapi = client.get("/openapi.json").get_json()  # the answers are the documented ones
-    check_answer(openapi, _operation(openapi, xapp, "POST", "/v2/export"), response)
-    check_answer(openapi, _operation(openapi, xapp, "GET", started["href"].removeprefix("http://localhost")), done)
+    check_answer(openapi, _operation(openapi, app, "POST", "/v2/export"), response)
+    check_answer(openapi, _operation(openapi, app, "GET", started["href"].removeprefix("http://localhost")), done)
     (line,) = _error_lines(destination, started["id"])
     assert line["identifier"] == MISSING and "no stored instance" in line["error"]
     dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
@@ -189,12 +168,12 @@ def test_v1_answers_as_v2_and_calls_success_completed(client, stow, run_ops, des
 
 
 def test_an_instance_lost_during_the_export_is_a_failure_in_the_error_log(
-    client, stow, run_ops, xapp, index, destination
+    client, stow, run_ops, app, index, destination
 ):
     kept, lost = stow(study=STUDY_A), stow(study=STUDY_A)
     started = _export(client, [STUDY_A], destination.body()).get_json()
     (blob,) = index.stored_blobs(lost.SOPInstanceUID)
-    xapp.extensions["dicomserver"].store.delete(blob.blob_key)  # as a DELETE between the page read and its copy
+    app.extensions["dicomserver"].store.delete(blob.blob_key)  # as a DELETE between the page read and its copy
     run_ops()
     results = client.get(started["href"]).get_json()["results"]
     assert (results["exported"], results["skipped"], results["failed"]) == (1, 0, 1)
@@ -204,12 +183,12 @@ def test_an_instance_lost_during_the_export_is_a_failure_in_the_error_log(
     assert destination.read(f"{STUDY_A}/{lost.SeriesInstanceUID}/{lost.SOPInstanceUID}.dcm") is None
 
 
-def test_a_crashed_export_resumes_from_its_checkpoint(client, stow, run_ops, xapp, index, destination):
+def test_a_crashed_export_resumes_from_its_checkpoint(client, stow, run_ops, app, index, destination):
     """Runner A copies one batch and dies (no release); runner B resumes after A's checkpoint
     once A's lease has expired, and every file ends up exported once, whole."""
     instances = [stow(study=STUDY_A) for _ in range(5)]
     operation_id = _export(client, [STUDY_A, MISSING], destination.body()).get_json()["id"]
-    settings = dataclasses.replace(xapp.extensions["dicomserver"].settings, operations_lease_seconds=0.05)
+    settings = dataclasses.replace(app.extensions["dicomserver"].settings, operations_lease_seconds=0.05)
     record = index.claim_operation("A", dt.timedelta(seconds=0.05), ["export"])
     assert record is not None
     stop = threading.Event()
@@ -232,7 +211,7 @@ def test_a_crashed_export_resumes_from_its_checkpoint(client, stow, run_ops, xap
     assert (results["exported"], results["skipped"], results["failed"]) == (5, 1, 0)
     for ds in instances:
         key = f"{STUDY_A}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
-        assert destination.read(key) == _stored(xapp, index, ds.SOPInstanceUID)
+        assert destination.read(key) == _stored(app, index, ds.SOPInstanceUID)
     assert [line["identifier"] for line in _error_lines(destination, operation_id)] == [MISSING]
 
 
@@ -335,7 +314,7 @@ def test_unversioned_export_is_404(client):
     assert response.status_code == 404 and "/v2/export" in response.get_data(as_text=True)
 
 
-def test_a_batch_of_slow_copies_keeps_its_lease(client, stow, xapp, index, destination, monkeypatch):
+def test_a_batch_of_slow_copies_keeps_its_lease(client, stow, app, index, destination, monkeypatch):
     """A batch whose files take longer than a third of the lease renews it between files, so
     that no other runner takes the operation over while it is being copied."""
     import dicomserver.export as module
@@ -343,7 +322,7 @@ def test_a_batch_of_slow_copies_keeps_its_lease(client, stow, xapp, index, desti
     stow(study=STUDY_A)
     stow(study=STUDY_A)
     operation_id = _export(client, [STUDY_A], destination.body()).get_json()["id"]
-    settings = dataclasses.replace(xapp.extensions["dicomserver"].settings, operations_lease_seconds=0.3)
+    settings = dataclasses.replace(app.extensions["dicomserver"].settings, operations_lease_seconds=0.3)
     record = index.claim_operation("A", dt.timedelta(seconds=0.3), ["export"])
     copy, renewals = module._copy, []
 
@@ -364,12 +343,12 @@ def test_a_batch_of_slow_copies_keeps_its_lease(client, stow, xapp, index, desti
     assert index.operation(operation_id).status == "succeeded"
 
 
-def test_a_stored_file_that_changed_is_not_exported(client, stow, run_ops, xapp, index, destination):
+def test_a_stored_file_that_changed_is_not_exported(client, stow, run_ops, app, index, destination):
     """The copy is hashed on the way: a file that is not the one the archive received (same
     size, other bytes) is a failure in the log, and is not left at the destination."""
     good, bad = stow(study=STUDY_A), stow(study=STUDY_A)
     (blob,) = index.stored_blobs(bad.SOPInstanceUID)
-    store = xapp.extensions["dicomserver"].store
+    store = app.extensions["dicomserver"].store
     with store.open(blob.blob_key) as stream:
         data = bytearray(stream.read())
     data[-1] ^= 0xFF

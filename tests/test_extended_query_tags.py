@@ -16,39 +16,18 @@ from pydicom.dataset import Dataset
 from dicomserver import close_app, create_app
 from dicomserver.extended_query_tags import reindex
 from dicomserver.index.operations import LeaseLost
-from dicomserver.operations import Run, default_handlers, run_pending
+from dicomserver.operations import Run, run_pending
 
 PRIVATE_CREATOR = "ACME 1.0"
 
 
 @pytest.fixture
-def xapp(settings):
+def app(settings):
     """The app without its operations thread: tests run operations when they choose (run_ops)."""
     app = create_app(dataclasses.replace(settings, operations_runner=False, reindex_batch=2))
     app.config["TESTING"] = True
     yield app
     close_app(app)
-
-
-@pytest.fixture
-def client(xapp):
-    return xapp.test_client()
-
-
-@pytest.fixture
-def index(xapp):
-    index = xapp.extensions["dicomserver"].index
-    index.connect()
-    yield index
-    index.close()
-
-
-@pytest.fixture
-def run_ops(xapp, index):
-    def run(owner: str = "test-runner") -> int:
-        return run_pending(index, xapp.extensions["dicomserver"].settings, default_handlers(), owner=owner)
-
-    return run
 
 
 def _instance(study: str | None = None, *, private: Any = None, creator: str = PRIVATE_CREATOR,
@@ -115,14 +94,14 @@ def test_operation_ids_are_checked(client):
     assert client.get("/v2/operations/" + "ab" * 16).status_code == 404
 
 
-def test_a_crashed_reindex_resumes_from_its_checkpoint(client, stow, index, xapp, run_ops):
+def test_a_crashed_reindex_resumes_from_its_checkpoint(client, stow, index, app, run_ops):
     """Runner A claims, indexes one batch and dies (no release): once its lease has expired,
     runner B resumes after A's checkpoint and A's later writes are refused."""
     studies = [f"1.2.3.{n}" for n in range(1, 6)]
     for n, study in enumerate(studies):
         stow(_instance(study, PatientWeight=str(60 + n)))
     operation_id = _add(client, {"path": "PatientWeight", "level": "Study"}).get_json()["id"]
-    settings = dataclasses.replace(xapp.extensions["dicomserver"].settings, operations_lease_seconds=0.05)
+    settings = dataclasses.replace(app.extensions["dicomserver"].settings, operations_lease_seconds=0.05)
     record = index.claim_operation("A", dt.timedelta(seconds=0.05), ["reindex"])
     assert record is not None and record.attempts == 1
     stop = threading.Event()
@@ -339,14 +318,14 @@ def test_at_most_128_tags(client, run_ops, monkeypatch):
     assert "at most 2" in _add(client, {"path": "StationName", "level": "Series"}, status=400).get_data(as_text=True)
 
 
-def test_a_tag_deleted_during_its_reindex_is_skipped(client, stow, index, xapp, run_ops):
+def test_a_tag_deleted_during_its_reindex_is_skipped(client, stow, index, app, run_ops):
     for n in range(4):
         stow(_instance(f"1.2.9.{n + 1}", PatientWeight=str(70 + n), StationName=f"S{n}"))
     operation_id = _add(client, {"path": "PatientWeight", "level": "Study"},
                         {"path": "StationName", "level": "Series"}).get_json()["id"]
     record = index.claim_operation("A", dt.timedelta(minutes=5), ["reindex"])
     stop = threading.Event()
-    run = Run(index, record, "A", xapp.extensions["dicomserver"].settings, stop)
+    run = Run(index, record, "A", app.extensions["dicomserver"].settings, stop)
     run.pause = lambda seconds: stop.set()  # type: ignore[method-assign]  # stops after one batch
     reindex(run)
     assert client.delete("/v2/extendedquerytags/StationName").status_code == 204
@@ -406,11 +385,11 @@ def test_a_stopping_server_gives_its_operation_back(settings, tmp_path):
         index.shutdown()
 
 
-def test_concurrent_runners_run_each_operation_once(client, stow, index, xapp):
+def test_concurrent_runners_run_each_operation_once(client, stow, index, app):
     """Four runners (threads, as four processes or hosts would be) race for one operation."""
     stow(_instance("1.2.13.1", PatientWeight="90"))
     _add(client, {"path": "PatientWeight", "level": "Study"})
-    settings = xapp.extensions["dicomserver"].settings
+    settings = app.extensions["dicomserver"].settings
     runs: list[str] = []
 
     def counted(run: Run) -> None:
