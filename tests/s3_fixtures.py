@@ -21,16 +21,19 @@ its stdin closes, so it cannot outlive a crashed test run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import boto3
 import pytest
 
-__all__ = ["MotoServer", "empty_bucket", "moto_env", "moto_s3", "new_bucket", "shared_moto_server"]
+__all__ = ["MotoServer", "empty_bucket", "moto_env", "moto_s3", "new_bucket", "postgres_s3_archive", "shared_moto_server"]
 
 # The child: start moto, print its address, serve until stdin closes.
 # moto's models are not thread-safe: two PUTs of one key race (the second
@@ -177,3 +180,23 @@ def empty_bucket(client, bucket: str, prefix: str = "", *, remove: bool = False)
         client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     if remove:
         client.delete_bucket(Bucket=bucket)
+
+
+@contextlib.contextmanager
+def postgres_s3_archive(postgres_url: str, bucket_prefix: str) -> Iterator[tuple[dict[str, str], Any, str]]:
+    """A live server's environment for PostgreSQL (emptied) + a fresh bucket on the shared moto
+    server, with a boto3 client of that server and the bucket's name; the bucket goes after."""
+    from pg_fixtures import truncate_all
+
+    truncate_all(postgres_url)
+    moto = shared_moto_server()
+    env = {k: v for k, v in moto_env(moto.url).items() if v is not None}
+    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"{bucket_prefix}-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    env.update(DICOMWEB_BLOBSTORE_URL=f"s3://{bucket}/archive", DICOMWEB_DATABASE_URL=postgres_url)
+    try:
+        yield env, s3, bucket
+    finally:
+        empty_bucket(s3, bucket, remove=True)

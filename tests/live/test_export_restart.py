@@ -10,14 +10,11 @@ import os
 import signal
 import time
 
-import boto3
 import pytest
 import requests
 from dicom_factory import make_instance, to_bytes
 from live_servers import start_server, stop_server
-from pg_fixtures import truncate_all
-from pydicom.uid import generate_uid
-from s3_fixtures import empty_bucket, moto_env, shared_moto_server
+from s3_fixtures import postgres_s3_archive
 
 pytestmark = pytest.mark.live
 
@@ -47,25 +44,16 @@ def backend(request, tmp_path):
 
         yield ({"DICOMWEB_EXPORT_ROOT": str(root)}, {"type": "folder", "settings": {"path": "run"}}, read_file)
         return
-    postgres = request.getfixturevalue("postgres")
-    truncate_all(postgres.url())
-    moto = shared_moto_server()
-    env = {k: v for k, v in moto_env(moto.url).items() if v is not None}
-    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    bucket = f"export-{generate_uid()[-12:].replace('.', '')}"
-    s3.create_bucket(Bucket=bucket)
-    env.update(DICOMWEB_BLOBSTORE_URL=f"s3://{bucket}/archive", DICOMWEB_DATABASE_URL=postgres.url(),
-               DICOMWEB_EXPORT_S3_BUCKETS=bucket)
+    with postgres_s3_archive(request.getfixturevalue("postgres").url(), "export") as (env, s3, bucket):
+        env["DICOMWEB_EXPORT_S3_BUCKETS"] = bucket
 
-    def read_object(key: str) -> bytes | None:
-        try:
-            return s3.get_object(Bucket=bucket, Key=f"exports/run/{key}")["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            return None
+        def read_object(key: str) -> bytes | None:
+            try:
+                return s3.get_object(Bucket=bucket, Key=f"exports/run/{key}")["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                return None
 
-    yield env, {"type": "s3", "settings": {"bucket": bucket, "prefix": "exports/run"}}, read_object
-    empty_bucket(s3, bucket, remove=True)
+        yield env, {"type": "s3", "settings": {"bucket": bucket, "prefix": "exports/run"}}, read_object
 
 
 def test_an_export_killed_halfway_completes_after_restart(backend, tmp_path):

@@ -10,15 +10,12 @@ import signal
 import sqlite3
 import time
 
-import boto3
 import psycopg2
 import pytest
 import requests
 from dicom_factory import make_instance, to_bytes
 from live_servers import start_server, stop_server
-from pg_fixtures import truncate_all
-from pydicom.uid import generate_uid
-from s3_fixtures import empty_bucket, moto_env, shared_moto_server
+from s3_fixtures import postgres_s3_archive
 
 pytestmark = pytest.mark.live
 
@@ -41,17 +38,8 @@ def backend(request, tmp_path):
     if request.param == "sqlite":
         yield {}
         return
-    postgres = request.getfixturevalue("postgres")
-    truncate_all(postgres.url())
-    moto = shared_moto_server()
-    env = {k: v for k, v in moto_env(moto.url).items() if v is not None}
-    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    bucket = f"reindex-{generate_uid()[-12:].replace('.', '')}"
-    s3.create_bucket(Bucket=bucket)
-    env.update(DICOMWEB_BLOBSTORE_URL=f"s3://{bucket}/archive", DICOMWEB_DATABASE_URL=postgres.url())
-    yield env
-    empty_bucket(s3, bucket, remove=True)
+    with postgres_s3_archive(request.getfixturevalue("postgres").url(), "reindex") as (env, _, _):
+        yield env
 
 
 def _stored_status(env: dict, data_dir, operation_id: str) -> str:
