@@ -31,9 +31,9 @@ from backends.base import BlobNotFound, BlobStore, BlobStoreError, validate_key
 from backends.local import LocalBlobStore
 
 from .errors import BadRequest
-from .extended_query_tags import _json_body, _member
 from .index import ExportRow, Index
 from .operations import Run, new_operation_id, reference
+from .request_json import json_body, member
 from .settings import Settings
 from .uids import is_valid_uid
 
@@ -54,11 +54,11 @@ _S3_MEMBERS = {"bucket", "prefix", "endpointurl"}
 
 def start(index: Index, settings: Settings, read: Callable[[int], bytes], base_url: str) -> dict[str, str]:
     """Check a POST /export body and queue its operation; the operation's reference."""
-    body = _json_body(read)
+    body = json_body(read)
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object {"source": {...}, "destination": {...}}')
-    identifiers = _identifiers(_member(body, "source"))
-    destination = _destination(_member(body, "destination"), settings)
+    identifiers = _identifiers(member(body, "source"))
+    destination = _destination(member(body, "destination"), settings)
     target = _usable(destination, settings)
     target.close()
     operation_id = new_operation_id()
@@ -73,7 +73,7 @@ def _settings_of(item: Any, what: str) -> tuple[str, dict[str, Any]]:
     """`{"type": ..., "settings": {...}}`: the type (lower case) and the settings (member names lower case)."""
     if not isinstance(item, dict):
         raise BadRequest(f'the body has no {what} object {{"type": ..., "settings": {{...}}}}')
-    kind, values = _member(item, "type"), _member(item, "settings")
+    kind, values = member(item, "type"), member(item, "settings")
     if not isinstance(kind, str) or not isinstance(values, dict):
         raise BadRequest(f"the {what} needs a type (a string) and settings (an object)")
     return kind.lower(), {key.lower(): value for key, value in values.items()}

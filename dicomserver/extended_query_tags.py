@@ -9,7 +9,6 @@ stored meanwhile is missed).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -19,44 +18,22 @@ from .index.extended import DISABLED, ENABLED, StoredTag, TagError
 from .matching import SEARCHABLE, parse_count
 from .operations import Run, new_operation_id, reference
 from .query_tags import InvalidTag, TagDefinition, check_definition, display, parse_tag_path
+from .request_json import json_body, member
 
-#: Largest body POST and PATCH read (128 tag definitions take a few kilobytes).
-MAX_BODY_BYTES = 1024 * 1024
 #: Page sizes of the lists (the reference's: 1..200, 100 by default).
 DEFAULT_LIMIT, MAX_LIMIT = 100, 200
 
 
-def _json_body(read: Callable[[int], bytes]) -> Any:
-    data = b""
-    while len(data) <= MAX_BODY_BYTES:
-        chunk = read(MAX_BODY_BYTES + 1 - len(data))
-        if not chunk:
-            break
-        data += chunk
-    if len(data) > MAX_BODY_BYTES:
-        raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not JSON") from None
-
-
-def _member(item: dict[str, Any], name: str) -> Any:
-    """A member by name, case-insensitively (as the reference binds JSON)."""
-    lowered = name.lower()
-    return next((value for key, value in item.items() if key.lower() == lowered), None)
-
-
 def add(index: Index, read: Callable[[int], bytes], base_url: str) -> dict[str, str]:
     """Add the tags of a JSON array body; the re-index operation's reference."""
-    body = _json_body(read)
+    body = json_body(read)
     if not isinstance(body, list) or not body:
         raise BadRequest("the body must be a non-empty JSON array of {path, vr, privateCreator, level}")
     definitions: list[TagDefinition] = []
     for number, item in enumerate(body):
         if not isinstance(item, dict):
             raise BadRequest(f"item {number} of the body is not a JSON object")
-        values = {name: _member(item, name) for name in ("path", "vr", "privateCreator", "level")}
+        values = {name: member(item, name) for name in ("path", "vr", "privateCreator", "level")}
         if not isinstance(values["path"], str) or not values["path"]:
             raise BadRequest(f"item {number} of the body has no path")
         if any(v is not None and not isinstance(v, str) for v in values.values()):
@@ -115,8 +92,8 @@ def get(index: Index, tag_path: str, base_url: str) -> dict[str, Any]:
 def update(index: Index, tag_path: str, read: Callable[[int], bytes], base_url: str) -> dict[str, Any]:
     """PATCH {"queryStatus": "Enabled" | "Disabled"}: whether QIDO matches on the tag."""
     path = _path(tag_path)
-    body = _json_body(read)
-    wanted = _member(body, "queryStatus") if isinstance(body, dict) else None
+    body = json_body(read)
+    wanted = member(body, "queryStatus") if isinstance(body, dict) else None
     status = next((s for s in (ENABLED, DISABLED) if isinstance(wanted, str) and s.lower() == wanted.lower()), None)
     if status is None or len(body) != 1:
         raise BadRequest('the body must be {"queryStatus": "Enabled"} or {"queryStatus": "Disabled"}')

@@ -48,6 +48,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.search",
         "dicomserver.browse",
         "dicomserver.changes",
+        "dicomserver.request_json",
         "dicomserver.operations",
         "dicomserver.extended_query_tags",
         "dicomserver.export",
