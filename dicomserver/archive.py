@@ -119,7 +119,9 @@ class Archive:
             else:
                 orphans.blobs.append(key)
         for row in rows:
-            if self.store.exists(row.blob_key):
+            # A missing original is verify's to report: removing its row would take the
+            # instance's current version with it.
+            if row.original or self.store.exists(row.blob_key):
                 continue
             if now - row.stored_at.replace(tzinfo=dt.timezone.utc).timestamp() < grace_seconds:
                 orphans.young_rows += 1

@@ -274,8 +274,9 @@ class Ingestor:
             log.exception("indexing instance %s failed", result.sop_instance_uid)
             raise InstanceRejected(PROCESSING_FAILURE, "the instance could not be indexed") from None
         result.replaced = outcome.replaced
-        if outcome.obsolete_blob_key:
-            discard_blob(self.store, outcome.obsolete_blob_key)
+        for obsolete in (outcome.obsolete_blob_key, outcome.obsolete_original_key):
+            if obsolete:
+                discard_blob(self.store, obsolete)
 
 
 def discard_blob(store: BlobStore, key: str) -> None:

@@ -81,13 +81,18 @@ class MetadataStream:
     sop_uid: str | None
     base_url: str
     gzip: bool
+    #: The original versions (`msdicom-request-original`): never cached, an ETag of their own.
+    original: bool = False
 
     @property
     def etag(self) -> str:
         """The version of the instances answered and a checksum of the base URL the URIs use;
-        `-gz` for the gzip variant (a weak validator: its bytes depend on the zlib build)."""
+        `-orig` for the original versions, `-gz` for the gzip variant (a weak validator: its
+        bytes depend on the zlib build)."""
         newest = max(s.newest for s in self.series)
         tag = f"{version_tag(newest, sum(s.count for s in self.series))}-{zlib.crc32(self.base_url.encode()):08x}"
+        if self.original:
+            tag += "-orig"
         return tag + "-gz" if self.gzip else tag
 
     @property
@@ -122,7 +127,7 @@ class MetadataStream:
     def _deflated_series(self, series: SeriesVersion, member: _Member) -> Iterator[bytes]:
         """A series' text deflated: from the cache, else deflated now (and cached). A series of
         one batch or less deflates in about a millisecond: not worth a write to the index."""
-        cacheable = self.sop_uid is None and series.count > METADATA_BATCH
+        cacheable = self.sop_uid is None and series.count > METADATA_BATCH and not self.original
         if cacheable:
             cached = self.index.cached_metadata(series.id, self.base_url, series.version)
             if cached is not None:
@@ -166,7 +171,7 @@ class MetadataStream:
     def _pieces(self, ids: list[int]) -> Iterator[_Piece]:
         first = True
         for start in range(0, len(ids), METADATA_BATCH):
-            texts = self.index.metadata_texts(ids[start : start + METADATA_BATCH])
+            texts = self.index.metadata_texts(ids[start : start + METADATA_BATCH], original=self.original)
             if not texts:
                 continue
             yield _Piece(joined_absolute_uris(texts, self.base_url, leading_comma=not first), first)
@@ -174,10 +179,11 @@ class MetadataStream:
 
 
 def metadata_stream(
-    index: Index, uids: tuple[str, str | None, str | None], base_url: str, *, gzip: bool
+    index: Index, uids: tuple[str, str | None, str | None], base_url: str, *, gzip: bool, original: bool = False
 ) -> MetadataStream:
-    """The answer to a `/metadata` request; NotFound if the study/series/instance is not stored."""
-    return MetadataStream(index, index.metadata_series(*uids), uids[2], base_url, gzip)
+    """The answer to a `/metadata` request (of the original versions with `original`); NotFound
+    if the study/series/instance is not stored."""
+    return MetadataStream(index, index.metadata_series(*uids), uids[2], base_url, gzip, original)
 
 
 @dataclass(frozen=True)

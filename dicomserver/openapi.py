@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from .bulk_update import MAX_STUDIES as MAX_UPDATE_STUDIES
 from .changes import PAGE_SIZES
 from .export import MAX_IDENTIFIERS as MAX_EXPORT_IDENTIFIERS
 from .fhir_audit import DEFAULT_COUNT, FHIR_JSON, MAX_COUNT
@@ -248,6 +249,11 @@ def _parameters() -> dict[str, Json]:
         "xqt.offset": _query("offset", "Entries to skip", _count(0, default=0)),
         "path": _path("path", "Anything: the path is not served", {"type": "string"}),
         **_qido_parameters(),
+        "msdicom-request-original": _header(
+            "msdicom-request-original", "true (any case): the version first stored of instances a bulk update "
+            "changed since (the reference server's header); anything else or absent: the current version",
+            {"type": "string"},
+        ),
         "If-None-Match": _header(
             "If-None-Match", "The ETag of an earlier answer: 304 when nothing changed since",
             {"type": "string"},
@@ -454,7 +460,7 @@ def _schemas() -> dict[str, Json]:
                          "resources", "errors"],
             "properties": {
                 "operationId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                "type": {"enum": ["reindex", "export"]},
+                "type": {"enum": ["reindex", "export", "update"]},
                 "createdTime": {"type": "string", "format": "date-time"},
                 "lastUpdatedTime": {"type": "string", "format": "date-time"},
                 "startedTime": {"type": "string", "format": "date-time"},
@@ -467,12 +473,19 @@ def _schemas() -> dict[str, Json]:
                 "results": {
                     "type": "object", "additionalProperties": False,
                     "description": "export: the files written, the identifiers that matched nothing (skipped), "
-                                   "the instances that could not be copied (failed), and where errors.log is",
+                                   "the instances that could not be copied (failed), and where errors.log is; "
+                                   "update: the studies processed, updated and failed, the instances updated, "
+                                   "and the errors (as the reference words them)",
                     "properties": {
                         "exported": {"type": "integer", "minimum": 0},
                         "skipped": {"type": "integer", "minimum": 0},
                         "failed": {"type": "integer", "minimum": 0},
                         "errorHref": {"type": "string"},
+                        "studyProcessed": {"type": "integer", "minimum": 0},
+                        "studyUpdated": {"type": "integer", "minimum": 0},
+                        "studyFailed": {"type": "integer", "minimum": 0},
+                        "instanceUpdated": {"type": "integer", "minimum": 0},
+                        "errors": {"type": "array", "items": {"type": "string"}},
                     },
                 },
             },
@@ -599,6 +612,25 @@ def _request_bodies() -> dict[str, Json]:
                 },
             }}},
         },
+        "bulkUpdate": {
+            "required": True,
+            "description": f"The studies (1 to {MAX_UPDATE_STUDIES} StudyInstanceUIDs, no repeats) and the attributes "
+                           "to set in each of their instances, as DICOM JSON with the dictionary's vr: Patient "
+                           "Identification and Demographic attributes, ReferringPhysicianName, AccessionNumber, "
+                           "StudyDescription (docs/conformance.md lists them). An element without Value empties it. "
+                           "Member names are read case-insensitively.",
+            "content": {JSON: {"schema": {
+                "type": "object", "required": ["studyInstanceUids", "changeDataset"],
+                "properties": {
+                    "studyInstanceUids": {"type": "array", "minItems": 1, "maxItems": MAX_UPDATE_STUDIES,
+                                          "uniqueItems": True, "items": {"type": "string"}},
+                    "changeDataset": {"type": "object", "minProperties": 1, "additionalProperties": {
+                        "type": "object", "required": ["vr"],
+                        "properties": {"vr": {"type": "string"}, "Value": {"type": "array"}},
+                    }},
+                },
+            }}},
+        },
         "extendedquerytags.update": {
             "required": True,
             "description": "Whether QIDO matches on the tag",
@@ -672,7 +704,7 @@ def _retrieve_routes() -> list[Route]:
             404: _error(_NOT_FOUND),
             406: _error(NOT_ACCEPTABLE + ", or a transfer syntax the instances cannot be transcoded to"),
             500: MISSING_BLOB,
-        }))
+        }, parameters=("msdicom-request-original",)))
         routes.append(Route("GET", f"{path}/metadata", f"Retrieve the {level}'s metadata (WADO-RS)", "WADO-RS", {
             200: _answer("the DICOM JSON of each instance; binary values over DICOMWEB_BULKDATA_THRESHOLD, and "
                          "Pixel Data, as absolute BulkDataURIs; streamed (chunked) past 50 instances, in gzip when "
@@ -682,7 +714,7 @@ def _retrieve_routes() -> list[Route]:
             400: _error(_UID_ERRORS),
             404: _error(_NOT_FOUND),
             406: _error("the Accept header allows no JSON (use application/dicom+json)"),
-        }, parameters=("If-None-Match", "Accept-Encoding")))
+        }, parameters=("If-None-Match", "Accept-Encoding", "msdicom-request-original")))
     frame_types = sorted(FRAME_MEDIA_TYPES)
     routes.append(Route("GET", _FRAMES, "Retrieve frames (WADO-RS)", "WADO-RS", {
         200: _answer("the frames in the order asked: multipart/related (type application/octet-stream or an image "
@@ -844,6 +876,17 @@ def _extended_query_tag_routes() -> list[Route]:
             400: _error("the body is malformed, an identifier is not UIDs, or the destination is not one the "
                         "server allows or can write (the message says which)"),
         }, body="export", action="export"),
+        *(Route("POST", path, "Update patient and study attributes of studies (non-standard)" + alias, "Bulk update", {
+            202: _answer("accepted; the update operation follows", {JSON: _schema("OperationReference")},
+                         ["Location"]),
+            400: _error("the body is malformed, a StudyInstanceUID is invalid or repeated, there are more than "
+                        f"{MAX_UPDATE_STUDIES}, or the changeDataset names an attribute that cannot be updated or "
+                        "a value invalid for its VR (one DICOM100 line each, as the reference words them)"),
+            404: _error("on /v1: bulk update is served under /v2 only (as the reference)"),
+            409: _error("another update operation is queued or running (one at a time, as the reference)"),
+        }, body="bulkUpdate", action="write") for path, alias in (
+            ("/studies/$bulkUpdate", ""), ("/studies/$bulkupdate", " (the reference's client spelling)"),
+        )),
         Route("GET", "/operations/{operation_id}", "A long-running operation's status (non-standard)", "Operations", {
             200: _answer("the operation has ended (succeeded, failed, canceled)", {JSON: _schema("Operation")}),
             202: _answer("the operation has not ended yet", {JSON: _schema("Operation")}, ["Location"]),

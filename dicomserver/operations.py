@@ -1,6 +1,6 @@
 """Long-running operations: their status as `/operations/{id}` shows it, and the runner that does them.
 
-An operation (a re-index of extended query tags, ...) is a row of the index
+An operation (a re-index of extended query tags, an export, a bulk update) is a row of the index
 (index/operations.py), so every host sees it. Each server process runs a thread,
 `OperationRunner`, that claims the oldest operation nobody holds, runs its handler (one per
 type, `HANDLERS`) and goes back to waiting. A handler works in batches and commits each with
@@ -102,15 +102,21 @@ class Run:
         """Succeeded (in the caller's write transaction, with its last work)."""
         self.index.finish_operation(self.record.id, self.owner, SUCCEEDED, errors)
 
+    def fail(self, errors: list[str]) -> None:
+        """Ended with errors (in the caller's write transaction): not retried, its results kept
+        (a bulk update with failed studies ends so, as the reference's does)."""
+        self.index.finish_operation(self.record.id, self.owner, FAILED, errors)
+
 
 Handler = Callable[[Run], None]
 
 
 def default_handlers() -> dict[str, Handler]:
+    from .bulk_update import update
     from .export import export
     from .extended_query_tags import reindex
 
-    return {"reindex": reindex, "export": export}
+    return {"reindex": reindex, "export": export, "update": update}
 
 
 def run_pending(

@@ -51,6 +51,8 @@ from .transcode import (
 from .transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_LITTLE_ENDIAN
 
 CHUNK = 1 << 20
+#: The reference server's request header for an instance's original version (bulk_update.py).
+ORIGINAL_VERSION_HEADER = "msdicom-request-original"
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,13 @@ class Body:
 
 
 def retrieve_instances(
-    archive: Archive, uids: tuple[str, str | None, str | None], renditions: list[Rendition]
+    archive: Archive, uids: tuple[str, str | None, str | None], renditions: list[Rendition], *,
+    original: bool = False,
 ) -> Body:
-    """A study, series or instance (WADO-RS retrieve) in the first rendition that fits them all."""
-    instances = archive.index.instances(*uids)
+    """A study, series or instance (WADO-RS retrieve) in the first rendition that fits them all;
+    with `original` (`msdicom-request-original`), in the version first stored where a bulk
+    update has changed it since."""
+    instances = archive.index.original_instances(*uids) if original else archive.index.instances(*uids)
     rendition = choose(renditions, instances, archive.settings)
     return instances_body(archive.store, instances, rendition, archive.settings)
 
@@ -118,11 +123,13 @@ class Metadata:
 
 
 def metadata(
-    archive: Archive, uids: tuple[str, str | None, str | None], base_url: str, accept_encoding: str | None = None
+    archive: Archive, uids: tuple[str, str | None, str | None], base_url: str, accept_encoding: str | None = None,
+    *, original: bool = False,
 ) -> Metadata:
     """WADO-RS metadata; the ETag follows the stored versions, the base URL the URIs use and
-    the content coding (gzip when Accept-Encoding allows it)."""
-    return Metadata(metadata_stream(archive.index, uids, base_url, gzip=gzip_accepted(accept_encoding)))
+    the content coding (gzip when Accept-Encoding allows it); `original` as for retrieve."""
+    stream = metadata_stream(archive.index, uids, base_url, gzip=gzip_accepted(accept_encoding), original=original)
+    return Metadata(stream)
 
 
 class DamagedInstance(NotFound):

@@ -113,6 +113,10 @@ class Settings:
     export_s3_endpoints: tuple[str, ...] = ()
     export_batch: int = 50
     export_pause: float = 0.0
+    #: Instances a bulk update rewrites between two checkpoints (one index commit each), and the
+    #: seconds it pauses after each batch (to leave the disk and the index to other work).
+    update_batch: int = 20
+    update_pause: float = 0.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -325,4 +329,6 @@ _VARIABLES = (
     ("export_s3_endpoints", "DICOMWEB_EXPORT_S3_ENDPOINTS", _names),
     ("export_batch", "DICOMWEB_EXPORT_BATCH", _positive_int),
     ("export_pause", "DICOMWEB_EXPORT_PAUSE", _non_negative_seconds),
+    ("update_batch", "DICOMWEB_UPDATE_BATCH", _positive_int),
+    ("update_pause", "DICOMWEB_UPDATE_PAUSE", _non_negative_seconds),
 )

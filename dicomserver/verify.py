@@ -1,6 +1,7 @@
 """`dicomserver verify`: do the index and the blob store agree?
 
-Every index row's blob must exist with the size STOW recorded; with `hashes`, its bytes
+Every index row's blob (an instance's current version and, once a bulk update changed it, its
+original) must exist with the size STOW recorded; with `hashes`, its bytes
 must also have the SHA-256 STOW recorded (rows from before the index kept one are
 checked by size alone) and its header the UIDs of its row, which finds a blob swapped
 for another instance's. Every blob must have a row: one without is an orphan (a crash
@@ -123,5 +124,5 @@ def _check_uids(archive: Archive, row: StoredBlob) -> Problem | None:
 def _still(archive: Archive, problem: Problem) -> bool:
     """The row is still the one checked: not deleted or replaced since the scan read it."""
     assert problem.row is not None
-    now = archive.index.stored_blobs(problem.row.sop_instance_uid)
-    return bool(now) and now[0].blob_key == problem.blob_key
+    now = archive.index.stored_blobs(problem.row.sop_instance_uid)  # current and original versions
+    return any(row.blob_key == problem.blob_key for row in now)

@@ -52,6 +52,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.operations",
         "dicomserver.extended_query_tags",
         "dicomserver.export",
+        "dicomserver.bulk_update",
         "dicomserver.auth",
         "dicomserver.urls",
         "dicomserver.audit",

@@ -170,3 +170,30 @@ def test_version_9_database_loses_the_indexes_no_query_uses(tmp_path):
         assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
         names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert not names & set(UNUSED_INDEXES)
+
+
+def test_version_10_database_gains_the_original_version_columns_of_bulk_update(tmp_path):
+    """Schema 11 adds where an updated instance keeps its original version (blob, size, SHA-256,
+    DICOM JSON); instances stored before were never updated, so every one is NULL and what was
+    stored is served as before, its original being itself."""
+    app = _app(tmp_path)
+    ds = make_instance()
+    app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    close_app(app)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        for table, column in (("instance", "original_blob_key"), ("instance", "original_size"),
+                              ("instance", "original_sha256"), ("instance_metadata", "original_metadata")):
+            db.execute(f'ALTER TABLE "{table}" DROP COLUMN "{column}"')
+        db.execute("UPDATE schema_info SET version = 10")
+    migrated = _app(tmp_path)
+    client = migrated.test_client()
+    url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    original = {"Accept": "application/dicom; transfer-syntax=*", "msdicom-request-original": "true"}
+    assert client.get(url, headers=original).data == to_bytes(ds)
+    assert client.get(f"{url}/metadata", headers={"msdicom-request-original": "true"}).status_code == 200
+    close_app(migrated)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+        assert db.execute('SELECT "original_blob_key", "original_size", "original_sha256" FROM "instance"').fetchall() \
+            == [(None, None, None)]
+        assert db.execute('SELECT "original_metadata" FROM "instance_metadata"').fetchall() == [(None,)]

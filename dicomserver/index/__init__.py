@@ -5,7 +5,8 @@ one module per job: `connection.py` (the database, per-request connections, the 
 lock), `reads.py` (by UID: WADO, /metadata, the change feed, gc), `writes.py` (STOW,
 DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail),
 `operations.py` (long-running jobs), `extended.py` (extended query tags), `export.py`
-(the instances an export copies) and `schema.py` (migrations).
+(the instances an export copies), `update.py` (bulk update's new versions) and `schema.py`
+(migrations).
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from .audit import AuditQuery, AuditRecord, IndexAudit
 from .export import ExportRow, IndexExport
 from .extended import IndexExtendedQueryTags
 from .reads import FeedEntry, StoredBlob, StoredInstance
-from .writes import DuplicateInstance, IndexWrites, InstanceRecord, StoreOutcome
+from .update import IndexUpdate, UpdatedInstance, UpdateTarget
+from .writes import DuplicateInstance, InstanceRecord, StoreOutcome
 
 
-class Index(IndexWrites, IndexAudit, IndexExtendedQueryTags, IndexExport):
+class Index(IndexUpdate, IndexAudit, IndexExtendedQueryTags, IndexExport):
     """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
 
     def create_schema(self) -> None:
@@ -43,5 +45,7 @@ __all__ = [
     "StoreOutcome",
     "StoredBlob",
     "StoredInstance",
+    "UpdateTarget",
+    "UpdatedInstance",
     "open_index",
 ]

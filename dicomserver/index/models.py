@@ -88,6 +88,12 @@ class Instance(BaseModel):
     #: Not indexed: it is read through the instance's row (by series, by UID), never
     #: searched for, and each STOW would pay for the index (schema 10 dropped it).
     watermark = pw.BigIntegerField()
+    #: The blob the instance was first stored as, once a bulk update wrote a new version of it
+    #: (the reference's "original version", `msdicom-request-original`); NULL if never updated.
+    #: Its size and SHA-256 let `verify` check it as it checks the current blob.
+    original_blob_key = pw.TextField(null=True)
+    original_size = pw.BigIntegerField(null=True)
+    original_sha256 = pw.CharField(max_length=64, null=True)
 
 
 class InstanceMetadata(BaseModel):
@@ -101,6 +107,9 @@ class InstanceMetadata(BaseModel):
     metadata = pw.TextField()
     #: The attributes QIDO returns by default, pre-serialised (see query.qido_members).
     qido = pw.TextField(null=True)
+    #: The original version's DICOM JSON once a bulk update changed the instance (NULL before):
+    #: `/metadata` with `msdicom-request-original` serves it without opening the original blob.
+    original_metadata = pw.TextField(null=True)
 
 
 class SeriesMetadataCache(BaseModel):

@@ -115,13 +115,27 @@ class StoredBlob:
     size: int
     #: None for instances stored before the index kept it.
     sha256: str | None
+    #: The original version a bulk update kept (not the instance's current blob).
+    original: bool = False
 
 
 #: Table alias of each StoredInstance field in the instances query (the rest are Instance columns).
 _FIELD_TABLE = {"series_instance_uid": "se", "series_number": "se", "metadata": "m"}
 _INSTANCE_COLUMNS = ", ".join(f'{_FIELD_TABLE.get(f.name, "i")}."{f.name}"' for f in fields(StoredInstance))
+#: The same columns for `msdicom-request-original`: the original version where a bulk update kept one.
+_ORIGINAL = {
+    "blob_key": 'COALESCE(i."original_blob_key", i."blob_key")',
+    "size": 'COALESCE(i."original_size", i."size")',
+    "sha256": 'CASE WHEN i."original_blob_key" IS NULL THEN i."sha256" ELSE i."original_sha256" END',
+    "metadata": 'COALESCE(m."original_metadata", m."metadata")',
+}
+_ORIGINAL_COLUMNS = ", ".join(
+    _ORIGINAL.get(f.name, f'{_FIELD_TABLE.get(f.name, "i")}."{f.name}"') for f in fields(StoredInstance)
+)
 
 SqlBuilder = Callable[[str, bool, bool], str]
+#: The original version's DICOM JSON where a bulk update kept one, else the current one.
+_ORIGINAL_TEXT = 'COALESCE("original_metadata", "metadata")'
 
 
 class IndexReads(IndexDatabase):
@@ -136,10 +150,11 @@ class IndexReads(IndexDatabase):
         # (a third of a 5,000-instance study's `/metadata`). PostgreSQL's convert_to gives
         # bytea (a text-to-bytea cast would read backslashes as escapes).
         utf8 = 'CAST("metadata" AS BLOB)' if self.is_sqlite else """convert_to("metadata", 'UTF8')"""
-        self._metadata_texts_sql = (
-            f'SELECT "instance_id", {utf8} FROM "instance_metadata" '
-            f'WHERE "instance_id" IN ({", ".join([p] * METADATA_BATCH)})'
-        )
+        self._metadata_texts_sql = {
+            original: f'SELECT "instance_id", {utf8} FROM "instance_metadata" '
+                      f'WHERE "instance_id" IN ({", ".join([p] * METADATA_BATCH)})'
+            for original, utf8 in ((False, utf8), (True, utf8.replace('"metadata"', _ORIGINAL_TEXT)))
+        }
 
     @INDEX_SECONDS.labels("instances").time()
     def instances(
@@ -147,6 +162,17 @@ class IndexReads(IndexDatabase):
     ) -> list[StoredInstance]:
         """Instances of a study/series/instance, in series then instance order; 404 if none."""
         cursor = self._execute_cached(_instances_sql, study_uid, series_uid, sop_uid)
+        rows = [StoredInstance(*values) for values in cursor.fetchall()]
+        if not rows:
+            raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
+        return rows
+
+    def original_instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[StoredInstance]:
+        """`instances` in their original version (`msdicom-request-original`): the blob and DICOM
+        JSON an instance was first stored with, where a bulk update has changed it since."""
+        cursor = self._execute_cached(_original_instances_sql, study_uid, series_uid, sop_uid)
         rows = [StoredInstance(*values) for values in cursor.fetchall()]
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
@@ -171,12 +197,13 @@ class IndexReads(IndexDatabase):
             rows = self.db.execute_sql(sql, (series_id,) if sop_uid is None else (series_id, sop_uid)).fetchall()
         return [row[0] for row in rows], version_tag(max((row[1] for row in rows), default=0), len(rows))
 
-    def metadata_texts(self, ids: Sequence[int]) -> list[bytes]:
+    def metadata_texts(self, ids: Sequence[int], *, original: bool = False) -> list[bytes]:
         """The DICOM JSON texts stored at STOW of up to METADATA_BATCH instances, UTF-8, in the
-        order of `ids`; an instance deleted since its id was read is left out."""
+        order of `ids` (with `original`, the original versions' where a bulk update kept them);
+        an instance deleted since its id was read is left out."""
         padded = list(ids) + [ids[-1]] * (METADATA_BATCH - len(ids))  # one statement text
         with self._connected():
-            found = dict(self.db.execute_sql(self._metadata_texts_sql, padded).fetchall())
+            found = dict(self.db.execute_sql(self._metadata_texts_sql[original], padded).fetchall())
         if not self.is_sqlite:  # psycopg2 gives bytea as memoryview
             found = {i: bytes(text) for i, text in found.items()}
         return [found[i] for i in ids if i in found]
@@ -287,21 +314,28 @@ class IndexReads(IndexDatabase):
         return [FeedEntry(*row) for row in rows]
 
     def stored_blobs(self, sop_instance_uid: str | None = None) -> list[StoredBlob]:
-        """Every indexed instance's blob key, UIDs and the time its version was stored
-        (or the one instance's, to check again what a scan found)."""
-        sql = (
-            'SELECT i."blob_key", s."study_instance_uid", se."series_instance_uid", i."sop_instance_uid", '
-            'c."timestamp", i."size", i."sha256" FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
-            'JOIN "study" AS s ON s."id" = i."study_id" JOIN "change" AS c ON c."sequence" = i."watermark"'
-        )
-        params: tuple[str, ...] = ()
-        if sop_instance_uid is not None:
-            sql += f' WHERE i."sop_instance_uid" = {self.db.param}'
-            params = (sop_instance_uid,)
+        """Every indexed blob: each instance's current version and, where a bulk update kept
+        one, its original (both live for `dicom gc` and checked by `verify`), with its UIDs and
+        the time the current version was stored (or the one instance's blobs, to check again
+        what a scan found)."""
+        by_sop = None if sop_instance_uid is None else f'i."sop_instance_uid" = {self.db.param}'
+        selects = []
+        for prefix, only in (("", None), ("original_", 'i."original_blob_key" IS NOT NULL')):
+            conditions = [condition for condition in (by_sop, only) if condition]
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            selects.append(
+                f'SELECT i."{prefix}blob_key", s."study_instance_uid", se."series_instance_uid", '
+                f'i."sop_instance_uid", c."timestamp", i."{prefix}size", i."{prefix}sha256", {1 if prefix else 0} '
+                'FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
+                'JOIN "study" AS s ON s."id" = i."study_id" JOIN "change" AS c ON c."sequence" = i."watermark"'
+                + where
+            )
+        sql = " UNION ALL ".join(selects)
+        params = () if sop_instance_uid is None else (sop_instance_uid, sop_instance_uid)
         to_datetime = Change.timestamp.python_value
         return [
-            StoredBlob(key, study, series, sop, to_datetime(stored), size, sha256)
-            for key, study, series, sop, stored, size, sha256 in self.db.execute_sql(sql, params).fetchall()
+            StoredBlob(key, study, series, sop, to_datetime(stored), size, sha256, bool(original))
+            for key, study, series, sop, stored, size, sha256, original in self.db.execute_sql(sql, params).fetchall()
         ]
 
     def has_instance(self, sop_instance_uid: str) -> bool:
@@ -312,6 +346,10 @@ class IndexReads(IndexDatabase):
 
 def _instances_sql(param: str, by_series: bool, by_sop: bool) -> str:
     return _by_uids(_INSTANCE_COLUMNS, param, by_series, by_sop)
+
+
+def _original_instances_sql(param: str, by_series: bool, by_sop: bool) -> str:
+    return _by_uids(_ORIGINAL_COLUMNS, param, by_series, by_sop)
 
 
 def _metadata_series_sql(param: str, by_series: bool, by_sop: bool) -> str:

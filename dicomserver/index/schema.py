@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 #: What the stored `instance_metadata.qido` members were built from (query.QIDO_TAGS).
 #: A change of QIDO_TAGS needs a migration that sets `qido` to NULL (the backfill then
 #: rebuilds it) and a new fingerprint here; tests/test_schema.py compares the two.
@@ -139,6 +139,21 @@ def _v9_to_v10(index: Index) -> bool:
     return False
 
 
+def _v10_to_v11(index: Index) -> bool:
+    """Bulk update: an updated instance keeps its original version's blob (key, size, SHA-256)
+    and DICOM JSON. NULL for every instance stored before (none was updated)."""
+    migrator = SchemaMigrator.from_database(index.db)
+    wanted = (
+        ("instance", Instance.original_blob_key), ("instance", Instance.original_size),
+        ("instance", Instance.original_sha256), ("instance_metadata", InstanceMetadata.original_metadata),
+    )
+    # A table an earlier step created (instance_metadata, from version 3) has today's columns already.
+    present = {table: {c.name for c in index.db.get_columns(table)} for table in ("instance", "instance_metadata")}
+    migrate(*(migrator.add_column(table, field.column_name, field) for table, field in wanted
+              if field.column_name not in present[table]))
+    return False
+
+
 #: Indexes of earlier schemas that schema 10 drops.
 UNUSED_INDEXES = ("change_sop_instance_uid", "instance_watermark")
 
@@ -147,7 +162,7 @@ UNUSED_INDEXES = ("change_sop_instance_uid", "instance_watermark")
 #: to be recomputed once the schema is current (the code that does it expects that).
 MIGRATIONS: dict[int, Callable[[Index], bool]] = {
     1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
-    8: _v8_to_v9, 9: _v9_to_v10,
+    8: _v8_to_v9, 9: _v9_to_v10, 10: _v10_to_v11,
 }
 
 

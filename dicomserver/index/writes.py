@@ -62,6 +62,8 @@ class StoreOutcome:
     #: Blob of the replaced version, to delete after the commit.
     obsolete_blob_key: str | None
     sequence: int
+    #: The replaced instance's original version, when a bulk update had kept one (deleted too).
+    obsolete_original_key: str | None = None
 
 
 #: peewee's translation of DB-API errors into its own (what its execute_sql wraps a call in).
@@ -152,7 +154,8 @@ class InstanceWriter:
         p = db.param
         self.instance_by_sop = (
             f"SELECT {column(Instance.id)}, {column(Instance.study)}, {column(Instance.series)}, "
-            f"{column(Instance.blob_key)} FROM {table(Instance)} WHERE {column(Instance.sop_instance_uid)} = {p}"
+            f"{column(Instance.blob_key)}, {column(Instance.original_blob_key)} "
+            f"FROM {table(Instance)} WHERE {column(Instance.sop_instance_uid)} = {p}"
         )
         self.next_sequence = f"SELECT COALESCE(MAX({column(Change.sequence)}), 0) + 1 FROM {table(Change)}"
         self.study_by_uid = (
@@ -309,7 +312,9 @@ class IndexWrites(IndexReads):
             ),
             study_id,
         )
-        return StoreOutcome(found is not None, found[3] if found is not None else None, sequence)
+        if found is None:
+            return StoreOutcome(False, None, sequence)
+        return StoreOutcome(True, found[3], sequence, found[4])
 
     def backfill_qido(self, *, batch: int = 2000) -> Iterator[int]:
         """Fill `qido` for rows stored before schema 5, `batch` rows per short write
@@ -346,9 +351,11 @@ class IndexWrites(IndexReads):
 
     @INDEX_SECONDS.labels("delete").time()
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
-        """Remove matching instances, record 'delete' changes; return their blob keys."""
+        """Remove matching instances, record 'delete' changes; return their blob keys (the
+        current versions' and, of instances a bulk update changed, the originals')."""
         with self.write_transaction():
             instances = self.instances(study_uid, series_uid, sop_uid)  # 404 if none
+            originals = self._original_keys([i.id for i in instances])
             now = utcnow()
             first = self._writer.s.value(self._writer.next_sequence)  # callers hold the write lock
             Change.insert_many(
@@ -365,7 +372,19 @@ class IndexWrites(IndexReads):
                 ]
             ).execute()
             self._remove_instances([(i.id, i.study_id, i.series_id) for i in instances])
-        return [i.blob_key for i in instances]
+        return [i.blob_key for i in instances] + originals
+
+    def _original_keys(self, ids: list[int]) -> list[str]:
+        """The original versions' blobs of these instances (those a bulk update changed)."""
+        keys: list[str] = []
+        for chunk in _chunks(ids, 500):
+            marks = ", ".join([self.db.param] * len(chunk))
+            rows = self.db.execute_sql(
+                f'SELECT "original_blob_key" FROM "instance" WHERE "id" IN ({marks}) '
+                'AND "original_blob_key" IS NOT NULL', chunk,
+            ).fetchall()
+            keys.extend(row[0] for row in rows)
+        return keys
 
     def _remove_instances(self, instances: Sequence[tuple[int, int, int]]) -> None:
         """Delete instance rows (id, study id, series id) and keep their series and study

@@ -14,6 +14,7 @@ from flask import Flask, Response, g, request
 from flask_cors import CORS
 
 from ..errors import NotFound
+from ..retrieve import ORIGINAL_VERSION_HEADER
 from ..settings import Settings
 from .web import (
     API_PREFIX,
@@ -39,6 +40,7 @@ def register_services(app: Flask) -> None:
     from . import (
         audit_events,
         browser,
+        bulk_update,
         bulkdata,
         changefeed,
         delete,
@@ -58,7 +60,7 @@ def register_services(app: Flask) -> None:
 
     for module in (
         stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events, extended_query_tags, operations,
-        export,
+        export, bulk_update,
     ):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
@@ -130,7 +132,9 @@ def _check_every_route_declares_an_action(app: Flask) -> None:
 
 
 #: What browsers may send and read (PS3.18 clients: OHIF, dicomweb-client in a page).
-CORS_ALLOW_HEADERS = ["Authorization", "Accept", "Content-Type", "If-None-Match", "Range", "X-Request-ID"]
+CORS_ALLOW_HEADERS = [
+    "Authorization", "Accept", "Content-Type", "If-None-Match", "Range", "X-Request-ID", ORIGINAL_VERSION_HEADER,
+]
 CORS_EXPOSE_HEADERS = [
     "Content-Type", "Content-Location", "Location", "Warning", "Content-Range", "ETag", "X-Request-Id",
     "erroneous-dicom-attributes",

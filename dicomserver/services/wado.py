@@ -14,6 +14,12 @@ bp = Blueprint("wado", __name__)
 bp.record_once(lambda _state: log_capabilities())
 
 
+def _original() -> bool:
+    """`msdicom-request-original: true` (any case): the version first stored, as the reference reads it."""
+    value = request.headers.get(retrieve.ORIGINAL_VERSION_HEADER)
+    return value is not None and value.lower() == "true"
+
+
 @bp.get("/studies/<study>")
 @bp.get("/studies/<study>/series/<series>")
 @bp.get("/studies/<study>/series/<series>/instances/<instance>")
@@ -22,7 +28,7 @@ def retrieve_instances(study: str, series: str | None = None, instance: str | No
     uids = require_uids(study, series, instance)
     resource = "instance" if instance else ("series" if series else "study")
     renditions = negotiate_retrieve(parse_accept(request.headers.get("Accept")), resource)
-    return stream(retrieve.retrieve_instances(archive(), uids, renditions))
+    return stream(retrieve.retrieve_instances(archive(), uids, renditions, original=_original()))
 
 
 @bp.get("/studies/<study>/metadata")
@@ -32,7 +38,7 @@ def retrieve_instances(study: str, series: str | None = None, instance: str | No
 def metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     uids = require_uids(study, series, instance)
     require_json(parse_accept(request.headers.get("Accept")))
-    found = retrieve.metadata(archive(), uids, base_url(), request.headers.get("Accept-Encoding"))
+    found = retrieve.metadata(archive(), uids, base_url(), request.headers.get("Accept-Encoding"), original=_original())
     if request.if_none_match.contains_weak(found.etag):  # If-None-Match compares weakly (RFC 9110 13.1.2)
         return Response(status=304, headers=list(found.headers))
     return stream(found.body())
