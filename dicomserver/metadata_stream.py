@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from .dicomjson import joined_absolute_uris
 from .index import Index
 from .index.reads import METADATA_BATCH, CachedDeflate, SeriesVersion, version_tag
+from .partitions import DEFAULT, Partition
 
 #: zlib's default level: a series is deflated once per version, then served from the cache.
 GZIP_LEVEL = 6
@@ -174,10 +175,12 @@ class MetadataStream:
 
 
 def metadata_stream(
-    index: Index, uids: tuple[str, str | None, str | None], base_url: str, *, gzip: bool
+    index: Index, uids: tuple[str, str | None, str | None], base_url: str, *, gzip: bool,
+    partition: Partition = DEFAULT,
 ) -> MetadataStream:
-    """The answer to a `/metadata` request; NotFound if the study/series/instance is not stored."""
-    return MetadataStream(index, index.metadata_series(*uids), uids[2], base_url, gzip)
+    """The answer to a `/metadata` request; NotFound if the study/series/instance is not stored
+    in the partition. (What follows reads by series row id, which is the partition's.)"""
+    return MetadataStream(index, index.metadata_series(*uids, partition=partition), uids[2], base_url, gzip)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,9 @@ class Settings:
     export_s3_endpoints: tuple[str, ...] = ()
     export_batch: int = 50
     export_pause: float = 0.0
+    #: Data partitions (the reference's): every study-data route is served at
+    #: /v{n}/partitions/{name}/... and only there; off: the routes without the segment.
+    partitions: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -325,4 +328,5 @@ _VARIABLES = (
     ("export_s3_endpoints", "DICOMWEB_EXPORT_S3_ENDPOINTS", _names),
     ("export_batch", "DICOMWEB_EXPORT_BATCH", _positive_int),
     ("export_pause", "DICOMWEB_EXPORT_PAUSE", _non_negative_seconds),
+    ("partitions", "DICOMWEB_PARTITIONS", _flag),
 )

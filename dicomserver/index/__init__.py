@@ -5,18 +5,19 @@ one module per job: `connection.py` (the database, per-request connections, the 
 lock), `reads.py` (by UID: WADO, /metadata, the change feed, gc), `writes.py` (STOW,
 DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail),
 `operations.py` (long-running jobs), `extended.py` (extended query tags), `export.py`
-(the instances an export copies) and `schema.py` (migrations).
+(the instances an export copies), `partitions.py` (data partitions) and `schema.py` (migrations).
 """
 from __future__ import annotations
 
 from .audit import AuditQuery, AuditRecord, IndexAudit
 from .export import ExportRow, IndexExport
 from .extended import IndexExtendedQueryTags
+from .partitions import IndexPartitions, PartitionEntry
 from .reads import FeedEntry, StoredBlob, StoredInstance
 from .writes import DuplicateInstance, IndexWrites, InstanceRecord, StoreOutcome
 
 
-class Index(IndexWrites, IndexAudit, IndexExtendedQueryTags, IndexExport):
+class Index(IndexWrites, IndexAudit, IndexExtendedQueryTags, IndexExport, IndexPartitions):
     """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
 
     def create_schema(self) -> None:
@@ -40,6 +41,7 @@ __all__ = [
     "FeedEntry",
     "Index",
     "InstanceRecord",
+    "PartitionEntry",
     "StoreOutcome",
     "StoredBlob",
     "StoredInstance",

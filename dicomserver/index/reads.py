@@ -23,8 +23,10 @@ import peewee as pw
 
 from ..errors import NotFound
 from ..metrics import INDEX_SECONDS
+from ..partitions import DEFAULT, Partition
 from .connection import IndexDatabase
 from .models import Change, Instance, InstanceMetadata
+from .models import Partition as PartitionRow
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class FeedEntry:
     sop_instance_uid: str
     current_watermark: int | None
     current_metadata: str | None
+    #: The partition's name (the feed is global; the reference names each entry's partition).
+    partition_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,7 @@ class StoredBlob:
     size: int
     #: None for instances stored before the index kept it.
     sha256: str | None
+    partition_key: int = DEFAULT.key
 
 
 #: Table alias of each StoredInstance field in the instances query (the rest are Instance columns).
@@ -143,10 +148,11 @@ class IndexReads(IndexDatabase):
 
     @INDEX_SECONDS.labels("instances").time()
     def instances(
-        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+        partition: Partition = DEFAULT,
     ) -> list[StoredInstance]:
-        """Instances of a study/series/instance, in series then instance order; 404 if none."""
-        cursor = self._execute_cached(_instances_sql, study_uid, series_uid, sop_uid)
+        """Instances of a study/series/instance of a partition, in series then instance order; 404 if none."""
+        cursor = self._execute_cached(_instances_sql, partition, study_uid, series_uid, sop_uid)
         rows = [StoredInstance(*values) for values in cursor.fetchall()]
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
@@ -154,11 +160,13 @@ class IndexReads(IndexDatabase):
 
     @INDEX_SECONDS.labels("metadata").time()
     def metadata_series(
-        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+        partition: Partition = DEFAULT,
     ) -> list[SeriesVersion]:
-        """The series of a study/series/instance in answer order, each with the version of its
-        instances there (one aggregate over the instance rows; no DICOM JSON read); 404 if none."""
-        rows = self._execute_cached(_metadata_series_sql, study_uid, series_uid, sop_uid).fetchall()
+        """The series of a study/series/instance of a partition in answer order, each with the
+        version of its instances there (one aggregate over the instance rows; no DICOM JSON
+        read); 404 if none."""
+        rows = self._execute_cached(_metadata_series_sql, partition, study_uid, series_uid, sop_uid).fetchall()
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
         return [SeriesVersion(series_id, newest, count) for series_id, newest, count in rows]
@@ -235,14 +243,14 @@ class IndexReads(IndexDatabase):
         return int(row[0]), int(row[1])
 
     def _execute_cached(
-        self, build: SqlBuilder, study_uid: str, series_uid: str | None, sop_uid: str | None
+        self, build: SqlBuilder, partition: Partition, study_uid: str, series_uid: str | None, sop_uid: str | None
     ) -> Any:
         """Run one of the per-request reads by study/series/instance; its SQL text is built once."""
         key = (build, series_uid is not None, sop_uid is not None)
         sql = self._read_sql.get(key)
         if sql is None:
             sql = self._read_sql[key] = build(self.db.param, series_uid is not None, sop_uid is not None)
-        params = [study_uid] + [u for u in (series_uid, sop_uid) if u is not None]
+        params = [partition.key, study_uid] + [u for u in (series_uid, sop_uid) if u is not None]
         return self.db.execute_sql(sql, params)
 
     def changes(
@@ -266,9 +274,18 @@ class IndexReads(IndexDatabase):
                 Change.sop_instance_uid,
                 Instance.watermark,
                 InstanceMetadata.metadata,
+                PartitionRow.name,
             )
-            .join(Instance, pw.JOIN.LEFT_OUTER, on=(Instance.sop_instance_uid == Change.sop_instance_uid))
-            .join(InstanceMetadata, pw.JOIN.LEFT_OUTER, on=(InstanceMetadata.instance == Instance.id))
+            .join(
+                Instance,
+                pw.JOIN.LEFT_OUTER,
+                on=(
+                    (Instance.partition_key == Change.partition_key)
+                    & (Instance.sop_instance_uid == Change.sop_instance_uid)
+                ),
+            )
+            .join_from(Instance, InstanceMetadata, pw.JOIN.LEFT_OUTER, on=(InstanceMetadata.instance == Instance.id))
+            .join_from(Change, PartitionRow, on=(PartitionRow.key == Change.partition_key))
         )
         if after_sequence is not None:
             query = query.where(Change.sequence > after_sequence)
@@ -286,28 +303,32 @@ class IndexReads(IndexDatabase):
         rows = cast("Iterable[tuple[Any, ...]]", query.order_by(*order).offset(offset).limit(limit).tuples())
         return [FeedEntry(*row) for row in rows]
 
-    def stored_blobs(self, sop_instance_uid: str | None = None) -> list[StoredBlob]:
-        """Every indexed instance's blob key, UIDs and the time its version was stored
-        (or the one instance's, to check again what a scan found)."""
+    def stored_blobs(
+        self, sop_instance_uid: str | None = None, *, partition_key: int = DEFAULT.key
+    ) -> list[StoredBlob]:
+        """Every indexed instance's blob key, UIDs and the time its version was stored, of
+        every partition (or the one instance's of a partition, to check again what a scan found)."""
         sql = (
             'SELECT i."blob_key", s."study_instance_uid", se."series_instance_uid", i."sop_instance_uid", '
-            'c."timestamp", i."size", i."sha256" FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
+            'c."timestamp", i."size", i."sha256", i."partition_key" FROM "instance" AS i '
+            'JOIN "series" AS se ON se."id" = i."series_id" '
             'JOIN "study" AS s ON s."id" = i."study_id" JOIN "change" AS c ON c."sequence" = i."watermark"'
         )
-        params: tuple[str, ...] = ()
+        params: tuple[object, ...] = ()
         if sop_instance_uid is not None:
-            sql += f' WHERE i."sop_instance_uid" = {self.db.param}'
-            params = (sop_instance_uid,)
+            sql += f' WHERE i."partition_key" = {self.db.param} AND i."sop_instance_uid" = {self.db.param}'
+            params = (partition_key, sop_instance_uid)
         to_datetime = Change.timestamp.python_value
         return [
-            StoredBlob(key, study, series, sop, to_datetime(stored), size, sha256)
-            for key, study, series, sop, stored, size, sha256 in self.db.execute_sql(sql, params).fetchall()
+            StoredBlob(key, study, series, sop, to_datetime(stored), size, sha256, pkey)
+            for key, study, series, sop, stored, size, sha256, pkey in self.db.execute_sql(sql, params).fetchall()
         ]
 
-    def has_instance(self, sop_instance_uid: str) -> bool:
-        """Whether an instance with this SOP Instance UID is stored (a bulk import skips it)."""
-        sql = f'SELECT 1 FROM "instance" WHERE "sop_instance_uid" = {self.db.param} LIMIT 1'
-        return self.db.execute_sql(sql, (sop_instance_uid,)).fetchone() is not None
+    def has_instance(self, sop_instance_uid: str, *, partition: Partition = DEFAULT) -> bool:
+        """Whether an instance with this SOP Instance UID is stored in the partition (a bulk import skips it)."""
+        p = self.db.param
+        sql = f'SELECT 1 FROM "instance" WHERE "partition_key" = {p} AND "sop_instance_uid" = {p} LIMIT 1'
+        return self.db.execute_sql(sql, (partition.key, sop_instance_uid)).fetchone() is not None
 
 
 def _instances_sql(param: str, by_series: bool, by_sop: bool) -> str:
@@ -323,8 +344,9 @@ def _by_uids(
     columns: str, param: str, by_series: bool, by_sop: bool, *,
     tail: str = 'ORDER BY se."id", i."instance_number", i."id"', with_metadata: bool = True,
 ) -> str:
-    """SELECT `columns` of a study's/series'/instance's instances, in series then instance order."""
-    where = [f's."study_instance_uid" = {param}']
+    """SELECT `columns` of a study's/series'/instance's instances of a partition, in series then
+    instance order (the study by its (UID, partition) index)."""
+    where = [f's."partition_key" = {param}', f's."study_instance_uid" = {param}']
     if by_series:
         where.append(f'se."series_instance_uid" = {param}')
     if by_sop:
