@@ -31,6 +31,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_format)
     archive = open_archive(settings)
     index = archive.index
+    try:
+        with index.db.connection_context():
+            archive.check_partitions()
+    except ConfigError:
+        archive.close()
+        raise
     authenticator = Authenticator(settings)  # reads the roles file: ConfigError if unusable
     app = Flask(__name__)
     app.extensions["dicomserver"] = archive

@@ -21,6 +21,7 @@ from backends.base import MIN_TEMP_AGE_SECONDS, BlobStore, TempFile
 
 from .index import Index, StoredBlob, open_index
 from .ingest import Ingestor, blob_created, discard_blob
+from .partitions import DEFAULT, DEFAULT_NAME, Partition, PartitionNotFound, PartitionsDisabled, check_name
 from .settings import ConfigError, Settings
 
 
@@ -50,24 +51,69 @@ class Archive:
     store: BlobStore
     index: Index
     ingestor: Ingestor = field(init=False)
+    #: Partition name → partition, filled as names are first met: partitions are never renamed
+    #: or deleted, so an entry never goes stale (a dict's get and set are atomic under the GIL).
+    _partitions: dict[str, Partition] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.ingestor = Ingestor(
             self.store, self.index, bulkdata_inline_threshold=self.settings.bulkdata_inline_threshold
         )
+        self._partitions = {DEFAULT_NAME: DEFAULT}
+
+    def partition(self, name: str, *, create: bool = False) -> Partition:
+        """The partition of that name: from this process' dict (one lookup), else from the
+        index; a name never stored is created when `create` (STOW), else 400 as the
+        reference answers. An invalid name is 400 (it is checked before the index is asked,
+        and only valid names ever enter the dict)."""
+        found = self._partitions.get(name)
+        if found is not None:
+            return found
+        check_name(name)
+        found = self.index.add_partition(name) if create else self.index.partition_named(name)
+        if found is None:
+            raise PartitionNotFound()
+        self._partitions[name] = found
+        return found
+
+    def list_partitions(self) -> list[dict[str, object]]:
+        """`GET /partitions`: every partition, as the reference lists them (PartitionEntry);
+        400 when the feature is off, as there."""
+        if not self.settings.partitions:
+            raise PartitionsDisabled()
+        return [
+            {
+                "partitionKey": entry.key,
+                "partitionName": entry.name,
+                "createdDate": entry.created.replace(tzinfo=dt.timezone.utc).isoformat(),
+            }
+            for entry in self.index.partition_entries()
+        ]
+
+    def check_partitions(self) -> None:
+        """With partitions off, a partition besides the default would be unreachable: refuse
+        to start, as the reference does (turning them on is always allowed)."""
+        if not self.settings.partitions and self.index.partition_count() > 1:
+            raise ConfigError(
+                "DICOMWEB_PARTITIONS is off, but the index holds data partitions besides "
+                f"{DEFAULT_NAME}: the feature cannot be disabled once it has been used"
+            )
 
     def close(self) -> None:
         """Close the index's connections and the blob store (a CLI command's end)."""
         self.index.shutdown()
         self.store.close()
 
-    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> int:
-        """Delete a study, series or instance (404 if absent); return how many instances went.
+    def delete(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+        partition: Partition = DEFAULT,
+    ) -> int:
+        """Delete a study, series or instance of a partition (404 if absent); return how many instances went.
 
         Index rows go first, in one transaction with their 'delete' change-feed entries;
         blobs are removed after the commit, so no index row ever points at a missing blob.
         """
-        keys = self.index.delete(study_uid, series_uid, sop_uid)
+        keys = self.index.delete(study_uid, series_uid, sop_uid, partition=partition)
         for key in keys:
             discard_blob(self.store, key)
         return len(keys)
@@ -143,7 +189,10 @@ class Archive:
 
     def remove_dangling_row(self, row: StoredBlob) -> None:
         """Remove an index row whose blob is gone, with its 'delete' change-feed entry."""
-        self.index.delete(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid)
+        self.index.delete(
+            row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid,
+            partition=Partition(row.partition_key, ""),  # by key: the index never reads the name
+        )
 
 
 @dataclass

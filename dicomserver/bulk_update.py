@@ -35,6 +35,7 @@ from .errors import BadRequest, Conflict
 from .index import Index, InstanceRecord, UpdatedInstance, UpdateTarget
 from .ingest import Ingestor, InstanceRejected, blob_key, discard_blob
 from .operations import Run, new_operation_id, reference
+from .partitions import DEFAULT, Partition, blob_prefix
 from .request_json import json_body, member
 from .settings import Settings
 from .stow_json import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -77,9 +78,12 @@ class UpdateFailed(Exception):
 # -- the request ----------------------------------------------------------------------------
 
 
-def start(index: Index, read: Callable[[int], bytes], base_url: str) -> tuple[dict[str, str], list[str]]:
+def start(
+    index: Index, read: Callable[[int], bytes], base_url: str, partition: Partition = DEFAULT
+) -> tuple[dict[str, str], list[str]]:
     """Check a `$bulkUpdate` body and queue its operation: the operation's reference and the
-    studies it names. 409 while another update is queued or running (one at a time, as the reference)."""
+    studies it names (in the request's data partition). 409 while another update is queued or
+    running (one at a time, as the reference)."""
     body = json_body(read)
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object {"studyInstanceUids": [...], "changeDataset": {...}}')
@@ -90,7 +94,7 @@ def start(index: Index, read: Callable[[int], bytes], base_url: str) -> tuple[di
         active = index.active_operations(UPDATE)
         if active:
             raise Conflict(f"There is already an active update operation with ID '{active[0]}'.")
-        ids = index.study_ids(study_uids)  # the one UID lookup: the operation works on row ids
+        ids = index.study_ids(study_uids, partition)  # the one UID lookup: the operation works on row ids
         payload = {"studies": [{"uid": uid, "id": ids.get(uid)} for uid in study_uids], "changeDataset": change}
         index.insert_operation(operation_id, UPDATE, payload)
     return reference(operation_id, base_url), study_uids
@@ -307,7 +311,9 @@ def rewrite(ingestor: Ingestor, target: UpdateTarget, change: Dataset, settings:
             target.series_instance_uid, target.sop_instance_uid
         ):
             raise UpdateFailed("the stored file names another instance than its index row")
-        key = blob_key(target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid)
+        key = blob_prefix(target.partition_key) + blob_key(
+            target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid
+        )
         info = spool.commit(key)
     return prepared.record(key, info.size, info.sha256)
 

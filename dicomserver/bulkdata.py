@@ -29,6 +29,7 @@ from .index import StoredInstance
 from .media import MULTIPART_RELATED, OCTET_STREAM, MediaRange, parse_media_type, refused
 from .metrics import open_blob
 from .multipart import MultipartWriter
+from .partitions import DEFAULT, Partition
 from .retrieve import Body, Part, multipart_body, ranges_chunks
 from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 
@@ -99,6 +100,8 @@ def retrieve_bulkdata(
     accept: Sequence[MediaRange],
     range_header: str | None = None,
     if_range: str | None = None,
+    *,
+    partition: Partition = DEFAULT,
 ) -> Body:
     """The value at `tag_path` ('GGGGEEEE[/item/GGGGEEEE...]') of one instance; `range_header`
     and `if_range` are the request's Range and If-Range (None when absent, and for any
@@ -106,7 +109,7 @@ def retrieve_bulkdata(
     path = tag_path.upper()
     if not _PATH.fullmatch(path):
         raise BadRequest(f"invalid bulk data path {tag_path!r}: expected GGGGEEEE[/item/GGGGEEEE...]")
-    (row,) = archive.index.instances(*uids)
+    (row,) = archive.index.instances(*uids, partition=partition)
     store = archive.store
     if path == PIXEL_DATA:
         _require_syntax(accept, row, _pixel_syntax(row))

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from .dicomjson import absolute_uris
 from .errors import BadRequest
 from .index import FeedEntry, Index
 from .matching import parse_count, shown
@@ -24,8 +25,9 @@ Arg = Callable[[str], "str | None"]
 PAGE_SIZES = {"v1": (10, 100), "v2": (100, 200)}
 
 
-def feed(index: Index, api_version: str, arg: Arg) -> list[dict[str, Any]]:
-    """One page of the change feed, as the query parameters ask."""
+def feed(index: Index, api_version: str, arg: Arg, base_url: str, *, partitioned: bool = False) -> list[dict[str, Any]]:
+    """One page of the change feed, as the query parameters ask; the metadata's BulkDataURIs
+    under `base_url` (and, with partitions on, the entry's partition segment)."""
     include_metadata = parse_bool("includeMetadata", arg("includeMetadata"), True)
     if api_version == "v1":
         entries = index.changes(
@@ -43,17 +45,18 @@ def feed(index: Index, api_version: str, arg: Arg) -> list[dict[str, Any]]:
             offset=parse_offset(arg("offset")),
             limit=parse_int("limit", arg("limit"), *PAGE_SIZES["v2"]),
         )
-    return [entry_json(entry, include_metadata) for entry in entries]
+    return [entry_json(entry, include_metadata, base_url, partitioned) for entry in entries]
 
 
-def latest(index: Index, arg: Arg) -> dict[str, Any] | None:
+def latest(index: Index, arg: Arg, base_url: str, *, partitioned: bool = False) -> dict[str, Any] | None:
     """The newest entry, or None when the feed is empty."""
     include_metadata = parse_bool("includeMetadata", arg("includeMetadata"), True)
     entries = index.changes(limit=1, newest_first=True)
-    return entry_json(entries[0], include_metadata) if entries else None
+    return entry_json(entries[0], include_metadata, base_url, partitioned) if entries else None
 
 
-def entry_json(entry: FeedEntry, include_metadata: bool) -> dict[str, Any]:
+def entry_json(entry: FeedEntry, include_metadata: bool, base_url: str, partitioned: bool = False) -> dict[str, Any]:
+    """An entry as the reference serialises it (`partitionName` always, as its store reads it)."""
     if entry.current_watermark is None:
         state = "deleted"
     elif entry.current_watermark == entry.sequence:
@@ -62,6 +65,7 @@ def entry_json(entry: FeedEntry, include_metadata: bool) -> dict[str, Any]:
         state = "replaced"
     out: dict[str, Any] = {
         "sequence": entry.sequence,
+        "partitionName": entry.partition_name,
         "studyInstanceUid": entry.study_instance_uid,
         "seriesInstanceUid": entry.series_instance_uid,
         "sopInstanceUid": entry.sop_instance_uid,
@@ -70,7 +74,8 @@ def entry_json(entry: FeedEntry, include_metadata: bool) -> dict[str, Any]:
         "state": state,
     }
     if include_metadata and entry.current_metadata is not None:
-        out["metadata"] = json.loads(entry.current_metadata)
+        base = f"{base_url}/partitions/{entry.partition_name}" if partitioned else base_url
+        out["metadata"] = json.loads(absolute_uris(entry.current_metadata, base))
     return out
 
 

@@ -35,6 +35,7 @@ from backends.base import STALE_TEMP_SECONDS
 from .archive import Archive, open_archive
 from .auth import Roles, create_api_key
 from .importer import FILES_PER_COMMIT, FileResult, Summary, find_files, import_into_archive, import_to_server
+from .partitions import DEFAULT, DEFAULT_NAME, InvalidPartitionName, Partition
 from .services import web
 from .settings import ConfigError, Settings
 from .verify import Report, verify
@@ -161,8 +162,13 @@ class _Progress:
     f"request (default: {DEFAULT_BATCH}; at most 64 MB unless one file is larger).",
 )
 @click.option("--progress/--no-progress", default=None, help="The progress bar (default: on a terminal).")
+@click.option(
+    "--partition", "partition_name", default=None,
+    help=f"The data partition to store into (created if new; default: {DEFAULT_NAME}). A partition other "
+    "than the default needs DICOMWEB_PARTITIONS=on; with --url, give the partition's URL instead.",
+)
 def import_files(paths: tuple[str, ...], url: str | None, token: str | None, jobs: int | None,
-                 batch: int | None, progress: bool | None) -> None:
+                 batch: int | None, progress: bool | None, partition_name: str | None) -> None:
     """Store the DICOM files under PATHS (recursively) through STOW's pipeline.
 
     Instances already stored are skipped; files that are not DICOM are reported. The
@@ -170,6 +176,8 @@ def import_files(paths: tuple[str, ...], url: str | None, token: str | None, job
     """
     if token and not url:
         raise click.UsageError("--token is for --url (STOW-RS to another server)")
+    if partition_name is not None and url:
+        raise click.UsageError("--partition is for the archive; with --url, name it in the URL (.../partitions/NAME)")
     files = find_files(paths)
     bar = _Progress(len(files), progress)
     started = time.monotonic()
@@ -182,12 +190,26 @@ def import_files(paths: tuple[str, ...], url: str | None, token: str | None, job
             jobs = jobs or DEFAULT_LOCAL_JOBS
             processes = min(jobs, PROCESSES_PER_CPU * (os.cpu_count() or 1))
             with _archive() as state:  # opened here first: a bad variable is named, the schema migrated once
+                partition = _import_partition(state, partition_name)
                 summary = import_into_archive(
-                    files, state, jobs=jobs, processes=processes, batch=batch or FILES_PER_COMMIT, on_result=bar
+                    files, state, jobs=jobs, processes=processes, batch=batch or FILES_PER_COMMIT, on_result=bar,
+                    partition=partition,
                 )
     _print_summary(summary, time.monotonic() - started)
     if not summary.ok:
         sys.exit(1)
+
+
+def _import_partition(state: Archive, name: str | None) -> Partition:
+    """The partition `--partition` names (created as STOW would create it)."""
+    if name is None or name == DEFAULT_NAME:
+        return DEFAULT
+    if not state.settings.partitions:
+        raise click.UsageError(f"--partition {name}: DICOMWEB_PARTITIONS is off (only {DEFAULT_NAME} exists)")
+    try:
+        return state.partition(name, create=True)
+    except InvalidPartitionName:
+        raise click.UsageError(f"--partition {name}: {InvalidPartitionName().message}") from None
 
 
 def _print_summary(summary: Summary, seconds: float) -> None:

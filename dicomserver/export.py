@@ -33,6 +33,7 @@ from backends.local import LocalBlobStore
 from .errors import BadRequest
 from .index import ExportRow, Index
 from .operations import Run, new_operation_id, reference
+from .partitions import DEFAULT, DEFAULT_KEY, Partition
 from .request_json import json_body, member
 from .settings import Settings
 from .uids import is_valid_uid
@@ -52,8 +53,12 @@ _S3_MEMBERS = {"bucket", "prefix", "endpointurl"}
 # -- the request ----------------------------------------------------------------------------
 
 
-def start(index: Index, settings: Settings, read: Callable[[int], bytes], base_url: str) -> dict[str, str]:
-    """Check a POST /export body and queue its operation; the operation's reference."""
+def start(
+    index: Index, settings: Settings, read: Callable[[int], bytes], base_url: str, partition: Partition = DEFAULT
+) -> dict[str, str]:
+    """Check a POST /export body and queue its operation; the operation's reference (under
+    `base_url`, the API root: operations are not partitioned). The identifiers are resolved
+    in `partition` (its key is in the payload)."""
     body = json_body(read)
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object {"source": {...}, "destination": {...}}')
@@ -63,7 +68,7 @@ def start(index: Index, settings: Settings, read: Callable[[int], bytes], base_u
     target.close()
     operation_id = new_operation_id()
     payload = {"resources": [_resource(value) for value in identifiers], "identifiers": identifiers,
-               "destination": destination}
+               "destination": destination, "partitionKey": partition.key}
     with index.write_transaction():
         index.insert_operation(operation_id, EXPORT, payload)
     return reference(operation_id, base_url)
@@ -204,10 +209,13 @@ def export(run: Run) -> None:
     index, settings = run.index, run.settings
     identifiers: list[str] = run.record.payload["identifiers"]
     destination: dict[str, str] = run.record.payload["destination"]
+    partition_key = _partition_key(run)
     state = run.record.checkpoint
     if state is None:
         upto, _ = index.instance_extent()  # instances stored from now on are not part of it
-        total = sum(index.export_count(*_uids(value), upto=upto) for value in identifiers)
+        total = sum(
+            index.export_count(*_uids(value), upto=upto, partition_key=partition_key) for value in identifiers
+        )
         state = {"item": 0, "after": 0, "upto": upto, "done": 0, "total": total, "errors": [],
                  "results": {"exported": 0, "skipped": 0, "failed": 0}}
         with index.write_transaction():  # the snapshot holds from now on, also for a runner that resumes it
@@ -227,6 +235,11 @@ def export(run: Run) -> None:
         target.close()
 
 
+def _partition_key(run: Run) -> int:
+    """The partition the identifiers name instances of (operations queued before partitions: the default)."""
+    return int(run.record.payload.get("partitionKey", DEFAULT_KEY))
+
+
 def _uids(value: str) -> tuple[str, str | None, str | None]:
     parts = value.split("/")
     return parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
@@ -236,7 +249,9 @@ def _batch(run: Run, source: BlobStore, target: BlobStore, identifiers: list[str
            destination: dict[str, str], state: dict[str, Any]) -> dict[str, Any]:
     """Copy the next batch of the current identifier; the state after it, checkpointed."""
     value, batch = identifiers[state["item"]], run.settings.export_batch
-    rows = run.index.export_page(*_uids(value), after=state["after"], upto=state["upto"], limit=batch)
+    rows = run.index.export_page(
+        *_uids(value), after=state["after"], upto=state["upto"], limit=batch, partition_key=_partition_key(run)
+    )
     results, failures = dict(state["results"]), []
     if not rows and state["after"] == 0:
         results["skipped"] += 1

@@ -111,6 +111,7 @@ def errors(index: Index, tag_path: str, arg: Callable[[str], str | None]) -> lis
 
 def _error_json(error: TagError) -> dict[str, Any]:
     return {
+        "partitionName": error.partition_name,
         "studyInstanceUid": error.study_instance_uid,
         "seriesInstanceUid": error.series_instance_uid,
         "sopInstanceUid": error.sop_instance_uid,

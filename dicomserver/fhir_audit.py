@@ -101,6 +101,8 @@ def audit_event(record_id: int, record: AuditRecord, base_url: str) -> dict[str,
     details = [{"type": "method", "valueString": record.method}, {"type": "route", "valueString": record.route}]
     if record.bytes is not None:
         details.append({"type": "bytes", "valueString": str(record.bytes)})
+    if record.partition is not None:
+        details.append({"type": "partition", "valueString": record.partition})
     entities: list[dict[str, Any]] = [
         {"what": {"identifier": {"value": record.request_id}}, "type": _REQUEST_ID, "detail": details}
     ]

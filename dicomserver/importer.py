@@ -67,6 +67,7 @@ from .ingest import (
     discard_blob,
     identify,
 )
+from .partitions import DEFAULT, Partition, blob_prefix
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -189,9 +190,11 @@ class ArchiveImport:
     (off for an archive that was empty when the import began: nothing there to skip).
     """
 
-    def __init__(self, archive: Archive, *, check_present: bool = True):
+    def __init__(self, archive: Archive, *, check_present: bool = True, partition: Partition = DEFAULT):
         self.archive = archive
         self.check_present = check_present
+        #: The data partition the files go into (`dicomserver import --partition`).
+        self.partition = partition
 
     def __call__(self, source: SourceFile) -> FileResult:
         return self.each([source])[0]
@@ -244,7 +247,7 @@ class ArchiveImport:
                 return found
             uid = found
         try:
-            if uid is not None and self.archive.index.has_instance(uid):
+            if uid is not None and self.archive.index.has_instance(uid, partition=self.partition):
                 return FileResult(path, size, PRESENT, uid)
             try:
                 prepared = self.archive.ingestor.prepare(fp, size, study_uid=None)
@@ -254,12 +257,14 @@ class ArchiveImport:
                 return _from_part_result(path, size, rejection.result)
             result = prepared.result
             assert result.study_instance_uid and result.series_instance_uid and result.sop_instance_uid
-            key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
+            key = blob_prefix(self.partition.key) + blob_key(
+                result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid
+            )
             fp.seek(0)
             info = blobs.put(key, fp, size=size)  # durable once the batch's blobs are committed
         except Exception as exc:
             return _outage(path, size, uid, exc)
-        return _Staged(path, size, result, prepared.record(key, info.size, info.sha256))
+        return _Staged(path, size, result, prepared.record(key, info.size, info.sha256, self.partition))
 
     def _index(self, staged: list[_Staged]) -> list[FileResult]:
         """The batch's index rows in one commit; a blob whose row was not stored is deleted."""
@@ -326,14 +331,15 @@ def import_into_archive(
     processes: int = 1,
     batch: int = FILES_PER_COMMIT,
     on_result: Callable[[FileResult], None] = lambda result: None,
+    partition: Partition = DEFAULT,
 ) -> Summary:
-    """Store files into the archive, `jobs` at once: threads of `processes` worker processes
-    (of this one when 1, or when the archive lives in this process's memory), up to `batch`
-    files per index commit."""
+    """Store files into the archive's `partition`, `jobs` at once: threads of `processes`
+    worker processes (of this one when 1, or when the archive lives in this process's
+    memory), up to `batch` files per index commit."""
     check_present = _holds_instances(archive)
     processes = min(processes, max(1, len(files) // FILES_PER_PROCESS))
     if processes <= 1 or not _shareable(archive):
-        importer = ArchiveImport(archive, check_present=check_present)
+        importer = ArchiveImport(archive, check_present=check_present, partition=partition)
         with ThreadPoolExecutor(jobs, thread_name_prefix="import") as pool:
             tasks = batches(files, _per_commit(len(files), jobs, batch), most_bytes=sys.maxsize)
             return run(pool, importer.each, tasks, jobs=jobs, on_result=on_result)
@@ -341,7 +347,7 @@ def import_into_archive(
     # Each worker takes a batch per thread per task, so that its threads rarely wait for the next one.
     with ProcessPoolExecutor(
         processes, mp_context=_worker_context(archive), initializer=_start_worker,
-        initargs=(archive.settings, threads, check_present),
+        initargs=(archive.settings, threads, check_present, partition),
     ) as pool:
         tasks = batches(files, threads * _per_commit(len(files), jobs, batch), most_bytes=sys.maxsize)
         return run(pool, _import_in_worker, tasks, jobs=processes, on_result=on_result)
@@ -385,10 +391,10 @@ def _shareable(archive: Archive) -> bool:
 _WORKER: tuple[ArchiveImport, ThreadPoolExecutor, int] | None = None
 
 
-def _start_worker(settings: Settings, threads: int, check_present: bool) -> None:
+def _start_worker(settings: Settings, threads: int, check_present: bool, partition: Partition) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it lets started files finish
-    importer = ArchiveImport(open_archive(settings), check_present=check_present)
+    importer = ArchiveImport(open_archive(settings), check_present=check_present, partition=partition)
     _WORKER = importer, ThreadPoolExecutor(threads, thread_name_prefix="import"), threads
 
 

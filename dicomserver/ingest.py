@@ -32,6 +32,7 @@ from .frames import PIXEL_TAGS, PixelDataError, build_frame_map, read_element_he
 from .header import Converter, Unhandled, read_header, read_trailer
 from .index import DuplicateInstance, Index, InstanceRecord
 from .metrics import BLOBSTORE_SECONDS
+from .partitions import DEFAULT, Partition, blob_prefix
 from .searchable import index_columns
 from .transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -112,7 +113,9 @@ class Prepared:
     #: Top-level attributes with a value validation refused: stored, never indexed.
     invalid: frozenset[str] = frozenset()
 
-    def record(self, blob_key: str, size: int, sha256: str | None) -> InstanceRecord:
+    def record(
+        self, blob_key: str, size: int, sha256: str | None, partition: Partition = DEFAULT
+    ) -> InstanceRecord:
         r = self.result
         assert r.study_instance_uid and r.series_instance_uid and r.sop_instance_uid and r.sop_class_uid
         return InstanceRecord(
@@ -128,6 +131,7 @@ class Prepared:
             metadata=self.metadata,
             columns=index_columns(self.metadata, self.invalid),
             bulkdata=_compact_json(self.bulk) if self.bulk else None,
+            partition=partition,
         )
 
 
@@ -139,7 +143,9 @@ class Ingestor:
         self.index = index
         self.bulkdata_inline_threshold = bulkdata_inline_threshold
 
-    def ingest(self, fp: IO[bytes], size: int, *, study_uid: str | None, replace: bool) -> PartResult:
+    def ingest(
+        self, fp: IO[bytes], size: int, *, study_uid: str | None, replace: bool, partition: Partition = DEFAULT
+    ) -> PartResult:
         """Store one Part 10 file (copied into the store); never raises for bad input, only
         for outages."""
         try:
@@ -151,17 +157,17 @@ class Ingestor:
             fp.seek(0)
             return self.store.put(key, fp, size=size)
 
-        return self.store_prepared(prepared, put, replace=replace)
+        return self.store_prepared(prepared, put, replace=replace, partition=partition)
 
     def store_prepared(
-        self, prepared: Prepared, write: Callable[[str], BlobInfo], *, replace: bool
+        self, prepared: Prepared, write: Callable[[str], BlobInfo], *, replace: bool, partition: Partition = DEFAULT
     ) -> PartResult:
         """Write the blob (`write(key)` stores it durably: `BlobStore.put`, or
         `BlobSpool.commit` for a part STOW received into a spool of the store) and index
         it; the result, with a failure reason when the index refuses it. Raises for
         outages only."""
         try:
-            self._store(write, prepared, replace)
+            self._store(write, prepared, replace, partition)
         except InstanceRejected as rejection:
             prepared.result.failure_reason = rejection.reason
             prepared.result.warning_reason = None
@@ -252,13 +258,17 @@ class Ingestor:
             metadata = dict(sorted(metadata.items()))
         return Prepared(result, transfer_syntax, frame_map, metadata, bulk, invalid)
 
-    def _store(self, write: Callable[[str], BlobInfo], prepared: Prepared, replace: bool) -> None:
+    def _store(
+        self, write: Callable[[str], BlobInfo], prepared: Prepared, replace: bool, partition: Partition
+    ) -> None:
         result = prepared.result
         assert result.study_instance_uid and result.series_instance_uid and result.sop_instance_uid
-        key = blob_key(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
+        key = blob_prefix(partition.key) + blob_key(
+            result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid
+        )
         with BLOBSTORE_SECONDS.labels("put").time():
             info = write(key)
-        record = prepared.record(key, info.size, info.sha256)
+        record = prepared.record(key, info.size, info.sha256, partition)
         try:
             outcome = self.index.store_instance(record, replace=replace)
         except DuplicateInstance:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from .dicomjson import joined_absolute_uris
 from .index import Index
 from .index.reads import METADATA_BATCH, CachedDeflate, SeriesVersion, version_tag
+from .partitions import DEFAULT, Partition
 
 #: zlib's default level: a series is deflated once per version, then served from the cache.
 GZIP_LEVEL = 6
@@ -179,11 +180,13 @@ class MetadataStream:
 
 
 def metadata_stream(
-    index: Index, uids: tuple[str, str | None, str | None], base_url: str, *, gzip: bool, original: bool = False
+    index: Index, uids: tuple[str, str | None, str | None], base_url: str, *, gzip: bool, original: bool = False,
+    partition: Partition = DEFAULT,
 ) -> MetadataStream:
     """The answer to a `/metadata` request (of the original versions with `original`); NotFound
-    if the study/series/instance is not stored."""
-    return MetadataStream(index, index.metadata_series(*uids), uids[2], base_url, gzip, original)
+    if the study/series/instance is not stored in the partition. (What follows reads by series
+    row id, which is the partition's.)"""
+    return MetadataStream(index, index.metadata_series(*uids, partition=partition), uids[2], base_url, gzip, original)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -83,10 +83,26 @@ class Route:
     description: str = ""
     #: Path parameter → components.parameters name, where it is not the parameter's own name.
     path_parameters: Mapping[str, str] = field(default_factory=dict)
+    #: Study data: also served under /{version}/partitions/{partition_name} (data partitions).
+    partitioned: bool = False
 
     def paths(self) -> list[str]:
         """The full path of each operation this row describes."""
-        return [f"/{v}{self.path}" if v else self.path for v in self.versions]
+        paths = [f"/{v}{self.path}" if v else self.path for v in self.versions]
+        if self.partitioned:
+            paths += [f"/{v}/partitions/{{partition_name}}{self.path}" for v in self.versions]
+        return paths
+
+
+def _partitioned(routes: Iterable[Route]) -> list[Route]:
+    """The routes of study data, which data partitions serve under a partition too."""
+    return [replace(route, partitioned=True) for route in routes]
+
+
+_PARTITION_ERRORS = (
+    "data partitions (DICOMWEB_PARTITIONS): a /partitions/{partition_name} segment while they are off, none "
+    "while they are on, an invalid partition name, or one no STOW has created (only STOW creates partitions)"
+)
 
 
 # -- building blocks -----------------------------------------------------------------
@@ -224,6 +240,10 @@ _FHIR_DATE = (r"^(eq|ge|gt|le|lt)?[1-9][0-9]{3}(-[0-9]{2}(-[0-9]{2}"
 def _parameters() -> dict[str, Json]:
     frame = r"[1-9][0-9]{0,8}"
     return {
+        "partition_name": _path(
+            "partition_name", "A data partition (only with DICOMWEB_PARTITIONS on; created by the first STOW to it)",
+            {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+        ),
         "study": _path("study", "StudyInstanceUID", _uid("a UID: digits and dots, at most 64 characters")),
         "series": _path("series", "SeriesInstanceUID", _uid("a UID")),
         "instance": _path("instance", "SOPInstanceUID", _uid("a UID")),
@@ -386,11 +406,13 @@ def _schemas() -> dict[str, Json]:
         },
         "ChangeFeedEntry": {
             "type": "object",
-            "required": ["sequence", "studyInstanceUid", "seriesInstanceUid", "sopInstanceUid", "action",
-                         "timestamp", "state"],
+            "required": ["sequence", "partitionName", "studyInstanceUid", "seriesInstanceUid", "sopInstanceUid",
+                         "action", "timestamp", "state"],
             "additionalProperties": False,
             "properties": {
                 "sequence": {"type": "integer", "minimum": 1},
+                "partitionName": {"type": "string", "description": "the instance's data partition "
+                                  "(Microsoft.Default when partitions are off)"},
                 "studyInstanceUid": uid,
                 "seriesInstanceUid": uid,
                 "sopInstanceUid": uid,
@@ -401,6 +423,19 @@ def _schemas() -> dict[str, Json]:
             },
         },
         "ChangeFeed": {"type": "array", "items": _schema("ChangeFeedEntry")},
+        "Partitions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["partitionKey", "partitionName", "createdDate"],
+                "additionalProperties": False,
+                "properties": {
+                    "partitionKey": {"type": "integer", "minimum": 1},
+                    "partitionName": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                    "createdDate": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
         "AuditEvent": {
             "type": "object",
             "description": "A FHIR R4 AuditEvent (docs/security.md lists its fields and codes)",
@@ -510,8 +545,10 @@ def _schemas() -> dict[str, Json]:
         "ExtendedQueryTags": {"type": "array", "items": _schema("ExtendedQueryTag")},
         "ExtendedQueryTagErrors": {"type": "array", "items": {
             "type": "object", "additionalProperties": False,
-            "required": ["studyInstanceUid", "seriesInstanceUid", "sopInstanceUid", "createdTime", "errorMessage"],
+            "required": ["partitionName", "studyInstanceUid", "seriesInstanceUid", "sopInstanceUid", "createdTime",
+                         "errorMessage"],
             "properties": {
+                "partitionName": {"type": "string"},
                 "studyInstanceUid": uid, "seriesInstanceUid": uid, "sopInstanceUid": uid,
                 "createdTime": {"type": "string", "format": "date-time"},
                 "errorMessage": {"type": "string"},
@@ -870,23 +907,30 @@ def _extended_query_tag_routes() -> list[Route]:
                   200: _answer("one page of errors, oldest first", {JSON: _schema("ExtendedQueryTagErrors")}),
                   400: _error(f"{bad_path}, or a malformed limit or offset"), 404: missing,
               }, parameters=("xqt.limit", "xqt.offset"), path_parameters=tag),
-        Route("POST", "/export", "Export studies, series or instances to a folder or S3 (non-standard)", "Export", {
-            202: _answer("accepted; the export operation follows", {JSON: _schema("OperationReference")},
-                         ["Location"]),
-            400: _error("the body is malformed, an identifier is not UIDs, or the destination is not one the "
-                        "server allows or can write (the message says which)"),
-        }, body="export", action="export"),
-        *(Route("POST", path, "Update patient and study attributes of studies (non-standard)" + alias, "Bulk update", {
-            202: _answer("accepted; the update operation follows", {JSON: _schema("OperationReference")},
-                         ["Location"]),
-            400: _error("the body is malformed, a StudyInstanceUID is invalid or repeated, there are more than "
-                        f"{MAX_UPDATE_STUDIES}, or the changeDataset names an attribute that cannot be updated or "
-                        "a value invalid for its VR (one DICOM100 line each, as the reference words them)"),
-            404: _error("on /v1: bulk update is served under /v2 only (as the reference)"),
-            409: _error("another update operation is queued or running (one at a time, as the reference)"),
-        }, body="bulkUpdate", action="write") for path, alias in (
+        *_partitioned([Route(
+            "POST", "/export", "Export studies, series or instances to a folder or S3 (non-standard)", "Export", {
+                202: _answer("accepted; the export operation follows", {JSON: _schema("OperationReference")},
+                             ["Location"]),
+                400: _error("the body is malformed, an identifier is not UIDs, or the destination is not one the "
+                            "server allows or can write (the message says which)"),
+            }, body="export", action="export",
+        )]),
+        *_partitioned(Route(
+            "POST", path, "Update patient and study attributes of studies (non-standard)" + alias, "Bulk update", {
+                202: _answer("accepted; the update operation follows", {JSON: _schema("OperationReference")},
+                             ["Location"]),
+                400: _error("the body is malformed, a StudyInstanceUID is invalid or repeated, there are more than "
+                            f"{MAX_UPDATE_STUDIES}, or the changeDataset names an attribute that cannot be updated or "
+                            "a value invalid for its VR (one DICOM100 line each, as the reference words them)"),
+                404: _error("on /v1: bulk update is served under /v2 only (as the reference)"),
+                409: _error("another update operation is queued or running (one at a time, as the reference)"),
+            }, body="bulkUpdate", action="write") for path, alias in (
             ("/studies/$bulkUpdate", ""), ("/studies/$bulkupdate", " (the reference's client spelling)"),
         )),
+        Route("GET", "/partitions", "The data partitions (non-standard)", "Data partitions", {
+            200: _answer("every partition, Microsoft.Default first", {JSON: _schema("Partitions")}),
+            400: _error("data partitions are off (DICOMWEB_PARTITIONS)"),
+        }),
         Route("GET", "/operations/{operation_id}", "A long-running operation's status (non-standard)", "Operations", {
             200: _answer("the operation has ended (succeeded, failed, canceled)", {JSON: _schema("Operation")}),
             202: _answer("the operation has not ended yet", {JSON: _schema("Operation")}, ["Location"]),
@@ -942,6 +986,7 @@ def _browser_routes() -> list[Route]:
 #: The DICOMweb roots, as services/__init__.py answers them without a version prefix.
 UNVERSIONED_ROOTS = (
     "studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations", "export",
+    "partitions",
 )
 
 
@@ -959,11 +1004,11 @@ def _unversioned_routes() -> list[Route]:
 
 
 ROUTES: tuple[Route, ...] = (
-    *_stow_routes(),
-    *_retrieve_routes(),
-    *_rendered_routes(),
-    *_qido_routes(),
-    *_delete_routes(),
+    *_partitioned(_stow_routes()),
+    *_partitioned(_retrieve_routes()),
+    *_partitioned(_rendered_routes()),
+    *_partitioned(_qido_routes()),
+    *_partitioned(_delete_routes()),
     *_changefeed_routes(),
     *_audit_routes(),
     *_extended_query_tag_routes(),
@@ -1016,6 +1061,9 @@ def _responses(route: Route, shared: Mapping[str, Json]) -> Json:
     answer for the same status (a route's 400 may also come from the HTTP server)."""
     names = {**_SHARED, **(_SHARED_WITH_ACTION if route.action is not None else {})}
     answers: dict[int, Json] = {s: _with_request_id(s, answer) for s, answer in route.responses.items()}
+    if route.partitioned:
+        refused = _with_request_id(400, _error(_PARTITION_ERRORS))
+        answers[400] = _merge(answers[400], refused) if 400 in answers else refused
     for status, name in names.items():
         answers[status] = _merge(answers[status], shared[name]) if status in answers else _ref("responses", name)
     return {str(status): answers[status] for status in sorted(answers)}

@@ -42,6 +42,7 @@ from .errors import BadRequest, NotAcceptable, NotFound
 from .index import StoredInstance
 from .media import MediaRange, refused
 from .metrics import open_blob
+from .partitions import DEFAULT, Partition
 from .transcode import is_data_error
 from .transfer_syntax import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 
@@ -523,12 +524,13 @@ class RenderedResource:
 
 
 def render_resource(
-    archive: Archive, uids: tuple[str, str | None, str | None], frame: int, params: RenderParams
+    archive: Archive, uids: tuple[str, str | None, str | None], frame: int, params: RenderParams, *,
+    partition: Partition = DEFAULT,
 ) -> RenderedResource:
     """Choose the instance a resource is rendered from (a study or series: its representative
     image, see `representative`); what cannot be rendered is refused from the index alone,
     before the blob is opened."""
-    rows = archive.index.instances(*uids)
+    rows = archive.index.instances(*uids, partition=partition)
     row = rows[0] if uids[2] is not None else representative(rows)
     _check_renderable(row, frame, archive.settings.max_render_bytes)
     # A blob key names one stored version of one instance (it carries its write time).

@@ -38,6 +38,7 @@ from .media import ANY_TRANSFER_SYNTAX, DICOM_JSON, Rendition, part_content_type
 from .metadata_stream import MetadataStream, gzip_accepted, metadata_stream
 from .metrics import open_blob, timed_first_chunk
 from .multipart import MultipartWriter
+from .partitions import DEFAULT, Partition
 from .segments import FileRange, Segment
 from .settings import Settings
 from .transcode import (
@@ -76,21 +77,23 @@ class Body:
 
 def retrieve_instances(
     archive: Archive, uids: tuple[str, str | None, str | None], renditions: list[Rendition], *,
-    original: bool = False,
+    original: bool = False, partition: Partition = DEFAULT,
 ) -> Body:
     """A study, series or instance (WADO-RS retrieve) in the first rendition that fits them all;
     with `original` (`msdicom-request-original`), in the version first stored where a bulk
     update has changed it since."""
-    instances = archive.index.original_instances(*uids) if original else archive.index.instances(*uids)
+    read = archive.index.original_instances if original else archive.index.instances
+    instances = read(*uids, partition=partition)
     rendition = choose(renditions, instances, archive.settings)
     return instances_body(archive.store, instances, rendition, archive.settings)
 
 
 def retrieve_frames(
-    archive: Archive, uids: tuple[str, str | None, str | None], numbers: list[int], renditions: list[Rendition]
+    archive: Archive, uids: tuple[str, str | None, str | None], numbers: list[int], renditions: list[Rendition],
+    *, partition: Partition = DEFAULT,
 ) -> Body:
     """Frames of one instance (WADO-RS frames)."""
-    (instance,) = archive.index.instances(*uids)
+    (instance,) = archive.index.instances(*uids, partition=partition)
     rendition = choose(renditions, [instance], archive.settings, frames=True)
     return frames_body(archive.store, instance, numbers, rendition, archive.settings)
 
@@ -124,12 +127,12 @@ class Metadata:
 
 def metadata(
     archive: Archive, uids: tuple[str, str | None, str | None], base_url: str, accept_encoding: str | None = None,
-    *, original: bool = False,
+    *, original: bool = False, partition: Partition = DEFAULT,
 ) -> Metadata:
     """WADO-RS metadata; the ETag follows the stored versions, the base URL the URIs use and
     the content coding (gzip when Accept-Encoding allows it); `original` as for retrieve."""
-    stream = metadata_stream(archive.index, uids, base_url, gzip=gzip_accepted(accept_encoding), original=original)
-    return Metadata(stream)
+    gzip = gzip_accepted(accept_encoding)
+    return Metadata(metadata_stream(archive.index, uids, base_url, gzip=gzip, original=original, partition=partition))
 
 
 class DamagedInstance(NotFound):

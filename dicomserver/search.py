@@ -14,6 +14,7 @@ from .dicomjson import absolute_uris
 from .index.extended import ENABLED, StoredTag
 from .index.query import search as run_query
 from .matching import Attribute, parse_query
+from .partitions import DEFAULT, Partition
 from .query_tags import KIND, name_of
 
 
@@ -38,15 +39,18 @@ def search(
     base_url: str,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    partition: Partition = DEFAULT,
 ) -> SearchResult:
-    """Search one level (study, series, instance), within a study or series if given."""
+    """Search one level (study, series, instance) of a partition, within a study or series if given."""
     settings = archive.settings
     tags = {t.path: t for t in archive.index.extended_query_tags(ready_only=True) if t.query_status == ENABLED}
     query = parse_query(
         args, level, default_limit=settings.qido_default_limit, max_limit=settings.qido_max_limit,
         extended={path: _attribute(tag) for path, tag in tags.items()},
     )
-    results, more = run_query(query, base_url=base_url, study_uid=study_uid, series_uid=series_uid)
+    results, more = run_query(
+        query, base_url=base_url, study_uid=study_uid, series_uid=series_uid, partition=partition
+    )
     warnings = []
     if query.ignored:
         warnings.append(

@@ -117,6 +117,9 @@ class Settings:
     #: seconds it pauses after each batch (to leave the disk and the index to other work).
     update_batch: int = 20
     update_pause: float = 0.0
+    #: Data partitions (the reference's): every study-data route is served at
+    #: /v{n}/partitions/{name}/... and only there; off: the routes without the segment.
+    partitions: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -331,4 +334,5 @@ _VARIABLES = (
     ("export_pause", "DICOMWEB_EXPORT_PAUSE", _non_negative_seconds),
     ("update_batch", "DICOMWEB_UPDATE_BATCH", _positive_int),
     ("update_pause", "DICOMWEB_UPDATE_PAUSE", _non_negative_seconds),
+    ("partitions", "DICOMWEB_PARTITIONS", _flag),
 )

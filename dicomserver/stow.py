@@ -36,6 +36,7 @@ from .ingest import INVALID_DATASET, PROCESSING_FAILURE, Ingestor, InstanceRejec
 from .media import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, parse_media_type
 from .metrics import count_stow_instance
 from .multipart import End, Event, MultipartError, PartData, PartEnd, PartStart, iter_events
+from .partitions import DEFAULT, Partition
 from .settings import Settings
 from .stow_json import BulkPart, MetadataRejected, build_part10, is_bulk_media_type
 from .uids import normalize_uid
@@ -82,7 +83,8 @@ class NotStored(PartResult):
 
 
 def store(
-    ingestor: Ingestor, settings: Settings, read: Read, content_type: str, *, study_uid: str | None, replace: bool
+    ingestor: Ingestor, settings: Settings, read: Read, content_type: str, *, study_uid: str | None, replace: bool,
+    partition: Partition = DEFAULT,
 ) -> list[PartResult]:
     """Store every instance of a STOW request body; one result per part.
 
@@ -90,7 +92,7 @@ def store(
     read, a malformed multipart body, an instance over the size limit); a bad instance
     is a failed result, never an exception.
     """
-    request = _StowRequest(ingestor, settings, study_uid=study_uid, replace=replace)
+    request = _StowRequest(ingestor, settings, study_uid=study_uid, replace=replace, partition=partition)
     mimetype, params = parse_media_type(content_type)
     if mimetype == DICOM:
         return _counted([request.single(read)])
@@ -166,11 +168,14 @@ def spool(
 class _StowRequest:
     """One request's parts on their way through spooling into the ingest pipeline."""
 
-    def __init__(self, ingestor: Ingestor, settings: Settings, *, study_uid: str | None, replace: bool):
+    def __init__(
+        self, ingestor: Ingestor, settings: Settings, *, study_uid: str | None, replace: bool, partition: Partition
+    ):
         self.ingestor = ingestor
         self.settings = settings
         self.study_uid = study_uid
         self.replace = replace
+        self.partition = partition
         self.results: list[PartResult] = []
         #: The media type of parts that name none (the `type` parameter of multipart/related).
         self.root_type = DICOM
@@ -259,7 +264,9 @@ class _StowRequest:
             except InstanceRejected as rejection:
                 return rejection.result
             try:
-                return self.ingestor.store_prepared(prepared, spool.commit, replace=self.replace)
+                return self.ingestor.store_prepared(
+                    prepared, spool.commit, replace=self.replace, partition=self.partition
+                )
             except Exception as exc:
                 if not self.storage_failed(exc):
                     raise

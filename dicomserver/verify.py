@@ -124,5 +124,5 @@ def _check_uids(archive: Archive, row: StoredBlob) -> Problem | None:
 def _still(archive: Archive, problem: Problem) -> bool:
     """The row is still the one checked: not deleted or replaced since the scan read it."""
     assert problem.row is not None
-    now = archive.index.stored_blobs(problem.row.sop_instance_uid)  # current and original versions
-    return any(row.blob_key == problem.blob_key for row in now)
+    now = archive.index.stored_blobs(problem.row.sop_instance_uid, partition_key=problem.row.partition_key)
+    return any(row.blob_key == problem.blob_key for row in now)  # current and original versions

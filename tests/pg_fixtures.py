@@ -106,6 +106,8 @@ def truncate_all(url: str) -> None:
             tables = [t for t in TABLES if t in present]
             if tables:
                 cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+            if "partition" in present:  # the default partition (key 1) is part of the schema
+                cursor.execute('DELETE FROM "partition" WHERE "key" <> 1')
     finally:
         connection.close()
 

@@ -33,6 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.frames",
         "dicomserver.metrics",  # counters and timings the index and pipelines record
         "dicomserver.request_log",
+        "dicomserver.partitions",  # a data partition's key and name, its name rule and 400s
     ),
     "index": ("dicomserver.index",),
     "pipelines": (

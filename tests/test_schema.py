@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from dicom_factory import make_instance, to_bytes
 
 from dicomserver import Settings, close_app, create_app
@@ -14,6 +15,19 @@ def _app(tmp_path):
     # runner of its own could claim one first.
     return create_app(Settings(blobstore_url=str(tmp_path / "b"), database_url=f"sqlite:///{tmp_path / 'i.db'}",
                                operations_runner=False))
+
+
+def undo_schema_12(db: sqlite3.Connection) -> None:
+    """Make a current database what schema 11 had: no partition table and no partition keys,
+    each UID unique on its own."""
+    db.execute("DROP TABLE partition")
+    for table, uid in (("study", "study_instance_uid"), ("series", "series_instance_uid"),
+                       ("instance", "sop_instance_uid")):
+        db.execute(f'DROP INDEX "{table}_{uid}_partition_key"')
+        db.execute(f"ALTER TABLE {table} DROP COLUMN partition_key")
+        db.execute(f'CREATE UNIQUE INDEX "{table}_{uid}" ON "{table}" ("{uid}")')
+    db.execute("ALTER TABLE change DROP COLUMN partition_key")
+    db.execute("ALTER TABLE audit_event DROP COLUMN partition")
 
 
 def test_new_database_gets_current_version(tmp_path):
@@ -30,6 +44,7 @@ def test_version_1_database_is_migrated_and_rederived(tmp_path):
     # Turn it into what release 1 created: no schema_info, no fuzzy/SOP-class/bulk data columns,
     # the DICOM JSON inside the instance rows.
     with sqlite3.connect(tmp_path / "i.db") as db:
+        undo_schema_12(db)
         db.execute("DROP TABLE schema_info")
         db.execute("DROP TABLE request_attribute")
         for column in ("patient_name_words", "referring_physician_name_words", "sop_classes_in_study"):
@@ -76,6 +91,7 @@ def test_version_4_database_is_answered_then_backfilled(tmp_path):
     assert len(expected) == 3
     app.extensions["dicomserver"].index.close()
     with sqlite3.connect(tmp_path / "i.db") as db:
+        undo_schema_12(db)
         db.execute("ALTER TABLE instance_metadata DROP COLUMN qido")
         db.execute("UPDATE schema_info SET version = 4")
 
@@ -125,6 +141,7 @@ def test_version_8_database_gains_operations_and_extended_query_tags(tmp_path):
     app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
     close_app(app)
     with sqlite3.connect(tmp_path / "i.db") as db:
+        undo_schema_12(db)
         for table in ("extended_query_tag_error", "extended_query_tag_value", "extended_query_tag", "operation"):
             db.execute(f"DROP TABLE {table}")
         db.execute("UPDATE schema_info SET version = 8")
@@ -160,6 +177,7 @@ def test_version_9_database_loses_the_indexes_no_query_uses(tmp_path):
         )  # a new database never has them
         db.execute('CREATE INDEX "change_sop_instance_uid" ON "change" ("sop_instance_uid")')
         db.execute('CREATE INDEX "instance_watermark" ON "instance" ("watermark")')
+        undo_schema_12(db)
         db.execute("UPDATE schema_info SET version = 9")
     migrated = _app(tmp_path)
     client = migrated.test_client()
@@ -184,6 +202,7 @@ def test_version_10_database_gains_the_original_version_columns_of_bulk_update(t
         for table, column in (("instance", "original_blob_key"), ("instance", "original_size"),
                               ("instance", "original_sha256"), ("instance_metadata", "original_metadata")):
             db.execute(f'ALTER TABLE "{table}" DROP COLUMN "{column}"')
+        undo_schema_12(db)
         db.execute("UPDATE schema_info SET version = 10")
     migrated = _app(tmp_path)
     client = migrated.test_client()
@@ -197,3 +216,76 @@ def test_version_10_database_gains_the_original_version_columns_of_bulk_update(t
         assert db.execute('SELECT "original_blob_key", "original_size", "original_sha256" FROM "instance"').fetchall() \
             == [(None, None, None)]
         assert db.execute('SELECT "original_metadata" FROM "instance_metadata"').fetchall() == [(None,)]
+
+
+@pytest.fixture
+def index_connection(settings):
+    """connect() → a DB-API connection to the settings' index (SQLite or PostgreSQL), committed on exit."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def connect():
+        if settings.database_url.startswith("sqlite"):
+            db = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"))
+        else:
+            import psycopg2
+
+            db = psycopg2.connect(settings.database_url)
+        try:
+            yield db, db.cursor()
+            db.commit()
+        finally:
+            db.close()
+
+    return connect
+
+
+def test_version_11_database_keeps_its_data_in_the_default_partition(settings, index_connection):
+    """Schema 12 (data partitions): what a version-11 database holds is in Microsoft.Default, served
+    there with partitions on; the same UIDs may then be stored in another partition. On SQLite and
+    PostgreSQL (the unique UID indexes are replaced on both)."""
+    import dataclasses
+
+    app = create_app(dataclasses.replace(settings, operations_runner=False))
+    ds = make_instance(PatientName="Old^Data")
+    app.test_client().post("/v2/studies", data=to_bytes(ds), headers={"Content-Type": "application/dicom"})
+    close_app(app)
+    with index_connection() as (_db, cursor):
+        for statement in SCHEMA_11_STATEMENTS:
+            cursor.execute(statement)
+    migrated = create_app(dataclasses.replace(settings, operations_runner=False, partitions=True))
+    client = migrated.test_client()
+    try:
+        meta = client.get(f"/v2/partitions/Microsoft.Default/studies/{ds.StudyInstanceUID}/metadata")
+        assert meta.status_code == 200 and meta.json[0]["00100010"]["Value"] == [{"Alphabetic": "Old^Data"}]
+        assert client.get("/v2/changefeed").json[0]["partitionName"] == "Microsoft.Default"
+        assert [p["partitionName"] for p in client.get("/v2/partitions").json] == ["Microsoft.Default"]
+        again = client.post("/v2/partitions/other/studies", data=to_bytes(ds),
+                            headers={"Content-Type": "application/dicom"})
+        assert again.status_code == 200, again.data
+    finally:
+        close_app(migrated)
+    with index_connection() as (_db, cursor):
+        cursor.execute("SELECT version FROM schema_info")
+        assert cursor.fetchall() == [(SCHEMA_VERSION,)]
+        cursor.execute('SELECT COUNT(*) FROM "instance" GROUP BY "partition_key" ORDER BY "partition_key"')
+        assert cursor.fetchall() == [(1,), (1,)]
+
+
+#: A current database made what schema 11 had (undo_schema_12, portable SQL for both databases).
+SCHEMA_11_STATEMENTS = (
+    'DROP TABLE "partition"',
+    *(
+        statement
+        for table, uid in (("study", "study_instance_uid"), ("series", "series_instance_uid"),
+                           ("instance", "sop_instance_uid"))
+        for statement in (
+            f'DROP INDEX "{table}_{uid}_partition_key"',
+            f'ALTER TABLE "{table}" DROP COLUMN "partition_key"',
+            f'CREATE UNIQUE INDEX "{table}_{uid}" ON "{table}" ("{uid}")',
+        )
+    ),
+    'ALTER TABLE "change" DROP COLUMN "partition_key"',
+    'ALTER TABLE "audit_event" DROP COLUMN "partition"',
+    "UPDATE schema_info SET version = 11",
+)

@@ -5,20 +5,21 @@ one module per job: `connection.py` (the database, per-request connections, the 
 lock), `reads.py` (by UID: WADO, /metadata, the change feed, gc), `writes.py` (STOW,
 DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail),
 `operations.py` (long-running jobs), `extended.py` (extended query tags), `export.py`
-(the instances an export copies), `update.py` (bulk update's new versions) and `schema.py`
-(migrations).
+(the instances an export copies), `update.py` (bulk update's new versions), `partitions.py` (data
+partitions) and `schema.py` (migrations).
 """
 from __future__ import annotations
 
 from .audit import AuditQuery, AuditRecord, IndexAudit
 from .export import ExportRow, IndexExport
 from .extended import IndexExtendedQueryTags
+from .partitions import IndexPartitions, PartitionEntry
 from .reads import FeedEntry, StoredBlob, StoredInstance
 from .update import IndexUpdate, UpdatedInstance, UpdateTarget
 from .writes import DuplicateInstance, InstanceRecord, StoreOutcome
 
 
-class Index(IndexUpdate, IndexAudit, IndexExtendedQueryTags, IndexExport):
+class Index(IndexUpdate, IndexAudit, IndexExtendedQueryTags, IndexExport, IndexPartitions):
     """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
 
     def create_schema(self) -> None:
@@ -42,6 +43,7 @@ __all__ = [
     "FeedEntry",
     "Index",
     "InstanceRecord",
+    "PartitionEntry",
     "StoreOutcome",
     "StoredBlob",
     "StoredInstance",

@@ -43,6 +43,8 @@ class AuditRecord:
     instance: str | None
     status: int
     bytes: int | None
+    #: The data partition the request's path named, once resolved (None: not partitioned).
+    partition: str | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..partitions import DEFAULT_KEY
 from .connection import IndexDatabase
 
 
@@ -22,9 +23,11 @@ class ExportRow:
 
 
 class IndexExport(IndexDatabase):
-    def _export_where(self, study: str, series: str | None, sop: str | None) -> tuple[str, list[object]]:
+    def _export_where(
+        self, partition_key: int, study: str, series: str | None, sop: str | None
+    ) -> tuple[str, list[object]]:
         p = self.db.param
-        where, params = [f's."study_instance_uid" = {p}'], [study]
+        where, params = [f's."partition_key" = {p}', f's."study_instance_uid" = {p}'], [partition_key, study]
         if series is not None:
             where.append(f'se."series_instance_uid" = {p}')
             params.append(series)
@@ -33,9 +36,11 @@ class IndexExport(IndexDatabase):
             params.append(sop)
         return " AND ".join(where), list(params)
 
-    def export_count(self, study: str, series: str | None, sop: str | None, *, upto: int) -> int:
-        """How many instances (of id <= `upto`) the identifier names."""
-        where, params = self._export_where(study, series, sop)
+    def export_count(
+        self, study: str, series: str | None, sop: str | None, *, upto: int, partition_key: int = DEFAULT_KEY
+    ) -> int:
+        """How many instances (of id <= `upto`) the identifier names in the partition."""
+        where, params = self._export_where(partition_key, study, series, sop)
         row = self.db.execute_sql(
             'SELECT COUNT(*) FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
             f'JOIN "study" AS s ON s."id" = i."study_id" WHERE {where} AND i."id" <= {self.db.param}',
@@ -44,11 +49,12 @@ class IndexExport(IndexDatabase):
         return int(row[0])
 
     def export_page(
-        self, study: str, series: str | None, sop: str | None, *, after: int, upto: int, limit: int
+        self, study: str, series: str | None, sop: str | None, *, after: int, upto: int, limit: int,
+        partition_key: int = DEFAULT_KEY,
     ) -> list[ExportRow]:
-        """The identifier's next instances by id, after `after` and up to `upto` (those stored
-        once the export started are not part of it)."""
-        where, params = self._export_where(study, series, sop)
+        """The identifier's next instances in the partition by id, after `after` and up to `upto`
+        (those stored once the export started are not part of it)."""
+        where, params = self._export_where(partition_key, study, series, sop)
         p = self.db.param
         rows = self.db.execute_sql(
             'SELECT i."id", s."study_instance_uid", se."series_instance_uid", i."sop_instance_uid", '

@@ -16,15 +16,16 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
 from ..dicomjson import DicomJson
 from ..errors import BadRequest, Conflict, NotFound
+from ..partitions import DEFAULT_NAME
 from ..query_tags import MAX_TAGS, IndexedValue, InvalidTag, TagDefinition, value_of
 from .connection import utcnow
-from .models import ExtendedQueryTag, ExtendedQueryTagError
+from .models import ExtendedQueryTag, ExtendedQueryTagError, Instance, Partition
 from .operations import IndexOperations
 
 ADDING, READY = "Adding", "Ready"
@@ -52,6 +53,8 @@ class TagError:
     sop_instance_uid: str
     created: dt.datetime
     message: str
+    #: The instance's data partition (the reference names it in each error).
+    partition_name: str = DEFAULT_NAME
 
 
 @dataclass(frozen=True)
@@ -127,17 +130,20 @@ class IndexExtendedQueryTags(IndexOperations):
 
     def extended_query_tag_errors(self, path: str, *, limit: int, offset: int) -> list[TagError]:
         tag = self.extended_query_tag(path)
+        e = ExtendedQueryTagError
         rows = (
-            ExtendedQueryTagError.select()
-            .where(ExtendedQueryTagError.tag == tag.id)
-            .order_by(ExtendedQueryTagError.id)
+            e.select(
+                e.study_instance_uid, e.series_instance_uid, e.sop_instance_uid, e.created, e.message, Partition.name
+            )
+            .join(Instance, on=(Instance.id == e.instance))
+            .join(Partition, on=(Partition.key == Instance.partition_key))
+            .where(e.tag == tag.id)
+            .order_by(e.id)
             .limit(limit)
             .offset(offset)
+            .tuples()
         )
-        return [
-            TagError(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid, r.created, r.message)
-            for r in rows
-        ]
+        return [TagError(*row) for row in cast("list[tuple[Any, ...]]", list(rows))]
 
     # -- the re-index --------------------------------------------------------
     def instances_after(self, instance_id: int, limit: int, *, upto: int) -> list[ReindexRow]:

@@ -22,9 +22,24 @@ class BaseModel(pw.Model):
         legacy_table_names = False
 
 
+class Partition(BaseModel):
+    """A data partition (partitions.py): created by the first STOW that names it, never
+    renamed or deleted. Key 1, Microsoft.Default, always exists (schema 12)."""
+
+    #: Assigned as MAX + 1 under the write lock (a serial column would have to be told about
+    #: the default partition's explicit key on PostgreSQL).
+    key = pw.IntegerField(primary_key=True)
+    name = pw.CharField(max_length=64, unique=True)
+    created = pw.DateTimeField()
+
+
 class Study(BaseModel):
     id = pw.AutoField()
-    study_instance_uid = pw.CharField(max_length=64, unique=True)
+    #: The data partition (Partition.key); UIDs are unique within one (the reference's rule).
+    #: The unique indexes are (UID, partition): UID first, so that a QIDO without a UID never
+    #: mistakes the partition key (one value on most servers) for a selective index.
+    partition_key = pw.IntegerField(default=1, constraints=[pw.SQL("DEFAULT 1")])
+    study_instance_uid = pw.CharField(max_length=64)
     patient_name = pw.TextField(null=True)
     #: Upper-cased, accent-stripped PatientName for case/accent-insensitive matching.
     patient_name_key = pw.TextField(null=True, index=True)
@@ -50,11 +65,15 @@ class Study(BaseModel):
     #: Instance whose metadata supplies this study's attributes in QIDO answers.
     latest_instance_id = pw.IntegerField(null=True)
 
+    class Meta:
+        indexes = ((("study_instance_uid", "partition_key"), True),)
+
 
 class Series(BaseModel):
     id = pw.AutoField()
     study = pw.ForeignKeyField(Study, backref="series", on_delete="CASCADE")
-    series_instance_uid = pw.CharField(max_length=64, unique=True)
+    partition_key = pw.IntegerField(default=1, constraints=[pw.SQL("DEFAULT 1")])
+    series_instance_uid = pw.CharField(max_length=64)
     modality = pw.CharField(max_length=16, null=True, index=True)
     series_number = pw.IntegerField(null=True)
     series_description = pw.TextField(null=True)
@@ -64,12 +83,16 @@ class Series(BaseModel):
     number_of_instances = pw.IntegerField(default=0)
     latest_instance_id = pw.IntegerField(null=True)
 
+    class Meta:
+        indexes = ((("series_instance_uid", "partition_key"), True),)
+
 
 class Instance(BaseModel):
     id = pw.AutoField()
     study = pw.ForeignKeyField(Study, backref="instances", on_delete="CASCADE")
     series = pw.ForeignKeyField(Series, backref="instances", on_delete="CASCADE")
-    sop_instance_uid = pw.CharField(max_length=64, unique=True)
+    partition_key = pw.IntegerField(default=1, constraints=[pw.SQL("DEFAULT 1")])
+    sop_instance_uid = pw.CharField(max_length=64)
     sop_class_uid = pw.CharField(max_length=64, index=True)
     instance_number = pw.IntegerField(null=True)
     transfer_syntax_uid = pw.CharField(max_length=64)
@@ -94,6 +117,9 @@ class Instance(BaseModel):
     original_blob_key = pw.TextField(null=True)
     original_size = pw.BigIntegerField(null=True)
     original_sha256 = pw.CharField(max_length=64, null=True)
+
+    class Meta:
+        indexes = ((("sop_instance_uid", "partition_key"), True),)
 
 
 class InstanceMetadata(BaseModel):
@@ -152,6 +178,8 @@ class Change(BaseModel):
     sequence = pw.BigIntegerField(primary_key=True)
     timestamp = pw.DateTimeField(index=True)
     action = pw.CharField(max_length=8)
+    #: The partition of the instance: the feed is global, each entry names its partition.
+    partition_key = pw.IntegerField(default=1, constraints=[pw.SQL("DEFAULT 1")])
     study_instance_uid = pw.CharField(max_length=64)
     series_instance_uid = pw.CharField(max_length=64)
     #: Not indexed: the feed is read by sequence or time and joined to instances by their
@@ -179,6 +207,8 @@ class AuditEvent(BaseModel):
     instance = pw.CharField(max_length=64, null=True)
     status = pw.IntegerField()
     bytes = pw.BigIntegerField(null=True)
+    #: The data partition of a partitioned request (schema 12).
+    partition = pw.CharField(max_length=64, null=True)
 
     class Meta:
         indexes = ((("subject", "id"), False), (("study", "id"), False))
@@ -265,7 +295,7 @@ class ExtendedQueryTagError(BaseModel):
 
 
 MODELS = (
-    Study, Series, Instance, InstanceMetadata, SeriesMetadataCache, RequestAttribute, Change, AuditEvent,
+    Partition, Study, Series, Instance, InstanceMetadata, SeriesMetadataCache, RequestAttribute, Change, AuditEvent,
     Operation, ExtendedQueryTag, ExtendedQueryTagValue, ExtendedQueryTagError,
 )
 

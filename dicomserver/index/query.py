@@ -63,6 +63,7 @@ from ..matching import (
     Wildcard,
 )
 from ..metrics import INDEX_SECONDS
+from ..partitions import DEFAULT, Partition
 from .models import Instance, RequestAttribute, Series, Study
 
 # PS3.18 Table 10.6.3-3/-4/-5 default return attributes (the reference's v1 lists
@@ -343,6 +344,7 @@ def search(
     base_url: str,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    partition: Partition = DEFAULT,
 ) -> tuple[list[str], bool]:
     """Run a QIDO query; return (results as DICOM JSON object texts, more results exist beyond this page).
 
@@ -370,7 +372,8 @@ def search(
             sources.append('JOIN "series" AS se ON se."id" = i."series_id"')
         if Study in needed:
             sources.append('JOIN "study" AS s ON s."id" = i."study_id"')
-    where = []
+    # The level's own partition key: its rows never meet another partition's.
+    where = [f'{alias}."partition_key" = {p.one(partition.key)}']
     if study_uid is not None:
         where.append(f's."study_instance_uid" = {p.one(study_uid)}')
     if series_uid is not None:
@@ -378,7 +381,7 @@ def search(
     where += [f"({_condition(f, p)})" for f in query.filters]
     inner_sql = (
         f'SELECT {alias}."id" AS page_id FROM {" ".join(sources)}'
-        + (f' WHERE {" AND ".join(where)}' if where else "")
+        + f' WHERE {" AND ".join(where)}'
         + f' ORDER BY {alias}."id" LIMIT {p.one(query.limit + 1)} OFFSET {p.one(query.offset)}'
     )
     params = p.values

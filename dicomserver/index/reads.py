@@ -23,8 +23,10 @@ import peewee as pw
 
 from ..errors import NotFound
 from ..metrics import INDEX_SECONDS
+from ..partitions import DEFAULT, Partition
 from .connection import IndexDatabase
 from .models import Change, Instance, InstanceMetadata
+from .models import Partition as PartitionRow
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class FeedEntry:
     sop_instance_uid: str
     current_watermark: int | None
     current_metadata: str | None
+    #: The partition's name (the feed is global; the reference names each entry's partition).
+    partition_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,7 @@ class StoredBlob:
     sha256: str | None
     #: The original version a bulk update kept (not the instance's current blob).
     original: bool = False
+    partition_key: int = DEFAULT.key
 
 
 #: Table alias of each StoredInstance field in the instances query (the rest are Instance columns).
@@ -158,21 +163,23 @@ class IndexReads(IndexDatabase):
 
     @INDEX_SECONDS.labels("instances").time()
     def instances(
-        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+        partition: Partition = DEFAULT,
     ) -> list[StoredInstance]:
-        """Instances of a study/series/instance, in series then instance order; 404 if none."""
-        cursor = self._execute_cached(_instances_sql, study_uid, series_uid, sop_uid)
+        """Instances of a study/series/instance of a partition, in series then instance order; 404 if none."""
+        cursor = self._execute_cached(_instances_sql, partition, study_uid, series_uid, sop_uid)
         rows = [StoredInstance(*values) for values in cursor.fetchall()]
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
         return rows
 
     def original_instances(
-        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+        partition: Partition = DEFAULT,
     ) -> list[StoredInstance]:
         """`instances` in their original version (`msdicom-request-original`): the blob and DICOM
         JSON an instance was first stored with, where a bulk update has changed it since."""
-        cursor = self._execute_cached(_original_instances_sql, study_uid, series_uid, sop_uid)
+        cursor = self._execute_cached(_original_instances_sql, partition, study_uid, series_uid, sop_uid)
         rows = [StoredInstance(*values) for values in cursor.fetchall()]
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
@@ -180,11 +187,13 @@ class IndexReads(IndexDatabase):
 
     @INDEX_SECONDS.labels("metadata").time()
     def metadata_series(
-        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+        partition: Partition = DEFAULT,
     ) -> list[SeriesVersion]:
-        """The series of a study/series/instance in answer order, each with the version of its
-        instances there (one aggregate over the instance rows; no DICOM JSON read); 404 if none."""
-        rows = self._execute_cached(_metadata_series_sql, study_uid, series_uid, sop_uid).fetchall()
+        """The series of a study/series/instance of a partition in answer order, each with the
+        version of its instances there (one aggregate over the instance rows; no DICOM JSON
+        read); 404 if none."""
+        rows = self._execute_cached(_metadata_series_sql, partition, study_uid, series_uid, sop_uid).fetchall()
         if not rows:
             raise NotFound(_not_found_message(study_uid, series_uid, sop_uid))
         return [SeriesVersion(series_id, newest, count) for series_id, newest, count in rows]
@@ -262,14 +271,14 @@ class IndexReads(IndexDatabase):
         return int(row[0]), int(row[1])
 
     def _execute_cached(
-        self, build: SqlBuilder, study_uid: str, series_uid: str | None, sop_uid: str | None
+        self, build: SqlBuilder, partition: Partition, study_uid: str, series_uid: str | None, sop_uid: str | None
     ) -> Any:
         """Run one of the per-request reads by study/series/instance; its SQL text is built once."""
         key = (build, series_uid is not None, sop_uid is not None)
         sql = self._read_sql.get(key)
         if sql is None:
             sql = self._read_sql[key] = build(self.db.param, series_uid is not None, sop_uid is not None)
-        params = [study_uid] + [u for u in (series_uid, sop_uid) if u is not None]
+        params = [partition.key, study_uid] + [u for u in (series_uid, sop_uid) if u is not None]
         return self.db.execute_sql(sql, params)
 
     def changes(
@@ -293,9 +302,18 @@ class IndexReads(IndexDatabase):
                 Change.sop_instance_uid,
                 Instance.watermark,
                 InstanceMetadata.metadata,
+                PartitionRow.name,
             )
-            .join(Instance, pw.JOIN.LEFT_OUTER, on=(Instance.sop_instance_uid == Change.sop_instance_uid))
-            .join(InstanceMetadata, pw.JOIN.LEFT_OUTER, on=(InstanceMetadata.instance == Instance.id))
+            .join(
+                Instance,
+                pw.JOIN.LEFT_OUTER,
+                on=(
+                    (Instance.partition_key == Change.partition_key)
+                    & (Instance.sop_instance_uid == Change.sop_instance_uid)
+                ),
+            )
+            .join_from(Instance, InstanceMetadata, pw.JOIN.LEFT_OUTER, on=(InstanceMetadata.instance == Instance.id))
+            .join_from(Change, PartitionRow, on=(PartitionRow.key == Change.partition_key))
         )
         if after_sequence is not None:
             query = query.where(Change.sequence > after_sequence)
@@ -313,35 +331,40 @@ class IndexReads(IndexDatabase):
         rows = cast("Iterable[tuple[Any, ...]]", query.order_by(*order).offset(offset).limit(limit).tuples())
         return [FeedEntry(*row) for row in rows]
 
-    def stored_blobs(self, sop_instance_uid: str | None = None) -> list[StoredBlob]:
-        """Every indexed blob: each instance's current version and, where a bulk update kept
-        one, its original (both live for `dicom gc` and checked by `verify`), with its UIDs and
-        the time the current version was stored (or the one instance's blobs, to check again
-        what a scan found)."""
-        by_sop = None if sop_instance_uid is None else f'i."sop_instance_uid" = {self.db.param}'
+    def stored_blobs(
+        self, sop_instance_uid: str | None = None, *, partition_key: int = DEFAULT.key
+    ) -> list[StoredBlob]:
+        """Every indexed blob of every partition: each instance's current version and, where a
+        bulk update kept one, its original (both live for `dicom gc` and checked by `verify`),
+        with its UIDs and the time the current version was stored (or the one instance's blobs
+        in a partition, to check again what a scan found)."""
+        p = self.db.param
+        by_sop = None if sop_instance_uid is None else f'i."partition_key" = {p} AND i."sop_instance_uid" = {p}'
         selects = []
         for prefix, only in (("", None), ("original_", 'i."original_blob_key" IS NOT NULL')):
             conditions = [condition for condition in (by_sop, only) if condition]
             where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
             selects.append(
                 f'SELECT i."{prefix}blob_key", s."study_instance_uid", se."series_instance_uid", '
-                f'i."sop_instance_uid", c."timestamp", i."{prefix}size", i."{prefix}sha256", {1 if prefix else 0} '
-                'FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
+                f'i."sop_instance_uid", c."timestamp", i."{prefix}size", i."{prefix}sha256", {1 if prefix else 0}, '
+                'i."partition_key" FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
                 'JOIN "study" AS s ON s."id" = i."study_id" JOIN "change" AS c ON c."sequence" = i."watermark"'
                 + where
             )
         sql = " UNION ALL ".join(selects)
-        params = () if sop_instance_uid is None else (sop_instance_uid, sop_instance_uid)
+        params = () if sop_instance_uid is None else (partition_key, sop_instance_uid) * 2
         to_datetime = Change.timestamp.python_value
         return [
-            StoredBlob(key, study, series, sop, to_datetime(stored), size, sha256, bool(original))
-            for key, study, series, sop, stored, size, sha256, original in self.db.execute_sql(sql, params).fetchall()
+            StoredBlob(key, study, series, sop, to_datetime(stored), size, sha256, bool(original), pkey)
+            for key, study, series, sop, stored, size, sha256, original, pkey
+            in self.db.execute_sql(sql, params).fetchall()
         ]
 
-    def has_instance(self, sop_instance_uid: str) -> bool:
-        """Whether an instance with this SOP Instance UID is stored (a bulk import skips it)."""
-        sql = f'SELECT 1 FROM "instance" WHERE "sop_instance_uid" = {self.db.param} LIMIT 1'
-        return self.db.execute_sql(sql, (sop_instance_uid,)).fetchone() is not None
+    def has_instance(self, sop_instance_uid: str, *, partition: Partition = DEFAULT) -> bool:
+        """Whether an instance with this SOP Instance UID is stored in the partition (a bulk import skips it)."""
+        p = self.db.param
+        sql = f'SELECT 1 FROM "instance" WHERE "partition_key" = {p} AND "sop_instance_uid" = {p} LIMIT 1'
+        return self.db.execute_sql(sql, (partition.key, sop_instance_uid)).fetchone() is not None
 
 
 def _instances_sql(param: str, by_series: bool, by_sop: bool) -> str:
@@ -361,8 +384,9 @@ def _by_uids(
     columns: str, param: str, by_series: bool, by_sop: bool, *,
     tail: str = 'ORDER BY se."id", i."instance_number", i."id"', with_metadata: bool = True,
 ) -> str:
-    """SELECT `columns` of a study's/series'/instance's instances, in series then instance order."""
-    where = [f's."study_instance_uid" = {param}']
+    """SELECT `columns` of a study's/series'/instance's instances of a partition, in series then
+    instance order (the study by its (UID, partition) index)."""
+    where = [f's."partition_key" = {param}', f's."study_instance_uid" = {param}']
     if by_series:
         where.append(f'se."series_instance_uid" = {param}')
     if by_sop:

@@ -14,15 +14,19 @@ from typing import TYPE_CHECKING
 
 from playhouse.migrate import SchemaMigrator, migrate
 
+from ..partitions import DEFAULT_KEY, DEFAULT_NAME
+from .connection import utcnow
 from .models import (
     MODELS,
     AuditEvent,
+    Change,
     ExtendedQueryTag,
     ExtendedQueryTagError,
     ExtendedQueryTagValue,
     Instance,
     InstanceMetadata,
     Operation,
+    Partition,
     RequestAttribute,
     SchemaInfo,
     Series,
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 #: What the stored `instance_metadata.qido` members were built from (query.QIDO_TAGS).
 #: A change of QIDO_TAGS needs a migration that sets `qido` to NULL (the backfill then
 #: rebuilds it) and a new fingerprint here; tests/test_schema.py compares the two.
@@ -158,11 +162,46 @@ def _v10_to_v11(index: Index) -> bool:
 UNUSED_INDEXES = ("change_sop_instance_uid", "instance_watermark")
 
 
+def _v11_to_v12(index: Index) -> bool:
+    """Data partitions: the partition table with Microsoft.Default (key 1), which holds
+    everything stored so far, and a partition key on studies, series, instances and the
+    change feed (and a partition name on audit records). A UID is unique within its
+    partition: each unique UID index becomes one on (UID, partition), which also serves
+    every lookup by UID (models.py says why UID first)."""
+    # What is there already is kept (a database an earlier test or tool made look older).
+    index.db.create_tables([Partition])
+    if not Partition.select().where(Partition.key == DEFAULT_KEY).exists():
+        create_default_partition()
+    for model in (Study, Series, Instance, Change):  # one statement on both (no table rebuild on SQLite)
+        table = model._meta.table_name
+        if "partition_key" not in {c.name for c in index.db.get_columns(table)}:
+            index.db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "partition_key" INTEGER NOT NULL DEFAULT 1')
+    if "partition" not in {c.name for c in index.db.get_columns("audit_event")}:
+        index.db.execute_sql('ALTER TABLE "audit_event" ADD COLUMN "partition" VARCHAR(64)')
+    for model, uid in PARTITIONED_UIDS:
+        table = model._meta.table_name
+        index.db.execute_sql(f'DROP INDEX IF EXISTS "{table}_{uid}"')
+        index.db.execute_sql(
+            f'CREATE UNIQUE INDEX IF NOT EXISTS "{table}_{uid}_partition_key" ON "{table}" ("{uid}", "partition_key")'
+        )
+    return False
+
+
+#: The UID columns that were unique on their own before schema 12.
+PARTITIONED_UIDS = (
+    (Study, "study_instance_uid"), (Series, "series_instance_uid"), (Instance, "sop_instance_uid"),
+)
+
+
+def create_default_partition() -> None:
+    Partition.create(key=DEFAULT_KEY, name=DEFAULT_NAME, created=utcnow())
+
+
 #: MIGRATIONS[v] takes a database at version v to v + 1; True asks for derived columns
 #: to be recomputed once the schema is current (the code that does it expects that).
 MIGRATIONS: dict[int, Callable[[Index], bool]] = {
     1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
-    8: _v8_to_v9, 9: _v9_to_v10, 10: _v10_to_v11,
+    8: _v8_to_v9, 9: _v9_to_v10, 10: _v10_to_v11, 11: _v11_to_v12,
 }
 
 
@@ -173,6 +212,7 @@ def ensure_schema(index: Index) -> None:
         if "study" not in tables:
             db.create_tables([*MODELS, SchemaInfo])
             _create_database_specific_indexes(index)
+            create_default_partition()
             SchemaInfo.create(version=SCHEMA_VERSION)
             return
         if "schema_info" not in tables:

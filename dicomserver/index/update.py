@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..partitions import DEFAULT, Partition
 from .connection import utcnow
 from .extended import index_instance_values
 from .models import Change
@@ -30,6 +31,7 @@ class UpdateTarget:
     series_instance_uid: str
     sop_instance_uid: str
     blob_key: str
+    partition_key: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +43,17 @@ class UpdatedInstance:
 
 
 class IndexUpdate(IndexWrites):
-    def study_ids(self, study_uids: Sequence[str]) -> dict[str, int]:
-        """The row id of each stored study among `study_uids` (the one UID lookup of a bulk
-        update: the operation then works on row ids, whatever happens to UIDs meanwhile)."""
+    def study_ids(self, study_uids: Sequence[str], partition: Partition = DEFAULT) -> dict[str, int]:
+        """The row id of each study among `study_uids` stored in the partition (the one UID lookup
+        of a bulk update: the operation then works on row ids, whatever happens to UIDs meanwhile)."""
         if not study_uids:
             return {}
-        marks = ", ".join([self.db.param] * len(study_uids))
+        p = self.db.param
+        marks = ", ".join([p] * len(study_uids))
         rows = self.db.execute_sql(
-            f'SELECT "study_instance_uid", "id" FROM "study" WHERE "study_instance_uid" IN ({marks})',
-            list(study_uids),
+            f'SELECT "study_instance_uid", "id" FROM "study" WHERE "study_instance_uid" IN ({marks}) '
+            f'AND "partition_key" = {p}',
+            [*study_uids, partition.key],
         ).fetchall()
         return dict(rows)
 
@@ -58,7 +62,8 @@ class IndexUpdate(IndexWrites):
         p = self.db.param
         rows = self.db.execute_sql(
             'SELECT i."id", i."study_id", i."series_id", s."study_instance_uid", se."series_instance_uid", '
-            'i."sop_instance_uid", i."blob_key" FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
+            'i."sop_instance_uid", i."blob_key", i."partition_key" '
+            'FROM "instance" AS i JOIN "series" AS se ON se."id" = i."series_id" '
             f'JOIN "study" AS s ON s."id" = i."study_id" WHERE i."study_id" = {p} AND i."id" > {p} '
             f'ORDER BY i."id" LIMIT {p}',
             (study_id, after, limit),
@@ -93,7 +98,7 @@ class IndexUpdate(IndexWrites):
             blob_key, original_key, size, sha256, metadata = row
             sequence = self._writer.s.value(self._writer.next_sequence)
             Change.insert(
-                sequence=sequence, timestamp=utcnow(), action="update",
+                sequence=sequence, timestamp=utcnow(), action="update", partition_key=target.partition_key,
                 study_instance_uid=target.study_instance_uid, series_instance_uid=target.series_instance_uid,
                 sop_instance_uid=target.sop_instance_uid,
             ).execute()

@@ -25,6 +25,7 @@ import peewee as pw
 
 from ..dicomjson import DicomJson
 from ..metrics import INDEX_SECONDS
+from ..partitions import DEFAULT, Partition
 from ..searchable import IndexColumns, request_attributes, series_columns, study_columns
 from .connection import utcnow
 from .extended import index_instance_values
@@ -54,6 +55,8 @@ class InstanceRecord:
     #: The searchable column values, from the attributes STOW found valid (searchable.py).
     columns: IndexColumns
     bulkdata: str | None = None
+    #: The data partition the instance is stored in (its UIDs are unique within it).
+    partition: Partition = DEFAULT
 
 
 @dataclass(frozen=True)
@@ -154,24 +157,27 @@ class InstanceWriter:
         p = db.param
         self.instance_by_sop = (
             f"SELECT {column(Instance.id)}, {column(Instance.study)}, {column(Instance.series)}, "
-            f"{column(Instance.blob_key)}, {column(Instance.original_blob_key)} "
-            f"FROM {table(Instance)} WHERE {column(Instance.sop_instance_uid)} = {p}"
+            f"{column(Instance.blob_key)}, {column(Instance.original_blob_key)} FROM {table(Instance)} "
+            f"WHERE {column(Instance.partition_key)} = {p} AND {column(Instance.sop_instance_uid)} = {p}"
         )
         self.next_sequence = f"SELECT COALESCE(MAX({column(Change.sequence)}), 0) + 1 FROM {table(Change)}"
         self.study_by_uid = (
             f"SELECT {column(Study.id)}, {column(Study.sop_classes_in_study)}, {column(Study.modalities_in_study)} "
-            f"FROM {table(Study)} WHERE {column(Study.study_instance_uid)} = {p}"
+            f"FROM {table(Study)} "
+            f"WHERE {column(Study.partition_key)} = {p} AND {column(Study.study_instance_uid)} = {p}"
         )
         # The study and, if stored, the series: one statement where most STOWs need two.
         self.study_and_series = (
             f"SELECT st.{column(Study.id)}, st.{column(Study.sop_classes_in_study)}, "
             f"st.{column(Study.modalities_in_study)}, se.{column(Series.id)}, se.{column(Series.study)}, "
             f"se.{column(Series.modality)} FROM {table(Study)} st LEFT JOIN {table(Series)} se "
-            f"ON se.{column(Series.series_instance_uid)} = {p} WHERE st.{column(Study.study_instance_uid)} = {p}"
+            f"ON se.{column(Series.partition_key)} = st.{column(Study.partition_key)} "
+            f"AND se.{column(Series.series_instance_uid)} = {p} "
+            f"WHERE st.{column(Study.partition_key)} = {p} AND st.{column(Study.study_instance_uid)} = {p}"
         )
         self.series_by_uid = (
             f"SELECT {column(Series.id)}, {column(Series.study)}, {column(Series.modality)} FROM {table(Series)} "
-            f"WHERE {column(Series.series_instance_uid)} = {p}"
+            f"WHERE {column(Series.partition_key)} = {p} AND {column(Series.series_instance_uid)} = {p}"
         )
         self.modalities = (
             f"SELECT DISTINCT {column(Series.modality)} FROM {table(Series)} "
@@ -217,7 +223,8 @@ class IndexWrites(IndexReads):
         meta = rec.metadata
         w = self._writer
         s = w.s
-        found = s.one(w.instance_by_sop, (rec.sop_instance_uid,))
+        partition_key = rec.partition.key
+        found = s.one(w.instance_by_sop, (partition_key, rec.sop_instance_uid))
         if found is not None:
             if not replace:
                 raise DuplicateInstance(rec.sop_instance_uid)
@@ -225,27 +232,31 @@ class IndexWrites(IndexReads):
         sequence = s.value(w.next_sequence)
         s.insert(
             Change,
-            ("sequence", "timestamp", "action", "study_instance_uid", "series_instance_uid", "sop_instance_uid"),
+            (
+                "sequence", "timestamp", "action", "partition_key", "study_instance_uid", "series_instance_uid",
+                "sop_instance_uid",
+            ),
             (
                 sequence,
                 w.timestamp(utcnow()),
                 "update" if found is not None else "create",
+                partition_key,
                 rec.study_instance_uid,
                 rec.series_instance_uid,
                 rec.sop_instance_uid,
             ),
         )
-        study = s.one(w.study_and_series, (rec.series_instance_uid, rec.study_instance_uid))
+        study = s.one(w.study_and_series, (rec.series_instance_uid, partition_key, rec.study_instance_uid))
         series: tuple[Any, ...] | None
         if study is None:
             study_id = s.insert(
                 Study,
-                ("study_instance_uid", "number_of_series", "number_of_instances"),
-                (rec.study_instance_uid, 0, 0),
+                ("partition_key", "study_instance_uid", "number_of_series", "number_of_instances"),
+                (partition_key, rec.study_instance_uid, 0, 0),
                 returning="id",
             )
             sop_classes = modalities = None
-            series = s.one(w.series_by_uid, (rec.series_instance_uid,))  # stored under another study?
+            series = s.one(w.series_by_uid, (partition_key, rec.series_instance_uid))  # under another study?
         else:
             study_id, sop_classes, modalities = study[:3]
             series = None if study[3] is None else study[3:]
@@ -253,8 +264,8 @@ class IndexWrites(IndexReads):
         if series is None:
             series_id = s.insert(
                 Series,
-                ("study_id", "series_instance_uid", "number_of_instances"),
-                (study_id, rec.series_instance_uid, 0),
+                ("study_id", "partition_key", "series_instance_uid", "number_of_instances"),
+                (study_id, partition_key, rec.series_instance_uid, 0),
                 returning="id",
             )
             old_modality = None
@@ -267,12 +278,12 @@ class IndexWrites(IndexReads):
         instance_id = s.insert(
             Instance,
             (
-                "study_id", "series_id", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "blob_key",
-                "size", "sha256", "frames", "bulkdata", "watermark", *instance_columns,
+                "study_id", "series_id", "partition_key", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid",
+                "blob_key", "size", "sha256", "frames", "bulkdata", "watermark", *instance_columns,
             ),
             (
-                study_id, series_id, rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid, rec.blob_key,
-                rec.size, rec.sha256, rec.frames, rec.bulkdata, sequence, *instance_columns.values(),
+                study_id, series_id, partition_key, rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid,
+                rec.blob_key, rec.size, rec.sha256, rec.frames, rec.bulkdata, sequence, *instance_columns.values(),
             ),
             returning="id",
         )
@@ -350,11 +361,14 @@ class IndexWrites(IndexReads):
             )
 
     @INDEX_SECONDS.labels("delete").time()
-    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
-        """Remove matching instances, record 'delete' changes; return their blob keys (the
-        current versions' and, of instances a bulk update changed, the originals')."""
+    def delete(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+        partition: Partition = DEFAULT,
+    ) -> list[str]:
+        """Remove matching instances of a partition, record 'delete' changes; return their blob keys
+        (the current versions' and, of instances a bulk update changed, the originals')."""
         with self.write_transaction():
-            instances = self.instances(study_uid, series_uid, sop_uid)  # 404 if none
+            instances = self.instances(study_uid, series_uid, sop_uid, partition=partition)  # 404 if none
             originals = self._original_keys([i.id for i in instances])
             now = utcnow()
             first = self._writer.s.value(self._writer.next_sequence)  # callers hold the write lock
@@ -364,6 +378,7 @@ class IndexWrites(IndexReads):
                         "sequence": first + number,
                         "timestamp": now,
                         "action": "delete",
+                        "partition_key": partition.key,
                         "study_instance_uid": study_uid,
                         "series_instance_uid": i.series_instance_uid,
                         "sop_instance_uid": i.sop_instance_uid,

@@ -1,10 +1,14 @@
 """Mounts every DICOMweb service under /v1 and /v2 (the reference server's URL layout).
 
-Each service is one blueprint registered once with the prefix
-`/<any(v1, v2):api_version>`; the version is moved into `g` before views run. Before a
-view runs, the caller must hold the data action it declared (`web.requires`); CORS
-answers preflights before that, and adds its headers to every answer. The study browser's
-pages (browser.py) are mounted at / and /browse, and need an action as the API does.
+Each service is one blueprint registered with the prefix `/<any(v1, v2):api_version>`;
+the study-data services (PARTITIONED) a second time under
+`/<version>/partitions/<partition_name>` (data partitions, as the reference: the change
+feed, extended query tags, operations, `/partitions` and our admin routes are not
+partitioned). The version and partition name are moved into `g` before views run. Before
+a view runs, the caller must hold the data action it declared (`web.requires`); then the
+partition is resolved (400s as the reference's) and put in `g` for `web.partition()`.
+CORS answers preflights before that, and adds its headers to every answer. The study
+browser's pages (browser.py) are mounted at / and /browse, and need an action as the API does.
 """
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from flask import Flask, Response, g, request
 from flask_cors import CORS
 
 from ..errors import NotFound
+from ..partitions import MissingPartition, PartitionsDisabled
 from ..retrieve import ORIGINAL_VERSION_HEADER
 from ..settings import Settings
 from .web import (
     API_PREFIX,
+    PARTITION_PREFIX,
     archive,
     audit,
     audit_trail,
@@ -32,7 +38,12 @@ from .web import (
 
 _DICOMWEB_ROOTS = (
     "studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations", "export",
+    "partitions",
 )
+#: The blueprints of study data: also mounted under a partition, and only there when partitions are on.
+PARTITIONED = ("stow", "wado", "bulkdata", "qido", "delete", "rendered", "export", "bulk_update")
+#: Where a request may create the partition its path names (STOW, as the reference).
+_CREATES_PARTITION = "stow"
 
 
 def register_services(app: Flask) -> None:
@@ -50,6 +61,7 @@ def register_services(app: Flask) -> None:
         openapi,
         operations,
         ops,
+        partitions,
         qido,
         rendered,
         stow,
@@ -60,9 +72,11 @@ def register_services(app: Flask) -> None:
 
     for module in (
         stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events, extended_query_tags, operations,
-        export, bulk_update,
+        export, bulk_update, partitions,
     ):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
+        if module.bp.name in PARTITIONED:
+            app.register_blueprint(module.bp, url_prefix=PARTITION_PREFIX, name=partitioned_name(module.bp.name))
     app.register_blueprint(ops.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
@@ -71,10 +85,19 @@ def register_services(app: Flask) -> None:
     _check_every_route_declares_an_action(app)
     _enable_cors(app)
 
+    settings: Settings = app.extensions["dicomserver"].settings
+    partitioned = settings.partitions
+    # Blueprint names → whether the request may create its partition; only data blueprints are keys.
+    data_blueprints = {name: name == _CREATES_PARTITION for name in PARTITIONED}
+    data_blueprints.update({partitioned_name(name): name == _CREATES_PARTITION for name in PARTITIONED})
+
     @app.url_value_preprocessor
     def _pop_version(endpoint: str | None, values: dict[str, Any] | None) -> None:
         if values and "api_version" in values:
             g.api_version = values.pop("api_version")
+            name = values.pop("partition_name", None)
+            if name is not None:
+                g.partition_name = name
 
     @app.before_request
     def _authorize() -> None:
@@ -88,10 +111,19 @@ def register_services(app: Flask) -> None:
             auth = authenticator()
             ctx.principal = auth.authenticate(req.headers.get("Authorization"))  # kept for the audit trail
             auth.check(ctx.principal, action)
+        name = ctx.get("partition_name")
+        if name is not None and not partitioned:
+            raise PartitionsDisabled()
         if req.method in ("POST", "PUT"):
             take_upload_slot()
         if action is not None or req.path.startswith(("/v1/", "/v2/")):
             archive().index.connect()
+        if partitioned:
+            creates = data_blueprints.get(req.blueprint)  # None: not a study-data route
+            if creates is not None:
+                if name is None:
+                    raise MissingPartition()
+                ctx.partition = archive().partition(name, create=creates)
 
     @app.after_request
     def _audit(response: Response) -> Response:
@@ -117,6 +149,11 @@ def register_services(app: Flask) -> None:
         app.add_url_rule(
             f"/{root}/<path:path>", f"unversioned_{root}_path", unversioned, methods=["GET", "POST", "PUT", "DELETE"]
         )
+
+
+def partitioned_name(blueprint: str) -> str:
+    """The name of a data blueprint's registration under the partition prefix."""
+    return f"partitioned_{blueprint}"
 
 
 #: Blueprints outside the versioned API whose pages show patient data: their routes need an action too.

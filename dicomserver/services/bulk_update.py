@@ -8,7 +8,7 @@ from flask import Blueprint, Response
 
 from .. import bulk_update
 from ..errors import NotFound
-from .web import api_version, archive, base_url, note_studies, request_body, requires
+from .web import api_root, api_version, archive, note_studies, partition, request_body, requires
 
 bp = Blueprint("bulk_update", __name__)
 
@@ -20,7 +20,7 @@ def start_update() -> Response:
     """202 with the operation's {id, href} and its Location, as the reference answers."""
     if api_version() == "v1":
         raise NotFound("bulk update is served under /v2 only, as the reference server serves it")
-    started, studies = bulk_update.start(archive().index, request_body(), base_url())
+    started, studies = bulk_update.start(archive().index, request_body(), api_root(), partition())
     note_studies(studies)
     response = Response(json.dumps(started), status=202, content_type="application/json")
     response.headers["Location"] = started["href"]

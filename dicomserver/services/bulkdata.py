@@ -6,7 +6,7 @@ from flask import Blueprint, Response, request
 from ..bulkdata import retrieve_bulkdata
 from ..media import parse_accept
 from ..uids import require_uids
-from .web import archive, requires, stream
+from .web import archive, partition, requires, stream
 
 bp = Blueprint("bulkdata", __name__)
 
@@ -19,4 +19,4 @@ def bulkdata(study: str, series: str, instance: str, tag_path: str) -> Response:
     # RFC 9110 §14.2: range handling is defined for GET only (Flask routes HEAD here too).
     ranged = request.method == "GET"
     range_headers = (request.headers.get("Range"), request.headers.get("If-Range")) if ranged else (None, None)
-    return stream(retrieve_bulkdata(archive(), uids, tag_path, accept, *range_headers))
+    return stream(retrieve_bulkdata(archive(), uids, tag_path, accept, *range_headers, partition=partition()))

@@ -7,7 +7,6 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from .. import changes
-from ..dicomjson import absolute_uris
 from .web import api_version, archive, base_url, requires
 
 bp = Blueprint("changefeed", __name__)
@@ -23,17 +22,19 @@ def _arg(name: str) -> str | None:
 
 
 def _json(value: Any) -> Response:
-    return Response(absolute_uris(json.dumps(value), base_url()), content_type="application/json")
+    return Response(json.dumps(value), content_type="application/json")
 
 
 @bp.get("/changefeed")
 @requires("read")
 def changefeed() -> Response:
-    return _json(changes.feed(archive().index, api_version(), _arg))
+    state = archive()
+    return _json(changes.feed(state.index, api_version(), _arg, base_url(), partitioned=state.settings.partitions))
 
 
 @bp.get("/changefeed/latest")
 @requires("read")
 def latest() -> Response:
-    entry = changes.latest(archive().index, _arg)
+    state = archive()
+    entry = changes.latest(state.index, _arg, base_url(), partitioned=state.settings.partitions)
     return Response(status=204) if entry is None else _json(entry)

@@ -6,7 +6,7 @@ import json
 from flask import Blueprint, Response
 
 from .. import export
-from .web import archive, base_url, request_body, requires
+from .web import api_root, archive, partition, request_body, requires
 
 bp = Blueprint("export", __name__)
 
@@ -15,7 +15,7 @@ bp = Blueprint("export", __name__)
 @requires("export")
 def start_export() -> Response:
     """202 with the operation's {id, href} and its Location, as the reference answers."""
-    started = export.start(archive().index, archive().settings, request_body(), base_url())
+    started = export.start(archive().index, archive().settings, request_body(), api_root(), partition())
     response = Response(json.dumps(started), status=202, content_type="application/json")
     response.headers["Location"] = started["href"]
     return response

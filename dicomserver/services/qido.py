@@ -7,7 +7,7 @@ from ..matching import INSTANCE, SERIES, STUDY
 from ..media import DICOM_JSON, parse_accept, require_json
 from ..search import search
 from ..uids import require_uids
-from .web import archive, base_url, requires, warning
+from .web import archive, base_url, partition, requires, warning
 
 bp = Blueprint("qido", __name__)
 
@@ -37,7 +37,9 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     require_json(parse_accept(request.headers.get("Accept")))
     study_uid, series_uid, _ = require_uids(study, series) if study is not None else (None, None, None)
     args = list(request.args.items(multi=True))
-    found = search(archive(), level, args, base_url=base_url(), study_uid=study_uid, series_uid=series_uid)
+    found = search(
+        archive(), level, args, base_url=base_url(), study_uid=study_uid, series_uid=series_uid, partition=partition()
+    )
     response = Response(found.body, content_type=DICOM_JSON)
     for text in found.warnings:
         response.headers.add("Warning", warning(text))

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, request
 from ..errors import BadRequest, NotAcceptable
 from ..media import parse_accept
 from ..uids import parse_frame_list, require_uids
-from .web import archive, requires, warning
+from .web import archive, partition, requires, warning
 
 try:
     from .. import render
@@ -54,7 +54,7 @@ def rendered(
     uids = require_uids(study, series, instance)
     frame = _single_frame(frames) if frames is not None else 1
     params = _params(thumbnail=resource == "thumbnail")
-    found = render.render_resource(archive(), uids, frame, params)
+    found = render.render_resource(archive(), uids, frame, params, partition=partition())
     if found.etag in request.if_none_match:
         response = Response(status=304)
     else:

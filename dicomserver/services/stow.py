@@ -8,7 +8,7 @@ from flask import Blueprint, Response, request
 from .. import stow
 from ..media import DICOM_JSON, parse_accept, require_json
 from ..uids import require_uids
-from .web import api_version, archive, base_url, note_reason, note_studies, request_body, requires
+from .web import api_version, archive, base_url, note_reason, note_studies, partition, request_body, requires
 
 bp = Blueprint("stow", __name__)
 
@@ -27,6 +27,7 @@ def store_instances(study: str | None = None) -> Response:
         request.headers.get("Content-Type", ""),
         study_uid=study_uid,
         replace=request.method == "PUT",
+        partition=partition(),
     )
     note_studies(r.study_instance_uid for r in results if r.stored and r.study_instance_uid)
     note_reason(stow.summary(results))

@@ -7,7 +7,7 @@ from .. import retrieve
 from ..media import negotiate_retrieve, parse_accept, require_json
 from ..transcode import log_capabilities
 from ..uids import parse_frame_list, require_uids
-from .web import archive, base_url, requires, stream
+from .web import archive, base_url, partition, requires, stream
 
 bp = Blueprint("wado", __name__)
 # Probe the installed codecs once, when the app is built, and log what can be transcoded.
@@ -28,7 +28,7 @@ def retrieve_instances(study: str, series: str | None = None, instance: str | No
     uids = require_uids(study, series, instance)
     resource = "instance" if instance else ("series" if series else "study")
     renditions = negotiate_retrieve(parse_accept(request.headers.get("Accept")), resource)
-    return stream(retrieve.retrieve_instances(archive(), uids, renditions, original=_original()))
+    return stream(retrieve.retrieve_instances(archive(), uids, renditions, original=_original(), partition=partition()))
 
 
 @bp.get("/studies/<study>/metadata")
@@ -38,7 +38,9 @@ def retrieve_instances(study: str, series: str | None = None, instance: str | No
 def metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     uids = require_uids(study, series, instance)
     require_json(parse_accept(request.headers.get("Accept")))
-    found = retrieve.metadata(archive(), uids, base_url(), request.headers.get("Accept-Encoding"), original=_original())
+    found = retrieve.metadata(
+        archive(), uids, base_url(), request.headers.get("Accept-Encoding"), original=_original(), partition=partition()
+    )
     if request.if_none_match.contains_weak(found.etag):  # If-None-Match compares weakly (RFC 9110 13.1.2)
         return Response(status=304, headers=list(found.headers))
     return stream(found.body())
@@ -50,4 +52,4 @@ def frames(study: str, series: str, instance: str, frames: str) -> Response:
     uids = require_uids(study, series, instance)
     numbers = parse_frame_list(frames)
     renditions = negotiate_retrieve(parse_accept(request.headers.get("Accept")), "frames")
-    return stream(retrieve.retrieve_frames(archive(), uids, numbers, renditions))
+    return stream(retrieve.retrieve_frames(archive(), uids, numbers, renditions, partition=partition()))

@@ -30,6 +30,7 @@ from ..archive import Archive
 from ..audit import AuditRecord, AuditTrail
 from ..auth import Authenticator
 from ..errors import BadRequest, DicomWebError, NotFound, RequestTimeout, ServiceBusy, http_status
+from ..partitions import DEFAULT, Partition
 from ..request_log import REASON_LIMIT, RequestLogEntry
 from ..retrieve import CHUNK, Body
 from ..segments import SegmentedFile
@@ -43,6 +44,8 @@ View = TypeVar("View", bound=Callable[..., object])
 
 #: Every DICOMweb route is mounted under this prefix: /v1/... and /v2/... (services/__init__.py).
 API_PREFIX = "/<any(v1, v2):api_version>"
+#: The study-data routes are mounted a second time under this one (data partitions).
+PARTITION_PREFIX = API_PREFIX + "/partitions/<partition_name>"
 
 
 def requires(action: str) -> Callable[[View], View]:
@@ -126,6 +129,7 @@ def audit(response: Response, route: str) -> None:
     if req.method == "OPTIONS" or (action is None and response.status_code not in (401, 403)):
         return
     principal = getattr(ctx, "principal", None)
+    partition = getattr(ctx, "partition", None)  # set only once resolved: never an unchecked name
     args = req.view_args or {}
     study = _uid(args.get("study"))
     studies = (getattr(ctx, "audit_studies", None) if study is None else None) or [study]
@@ -141,6 +145,7 @@ def audit(response: Response, route: str) -> None:
         "instance": _uid(args.get("instance")),
         "status": response.status_code,
         "bytes": response.content_length,
+        "partition": partition.name if partition is not None else None,
     }
     # Made for each study, not copied with dataclasses.replace (several times the cost).
     audit_trail().write([AuditRecord(study=uid, **fields) for uid in studies])
@@ -169,8 +174,23 @@ def api_version() -> str:
 
 
 def base_url() -> str:
-    """Absolute URL of the versioned API root, for RetrieveURLs (PS3.18 wants them absolute)."""
+    """Absolute URL of the versioned API root, for RetrieveURLs (PS3.18 wants them absolute),
+    with the request's partition segment when it has one (its study data is there)."""
+    root = api_root()
+    resolved: Partition | None = g.get("partition")  # a checked name, never the raw path value
+    return root if resolved is None else f"{root}/partitions/{resolved.name}"
+
+
+def api_root() -> str:
+    """Absolute URL of the versioned API root, never partitioned (operations, the change feed)."""
     return f"{request_root(archive().settings, request.environ)}/{api_version()}"
+
+
+def partition() -> Partition:
+    """The data partition the request's path names (resolved once, before the view: services/__init__.py);
+    the default one when partitions are off."""
+    found: Partition = g.get("partition", DEFAULT)
+    return found
 
 
 def warning(text: str) -> str:
