@@ -199,12 +199,15 @@ _SETTINGS = settings(
 # instance, the series and the study (so each level's example deletes something real).
 NOT_DELETE = SCHEMA.exclude(method="DELETE")
 DELETE_UNVERSIONED = SCHEMA.include(
-    method="DELETE", path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export)"
+    method="DELETE",
+    path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export|partitions)",
 )
 DELETE_TAG = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/extendedquerytags/")
 DELETE_INSTANCE = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/instances/\{instance\}$")
 DELETE_SERIES = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/series/\{series\}$")
-DELETE_STUDY = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/studies/\{study\}$")
+DELETE_STUDY = SCHEMA.include(
+    method="DELETE", path_regex=r"^/v[12]/(partitions/\{partition_name\}/)?studies/\{study\}$"
+)
 
 
 def test_every_operation_is_tested():
