@@ -6,14 +6,11 @@ PostgreSQL + S3 (moto's server mode) exporting to an S3 prefix.
 """
 from __future__ import annotations
 
-import os
-import signal
-import time
-
 import pytest
 import requests
 from dicom_factory import make_instance, to_bytes
 from live_servers import start_server, stop_server
+from operation_restart import QUICK_TAKEOVER, finished, kill_when
 from s3_fixtures import postgres_s3_archive
 
 pytestmark = pytest.mark.live
@@ -24,12 +21,7 @@ DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"
 AS_STORED = {"Accept": "application/dicom; transfer-syntax=*"}
 #: Small batches with a pause after each: the export takes a few seconds, long enough to be
 #: caught halfway; a short lease so the restarted server takes over soon after.
-ENV = {
-    "DICOMWEB_EXPORT_BATCH": "2",
-    "DICOMWEB_EXPORT_PAUSE": "0.25",
-    "DICOMWEB_OPERATIONS_LEASE_SECONDS": "2",
-    "DICOMWEB_OPERATIONS_POLL_SECONDS": "0.2",
-}
+ENV = {"DICOMWEB_EXPORT_BATCH": "2", "DICOMWEB_EXPORT_PAUSE": "0.25", **QUICK_TAKEOVER}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -72,29 +64,17 @@ def test_an_export_killed_halfway_completes_after_restart(backend, tmp_path):
         started = requests.post(f"{server.url}/v2/export", json=body, timeout=30)
         assert started.status_code == 202, started.text
         path = started.json()["href"].removeprefix(server.url)
-        for _ in range(1200):  # until the operation is under way, not done (it takes seconds)
-            state = requests.get(server.url + path, timeout=30).json()
-            if state["status"] == "running" and state["percentComplete"] >= 20:
-                break
-            assert state["status"] in ("notStarted", "running"), state
-            time.sleep(0.02)
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait()
-    finally:
+    except BaseException:
         stop_server(server)
+        raise
+    state = kill_when(server, lambda: requests.get(server.url + path, timeout=30).json(),
+                      lambda state: state["percentComplete"] >= 20)
     assert 20 <= state["percentComplete"] < 100
     assert sum(read(f"{key}.dcm") is not None for key in keys) < INSTANCES  # caught halfway
 
     restarted = start_server(tmp_path / "data", workers=2, threads=4, env=env)
     try:
-        for _ in range(600):  # the dead runner's lease expires, a new runner resumes
-            answer = requests.get(restarted.url + path, timeout=30)
-            if answer.status_code == 200:
-                break
-            time.sleep(0.1)
-        assert answer.status_code == 200, answer.text
-        done = answer.json()
-        assert done["status"] == "succeeded", done
+        done = finished(restarted, path)
         assert done["startedTime"] == state["startedTime"]  # the same operation, resumed
         results = done["results"]
         assert (results["exported"], results["skipped"], results["failed"]) == (INSTANCES, 1, 0), results

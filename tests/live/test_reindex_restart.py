@@ -5,8 +5,6 @@ has expired. On SQLite + local disk, and on PostgreSQL + S3 (moto's server mode)
 """
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import time
 
@@ -15,6 +13,7 @@ import pytest
 import requests
 from dicom_factory import make_instance, to_bytes
 from live_servers import start_server, stop_server
+from operation_restart import QUICK_TAKEOVER, kill_when
 from s3_fixtures import postgres_s3_archive
 
 pytestmark = pytest.mark.live
@@ -24,12 +23,7 @@ INSTANCES = 24
 DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
 #: Small batches with a pause after each: the re-index takes a few seconds, long enough to be
 #: caught halfway; a short lease so the restarted server takes over soon after.
-ENV = {
-    "DICOMWEB_REINDEX_BATCH": "2",
-    "DICOMWEB_REINDEX_PAUSE": "0.25",
-    "DICOMWEB_OPERATIONS_LEASE_SECONDS": "2",
-    "DICOMWEB_OPERATIONS_POLL_SECONDS": "0.2",
-}
+ENV = {"DICOMWEB_REINDEX_BATCH": "2", "DICOMWEB_REINDEX_PAUSE": "0.25", **QUICK_TAKEOVER}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -70,16 +64,10 @@ def test_a_reindex_killed_halfway_completes_after_restart(backend, tmp_path):
                               timeout=30)
         assert added.status_code == 202, added.text
         path = added.json()["href"].removeprefix(server.url)
-        for _ in range(1200):  # until the operation is under way, not done (it takes seconds)
-            state = _operation(server.url, path).json()
-            if state["status"] == "running" and state["percentComplete"] >= 20:
-                break
-            assert state["status"] in ("notStarted", "running"), state
-            time.sleep(0.02)
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait()
-    finally:
+    except BaseException:
         stop_server(server)
+        raise
+    state = kill_when(server, lambda: _operation(server.url, path).json(), lambda state: state["percentComplete"] >= 20)
     assert 20 <= state["percentComplete"] < 100
 
     restarted = start_server(tmp_path / "data", workers=2, threads=4, env=env)
