@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .archive import open_archive
     from .audit import AuditLog, AuditStore, AuditTrail
     from .auth import Authenticator
+    from .delivery import DeliveryRunner
     from .operations import OperationRunner
     from .request_log import configure as configure_logging
     from .services import register_services
@@ -51,6 +52,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         # own, and `flask dicom ...` commands (an app, no requests) never take an operation.
         runner = app.extensions["dicomserver-operations"] = OperationRunner(index, settings)
         app.before_request(runner.start)
+    index.outbox.ttl = settings.webhooks_cache_seconds
+    if settings.webhooks_delivery:
+        # Webhook deliveries: a thread per server process too, started the same way (delivery.py).
+        deliverer = app.extensions["dicomserver-webhooks"] = DeliveryRunner(index, settings)
+        app.before_request(deliverer.start)
     app.wsgi_app = RequestObserver(app.wsgi_app, log_requests=settings.log_format == "json")  # type: ignore[method-assign]
     from .cli import dicom
 
@@ -73,13 +79,15 @@ def _redact(url: str) -> str:
 
 
 def close_app(app: Flask) -> None:
-    """Stop the operations thread, store the audit records still queued, then close the index's connections.
+    """Stop the operations and webhook threads, store the audit records still queued, then close the
+    index's connections.
 
     For whoever builds apps in a long-lived process (tests, embedding); a gunicorn
     worker does the same at exit on its own.
     """
-    runner = app.extensions.get("dicomserver-operations")
-    if runner is not None:
-        runner.stop()
+    for name in ("dicomserver-operations", "dicomserver-webhooks"):
+        runner = app.extensions.get(name)
+        if runner is not None:
+            runner.stop()
     app.extensions["dicomserver-audit"].close()
     app.extensions["dicomserver"].index.shutdown()

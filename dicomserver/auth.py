@@ -37,9 +37,9 @@ from .settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-#: The data actions of the reference server, and `audit` (reading the audit trail at /audit);
-#: "*" in a roles file grants all of them.
-ACTIONS = frozenset({"read", "write", "delete", "manageExtendedQueryTags", "export", "audit"})
+#: The data actions of the reference server, `audit` (reading the audit trail at /audit) and `admin`
+#: (webhook subscriptions at /webhooks); "*" in a roles file grants all of them.
+ACTIONS = frozenset({"read", "write", "delete", "manageExtendedQueryTags", "export", "audit", "admin"})
 #: Signature algorithms accepted: asymmetric only (never "none", never HMAC).
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 #: Seconds of clock difference tolerated on exp and nbf.

@@ -59,12 +59,14 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Start the app's operations runner as the worker starts, not at its first request: a
-    restarted server resumes an interrupted re-index with no traffic at all."""
+    """Start the app's operations runner and webhook delivery thread as the worker starts, not at
+    its first request: a restarted server resumes an interrupted re-index, and sends the webhooks
+    it owes, with no traffic at all."""
     app = getattr(worker.app, "callable", None)  # the app gunicorn loaded for this worker
-    runner = getattr(app, "extensions", {}).get("dicomserver-operations")
-    if runner is not None:
-        runner.start()
+    for name in ("dicomserver-operations", "dicomserver-webhooks"):
+        runner = getattr(app, "extensions", {}).get(name)
+        if runner is not None:
+            runner.start()
 
 
 def child_exit(server: Any, worker: Any) -> None:

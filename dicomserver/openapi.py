@@ -24,6 +24,7 @@ from typing import Any
 
 from .bulk_update import MAX_STUDIES as MAX_UPDATE_STUDIES
 from .changes import PAGE_SIZES
+from .events import TYPES as EVENT_TYPES
 from .export import MAX_IDENTIFIERS as MAX_EXPORT_IDENTIFIERS
 from .fhir_audit import DEFAULT_COUNT, FHIR_JSON, MAX_COUNT
 from .matching import INSTANCE, LEVEL_ORDER, SERIES, STUDY
@@ -265,6 +266,9 @@ def _parameters() -> dict[str, Json]:
             {"type": "string", "pattern": r"^([0-9A-Fa-f]{8}|[A-Za-z][A-Za-z0-9]*)$"},
         ),
         "operation_id": _path("operation_id", "The operation's id", {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}),
+        "webhook_id": _path("webhook_id", "The webhook subscription's id",
+                            {"type": "string", "pattern": "^[0-9a-f]{32}$"}),
+        "webhooks.limit": _query("limit", "Deliveries to show, newest first", _count(1, 1000, 100)),
         "xqt.limit": _query("limit", "Entries per page", _count(1, 200, 100)),
         "xqt.offset": _query("offset", "Entries to skip", _count(0, default=0)),
         "path": _path("path", "Anything: the path is not served", {"type": "string"}),
@@ -485,6 +489,7 @@ def _schemas() -> dict[str, Json]:
             },
         },
         "OpenApiDocument": {"type": "object", "required": ["openapi", "info", "paths"]},
+        **_webhook_schemas(),
         "OperationReference": {
             "type": "object", "required": ["id", "href"], "additionalProperties": False,
             "properties": {"id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "href": url},
@@ -668,6 +673,7 @@ def _request_bodies() -> dict[str, Json]:
                 },
             }}},
         },
+        **_webhook_bodies(),
         "extendedquerytags.update": {
             "required": True,
             "description": "Whether QIDO matches on the tag",
@@ -940,6 +946,101 @@ def _extended_query_tag_routes() -> list[Route]:
     ]
 
 
+def _webhook_schemas() -> dict[str, Json]:
+    time = {"type": "string", "format": "date-time"}
+    maybe_time = {"type": ["string", "null"], "format": "date-time"}
+    webhook = {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "url", "events", "description", "partition", "active", "created", "updated"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "url": {"type": "string", "format": "uri"},
+            "events": {"type": "array", "items": {"enum": list(EVENT_TYPES)}},
+            "description": {"type": ["string", "null"]},
+            "partition": {"type": ["string", "null"]},
+            "active": {"type": "boolean"},
+            "created": time, "updated": time,
+            "secret": {"type": "string", "description": "only in the answer to POST, when the server made it"},
+            "lastDelivery": {"oneOf": [{"type": "null"}, _schema("WebhookDelivery")]},
+        },
+    }
+    return {
+        "Webhook": webhook,
+        "Webhooks": {"type": "array", "items": _schema("Webhook")},
+        "WebhookDelivery": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "eventId", "eventType", "eventTime", "status", "attempts", "lastAttempt",
+                         "lastStatus", "lastError", "nextAttempt"],
+            "properties": {
+                "id": {"type": "integer"}, "eventId": {"type": "string", "format": "uuid"},
+                "eventType": {"type": "string"}, "eventTime": time,
+                "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer", "minimum": 0},
+                "lastAttempt": maybe_time, "lastStatus": {"type": ["integer", "null"]},
+                "lastError": {"type": ["string", "null"]}, "nextAttempt": maybe_time,
+            },
+        },
+        "WebhookDeliveries": {"type": "array", "items": _schema("WebhookDelivery")},
+        "WebhookPing": {
+            "type": "object", "additionalProperties": False, "required": ["eventId", "type"],
+            "properties": {"eventId": {"type": "string", "format": "uuid"}, "type": {"const": "webhook.ping"}},
+        },
+    }
+
+
+def _webhook_bodies() -> dict[str, Json]:
+    members = {
+        "url": {"type": "string", "description": "http(s); a public address unless DICOMWEB_WEBHOOKS_ALLOWED_HOSTS "
+                                                 "allows it; no credentials"},
+        "events": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(EVENT_TYPES)}},
+        "secret": {"type": "string", "pattern": "^whsec_[A-Za-z0-9+/=]+$",
+                   "description": "Standard Webhooks secret (a 24 to 64 byte key); the server makes one if absent"},
+        "description": {"type": ["string", "null"], "maxLength": 1024},
+        "partition": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]{1,64}$",
+                      "description": "only this data partition's events (default: every partition)"},
+        "active": {"type": "boolean"},
+    }
+    return {
+        "webhooks.create": {"required": True, "description": "A webhook subscription (docs/events.md)",
+                            "content": {JSON: {"schema": {"type": "object", "required": ["url", "events"],
+                                                          "additionalProperties": False, "properties": members}}}},
+        "webhooks.update": {"required": True, "description": "The members to change",
+                            "content": {JSON: {"schema": {"type": "object", "additionalProperties": False,
+                                                          "properties": members}}}},
+    }
+
+
+def _webhook_routes() -> list[Route]:
+    one = {"webhook_id": "webhook_id"}
+    missing = _error("no such webhook (or not 32 hex digits)")
+    tag = "Webhooks"
+    return [
+        Route("POST", "/webhooks", "Subscribe to events (non-standard)", tag, {
+            201: _answer("the subscription, with its secret when the server made it (shown only now)",
+                         {JSON: _schema("Webhook")}, ["Location"]),
+            400: _error("the body is malformed, an event type is unknown, the secret is not a Standard Webhooks "
+                        "secret, or the url is not http(s), carries credentials or targets a non-public address"),
+        }, body="webhooks.create", action="admin"),
+        Route("GET", "/webhooks", "The webhook subscriptions (non-standard)", tag,
+              {200: _answer("every subscription, oldest first", {JSON: _schema("Webhooks")})}, action="admin"),
+        Route("GET", "/webhooks/{webhook_id}", "One webhook subscription and its last delivery", tag,
+              {200: _answer("the subscription", {JSON: _schema("Webhook")}), 404: missing},
+              action="admin", path_parameters=one),
+        Route("PATCH", "/webhooks/{webhook_id}", "Change a webhook subscription", tag, {
+            200: _answer("the subscription as changed", {JSON: _schema("Webhook")}),
+            400: _error("the body is malformed or a member is invalid (as for POST)"), 404: missing,
+        }, body="webhooks.update", action="admin", path_parameters=one),
+        Route("DELETE", "/webhooks/{webhook_id}", "Remove a webhook subscription and its deliveries", tag,
+              {204: _answer("removed"), 404: missing}, action="admin", path_parameters=one),
+        Route("GET", "/webhooks/{webhook_id}/deliveries", "A webhook subscription's recent deliveries", tag, {
+            200: _answer("deliveries, newest first", {JSON: _schema("WebhookDeliveries")}),
+            400: _error("a malformed limit"), 404: missing,
+        }, parameters=("webhooks.limit",), action="admin", path_parameters=one),
+        Route("POST", "/webhooks/{webhook_id}/ping", "Send a webhook.ping event to one subscription", tag, {
+            202: _answer("queued: it is delivered as any event", {JSON: _schema("WebhookPing")}), 404: missing,
+        }, action="admin", path_parameters=one),
+    ]
+
+
 def _operations_routes() -> list[Route]:
     return [
         Route("GET", "/healthz", "Liveness: the process answers", "Operations",
@@ -986,7 +1087,7 @@ def _browser_routes() -> list[Route]:
 #: The DICOMweb roots, as services/__init__.py answers them without a version prefix.
 UNVERSIONED_ROOTS = (
     "studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations", "export",
-    "partitions",
+    "partitions", "webhooks",
 )
 
 
@@ -1012,6 +1113,7 @@ ROUTES: tuple[Route, ...] = (
     *_changefeed_routes(),
     *_audit_routes(),
     *_extended_query_tag_routes(),
+    *_webhook_routes(),
     *_operations_routes(),
     *_browser_routes(),
     *_unversioned_routes(),

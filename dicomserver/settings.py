@@ -120,6 +120,26 @@ class Settings:
     #: Data partitions (the reference's): every study-data route is served at
     #: /v{n}/partitions/{name}/... and only there; off: the routes without the segment.
     partitions: bool = False
+    #: Webhooks (/webhooks, docs/events.md): deliver events from a thread of each server process
+    #: (off: this process records events but another must deliver them), how often it looks for
+    #: work (seconds), a receiver's time to answer (seconds), how long a process's claim on a delivery
+    #: lasts (a killed process' deliveries are sent again after it), the attempts and the age
+    #: (seconds) after which a delivery fails, the first retry's delay (each next one 5 times
+    #: longer, at most an hour, with ±20 % jitter), how long deliveries stay visible (days), how
+    #: long a process trusts its copy of what the subscriptions want (seconds), and the hosts
+    #: (names, addresses, networks) a subscription may target although they are not public.
+    webhooks_delivery: bool = True
+    webhooks_poll_seconds: float = 1.0
+    webhooks_timeout_seconds: float = 10.0
+    webhooks_lease_seconds: float = 60.0
+    webhooks_max_attempts: int = 10
+    webhooks_max_age_seconds: float = 86400.0
+    webhooks_retry_seconds: float = 10.0
+    webhooks_retention_days: int = 7
+    webhooks_cache_seconds: float = 2.0
+    webhooks_allowed_hosts: tuple[str, ...] = ()
+    #: Seconds without a new instance after which a series or study is reported stable (webhooks).
+    stable_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -150,6 +170,11 @@ class Settings:
         if self.qido_default_limit > self.qido_max_limit:
             raise ConfigError(
                 "DICOMWEB_QIDO_DEFAULT_LIMIT must not exceed DICOMWEB_QIDO_MAX_LIMIT"
+            )
+        if self.webhooks_lease_seconds <= self.webhooks_timeout_seconds:
+            raise ConfigError(
+                "DICOMWEB_WEBHOOKS_LEASE_SECONDS must exceed DICOMWEB_WEBHOOKS_TIMEOUT_SECONDS "
+                "(a claim outlives a send)"
             )
         if self.auth_authority is not None:
             _check_authority(self.auth_authority, allow_http=self.auth_allow_http)
@@ -335,4 +360,15 @@ _VARIABLES = (
     ("update_batch", "DICOMWEB_UPDATE_BATCH", _positive_int),
     ("update_pause", "DICOMWEB_UPDATE_PAUSE", _non_negative_seconds),
     ("partitions", "DICOMWEB_PARTITIONS", _flag),
+    ("webhooks_delivery", "DICOMWEB_WEBHOOKS_DELIVERY", _flag),
+    ("webhooks_poll_seconds", "DICOMWEB_WEBHOOKS_POLL_SECONDS", _positive_seconds),
+    ("webhooks_timeout_seconds", "DICOMWEB_WEBHOOKS_TIMEOUT_SECONDS", _positive_seconds),
+    ("webhooks_lease_seconds", "DICOMWEB_WEBHOOKS_LEASE_SECONDS", _positive_seconds),
+    ("webhooks_max_attempts", "DICOMWEB_WEBHOOKS_MAX_ATTEMPTS", _positive_int),
+    ("webhooks_max_age_seconds", "DICOMWEB_WEBHOOKS_MAX_AGE_SECONDS", _positive_seconds),
+    ("webhooks_retry_seconds", "DICOMWEB_WEBHOOKS_RETRY_SECONDS", _positive_seconds),
+    ("webhooks_retention_days", "DICOMWEB_WEBHOOKS_RETENTION_DAYS", _positive_int),
+    ("webhooks_cache_seconds", "DICOMWEB_WEBHOOKS_CACHE_SECONDS", _non_negative_seconds),
+    ("webhooks_allowed_hosts", "DICOMWEB_WEBHOOKS_ALLOWED_HOSTS", _names),
+    ("stable_seconds", "DICOMWEB_STABLE_SECONDS", _positive_seconds),
 )

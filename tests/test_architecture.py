@@ -54,6 +54,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.extended_query_tags",
         "dicomserver.export",
         "dicomserver.bulk_update",
+        "dicomserver.events",  # webhook events: envelope, `record` (in the writer's transaction)
+        "dicomserver.webhooks",  # webhook subscriptions, target checks, signatures
+        "dicomserver.delivery",  # the webhook delivery thread
         "dicomserver.auth",
         "dicomserver.urls",
         "dicomserver.audit",

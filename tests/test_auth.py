@@ -39,6 +39,8 @@ def action_of(method: str, rule) -> str:
         return XQT
     if rule.rule.endswith("/export"):
         return "export"
+    if "/webhooks" in rule.rule:
+        return "admin"
     return "audit" if "/audit" in rule.rule else ACTIONS[method]
 DICOM = {"Content-Type": "application/dicom", "Accept": "application/dicom+json"}
 
@@ -79,6 +81,7 @@ def seed(client, idp: IdentityProvider) -> dict[str, str]:
         "tag_path": "7FE00010",
         "record_id": "1",
         "operation_id": "0" * 32,
+        "webhook_id": "0" * 32,
     }
 
 
@@ -169,7 +172,7 @@ def test_a_writer_stores_on_every_stow_route_and_may_not_delete(auth_client, aut
         response = call(auth_client, method, path, writer, values)
         stored = None if is_bulk_update(path) else 200
         wrong += mismatch(method, path, response, {"read": None, "write": stored, "delete": 403, "audit": 403, XQT: 403,
-                                                      "export": 403}[
+                                                      "export": 403, "admin": 403}[
             action_of(method, rule)])
     assert wrong == []
 
@@ -182,7 +185,7 @@ def test_a_deleter_deletes_on_every_delete_route_and_may_not_store(auth_client, 
         path = fill(rule, "v2", values)
         response = call(auth_client, method, path, deleter, values)
         wrong += mismatch(method, path, response, {"read": None, "write": 403, "delete": 204, "audit": 403, XQT: 403,
-                                                      "export": 403}[
+                                                      "export": 403, "admin": 403}[
             action_of(method, rule)])
     assert wrong == []
 
@@ -197,7 +200,7 @@ def test_an_admin_may_do_anything(auth_client, auth_app, identity_provider):
             response = call(auth_client, method, path, admin, values)
             stored = None if is_bulk_update(path) else 200
             wrong += mismatch(method, path, response, {"read": None, "write": stored, "delete": 204, "audit": None, XQT: None,
-                                                      "export": None}[
+                                                      "export": None, "admin": None}[
                 action_of(method, rule)])
     assert wrong == []
 
@@ -228,7 +231,7 @@ def test_health_endpoints_need_no_token(auth_client):
 def test_options_needs_no_token(auth_client, auth_app):
     for _, rule in api_routes(auth_app):
         path = fill(rule, "v2", {"study": "1.2.3", "series": "1.2.3.4", "instance": "1.2.3.4.5", "frames": "1", "tag_path": "7FE00010", "record_id": "1",
-                                  "operation_id": "0" * 32})
+                                  "operation_id": "0" * 32, "webhook_id": "0" * 32})
         response = auth_client.options(path)
         assert response.status_code not in (401, 403), path
 

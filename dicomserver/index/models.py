@@ -294,9 +294,93 @@ class ExtendedQueryTagError(BaseModel):
         indexes = ((("tag", "instance"), True),)
 
 
+class Webhook(BaseModel):
+    """A webhook subscription (/webhooks, webhooks.py): where events of some types are POSTed, signed
+    with its secret. Deleting it deletes its deliveries."""
+
+    id = pw.CharField(max_length=32, primary_key=True)  # a UUID, 32 hex digits
+    url = pw.TextField()
+    #: JSON list of event types (events.TYPES).
+    events = pw.TextField()
+    #: The Standard Webhooks secret, "whsec_<base64 key>": kept as it is, the HMAC needs it.
+    secret = pw.TextField()
+    description = pw.TextField(null=True)
+    #: Only events of this data partition (its name); NULL: every partition.
+    partition = pw.CharField(max_length=64, null=True)
+    active = pw.BooleanField(default=True)
+    created = pw.DateTimeField()
+    updated = pw.DateTimeField()
+
+
+class WebhookEvent(BaseModel):
+    """The outbox: one row per event, written in the transaction of what it reports (and only
+    while a subscription wants its type); fanned out to deliveries by the delivery thread."""
+
+    #: Assigned in commit order (writers hold the write lock): the fan-out's cursor follows it.
+    id = pw.AutoField()
+    event_id = pw.CharField(max_length=36)  # a UUID: the receivers' de-duplication key
+    type = pw.CharField(max_length=32)
+    time = pw.DateTimeField(index=True)
+    partition = pw.CharField(max_length=64)
+    #: JSON: the envelope's `data` (UIDs ...); retrieve URLs are added when it is sent.
+    data = pw.TextField()
+
+
+class WebhookDelivery(BaseModel):
+    """One event for one subscription: claimed with a lease under the write lock, POSTed, and
+    retried with back-off until a 2xx (delivered) or the attempts or age run out (failed)."""
+
+    id = pw.AutoField()
+    webhook = pw.ForeignKeyField(Webhook, on_delete="CASCADE")
+    event = pw.ForeignKeyField(WebhookEvent, on_delete="CASCADE")
+    status = pw.CharField(max_length=16)  # pending, delivered, failed
+    attempts = pw.IntegerField(default=0)
+    created = pw.DateTimeField()
+    next_attempt = pw.DateTimeField(null=True)
+    last_attempt = pw.DateTimeField(null=True)
+    #: The receiver's HTTP status of the last attempt, or why there was none (last_error).
+    last_status = pw.IntegerField(null=True)
+    last_error = pw.TextField(null=True)
+    lease_owner = pw.CharField(max_length=128, null=True)
+    lease_expires = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("webhook", "event"), True),
+            (("status", "next_attempt"), False),
+        )
+
+
+class WebhookCursor(BaseModel):
+    """Where a scan of the delivery thread resumes: `fanout` (the last WebhookEvent id fanned
+    out) and `stable` (the last change-feed sequence the stable scan has seen)."""
+
+    name = pw.CharField(max_length=16, primary_key=True)
+    position = pw.BigIntegerField()
+
+
+class WebhookStable(BaseModel):
+    """A series or study that changed since its last stable event: reported once its newest
+    change is DICOMWEB_STABLE_SECONDS old, then removed (a later STOW brings it back)."""
+
+    id = pw.AutoField()
+    level = pw.CharField(max_length=8)  # series, study
+    partition_key = pw.IntegerField()
+    study_instance_uid = pw.CharField(max_length=64)
+    #: The series UID of a series row; '' for a study row.
+    series_instance_uid = pw.CharField(max_length=64)
+    last_change = pw.DateTimeField(index=True)
+
+    class Meta:
+        indexes = ((("partition_key", "study_instance_uid", "series_instance_uid", "level"), True),)
+
+
+#: Schema 13's tables (webhooks).
+WEBHOOK_MODELS = (Webhook, WebhookEvent, WebhookDelivery, WebhookCursor, WebhookStable)
+
 MODELS = (
     Partition, Study, Series, Instance, InstanceMetadata, SeriesMetadataCache, RequestAttribute, Change, AuditEvent,
-    Operation, ExtendedQueryTag, ExtendedQueryTagValue, ExtendedQueryTagError,
+    Operation, ExtendedQueryTag, ExtendedQueryTagValue, ExtendedQueryTagError, *WEBHOOK_MODELS,
 )
 
 

@@ -30,6 +30,7 @@ from ..searchable import IndexColumns, request_attributes, series_columns, study
 from .connection import utcnow
 from .extended import index_instance_values
 from .models import Change, Instance, InstanceMetadata, RequestAttribute, Series, Study
+from .outbox import INSTANCE_DELETED, INSTANCE_STORED, Outbox
 from .query import qido_members
 from .reads import IndexReads
 
@@ -193,6 +194,8 @@ class IndexWrites(IndexReads):
     def __init__(self, database_url: str, **options: Any):
         super().__init__(database_url, **options)
         self._writer = InstanceWriter(self.db)
+        #: Webhook events, written with the change they report (index/outbox.py).
+        self.outbox = Outbox(self.db)
 
     # -- writes ------------------------------------------------------------
     @INDEX_SECONDS.labels("store_instance").time()
@@ -323,6 +326,10 @@ class IndexWrites(IndexReads):
             ),
             study_id,
         )
+        self.outbox.record(INSTANCE_STORED, rec.partition.name, {
+            "studyInstanceUid": rec.study_instance_uid, "seriesInstanceUid": rec.series_instance_uid,
+            "sopInstanceUid": rec.sop_instance_uid, "sopClassUid": rec.sop_class_uid, "replaced": found is not None,
+        })
         if found is None:
             return StoreOutcome(False, None, sequence)
         return StoreOutcome(True, found[3], sequence, found[4])
@@ -387,6 +394,10 @@ class IndexWrites(IndexReads):
                 ]
             ).execute()
             self._remove_instances([(i.id, i.study_id, i.series_id) for i in instances])
+            self.outbox.record_many(INSTANCE_DELETED, partition.name, (
+                {"studyInstanceUid": study_uid, "seriesInstanceUid": i.series_instance_uid,
+                 "sopInstanceUid": i.sop_instance_uid} for i in instances
+            ))
         return [i.blob_key for i in instances] + originals
 
     def _original_keys(self, ids: list[int]) -> list[str]:

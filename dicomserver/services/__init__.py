@@ -3,7 +3,7 @@
 Each service is one blueprint registered with the prefix `/<any(v1, v2):api_version>`;
 the study-data services (PARTITIONED) a second time under
 `/<version>/partitions/<partition_name>` (data partitions, as the reference: the change
-feed, extended query tags, operations, `/partitions` and our admin routes are not
+feed, extended query tags, operations, `/partitions`, `/webhooks` and our admin routes are not
 partitioned). The version and partition name are moved into `g` before views run. Before
 a view runs, the caller must hold the data action it declared (`web.requires`); then the
 partition is resolved (400s as the reference's) and put in `g` for `web.partition()`.
@@ -38,7 +38,7 @@ from .web import (
 
 _DICOMWEB_ROOTS = (
     "studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations", "export",
-    "partitions",
+    "partitions", "webhooks",
 )
 #: The blueprints of study data: also mounted under a partition, and only there when partitions are on.
 PARTITIONED = ("stow", "wado", "bulkdata", "qido", "delete", "rendered", "export", "bulk_update")
@@ -66,13 +66,14 @@ def register_services(app: Flask) -> None:
         rendered,
         stow,
         wado,
+        webhooks,
     )
 
     register_error_handlers(app)
 
     for module in (
         stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events, extended_query_tags, operations,
-        export, bulk_update, partitions,
+        export, bulk_update, partitions, webhooks,
     ):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
         if module.bp.name in PARTITIONED:
