@@ -200,9 +200,9 @@ _SETTINGS = settings(
 NOT_DELETE = SCHEMA.exclude(method="DELETE")
 DELETE_UNVERSIONED = SCHEMA.include(
     method="DELETE",
-    path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export|partitions)",
+    path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export|partitions|webhooks)",
 )
-DELETE_TAG = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/extendedquerytags/")
+DELETE_ADMIN = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/(extendedquerytags|webhooks)/")
 DELETE_INSTANCE = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/instances/\{instance\}$")
 DELETE_SERIES = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/series/\{series\}$")
 DELETE_STUDY = SCHEMA.include(
@@ -215,7 +215,7 @@ def test_every_operation_is_tested():
     def labels(schema: Any) -> list[str]:
         return [result.ok().label for result in schema.get_all_operations()]
 
-    selected = [label for part in (NOT_DELETE, DELETE_UNVERSIONED, DELETE_TAG, DELETE_INSTANCE, DELETE_SERIES,
+    selected = [label for part in (NOT_DELETE, DELETE_UNVERSIONED, DELETE_ADMIN, DELETE_INSTANCE, DELETE_SERIES,
                                    DELETE_STUDY)
                 for label in labels(part)]
     assert sorted(selected) == sorted(labels(SCHEMA))
@@ -233,9 +233,9 @@ def test_delete_unversioned(case, server):
     case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
 
 
-@DELETE_TAG.parametrize()
+@DELETE_ADMIN.parametrize()
 @_SETTINGS
-def test_delete_extended_query_tag(case, server):
+def test_delete_extended_query_tag_or_webhook(case, server):
     case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
 
 
