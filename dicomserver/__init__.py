@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .archive import open_archive
     from .audit import AuditLog, AuditStore, AuditTrail
     from .auth import Authenticator
+    from .changefeed_stream import ChangeFeedHub
     from .delivery import DeliveryRunner
     from .operations import OperationRunner
     from .request_log import configure as configure_logging
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["dicomserver"] = archive
     app.extensions["dicomserver-auth"] = authenticator
     app.extensions["dicomserver-uploads"] = threading.BoundedSemaphore(settings.max_uploads)
+    app.extensions["dicomserver-changefeed"] = ChangeFeedHub(index, settings)  # SSE streams' poller
     audit_store = AuditStore(index, settings.audit_retention_days) if settings.audit_store else None
     app.extensions["dicomserver-audit"] = AuditTrail(AuditLog(settings.audit_log), audit_store)
     register_services(app)
@@ -89,5 +91,6 @@ def close_app(app: Flask) -> None:
         runner = app.extensions.get(name)
         if runner is not None:
             runner.stop()
+    app.extensions["dicomserver-changefeed"].close()
     app.extensions["dicomserver-audit"].close()
     app.extensions["dicomserver"].index.shutdown()

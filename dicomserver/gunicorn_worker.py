@@ -31,6 +31,11 @@ local files) goes out as a single file does: the worker's wsgi.file_wrapper clai
 the connection writes the bytes with write(2) and each file range with sendfile(2), corked
 into full packets. Any other server reads it as chunks.
 
+Long-lived answers (the streaming change feed) find a threading.Event under
+settings.SERVER_STOPPING in the environ, set as the worker begins its graceful stop
+(SIGTERM): they end on it, so the worker's connections close within gunicorn's graceful
+timeout. Each such answer holds a thread while it lasts (the app bounds how many).
+
 TLS terminated by gunicorn itself is left to gthread as it is (put nginx in front:
 docs/deployment.md).
 """
@@ -43,6 +48,7 @@ import os
 import select
 import selectors
 import socket
+import threading
 import time
 import traceback
 from collections import deque
@@ -56,7 +62,7 @@ from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .segments import SegmentedFile
-from .settings import Settings
+from .settings import SERVER_STOPPING, Settings
 
 _HEAD_END = b"\r\n\r\n"
 #: A longer head is refused (431), as nginx does past 32 KiB: heads are a few hundred bytes.
@@ -491,8 +497,15 @@ class Worker(ThreadWorker):
                 "DICOMWEB_MAX_UPLOADS=%d leaves none of the %d threads for reads while uploads are slow",
                 settings.max_uploads, self.cfg.threads,
             )
+        if settings.max_uploads + settings.changefeed_max_streams >= self.cfg.threads:
+            self.log.warning(
+                "DICOMWEB_MAX_UPLOADS=%d and DICOMWEB_CHANGEFEED_MAX_STREAMS=%d together may hold all %d threads",
+                settings.max_uploads, settings.changefeed_max_streams, self.cfg.threads,
+            )
         self.head_timeout = settings.head_timeout
         self.io_timeout = settings.body_read_timeout
+        #: Set when the worker begins its graceful stop (offered to the app: SERVER_STOPPING).
+        self.stopping = threading.Event()
         #: Connections whose head is being collected, oldest deadline first.
         self.heads: deque[TConn] = deque()
         #: Closed connections draining what the client still sends: (deadline, socket, bytes left).
@@ -500,18 +513,25 @@ class Worker(ThreadWorker):
         super().init_process()
 
     def load_wsgi(self) -> None:
-        """Offer the app this worker's file wrapper on the connections whose sendfile it owns."""
+        """Offer the app this worker's stop signal, and its file wrapper on the connections whose
+        sendfile it owns."""
         super().load_wsgi()
         app = self.wsgi
-        if self._is_ssl or self.cfg.sendfile is False:
-            return
+        stopping = self.stopping
+        file_wrapper = not (self._is_ssl or self.cfg.sendfile is False)
 
-        def with_file_wrapper(environ: dict[str, Any], start_response: Any) -> Any:
-            if isinstance(environ.get("gunicorn.socket"), ClientSocket):
+        def with_worker_services(environ: dict[str, Any], start_response: Any) -> Any:
+            environ[SERVER_STOPPING] = stopping
+            if file_wrapper and isinstance(environ.get("gunicorn.socket"), ClientSocket):
                 environ["wsgi.file_wrapper"] = FileWrapper
             return app(environ, start_response)
 
-        self.wsgi = with_file_wrapper
+        self.wsgi = with_worker_services
+
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        """SIGTERM: the graceful stop begins; long-lived answers are told to end."""
+        self.stopping.set()
+        super().handle_exit(sig, frame)
 
     # -- the event loop: heads -------------------------------------------------
     def accept(self, listener: socket.socket) -> None:

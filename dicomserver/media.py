@@ -21,6 +21,8 @@ DICOM_JSON = "application/dicom+json"
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 MULTIPART_RELATED = "multipart/related"
+#: Server-Sent Events (WHATWG HTML): the streaming form of the change feed.
+EVENT_STREAM = "text/event-stream"
 
 ANY_TRANSFER_SYNTAX = "*"
 
@@ -167,6 +169,13 @@ def accepts_json(ranges: Sequence[MediaRange]) -> bool:
     return not refused(ranges, DICOM_JSON if named else JSON) and any(
         r.mimetype in (DICOM_JSON, JSON, "application/*", "*/*") for r in ranges
     )
+
+
+def prefers_event_stream(ranges: Sequence[MediaRange]) -> bool:
+    """Whether the client names text/event-stream and likes it better than JSON (an
+    EventSource sends exactly `Accept: text/event-stream`); anything else keeps JSON."""
+    stream = max((r.q for r in ranges if r.mimetype == EVENT_STREAM), default=0.0)
+    return stream > 0 and stream > max((r.q for r in ranges if r.mimetype == JSON), default=0.0)
 
 
 def require_json(ranges: Sequence[MediaRange]) -> str:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
@@ -85,6 +85,20 @@ INDEX_SECONDS = Histogram(
     ["operation"],
     buckets=_STORAGE_BUCKETS,
     registry=REGISTRY,
+)
+
+#: The streaming change feed (changefeed_stream.py): reads of new entries by the process'
+#: poller (one per interval while a stream is open, however many), and what is open now.
+CHANGEFEED_POLLS = Counter(
+    "dicomweb_changefeed_polls", "Reads of new change-feed entries by the streaming feed's pollers", registry=REGISTRY
+)
+CHANGEFEED_POLLERS = Gauge(
+    "dicomweb_changefeed_pollers", "Streaming change-feed pollers running (at most one per process)",
+    multiprocess_mode="livesum", registry=REGISTRY,
+)
+CHANGEFEED_STREAMS = Gauge(
+    "dicomweb_changefeed_streams", "Streaming change feeds (Server-Sent Events) open",
+    multiprocess_mode="livesum", registry=REGISTRY,
 )
 
 

@@ -29,7 +29,7 @@ from .export import MAX_IDENTIFIERS as MAX_EXPORT_IDENTIFIERS
 from .fhir_audit import DEFAULT_COUNT, FHIR_JSON, MAX_COUNT
 from .matching import INSTANCE, LEVEL_ORDER, SERIES, STUDY
 from .matching import SEARCHABLE as _SEARCHABLE
-from .media import DICOM, DICOM_JSON, FRAME_MEDIA_TYPES, MULTIPART_RELATED, OCTET_STREAM
+from .media import DICOM, DICOM_JSON, EVENT_STREAM, FRAME_MEDIA_TYPES, MULTIPART_RELATED, OCTET_STREAM
 from .query_tags import LEVELS as XQT_LEVELS
 from .query_tags import MAX_TAGS, SUPPORTED_VRS
 from .searchable import INTEGER_COLUMN_RANGE
@@ -316,12 +316,21 @@ def _parameters() -> dict[str, Json]:
         "changefeed.includeMetadata": _query(
             "includeMetadata", "Include each instance's current DICOM JSON", {"type": "boolean", "default": True},
         ),
-        "changefeed.v1.offset": _query("offset", "The last sequence number seen", _count(0, default=0)),
+        "changefeed.Last-Event-ID": _header(
+            "Last-Event-ID", "A stream (Accept: text/event-stream) starts after this sequence (a reconnecting "
+            "EventSource sends the last id it received); before offset or startTime",
+            {"type": "string", "pattern": "^[0-9]+$"},
+        ),
+        "changefeed.v1.offset": _query(
+            "offset", "The last sequence number seen (a stream: it starts after it; none: after the newest entry)",
+            _count(0, default=0),
+        ),
         "changefeed.v1.limit": _query("limit", "Entries per page", _count(1, PAGE_SIZES["v1"][1], PAGE_SIZES["v1"][0])),
         "changefeed.v2.offset": _query("offset", "Entries to skip", _count(0, default=0)),
         "changefeed.v2.limit": _query("limit", "Entries per page", _count(1, PAGE_SIZES["v2"][1], PAGE_SIZES["v2"][0])),
         "changefeed.v2.startTime": _query(
-            "startTime", "First instant (inclusive), ISO 8601 with a time zone",
+            "startTime", "First instant (inclusive), ISO 8601 with a time zone (a stream: from the first entry at "
+            "or after it; none: after the newest entry)",
             {"type": "string", "format": "date-time"},
         ),
         "changefeed.v2.endTime": _query(
@@ -847,16 +856,30 @@ def _delete_routes() -> list[Route]:
 
 
 def _changefeed_routes() -> list[Route]:
-    feed = _answer("one page of entries, sequence ascending", {JSON: _schema("ChangeFeed")})
-    bad = _error("a malformed parameter (or, on /v2, endTime not after startTime)")
+    page = "one page of entries, sequence ascending"
+    events = (
+        "or, to Accept: text/event-stream (preferred over application/json), Server-Sent Events: `retry:` "
+        "first, then each entry as `id: <sequence>` and `data: <the entry's JSON, as in the JSON page>` (event "
+        "type message), live entries as they are committed and `: keep-alive` comments, until the client leaves, "
+        "the server stops or DICOMWEB_CHANGEFEED_MAX_STREAM_SECONDS pass"
+    )
+    feed = _answer(f"{page}; {events}", {
+        JSON: _schema("ChangeFeed"),
+        EVENT_STREAM: {"type": "string", "description": "text/event-stream (WHATWG HTML, Server-sent events)"},
+    })
+    bad = _error("a malformed parameter (or, on /v2, endTime not after startTime); a stream: a malformed "
+                 "Last-Event-ID, or endTime (or, on /v2, offset)")
+    busy = _error("a stream, while the process serves DICOMWEB_CHANGEFEED_MAX_STREAMS streams or is stopping",
+                  ["Retry-After"])
+    stream = ("changefeed.Last-Event-ID",)
     return [
-        Route("GET", "/changefeed", "Change feed: pages by sequence (non-standard)", "Change feed",
-              {200: feed, 400: bad}, versions=("v1",),
-              parameters=("changefeed.v1.offset", "changefeed.v1.limit", "changefeed.includeMetadata")),
-        Route("GET", "/changefeed", "Change feed: pages by time window (non-standard)", "Change feed",
-              {200: feed, 400: bad}, versions=("v2",),
+        Route("GET", "/changefeed", "Change feed: pages by sequence, or a stream (non-standard)", "Change feed",
+              {200: feed, 400: bad, 503: busy}, versions=("v1",),
+              parameters=("changefeed.v1.offset", "changefeed.v1.limit", "changefeed.includeMetadata", *stream)),
+        Route("GET", "/changefeed", "Change feed: pages by time window, or a stream (non-standard)", "Change feed",
+              {200: feed, 400: bad, 503: busy}, versions=("v2",),
               parameters=("changefeed.v2.startTime", "changefeed.v2.endTime", "changefeed.v2.offset",
-                          "changefeed.v2.limit", "changefeed.includeMetadata")),
+                          "changefeed.v2.limit", "changefeed.includeMetadata", *stream)),
         Route("GET", "/changefeed/latest", "The newest change-feed entry (non-standard)", "Change feed", {
             200: _answer("the newest entry", {JSON: _schema("ChangeFeedEntry")}),
             204: _answer("the feed is empty"),

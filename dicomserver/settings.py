@@ -20,6 +20,10 @@ class ConfigError(ValueError):
 DEFAULT_BLOBSTORE_URL = "./data/blobs"
 DEFAULT_DATABASE_URL = "sqlite:///./data/index.db"
 LOG_FORMATS = ("text", "json")
+#: WSGI environ key under which the server (gunicorn_worker.py) offers a threading.Event that
+#: is set when the process begins its graceful stop: long-lived answers (the streaming change
+#: feed) end on it, so the worker can exit within gunicorn's graceful timeout.
+SERVER_STOPPING = "dicomserver.stopping"
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,15 @@ class Settings:
     webhooks_allowed_hosts: tuple[str, ...] = ()
     #: Seconds without a new instance after which a series or study is reported stable (webhooks).
     stable_seconds: float = 60.0
+    #: The streaming change feed (GET /changefeed, Accept: text/event-stream): seconds between
+    #: the process' reads of new entries (one reader per process, whatever the streams), the
+    #: most streams a process serves at once (each holds a thread; 503 beyond), seconds of
+    #: silence before a `: keep-alive` comment, and the longest a stream lasts before the
+    #: server ends it (0: no limit) and the client reconnects with Last-Event-ID.
+    changefeed_poll_seconds: float = 1.0
+    changefeed_max_streams: int = 4
+    changefeed_heartbeat_seconds: float = 15.0
+    changefeed_max_stream_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -371,4 +384,8 @@ _VARIABLES = (
     ("webhooks_cache_seconds", "DICOMWEB_WEBHOOKS_CACHE_SECONDS", _non_negative_seconds),
     ("webhooks_allowed_hosts", "DICOMWEB_WEBHOOKS_ALLOWED_HOSTS", _names),
     ("stable_seconds", "DICOMWEB_STABLE_SECONDS", _positive_seconds),
+    ("changefeed_poll_seconds", "DICOMWEB_CHANGEFEED_POLL_SECONDS", _positive_seconds),
+    ("changefeed_max_streams", "DICOMWEB_CHANGEFEED_MAX_STREAMS", _positive_int),
+    ("changefeed_heartbeat_seconds", "DICOMWEB_CHANGEFEED_HEARTBEAT_SECONDS", _positive_seconds),
+    ("changefeed_max_stream_seconds", "DICOMWEB_CHANGEFEED_MAX_STREAM_SECONDS", _non_negative_seconds),
 )

@@ -49,6 +49,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.search",
         "dicomserver.browse",
         "dicomserver.changes",
+        "dicomserver.changefeed_stream",  # the change feed as Server-Sent Events: the poller, the streams
         "dicomserver.request_json",
         "dicomserver.operations",
         "dicomserver.extended_query_tags",

@@ -172,6 +172,7 @@ def _check_every_route_declares_an_action(app: Flask) -> None:
 #: What browsers may send and read (PS3.18 clients: OHIF, dicomweb-client in a page).
 CORS_ALLOW_HEADERS = [
     "Authorization", "Accept", "Content-Type", "If-None-Match", "Range", "X-Request-ID", ORIGINAL_VERSION_HEADER,
+    "Last-Event-ID",  # a reconnecting EventSource (the streaming change feed) sends it
 ]
 CORS_EXPOSE_HEADERS = [
     "Content-Type", "Content-Location", "Location", "Warning", "Content-Range", "ETag", "X-Request-Id",
