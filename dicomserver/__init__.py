@@ -44,6 +44,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["dicomserver-uploads"] = threading.BoundedSemaphore(settings.max_uploads)
     audit_store = AuditStore(index, settings.audit_retention_days) if settings.audit_store else None
     app.extensions["dicomserver-audit"] = AuditTrail(AuditLog(settings.audit_log), audit_store)
+    from .ups_events import EventHub
+
+    app.extensions["dicomserver-ups-events"] = EventHub(
+        index, max_channels=settings.max_event_channels, poll_seconds=settings.event_poll_seconds
+    )
     register_services(app)
     if settings.operations_runner:
         # Re-indexes of extended query tags run in a thread of each server process, started by
@@ -81,5 +86,6 @@ def close_app(app: Flask) -> None:
     runner = app.extensions.get("dicomserver-operations")
     if runner is not None:
         runner.stop()
+    app.extensions["dicomserver-ups-events"].stop()
     app.extensions["dicomserver-audit"].close()
     app.extensions["dicomserver"].index.shutdown()

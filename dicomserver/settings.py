@@ -100,6 +100,12 @@ class Settings:
     operations_lease_seconds: float = 60.0
     #: Seconds between looks for operations to run, when none is running.
     operations_poll_seconds: float = 5.0
+    #: UPS event channels (WebSocket, /subscribers/{AETitle}): how many one server process holds
+    #: at most (each holds a server thread; 503 beyond), how often a process holding channels
+    #: reads new event reports from the index, and the WebSocket ping that finds dead peers.
+    max_event_channels: int = 4
+    event_poll_seconds: float = 0.5
+    event_ping_seconds: float = 25.0
     #: Instances a re-index reads and commits at a time, and the pause after each batch
     #: (seconds), which leaves the index to STOW and QIDO on a busy archive.
     reindex_batch: int = 500
@@ -335,4 +341,7 @@ _VARIABLES = (
     ("update_batch", "DICOMWEB_UPDATE_BATCH", _positive_int),
     ("update_pause", "DICOMWEB_UPDATE_PAUSE", _non_negative_seconds),
     ("partitions", "DICOMWEB_PARTITIONS", _flag),
+    ("max_event_channels", "DICOMWEB_MAX_EVENT_CHANNELS", _positive_int),
+    ("event_poll_seconds", "DICOMWEB_EVENT_POLL_SECONDS", _positive_seconds),
+    ("event_ping_seconds", "DICOMWEB_EVENT_PING_SECONDS", _positive_seconds),
 )

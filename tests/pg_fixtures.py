@@ -20,7 +20,8 @@ import pytest
 
 TABLES = (
     "extended_query_tag_error", "extended_query_tag_value", "extended_query_tag", "operation",
-    "audit_event", "change", "request_attribute", "instance", "series", "study")
+    "audit_event", "change", "request_attribute", "instance", "series", "study", "workitem", "ups_subscription",
+    "ups_event")
 
 
 def _bin(name: str) -> str | None:

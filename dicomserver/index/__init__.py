@@ -6,7 +6,7 @@ lock), `reads.py` (by UID: WADO, /metadata, the change feed, gc), `writes.py` (S
 DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail),
 `operations.py` (long-running jobs), `extended.py` (extended query tags), `export.py`
 (the instances an export copies), `update.py` (bulk update's new versions), `partitions.py` (data
-partitions) and `schema.py` (migrations).
+partitions), `workitems.py` (UPS-RS workitems, subscriptions, event reports) and `schema.py` (migrations).
 """
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from .extended import IndexExtendedQueryTags
 from .partitions import IndexPartitions, PartitionEntry
 from .reads import FeedEntry, StoredBlob, StoredInstance
 from .update import IndexUpdate, UpdatedInstance, UpdateTarget
+from .workitems import IndexWorkitems
 from .writes import DuplicateInstance, InstanceRecord, StoreOutcome
 
 
-class Index(IndexUpdate, IndexAudit, IndexExtendedQueryTags, IndexExport, IndexPartitions):
+class Index(IndexUpdate, IndexAudit, IndexExtendedQueryTags, IndexExport, IndexPartitions, IndexWorkitems):
     """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
 
     def create_schema(self) -> None:

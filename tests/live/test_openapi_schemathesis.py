@@ -199,12 +199,15 @@ _SETTINGS = settings(
 # instance, the series and the study (so each level's example deletes something real).
 NOT_DELETE = SCHEMA.exclude(method="DELETE")
 DELETE_UNVERSIONED = SCHEMA.include(
-    method="DELETE", path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export)"
+    method="DELETE",
+    path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export|partitions|workitems"
+               r"|subscribers)",
 )
+DELETE_SUBSCRIPTION = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*workitems/\{uid\}/subscribers/")
 DELETE_TAG = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/extendedquerytags/")
 DELETE_INSTANCE = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/instances/\{instance\}$")
 DELETE_SERIES = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/series/\{series\}$")
-DELETE_STUDY = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/studies/\{study\}$")
+DELETE_STUDY = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/(partitions/\{partition_name\}/)?studies/\{study\}$")
 
 
 def test_every_operation_is_tested():
@@ -212,8 +215,8 @@ def test_every_operation_is_tested():
     def labels(schema: Any) -> list[str]:
         return [result.ok().label for result in schema.get_all_operations()]
 
-    selected = [label for part in (NOT_DELETE, DELETE_UNVERSIONED, DELETE_TAG, DELETE_INSTANCE, DELETE_SERIES,
-                                   DELETE_STUDY)
+    selected = [label for part in (NOT_DELETE, DELETE_UNVERSIONED, DELETE_SUBSCRIPTION, DELETE_TAG, DELETE_INSTANCE,
+                                   DELETE_SERIES, DELETE_STUDY)
                 for label in labels(part)]
     assert sorted(selected) == sorted(labels(SCHEMA))
 
@@ -227,6 +230,12 @@ def test_operation(case, server):
 @DELETE_UNVERSIONED.parametrize()
 @_SETTINGS
 def test_delete_unversioned(case, server):
+    case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
+
+
+@DELETE_SUBSCRIPTION.parametrize()
+@_SETTINGS
+def test_delete_subscription(case, server):
     case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
 
 
