@@ -47,6 +47,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["dicomserver-changefeed"] = ChangeFeedHub(index, settings)  # SSE streams' poller
     audit_store = AuditStore(index, settings.audit_retention_days) if settings.audit_store else None
     app.extensions["dicomserver-audit"] = AuditTrail(AuditLog(settings.audit_log), audit_store)
+    from .ups_events import EventHub
+
+    app.extensions["dicomserver-ups-events"] = EventHub(
+        index, max_channels=settings.max_event_channels, poll_seconds=settings.event_poll_seconds
+    )
     register_services(app)
     if settings.operations_runner:
         # Re-indexes of extended query tags run in a thread of each server process, started by
@@ -92,5 +97,6 @@ def close_app(app: Flask) -> None:
         if runner is not None:
             runner.stop()
     app.extensions["dicomserver-changefeed"].close()
+    app.extensions["dicomserver-ups-events"].stop()
     app.extensions["dicomserver-audit"].close()
     app.extensions["dicomserver"].index.shutdown()

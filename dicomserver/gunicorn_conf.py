@@ -67,6 +67,24 @@ def post_worker_init(worker: Any) -> None:
         runner = getattr(app, "extensions", {}).get(name)
         if runner is not None:
             runner.start()
+    hub = getattr(app, "extensions", {}).get("dicomserver-ups-events")
+    if hub is not None:
+        _end_event_channels_on_stop(hub)
+
+
+def _end_event_channels_on_stop(hub: Any) -> None:
+    """A stopping worker ends its UPS event channels at once (their clients reconnect to another
+    worker): each holds a thread the worker would otherwise wait graceful_timeout for."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(signum)
+        if callable(previous):
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                hub.shut()
+                previous(sig, frame)
+
+            signal.signal(signum, handler)
 
 
 def child_exit(server: Any, worker: Any) -> None:

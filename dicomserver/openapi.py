@@ -265,6 +265,20 @@ def _parameters() -> dict[str, Json]:
             "tag_path", "The extended query tag: GGGGEEEE, or a standard tag's keyword",
             {"type": "string", "pattern": r"^([0-9A-Fa-f]{8}|[A-Za-z][A-Za-z0-9]*)$"},
         ),
+        "workitem": _path("uid", "The workitem's UID (SOPInstanceUID), or for a global subscription "
+                          "1.2.840.10008.5.1.4.34.5 (filtered: 1.2.840.10008.5.1.4.34.5.1)", _uid("a UID")),
+        "ae_title": _path("ae_title", "The subscriber's AE title (1 to 16 characters, no backslash)",
+                          {"type": "string", "minLength": 1, "maxLength": 16}),
+        "ups.filter": _query("filter", "A filtered global subscription's matching keys: attribute=value pairs, "
+                             "comma-separated (the search's keys)", {"type": "string"}),
+        "ups.deletionlock": _query("deletionlock", "true: ask for a deletion lock (recorded; workitems are never "
+                                   "deleted)", {"type": "string", "enum": ["true", "false"]}),
+        "ups.limit": _query("limit", "Workitems per page", _count(1, 200, 100)),
+        "ups.offset": _query("offset", "Workitems to skip", _count(0, default=0)),
+        "ups.includefield": _query("includefield", "Attributes to return besides the required ones, or all",
+                                   {"type": "string"}),
+        "ups.fuzzymatching": _query("fuzzymatching", "true: PatientName matches word prefixes",
+                                    {"type": "string"}),
         "operation_id": _path("operation_id", "The operation's id", {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}),
         "webhook_id": _path("webhook_id", "The webhook subscription's id",
                             {"type": "string", "pattern": "^[0-9a-f]{32}$"}),
@@ -630,6 +644,11 @@ def _request_bodies() -> dict[str, Json]:
                     "level": {"type": "string", "description": "Study, Series or Instance (any case)"},
                 },
             }}}},
+        },
+        "workitem": {
+            "required": True,
+            "description": "A JSON array holding one DICOM JSON dataset (the first item is used)",
+            "content": {DICOM_JSON: {"schema": _schema("DicomDatasets")}},
         },
         "export": {
             "required": True,
@@ -1107,10 +1126,78 @@ def _browser_routes() -> list[Route]:
     ]
 
 
+def _workitem_routes() -> list[Route]:
+    """UPS-RS (PS3.18 §11) and its subscriptions; the event channel is a WebSocket."""
+    uid = {"uid": "workitem"}
+    bad = "a malformed UID or body, or a rule of PS3.4 Table CC.2.5-3 broken (the message says which)"
+    warned = ["Warning"]
+    tag = "Worklist (UPS-RS)"
+    none = _error("no such workitem")
+    answer = _answer("done; a warning, if any, in the body and the Warning header", {TEXT: _schema("Message")}, warned)
+    return [
+        *_partitioned([
+            Route("POST", "/workitems", "Create a workitem (UID as the first query parameter's name, or in the "
+                  "dataset)", tag, {
+                      201: _answer("created", headers=["Location"]),
+                      400: _error(bad), 409: _error("a workitem with that UID exists"),
+                      415: _error("the body is not application/dicom+json"),
+                  }, body="workitem", action="write"),
+            Route("GET", "/workitems", "Search for workitems", tag, {
+                200: _answer("the matches", DICOM_JSON_ARRAY), 204: _answer("no match"),
+                400: _error("an unknown or malformed matching key, limit or offset"),
+                406: _error(NOT_ACCEPTABLE),
+            }, parameters=("ups.limit", "ups.offset", "ups.includefield", "ups.fuzzymatching")),
+            Route("GET", "/workitems/{uid}", "Retrieve a workitem (without its TransactionUID)", tag, {
+                200: _answer("the workitem (one DICOM JSON object, as the reference answers)",
+                             {DICOM_JSON: _schema("DicomDataset")}), 400: _error(bad), 404: none,
+                406: _error(NOT_ACCEPTABLE),
+            }, path_parameters=uid),
+            Route("POST", "/workitems/{uid}", "Update a workitem (TransactionUID as the first query parameter's name "
+                  "once IN PROGRESS)", tag, {
+                      200: answer, 400: _error(bad + "; a wrong TransactionUID or a final state", warned),
+                      404: _error("no such workitem", warned),
+                      409: _error("the workitem changed meanwhile", warned),
+                      415: _error("the body is not application/dicom+json", warned),
+                  }, body="workitem", action="write", path_parameters=uid),
+            Route("PUT", "/workitems/{uid}/state", "Change a workitem's state (claim, complete, cancel)", tag, {
+                200: answer, 400: _error(bad + "; a transition PS3.4 does not allow", warned),
+                404: _error("no such workitem", warned), 409: _error("the workitem changed meanwhile", warned),
+                415: _error("the body is not application/dicom+json", warned),
+            }, body="workitem", action="write", path_parameters=uid),
+            Route("POST", "/workitems/{uid}/cancelrequest", "Request a workitem's cancellation", tag, {
+                202: _answer("a SCHEDULED workitem is canceled; an IN PROGRESS one's performer is told",
+                             {TEXT: _schema("Message")}),
+                400: _error(bad), 404: _error("no such workitem"),
+                409: _error("the workitem is COMPLETED or CANCELED already", warned),
+                415: _error("the body is not application/dicom+json"),
+            }, body="workitem", action="write", path_parameters=uid),
+            Route("POST", "/workitems/{uid}/subscribers/{ae_title}", "Subscribe an AE title to a workitem's events, "
+                  "or globally", tag, {
+                      201: _answer("subscribed", {TEXT: _schema("Message")}),
+                      400: _error("a malformed UID, AE title or filter"), 404: none,
+                  }, action="write", path_parameters=uid, parameters=("ups.filter", "ups.deletionlock")),
+            Route("DELETE", "/workitems/{uid}/subscribers/{ae_title}", "Unsubscribe an AE title (a global UID: from "
+                  "everything)", tag, {
+                      200: _answer("unsubscribed", {TEXT: _schema("Message")}),
+                      400: _error("a malformed UID or AE title"), 404: none,
+                  }, action="write", path_parameters=uid),
+            Route("POST", "/workitems/{uid}/subscribers/{ae_title}/suspend", "Suspend a global subscription", tag, {
+                200: _answer("suspended: workitems subscribed so far stay", {TEXT: _schema("Message")}),
+                400: _error("not a global subscription UID, or a malformed AE title"),
+            }, action="write", path_parameters=uid),
+        ]),
+        Route("GET", "/subscribers/{ae_title}", "Open the AE title's event channel (a WebSocket upgrade)", tag, {
+            101: _answer("switching to the WebSocket protocol: event reports follow as DICOM JSON text messages"),
+            400: _error("not a WebSocket upgrade, or a malformed AE title"),
+            503: _error("this server process holds DICOMWEB_MAX_EVENT_CHANNELS channels already", ["Retry-After"]),
+        }),
+    ]
+
+
 #: The DICOMweb roots, as services/__init__.py answers them without a version prefix.
 UNVERSIONED_ROOTS = (
     "studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations", "export",
-    "partitions", "webhooks",
+    "partitions", "webhooks", "workitems", "subscribers",
 )
 
 
@@ -1137,6 +1224,7 @@ ROUTES: tuple[Route, ...] = (
     *_audit_routes(),
     *_extended_query_tag_routes(),
     *_webhook_routes(),
+    *_workitem_routes(),
     *_operations_routes(),
     *_browser_routes(),
     *_unversioned_routes(),

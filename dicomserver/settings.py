@@ -104,6 +104,12 @@ class Settings:
     operations_lease_seconds: float = 60.0
     #: Seconds between looks for operations to run, when none is running.
     operations_poll_seconds: float = 5.0
+    #: UPS event channels (WebSocket, /subscribers/{AETitle}): how many one server process holds
+    #: at most (each holds a server thread; 503 beyond), how often a process holding channels
+    #: reads new event reports from the index, and the WebSocket ping that finds dead peers.
+    max_event_channels: int = 4
+    event_poll_seconds: float = 0.5
+    event_ping_seconds: float = 25.0
     #: Instances a re-index reads and commits at a time, and the pause after each batch
     #: (seconds), which leaves the index to STOW and QIDO on a busy archive.
     reindex_batch: int = 500
@@ -388,4 +394,7 @@ _VARIABLES = (
     ("changefeed_max_streams", "DICOMWEB_CHANGEFEED_MAX_STREAMS", _positive_int),
     ("changefeed_heartbeat_seconds", "DICOMWEB_CHANGEFEED_HEARTBEAT_SECONDS", _positive_seconds),
     ("changefeed_max_stream_seconds", "DICOMWEB_CHANGEFEED_MAX_STREAM_SECONDS", _non_negative_seconds),
+    ("max_event_channels", "DICOMWEB_MAX_EVENT_CHANNELS", _positive_int),
+    ("event_poll_seconds", "DICOMWEB_EVENT_POLL_SECONDS", _positive_seconds),
+    ("event_ping_seconds", "DICOMWEB_EVENT_PING_SECONDS", _positive_seconds),
 )

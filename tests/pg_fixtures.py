@@ -21,7 +21,8 @@ import pytest
 TABLES = (
     "extended_query_tag_error", "extended_query_tag_value", "extended_query_tag", "operation",
     "audit_event", "change", "request_attribute", "instance", "series", "study",
-    "webhook_delivery", "webhook_event", "webhook_cursor", "webhook_stable", "webhook")
+    "webhook_delivery", "webhook_event", "webhook_cursor", "webhook_stable", "webhook", "workitem", "ups_subscription",
+    "ups_event")
 
 
 def _bin(name: str) -> str | None:

@@ -65,6 +65,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.openapi",
         "dicomserver.importer",
         "dicomserver.verify",
+        "dicomserver.workitems",  # UPS-RS: the state machine, search, subscriptions, state_changed
+        "dicomserver.ups_events",  # UPS event channels: the per-process poller of event reports
     ),
     "views": (
         "dicomserver.services",

@@ -1,6 +1,7 @@
 """Schema creation and migration of the index (a database from an older release opens)."""
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -289,3 +290,22 @@ SCHEMA_11_STATEMENTS = (
     'ALTER TABLE "audit_event" DROP COLUMN "partition"',
     "UPDATE schema_info SET version = 11",
 )
+
+
+def test_version_13_database_gets_the_worklist_tables(tmp_path):
+    """Schema 14 (UPS-RS): workitems, their subscriptions and event reports, all empty."""
+    from test_workitems import HEADERS, UID, workitem
+
+    close_app(_app(tmp_path))
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        for table in ("workitem", "ups_subscription", "ups_event"):
+            db.execute(f"DROP TABLE {table}")
+        db.execute("UPDATE schema_info SET version = 13")
+    migrated = _app(tmp_path)
+    client = migrated.test_client()
+    assert client.post("/v2/workitems", data=json.dumps([workitem()]), headers=HEADERS).status_code == 201
+    assert client.post(f"/v2/workitems/{UID}/subscribers/WATCHER").status_code == 201
+    close_app(migrated)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+        assert db.execute("SELECT count(*) FROM ups_event").fetchone()[0] == 1

@@ -6,8 +6,8 @@ lock), `reads.py` (by UID: WADO, /metadata, the change feed, gc), `writes.py` (S
 DELETE and the counters they keep), `query.py` (QIDO), `audit.py` (the audit trail),
 `operations.py` (long-running jobs), `extended.py` (extended query tags), `export.py`
 (the instances an export copies), `update.py` (bulk update's new versions), `partitions.py` (data
-partitions), `outbox.py` and `webhooks.py` (webhook events and their deliveries), and `schema.py`
-(migrations).
+partitions), `outbox.py` and `webhooks.py` (webhook events and their deliveries), `workitems.py`
+(UPS-RS workitems, subscriptions, event reports) and `schema.py` (migrations).
 """
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ from .partitions import IndexPartitions, PartitionEntry
 from .reads import FeedEntry, StoredBlob, StoredInstance
 from .update import IndexUpdate, UpdatedInstance, UpdateTarget
 from .webhooks import IndexWebhooks
+from .workitems import IndexWorkitems
 from .writes import DuplicateInstance, InstanceRecord, StoreOutcome
 
 
-class Index(IndexWebhooks, IndexUpdate, IndexAudit, IndexExtendedQueryTags, IndexExport, IndexPartitions):
+class Index(
+    IndexWebhooks, IndexUpdate, IndexAudit, IndexExtendedQueryTags, IndexExport, IndexPartitions, IndexWorkitems
+):
     """The index over one database: SQLite (default) or PostgreSQL (pooled)."""
 
     def create_schema(self) -> None:

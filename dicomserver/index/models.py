@@ -378,9 +378,76 @@ class WebhookStable(BaseModel):
 #: Schema 13's tables (webhooks).
 WEBHOOK_MODELS = (Webhook, WebhookEvent, WebhookDelivery, WebhookCursor, WebhookStable)
 
+
+class Workitem(BaseModel):
+    """A UPS-RS workitem (workitems.py): its DICOM JSON and the columns its search matches on.
+
+    `version` grows with every write: an update names the version it read, and a write that
+    finds another one answers 409 (optimistic concurrency, as the reference's watermark).
+    """
+
+    id = pw.AutoField()
+    partition_key = pw.IntegerField(default=1)
+    sop_instance_uid = pw.CharField(max_length=64)
+    procedure_step_state = pw.CharField(max_length=16)
+    transaction_uid = pw.CharField(max_length=64, null=True)
+    version = pw.IntegerField(default=1)
+    #: Upper-cased for wildcard matching; `patient_name_words` for fuzzymatching (" WORD WORD ").
+    patient_name = pw.CharField(max_length=324, null=True)
+    patient_name_words = pw.CharField(max_length=330, null=True)
+    patient_id = pw.CharField(max_length=64, null=True)
+    accession_number = pw.CharField(max_length=16, null=True)
+    requested_procedure_id = pw.CharField(max_length=16, null=True)
+    #: ScheduledProcedureStepStartDateTime as YYYYMMDDHHMMSS (range matching compares text).
+    scheduled_start = pw.CharField(max_length=14, null=True)
+    station_name_code = pw.CharField(max_length=64, null=True)
+    station_class_code = pw.CharField(max_length=64, null=True)
+    station_location_code = pw.CharField(max_length=64, null=True)
+    workitem_code = pw.CharField(max_length=64, null=True)
+    study_instance_uid = pw.CharField(max_length=64, null=True)
+    dataset = pw.TextField()
+    created = pw.DateTimeField()
+    updated = pw.DateTimeField()
+
+    class Meta:
+        indexes = ((("sop_instance_uid", "partition_key"), True),)
+
+
+class UpsSubscription(BaseModel):
+    """An AE title's subscription to UPS events (PS3.4 CC.2.3): to one workitem (`workitem_uid`),
+    or global (`workitem_uid` NULL, `filter_json` the search parameters of a filtered one).
+    A global subscription also subscribes the AE to each workitem it matches as that is created."""
+
+    id = pw.AutoField()
+    partition_key = pw.IntegerField(default=1)
+    ae_title = pw.CharField(max_length=16)
+    workitem_uid = pw.CharField(max_length=64, null=True)
+    #: A filtered global subscription's matching keys, {attribute: value} as JSON.
+    filter_json = pw.TextField(null=True)
+    deletion_lock = pw.BooleanField(default=False)
+    created = pw.DateTimeField()
+
+    class Meta:
+        indexes = ((("workitem_uid", "partition_key", "ae_title"), False), (("ae_title",), False))
+
+
+class UpsEvent(BaseModel):
+    """An event report for one AE title, written in the transaction of the change it reports;
+    every process holding event channels tails the table by sequence (ups_events.py)."""
+
+    #: Assigned as MAX + 1 under the write lock: increasing in commit order.
+    sequence = pw.BigIntegerField(primary_key=True)
+    created = pw.DateTimeField()
+    ae_title = pw.CharField(max_length=16)
+    payload = pw.TextField()
+
+
+#: Schema 14's tables (UPS-RS).
+UPS_MODELS = (Workitem, UpsSubscription, UpsEvent)
+
 MODELS = (
     Partition, Study, Series, Instance, InstanceMetadata, SeriesMetadataCache, RequestAttribute, Change, AuditEvent,
-    Operation, ExtendedQueryTag, ExtendedQueryTagValue, ExtendedQueryTagError, *WEBHOOK_MODELS,
+    Operation, ExtendedQueryTag, ExtendedQueryTagValue, ExtendedQueryTagError, *WEBHOOK_MODELS, *UPS_MODELS,
 )
 
 

@@ -18,6 +18,7 @@ from ..partitions import DEFAULT_KEY, DEFAULT_NAME
 from .connection import utcnow
 from .models import (
     MODELS,
+    UPS_MODELS,
     WEBHOOK_MODELS,
     AuditEvent,
     Change,
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 #: What the stored `instance_metadata.qido` members were built from (query.QIDO_TAGS).
 #: A change of QIDO_TAGS needs a migration that sets `qido` to NULL (the backfill then
 #: rebuilds it) and a new fingerprint here; tests/test_schema.py compares the two.
@@ -205,12 +206,18 @@ def _v12_to_v13(index: Index) -> bool:
     return False
 
 
+def _v13_to_v14(index: Index) -> bool:
+    """UPS-RS: workitems, their subscriptions and the event reports for open channels; all start empty."""
+    index.db.create_tables(list(UPS_MODELS))
+    return False
+
+
 #: MIGRATIONS[v] takes a database at version v to v + 1; True asks for derived columns
 #: to be recomputed once the schema is current (the code that does it expects that).
 MIGRATIONS: dict[int, Callable[[Index], bool]] = {
     1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8,
     8: _v8_to_v9, 9: _v9_to_v10, 10: _v10_to_v11, 11: _v11_to_v12,
-    12: _v12_to_v13,
+    12: _v12_to_v13, 13: _v13_to_v14,
 }
 
 

@@ -38,12 +38,13 @@ from .web import (
 
 _DICOMWEB_ROOTS = (
     "studies", "series", "instances", "changefeed", "audit", "extendedquerytags", "operations", "export",
-    "partitions", "webhooks",
+    "partitions", "webhooks", "workitems", "subscribers",
 )
 #: The blueprints of study data: also mounted under a partition, and only there when partitions are on.
-PARTITIONED = ("stow", "wado", "bulkdata", "qido", "delete", "rendered", "export", "bulk_update")
-#: Where a request may create the partition its path names (STOW, as the reference).
+PARTITIONED = ("stow", "wado", "bulkdata", "qido", "delete", "rendered", "export", "bulk_update", "workitems")
+#: Where a request may create the partition its path names (STOW and workitem creation, as the reference).
 _CREATES_PARTITION = "stow"
+_CREATES_PARTITION_ENDPOINT = "create_workitem"
 
 
 def register_services(app: Flask) -> None:
@@ -67,17 +68,19 @@ def register_services(app: Flask) -> None:
         stow,
         wado,
         webhooks,
+        workitems,
     )
 
     register_error_handlers(app)
 
     for module in (
         stow, wado, bulkdata, qido, delete, changefeed, rendered, audit_events, extended_query_tags, operations,
-        export, bulk_update, partitions, webhooks,
+        export, bulk_update, partitions, webhooks, workitems,
     ):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)
         if module.bp.name in PARTITIONED:
             app.register_blueprint(module.bp, url_prefix=PARTITION_PREFIX, name=partitioned_name(module.bp.name))
+    app.register_blueprint(workitems.events_bp, url_prefix=API_PREFIX)
     app.register_blueprint(ops.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
@@ -124,6 +127,7 @@ def register_services(app: Flask) -> None:
             if creates is not None:
                 if name is None:
                     raise MissingPartition()
+                creates = creates or (req.endpoint or "").endswith("." + _CREATES_PARTITION_ENDPOINT)
                 ctx.partition = archive().partition(name, create=creates)
 
     @app.after_request

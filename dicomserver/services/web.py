@@ -10,11 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import simple_websocket
 from flask import Flask, Request, Response, current_app, g, request
 from gunicorn.http.errors import (
     ChunkMissingTerminator,
@@ -35,6 +38,7 @@ from ..request_log import REASON_LIMIT, RequestLogEntry
 from ..retrieve import CHUNK, Body
 from ..segments import SegmentedFile
 from ..uids import is_valid_uid
+from ..ups_events import EventHub, reader_thread
 from ..urls import client_address, request_root
 from .observe import ENTRY
 
@@ -291,6 +295,57 @@ def accel_redirect(body: Body, location: str) -> Response:
     response.headers["X-Accel-Redirect"] = location
     response.headers.extend(body.headers)
     return response
+
+
+def event_hub() -> EventHub:
+    """This process' UPS event channels (ups_events.py)."""
+    hub: EventHub = current_app.extensions["dicomserver-ups-events"]
+    return hub
+
+
+def take_over_socket() -> simple_websocket.Server:
+    """Answer the request's WebSocket upgrade (101) and keep its connection as a WebSocket.
+
+    A channel idles for hours: its socket leaves the worker's timeout mode (whose sends may
+    send part of a frame, which the WebSocket library would not finish) for blocking mode with
+    only a send deadline (SO_SNDTIMEO, DICOMWEB_BODY_READ_TIMEOUT: a client that stops reading is
+    dropped, as for any answer). Reads need none: the library reads only once the socket is
+    readable, and its pings find a peer that is gone.
+    """
+    environ = request.environ
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    if sock is None:
+        raise BadRequest("this server cannot take over the connection for a WebSocket")
+    sock.settimeout(None)
+    deadline = archive().settings.body_read_timeout
+    seconds = int(deadline)
+    sock.setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, int((deadline - seconds) * 1_000_000))
+    )
+    try:
+        return simple_websocket.Server(
+            environ, ping_interval=archive().settings.event_ping_seconds, thread_class=reader_thread
+        )
+    except simple_websocket.ConnectionError:
+        raise BadRequest("the WebSocket handshake failed (Sec-WebSocket-Key and Sec-WebSocket-Version: 13?)") from None
+
+
+class _Hijacked(Response):
+    """What a view returns once it has served the connection as a WebSocket: nothing more may
+    be written to it, so the server is told to drop it (gunicorn: StopIteration, which it
+    takes as "close the connection"; werkzeug: ConnectionError), as flask-sock does."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        entry = environ.get(ENTRY)
+        if entry is not None:
+            entry.status = 101
+        if "gunicorn.socket" in environ:
+            raise StopIteration()
+        raise ConnectionError("the WebSocket has ended")
+
+
+def hijacked() -> Response:
+    return _Hijacked(status=101)
 
 
 def text_response(status: int, message: str) -> Response:

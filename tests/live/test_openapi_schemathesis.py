@@ -200,8 +200,10 @@ _SETTINGS = settings(
 NOT_DELETE = SCHEMA.exclude(method="DELETE")
 DELETE_UNVERSIONED = SCHEMA.include(
     method="DELETE",
-    path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export|partitions|webhooks)",
+    path_regex=r"^/(studies|series|instances|changefeed|audit|extendedquerytags|operations|export|partitions|webhooks"
+               r"|workitems|subscribers)",
 )
+DELETE_SUBSCRIPTION = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*workitems/\{uid\}/subscribers/")
 DELETE_ADMIN = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/(extendedquerytags|webhooks)/")
 DELETE_INSTANCE = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/instances/\{instance\}$")
 DELETE_SERIES = SCHEMA.include(method="DELETE", path_regex=r"^/v[12]/.*/series/\{series\}$")
@@ -215,8 +217,8 @@ def test_every_operation_is_tested():
     def labels(schema: Any) -> list[str]:
         return [result.ok().label for result in schema.get_all_operations()]
 
-    selected = [label for part in (NOT_DELETE, DELETE_UNVERSIONED, DELETE_ADMIN, DELETE_INSTANCE, DELETE_SERIES,
-                                   DELETE_STUDY)
+    selected = [label for part in (NOT_DELETE, DELETE_UNVERSIONED, DELETE_SUBSCRIPTION, DELETE_ADMIN, DELETE_INSTANCE,
+                                   DELETE_SERIES, DELETE_STUDY)
                 for label in labels(part)]
     assert sorted(selected) == sorted(labels(SCHEMA))
 
@@ -230,6 +232,12 @@ def test_operation(case, server):
 @DELETE_UNVERSIONED.parametrize()
 @_SETTINGS
 def test_delete_unversioned(case, server):
+    case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
+
+
+@DELETE_SUBSCRIPTION.parametrize()
+@_SETTINGS
+def test_delete_subscription(case, server):
     case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
 
 
