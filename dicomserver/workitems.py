@@ -23,6 +23,8 @@ from typing import Any
 
 from .dicomjson import name_key, name_words, string_value
 from .errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
+from .events import WORKITEM_STATE
+from .events import record as record_event
 from .index.workitems import DuplicateWorkitem, StoredWorkitem, WorkitemFilter
 from .matching import parse_count
 from .media import DICOM_JSON, parse_media_type
@@ -475,10 +477,16 @@ def state_changed(
 ) -> None:
     """The one place a workitem's change is reported, inside its write transaction: an event
     report per subscribed AE title for each event (UPS State Report on creation and every
-    state change, UPS Cancel Requested). `previous` is None on creation."""
+    state change, UPS Cancel Requested), and a `workitem.state` webhook event when its state is
+    new (creation included: `previousState` null). `previous` is None on creation."""
     subscribers = index.subscribers(partition.key, uid)
     for _event_type, payload in events:
         index.add_events(subscribers, json.dumps(payload))
+    state = string_value(dataset, PROCEDURE_STEP_STATE)
+    if state != previous:
+        record_event(index, WORKITEM_STATE, {
+            "workitemInstanceUid": uid, "procedureStepState": state, "previousState": previous,
+        }, partition)
 
 
 # -- event reports --------------------------------------------------------------------------------

@@ -458,3 +458,21 @@ def test_changing_a_stable_subscription_keeps_what_waits_to_be_reported(client, 
     assert changed.status_code == 200
     assert index.scan_stable(dt.timedelta(0)) == 1
     assert [data["studyInstanceUid"] for _, _, data in outbox(index)] == [ds.StudyInstanceUID]
+
+
+def test_workitem_state_changes_are_events(client, index):
+    """Every state a UPS-RS workitem takes (creation included) is a `workitem.state` event, written
+    in the worklist's transaction; a cancel request that changes no state is not."""
+    from test_workitems import HEADERS, TXN, UID, state, workitem
+
+    subscribe(client, events=["workitem.state"])
+    assert client.post("/v2/workitems", data=json.dumps([workitem()]), headers=HEADERS).status_code == 201
+    assert state(client, UID, "IN PROGRESS", TXN).status_code == 200
+    cancel = client.post(f"/v2/workitems/{UID}/cancelrequest", data=json.dumps([{}]), headers=HEADERS)
+    assert cancel.status_code == 202  # to the performer as a UPS event; its state stays IN PROGRESS
+    assert [(kind, partition, data) for kind, partition, data in outbox(index)] == [
+        ("workitem.state", "Microsoft.Default",
+         {"workitemInstanceUid": UID, "procedureStepState": "SCHEDULED", "previousState": None}),
+        ("workitem.state", "Microsoft.Default",
+         {"workitemInstanceUid": UID, "procedureStepState": "IN PROGRESS", "previousState": "SCHEDULED"}),
+    ]
