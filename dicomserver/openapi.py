@@ -609,6 +609,8 @@ def _headers() -> dict[str, Json]:
         "Vary": header("The request headers the answer was negotiated on: Accept, Accept-Encoding"),
         "Content-Encoding": header("gzip, when Accept-Encoding allowed it", {"const": "gzip"}),
         "Location": header("The operation's absolute URL", {"type": "string", "format": "uri"}, required=True),
+        "Content-Location": header("The subscriber's event channel: the ws:// or wss:// URL of its WebSocket",
+                                   {"type": "string", "format": "uri"}, required=True),
         "erroneous-dicom-attributes": header(
             "Extended query tags the search matched on whose re-index could not index every instance "
             "(they were re-enabled after it), comma-separated"
@@ -1173,7 +1175,8 @@ def _workitem_routes() -> list[Route]:
             }, body="workitem", action="write", path_parameters=uid),
             Route("POST", "/workitems/{uid}/subscribers/{ae_title}", "Subscribe an AE title to a workitem's events, "
                   "or globally", tag, {
-                      201: _answer("subscribed", {TEXT: _schema("Message")}),
+                      201: _answer("subscribed; Content-Location names the event channel", {TEXT: _schema("Message")},
+                                   ["Content-Location"]),
                       400: _error("a malformed UID, AE title or filter"), 404: none,
                   }, action="write", path_parameters=uid, parameters=("ups.filter", "ups.deletionlock")),
             Route("DELETE", "/workitems/{uid}/subscribers/{ae_title}", "Unsubscribe an AE title (a global UID: from "

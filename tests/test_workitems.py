@@ -377,6 +377,7 @@ def test_subscribe_to_one_workitem(client, index):
     create(client, workitem())
     subscribed = client.post(f"/v2/workitems/{UID}/subscribers/WATCHER")
     assert subscribed.status_code == 201, subscribed.text
+    assert subscribed.headers["Content-Location"] == "ws://localhost/v2/subscribers/WATCHER"  # the event channel
     assert client.post(f"/v2/workitems/{MISSING}/subscribers/WATCHER").status_code == 404
     assert client.post(f"/v2/workitems/{UID}/subscribers/{'X' * 17}").status_code == 400
     assert client.post(f"/v2/workitems/{UID}/subscribers/A%5CB").status_code == 400

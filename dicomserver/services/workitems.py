@@ -18,7 +18,18 @@ from .. import ups_events, workitems
 from ..errors import BadRequest, DicomWebError
 from ..media import DICOM_JSON, parse_accept, require_json
 from ..uids import require_uid
-from .web import archive, base_url, event_hub, hijacked, partition, request_body, requires, take_over_socket, warning
+from .web import (
+    api_root,
+    archive,
+    base_url,
+    event_hub,
+    hijacked,
+    partition,
+    request_body,
+    requires,
+    take_over_socket,
+    warning,
+)
 
 bp = Blueprint("workitems", __name__)
 events_bp = Blueprint("ups_events", __name__)
@@ -124,7 +135,10 @@ def subscribe(uid: str, ae_title: str) -> Response:
     """201; 400 (AE title, filter), 404 (no such workitem)."""
     args = list(request.args.items(multi=True))
     uid = require_uid(uid, "workitem UID")
-    return _answer(workitems.subscribe(archive().index, partition(), uid, ae_title, args))
+    response = _answer(workitems.subscribe(archive().index, partition(), uid, ae_title, args))
+    if response.status_code == 201:  # where to open the event channel (PS3.18 §11.11: Content-Location)
+        response.headers["Content-Location"] = _event_channel_url(ae_title)
+    return response
 
 
 @bp.delete("/workitems/<uid>/subscribers/<ae_title>")
@@ -139,6 +153,12 @@ def unsubscribe(uid: str, ae_title: str) -> Response:
 def suspend_subscription(uid: str, ae_title: str) -> Response:
     uid = require_uid(uid, "workitem UID")
     return _answer(workitems.suspend(archive().index, partition(), uid, ae_title))
+
+
+def _event_channel_url(ae_title: str) -> str:
+    """ws[s]:// URL of the AE's event channel (not partitioned: it carries every partition's reports)."""
+    root = api_root()
+    return ("wss" + root[5:] if root.startswith("https") else "ws" + root[4:]) + f"/subscribers/{ae_title}"
 
 
 @events_bp.get("/subscribers/<ae_title>", websocket=True)  # werkzeug matches upgrades only to websocket rules
