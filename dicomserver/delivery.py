@@ -12,20 +12,17 @@ outbox's cached view of them).
 """
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import logging
-import os
 import random
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import peewee as pw
 import requests
 
+from .background import IndexThread
 from .events import SERIES_STABLE, STUDY_STABLE, envelope
 from .index import Index
 from .index.connection import utcnow
@@ -131,31 +128,10 @@ class Deliverer:
         self._session.close()
 
 
-class DeliveryRunner:
+class DeliveryRunner(IndexThread):
     """The thread of a server process that delivers webhooks (started with the operations runner)."""
 
-    def __init__(self, index: Index, settings: Settings):
-        self.index = index
-        self.settings = settings
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def start(self) -> None:
-        """Start the thread in this process (again after a fork: the parent's thread is not here)."""
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            return
-        self._stop = threading.Event()
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
-        self._thread.start()
-        _RUNNERS.add(self)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
-            thread.join(timeout=timeout)
+    name = "webhooks"
 
     def _run(self) -> None:
         deliverer = Deliverer(self.index, self.settings)
@@ -177,20 +153,3 @@ class DeliveryRunner:
                 self._stop.wait(self.settings.webhooks_poll_seconds)
         finally:
             deliverer.close()
-
-    def _close(self) -> None:
-        try:
-            if not self.index.db.is_closed():
-                self.index.db.close()
-        except Exception:
-            log.debug("webhooks: closing the thread's connection failed", exc_info=True)
-
-
-_RUNNERS: weakref.WeakSet[DeliveryRunner] = weakref.WeakSet()
-
-
-@atexit.register
-def stop_runners() -> None:
-    """Stop every delivery thread of this process (at exit; tests, between apps)."""
-    for runner in list(_RUNNERS):
-        runner.stop()

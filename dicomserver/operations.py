@@ -11,7 +11,6 @@ index.operations.MAX_ATTEMPTS claims); one that loses its lease stops without a 
 """
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import logging
 import os
@@ -19,12 +18,12 @@ import re
 import socket
 import threading
 import uuid
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import peewee as pw
 
+from .background import IndexThread
 from .errors import BadRequest, NotFound
 from .index import Index
 from .index.operations import ACTIVE, FAILED, MAX_ATTEMPTS, SUCCEEDED, LeaseLost, OperationRecord
@@ -167,33 +166,14 @@ def runner_name() -> str:
     return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class OperationRunner:
-    """The thread of a server process that runs operations (started by the app factory)."""
+class OperationRunner(IndexThread):
+    """The thread of a server process that runs operations (started with each gunicorn worker)."""
+
+    name = "operations"
 
     def __init__(self, index: Index, settings: Settings, handlers: Mapping[str, Handler] | None = None):
-        self.index = index
-        self.settings = settings
+        super().__init__(index, settings)
         self.handlers = dict(handlers) if handlers is not None else default_handlers()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def start(self) -> None:
-        """Start the thread in this process (again after a fork: the parent's thread is not here)."""
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            return
-        self._stop = threading.Event()
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="operations", daemon=True)
-        self._thread.start()
-        _RUNNERS.add(self)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to stop after its batch (the operation is given back) and wait a little."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
-            thread.join(timeout=timeout)
 
     def _run(self) -> None:
         owner = runner_name()
@@ -208,22 +188,3 @@ class OperationRunner:
             finally:
                 self._close()
             self._stop.wait(self.settings.operations_poll_seconds)
-
-    def _close(self) -> None:
-        try:
-            if not self.index.db.is_closed():
-                self.index.db.close()
-        except Exception:  # the database is going away with the process
-            log.debug("operations: closing the runner's connection failed", exc_info=True)
-
-
-#: The runners started in this process: one that exits (a gunicorn worker stopping) gives its
-#: operation back at once instead of leaving it to the lease's expiry.
-_RUNNERS: weakref.WeakSet[OperationRunner] = weakref.WeakSet()
-
-
-@atexit.register
-def stop_runners() -> None:
-    """Stop every runner of this process (at exit; tests, between apps)."""
-    for runner in list(_RUNNERS):
-        runner.stop()

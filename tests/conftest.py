@@ -19,11 +19,9 @@ def _no_operations_runner_outlives_its_test():
     PostgreSQL database and could take their operations: stop every runner after each test (an
     app used again starts its runner again with its next request)."""
     yield
-    from dicomserver.delivery import stop_runners as stop_deliveries
-    from dicomserver.operations import stop_runners
+    from dicomserver.background import stop_threads
 
-    stop_runners()
-    stop_deliveries()
+    stop_threads()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

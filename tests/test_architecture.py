@@ -51,6 +51,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.changes",
         "dicomserver.changefeed_stream",  # the change feed as Server-Sent Events: the poller, the streams
         "dicomserver.request_json",
+        "dicomserver.background",  # the background threads of a server process (operations, webhooks)
         "dicomserver.operations",
         "dicomserver.extended_query_tags",
         "dicomserver.export",
