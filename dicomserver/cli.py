@@ -1,4 +1,4 @@
-"""The `dicomserver` command (serve, import, verify, gc, backfill-qido, create-api-key), and
+"""The `dicomserver` command (serve, dimse, import, verify, gc, backfill-qido, create-api-key), and
 the maintenance commands again under `flask --app wsgi dicom ...`.
 
 Under `dicomserver` a command opens the archive the DICOMWEB_* variables name, as the
@@ -120,6 +120,25 @@ def serve(bind: str, workers: int | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+@click.command("dimse")
+def dimse() -> None:
+    """Serve the archive over DIMSE (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE) on
+    DICOMWEB_DIMSE_BIND:DICOMWEB_DIMSE_PORT as DICOMWEB_DIMSE_AE_TITLE, beside `serve`."""
+    from .dimse import Gateway  # pynetdicom: loaded only by this command
+
+    with _archive() as state:
+        s = state.settings
+        click.echo(f"DIMSE: {s.dimse_ae_title} listening on {s.dimse_bind}:{s.dimse_port}"
+                   + ("" if s.dimse_peers else " (any calling AE title may associate)"))
+        try:
+            Gateway(state).start()
+        except OSError as exc:
+            problem = exc.strerror or exc
+            raise click.ClickException(f"cannot listen on {s.dimse_bind}:{s.dimse_port}: {problem}") from None
+        except KeyboardInterrupt:
+            pass
 
 
 # -- import --------------------------------------------------------------------------------
@@ -381,3 +400,4 @@ for _command in (import_files, verify_command, gc, backfill_qido, create_api_key
     main.add_command(_command)
     dicom.add_command(_in_app_context(_command))
 main.add_command(serve)
+main.add_command(dimse)

@@ -159,6 +159,19 @@ class Settings:
     changefeed_max_streams: int = 4
     changefeed_heartbeat_seconds: float = 15.0
     changefeed_max_stream_seconds: float = 3600.0
+    #: The DIMSE gateway (`dicomserver dimse`): its AE title, the address it listens on, the
+    #: peers allowed to associate (`AET@host[:port]`; none listed: any calling AE), the ACSE
+    #: (association), DIMSE (message) and network (idle) timeouts in seconds, the most
+    #: associations at once and the largest PDU it accepts, so a slow peer cannot stall it.
+    dimse_ae_title: str = "DICOMSERVER"
+    dimse_bind: str = "127.0.0.1"
+    dimse_port: int = 11112
+    dimse_peers: tuple[str, ...] = ()
+    dimse_acse_timeout: float = 30.0
+    dimse_dimse_timeout: float = 60.0
+    dimse_network_timeout: float = 60.0
+    dimse_max_associations: int = 10
+    dimse_max_pdu_bytes: int = 65536
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -302,6 +315,44 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+#: PS3.5 AE title: 1 to 16 characters of the default repertoire, no backslash or control
+#: character, not all spaces.
+_AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+
+
+def check_ae_title(raw: str) -> str:
+    """An AE title as given (leading and trailing spaces are not significant); ValueError if invalid."""
+    title = raw.strip()
+    if not _AE_TITLE.fullmatch(title):
+        raise ValueError("an AE title is 1 to 16 printable ASCII characters, without a backslash")
+    return title
+
+
+def parse_peer(raw: str) -> tuple[str, str, int | None]:
+    """`AET@host[:port]` → (AE title, host, port or None); ValueError if malformed."""
+    title, at, address = raw.rpartition("@")
+    if not at or not address:
+        raise ValueError(f"{raw!r} is not AET@host[:port]")
+    host, port = address, ""
+    if address.startswith("["):  # [IPv6 address]:port
+        host, _, rest = address[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif address.count(":") == 1:  # host:port (more colons: a bare IPv6 address)
+        host, port = address.split(":")
+    if not host:
+        raise ValueError(f"{raw!r} names no host")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{raw!r} has an invalid port")
+    return check_ae_title(title), host, int(port) if port else None
+
+
+def _peers(raw: str) -> tuple[str, ...]:
+    names = _names(raw)
+    for name in names:
+        parse_peer(name)
+    return names
+
+
 def _audit_target(raw: str) -> str | None:
     return None if raw.lower() in ("off", "none", "0", "false") else raw
 
@@ -397,4 +448,13 @@ _VARIABLES = (
     ("max_event_channels", "DICOMWEB_MAX_EVENT_CHANNELS", _positive_int),
     ("event_poll_seconds", "DICOMWEB_EVENT_POLL_SECONDS", _positive_seconds),
     ("event_ping_seconds", "DICOMWEB_EVENT_PING_SECONDS", _positive_seconds),
+    ("dimse_ae_title", "DICOMWEB_DIMSE_AE_TITLE", _parsed_by(lambda raw: check_ae_title(raw))),
+    ("dimse_bind", "DICOMWEB_DIMSE_BIND", str),
+    ("dimse_port", "DICOMWEB_DIMSE_PORT", _positive_int),
+    ("dimse_peers", "DICOMWEB_DIMSE_PEERS", _peers),
+    ("dimse_acse_timeout", "DICOMWEB_DIMSE_ACSE_TIMEOUT", _positive_seconds),
+    ("dimse_dimse_timeout", "DICOMWEB_DIMSE_DIMSE_TIMEOUT", _positive_seconds),
+    ("dimse_network_timeout", "DICOMWEB_DIMSE_NETWORK_TIMEOUT", _positive_seconds),
+    ("dimse_max_associations", "DICOMWEB_DIMSE_MAX_ASSOCIATIONS", _positive_int),
+    ("dimse_max_pdu_bytes", "DICOMWEB_DIMSE_MAX_PDU_BYTES", _positive_int),
 )

@@ -1,0 +1,467 @@
+"""The DIMSE gateway (`dicomserver dimse`) on a loopback port, driven by DCMTK's tools
+(echoscu, storescu, findscu, getscu, movescu; skipped where DCMTK is not installed) and by
+pynetdicom clients, against one archive that a Flask app serves over DICOMweb as well:
+what C-STORE stores QIDO and WADO see, and what STOW stores C-FIND finds and C-GET sends.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from dicom_factory import jpeg_baseline, make_instance, to_bytes
+from live_servers import free_port
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from dicomserver import Settings, close_app, create_app
+from dicomserver.archive import open_archive
+from dicomserver.dimse import Gateway, peers, store_status
+from dicomserver.ingest import (
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    ELEMENTS_DISCARDED,
+    INSTANCE_ALREADY_EXISTS,
+    INVALID_DATASET,
+    PROCESSING_FAILURE,
+    PartResult,
+)
+from dicomserver.settings import ConfigError
+from dicomserver.stow import NotStored
+
+DCMTK = shutil.which("storescu") is not None
+needs_dcmtk = pytest.mark.skipif(not DCMTK, reason="DCMTK (Debian package dcmtk) is not installed")
+AE_TITLE = "TESTARCHIVE"
+
+
+class Running:
+    def __init__(self, tmp_path: Path, **settings: object):
+        self.port = free_port()
+        self.settings = Settings(
+            blobstore_url=str(tmp_path / "blobs"),
+            database_url=f"sqlite:///{tmp_path / 'index.db'}",
+            dimse_ae_title=AE_TITLE,
+            dimse_port=self.port,
+            **settings,  # type: ignore[arg-type]
+        )
+        self.archive = open_archive(self.settings)
+        self.server = Gateway(self.archive).start(block=False)
+        self.app = create_app(self.settings)
+        self.client = self.app.test_client()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        close_app(self.app)
+        self.archive.close()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    running = Running(tmp_path)
+    yield running
+    running.stop()
+
+
+def associate(gateway: Running, *contexts: str, title: str = "TESTSCU", **kwargs):
+    ae = AE(ae_title=title)
+    for context in contexts:
+        ae.add_requested_context(context)
+    assoc = ae.associate("127.0.0.1", gateway.port, ae_title=AE_TITLE, **kwargs)
+    assert assoc.is_established
+    return assoc
+
+
+def write(tmp_path: Path, ds: Dataset, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(to_bytes(ds))
+    return path
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def wait_listening(port: int) -> None:
+    """Until a server accepts connections on the loopback port (a process just started)."""
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def qido(gateway: Running, url: str) -> list[dict]:
+    response = gateway.client.get("/v2" + url)
+    assert response.status_code == 200, response.data
+    return json.loads(response.data)
+
+
+# -- pynetdicom clients --------------------------------------------------------------------
+
+
+def test_echo(gateway):
+    assoc = associate(gateway, Verification)
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_c_store_is_stored_as_stow_stores_and_seen_over_dicomweb(gateway):
+    ds = make_instance(PatientName="Store^Scp", PatientID="DIMSE-1")
+    assoc = associate(gateway, CTImageStorage)
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+        # The same SOP Instance UID again: success, the archive keeps the first copy.
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    found = qido(gateway, f"/studies?StudyInstanceUID={ds.StudyInstanceUID}")
+    assert found[0]["00100010"]["Value"] == [{"Alphabetic": "Store^Scp"}]
+    wado = gateway.client.get(
+        f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'},
+    )
+    assert wado.status_code == 200
+    assert ds.PixelData in wado.data
+    # The change feed has it, as for a STOW.
+    feed = json.loads(gateway.client.get("/v2/changefeed").data)
+    assert [e["sopInstanceUid"] for e in feed] == [ds.SOPInstanceUID]
+
+
+def test_c_store_of_an_invalid_dataset_fails_as_stow_refuses_it(gateway):
+    ds = make_instance()
+    del ds.StudyInstanceUID
+    assoc = associate(gateway, CTImageStorage)
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert status.Status == 0xA900
+    assert "StudyInstanceUID" in status.ErrorComment or "0020,000D" in status.ErrorComment
+    assert qido(gateway, "/studies") == []
+
+
+def test_stow_then_c_find_and_c_get(gateway, tmp_path):
+    study = generate_uid()
+    first = make_instance(study=study, PatientName="Web^Stored", PatientID="WEB-1", Modality="MR")
+    second = make_instance(study=study, PatientName="Web^Stored", PatientID="WEB-1", Modality="MR")
+    other = make_instance(PatientName="Other^Patient", PatientID="WEB-2")
+    for ds in (first, second, other):
+        response = gateway.client.post("/v2/studies", data=to_bytes(ds), content_type="application/dicom")
+        assert response.status_code == 200
+
+    assoc = associate(gateway, StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind)
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientName = "Web*"
+        query.StudyInstanceUID = ""
+        query.ModalitiesInStudy = ""
+        query.NumberOfStudyRelatedInstances = ""
+        answers = [i for s, i in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind) if i]
+        assert [(a.StudyInstanceUID, a.ModalitiesInStudy, a.NumberOfStudyRelatedInstances) for a in answers] == [
+            (study, "MR", 2)
+        ]
+        assert answers[0].RetrieveAETitle == AE_TITLE
+
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study
+        query.SeriesInstanceUID = ""
+        query.SOPInstanceUID = ""
+        answers = [i for s, i in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind) if i]
+        assert sorted(a.SOPInstanceUID for a in answers) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+
+        query = Dataset()
+        query.QueryRetrieveLevel = "PATIENT"
+        query.PatientID = ""
+        query.PatientName = ""
+        answers = [i for s, i in assoc.send_c_find(query, PatientRootQueryRetrieveInformationModelFind) if i]
+        assert sorted(a.PatientID for a in answers) == ["WEB-1", "WEB-2"]
+    finally:
+        assoc.release()
+
+    received: list[Dataset] = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(
+        "127.0.0.1", gateway.port, ae_title=AE_TITLE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study
+        statuses = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0x0000
+    assert sorted(d.SOPInstanceUID for d in received) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    assert received[0].PixelData == first.PixelData
+
+
+def test_c_find_with_an_invalid_value_is_refused(gateway):
+    assoc = associate(gateway, StudyRootQueryRetrieveInformationModelFind)
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyDate = "yesterday"
+        statuses = [s.Status for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        assoc.release()
+    assert statuses == [0xC000]
+
+
+def test_peers_limit_who_associates_and_where_c_move_sends(tmp_path):
+    destination_port = free_port()
+    received: list[str] = []
+
+    def on_store(event):
+        received.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+
+    destination = AE(ae_title="DEST")
+    destination.supported_contexts = StoragePresentationContexts
+    store_scp = destination.start_server(
+        ("127.0.0.1", destination_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    running = Running(tmp_path, dimse_peers=("TESTSCU@127.0.0.1", f"DEST@127.0.0.1:{destination_port}",
+                                             "NOPORT@127.0.0.1"))
+    try:
+        ds = make_instance()
+        assert running.client.post("/v2/studies", data=to_bytes(ds), content_type="application/dicom").status_code == 200
+
+        stranger = AE(ae_title="STRANGER")
+        stranger.add_requested_context(Verification)
+        refused = stranger.associate("127.0.0.1", running.port, ae_title=AE_TITLE)
+        assert refused.is_rejected
+
+        assoc = associate(running, Verification, StudyRootQueryRetrieveInformationModelMove)
+        try:
+            assert assoc.send_c_echo().Status == 0x0000
+            query = Dataset()
+            query.QueryRetrieveLevel = "SERIES"
+            query.StudyInstanceUID = ds.StudyInstanceUID
+            query.SeriesInstanceUID = ds.SeriesInstanceUID
+            for unknown in ("NOPORT", "ELSEWHERE"):
+                statuses = [s.Status for s, _ in assoc.send_c_move(query, unknown, StudyRootQueryRetrieveInformationModelMove)]
+                assert statuses == [0xA801]
+            statuses = [s.Status for s, _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove)]
+            assert statuses[-1] == 0x0000
+        finally:
+            assoc.release()
+        assert received == [ds.SOPInstanceUID]
+    finally:
+        running.stop()
+        store_scp.shutdown()
+
+
+# -- DCMTK ---------------------------------------------------------------------------------
+
+
+@needs_dcmtk
+def test_dcmtk_echo_store_find_get_move(tmp_path):
+    destination_port = free_port()
+    running = Running(tmp_path / "archive", dimse_peers=(
+        "ECHOSCU@127.0.0.1", "STORESCU@127.0.0.1", "FINDSCU@127.0.0.1", "GETSCU@127.0.0.1", "MOVESCU@127.0.0.1",
+        f"STORESCP@127.0.0.1:{destination_port}",
+    ))
+    port = str(running.port)
+    try:
+        echo = run("echoscu", "-aec", AE_TITLE, "127.0.0.1", port)
+        assert echo.returncode == 0, echo.stderr
+
+        ct = get_testdata_file("CT_small.dcm")
+        mr = get_testdata_file("MR_small.dcm")
+        store = run("storescu", "-v", "-aec", AE_TITLE, "127.0.0.1", port, str(ct), str(mr))
+        assert store.returncode == 0, store.stderr
+        assert store.stderr.count("Received Store Response (Status: 0x0000 - Success)") == 2, store.stderr
+        ct_ds, mr_ds = dcmread(ct), dcmread(mr)
+        # Visible over DICOMweb.
+        found = qido(running, "/studies?includefield=StudyInstanceUID")
+        assert sorted(s["0020000D"]["Value"][0] for s in found) == sorted(
+            [ct_ds.StudyInstanceUID, mr_ds.StudyInstanceUID]
+        )
+
+        find = run("findscu", "-v", "-S", "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=SERIES",
+                   "-k", f"StudyInstanceUID={ct_ds.StudyInstanceUID}", "-k", "SeriesInstanceUID", "-k", "Modality",
+                   "127.0.0.1", port)
+        assert find.returncode == 0, find.stderr
+        assert find.stderr.count("(Pending)") == 1, find.stderr
+        assert ct_ds.SeriesInstanceUID in find.stderr
+        assert "[CT]" in find.stderr
+        find = run("findscu", "-v", "-S", "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=STUDY",
+                   "-k", "StudyInstanceUID", "-k", "PatientName=*MR*", "127.0.0.1", port)
+        assert find.stderr.count("(Pending)") == 1, find.stderr
+        assert mr_ds.StudyInstanceUID in find.stderr
+
+        got = tmp_path / "got"
+        got.mkdir()
+        get = run("getscu", "-aec", AE_TITLE, "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
+                  "-k", f"StudyInstanceUID={ct_ds.StudyInstanceUID}", "127.0.0.1", port)
+        assert get.returncode == 0, get.stderr
+        [fetched] = list(got.iterdir())
+        assert dcmread(fetched).SOPInstanceUID == ct_ds.SOPInstanceUID
+
+        moved = tmp_path / "moved"
+        moved.mkdir()
+        scp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(moved), str(destination_port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(destination_port)
+            move = run("movescu", "-aec", AE_TITLE, "-aem", "STORESCP", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                       "-k", f"StudyInstanceUID={mr_ds.StudyInstanceUID}", "127.0.0.1", port)
+        finally:
+            scp.terminate()
+            scp.wait(timeout=10)
+        assert move.returncode == 0, move.stderr
+        [sent] = list(moved.iterdir())
+        assert dcmread(sent).SOPInstanceUID == mr_ds.SOPInstanceUID
+    finally:
+        running.stop()
+
+
+# -- statuses and settings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result", "status"),
+    [
+        (PartResult(), 0x0000),
+        (PartResult(failure_reason=INSTANCE_ALREADY_EXISTS, comments=["exists"]), 0x0000),
+        (PartResult(warning_reason=ELEMENTS_DISCARDED, comments=["PatientAge: bad"]), 0xB006),
+        (PartResult(warning_reason=DATASET_DOES_NOT_MATCH_SOP_CLASS, comments=["implicit VR"]), 0xB007),
+        (PartResult(failure_reason=INVALID_DATASET, comments=["no StudyInstanceUID"]), 0xA900),
+        (NotStored(failure_reason=PROCESSING_FAILURE, comments=["the blob store is full"]), 0xA700),
+        (PartResult(failure_reason=PROCESSING_FAILURE, comments=["?"]), 0xC000),
+    ],
+)
+def test_stow_results_as_c_store_statuses(result, status):
+    answer = store_status(result)
+    assert (answer if isinstance(answer, int) else answer.Status) == status
+    if not isinstance(answer, int):
+        assert answer.ErrorComment == result.comments[0]
+
+
+def test_dimse_settings():
+    settings = Settings.from_env({
+        "DICOMWEB_DIMSE_AE_TITLE": " ARCHIVE ",
+        "DICOMWEB_DIMSE_PEERS": "CT1@10.0.0.5, PACS@pacs.example:104, V6@[::1]:11112",
+        "DICOMWEB_DIMSE_PORT": "4242",
+    })
+    assert settings.dimse_ae_title == "ARCHIVE"
+    assert settings.dimse_port == 4242
+    assert [(p.ae_title, p.host, p.port) for p in peers(settings)] == [
+        ("CT1", "10.0.0.5", None), ("PACS", "pacs.example", 104), ("V6", "::1", 11112)
+    ]
+    for variable, value in (
+        ("DICOMWEB_DIMSE_AE_TITLE", "A_TITLE_LONGER_THAN_16"),
+        ("DICOMWEB_DIMSE_AE_TITLE", "BACK\\SLASH"),
+        ("DICOMWEB_DIMSE_PEERS", "10.0.0.5"),
+        ("DICOMWEB_DIMSE_PEERS", "CT@host:port"),
+        ("DICOMWEB_DIMSE_PEERS", "@host"),
+    ):
+        with pytest.raises(ConfigError, match=variable):
+            Settings.from_env({variable: value})
+
+
+def test_a_silent_peer_is_disconnected_and_associations_are_bounded(tmp_path):
+    running = Running(tmp_path, dimse_acse_timeout=0.5, dimse_network_timeout=0.5, dimse_max_associations=1)
+    try:
+        # Connects and sends nothing: the gateway closes the connection (an ARTIM/idle timeout).
+        with socket.create_connection(("127.0.0.1", running.port), timeout=30) as silent:
+            assert silent.recv(1024) in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # closed, or A-ABORT
+        first = associate(running, Verification)
+        try:
+            ae = AE(ae_title="SECOND")
+            ae.add_requested_context(Verification)
+            second = ae.associate("127.0.0.1", running.port, ae_title=AE_TITLE)
+            assert second.is_rejected
+            assert first.send_c_echo().Status == 0x0000
+        finally:
+            first.release()
+    finally:
+        running.stop()
+
+
+def test_a_listed_ae_title_from_another_host_is_refused(tmp_path):
+    running = Running(tmp_path, dimse_peers=("TESTSCU@192.0.2.7",))
+    try:
+        ds = make_instance()
+        assert running.client.post("/v2/studies", data=to_bytes(ds), content_type="application/dicom").status_code == 200
+        assoc = associate(running, Verification, CTImageStorage, StudyRootQueryRetrieveInformationModelFind,
+                          StudyRootQueryRetrieveInformationModelGet)
+        try:
+            assert assoc.send_c_echo().Status == 0x0124
+            assert assoc.send_c_store(make_instance()).Status == 0x0124
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ds.StudyInstanceUID
+            found = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
+            assert [s.Status for s, _ in found] == [0x0124]
+            got = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+            assert [s.Status for s, _ in got] == [0x0124]
+        finally:
+            assoc.release()
+        assert len(qido(running, "/studies")) == 1
+    finally:
+        running.stop()
+
+
+def test_c_store_keeps_a_compressed_transfer_syntax(gateway):
+    ds = dcmread(io.BytesIO(jpeg_baseline(make_instance(bits=8, rows=16, columns=16))))
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(ds.SOPClassUID, JPEGBaseline8Bit)
+    assoc = ae.associate("127.0.0.1", gateway.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    [found] = qido(gateway, f"/instances?SOPInstanceUID={ds.SOPInstanceUID}&includefield=00020010")
+    wado = gateway.client.get(
+        f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    assert wado.status_code == 200
+    assert f"transfer-syntax={JPEGBaseline8Bit}".encode() in wado.data  # the part's, as stored
+    assert found["00080018"]["Value"] == [ds.SOPInstanceUID]
+
+
+def test_c_get_of_a_malformed_identifier_is_refused(gateway):
+    assoc = associate(gateway, StudyRootQueryRetrieveInformationModelGet)
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.SeriesInstanceUID = generate_uid()  # no StudyInstanceUID
+        [(status, _)] = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    assert status.Status == 0xC000
+    assert "StudyInstanceUID" in status.ErrorComment
