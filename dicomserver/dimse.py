@@ -12,14 +12,19 @@ Peers: with DICOMWEB_DIMSE_PEERS set, only those AE titles associate (pynetdicom
 others), and each request is refused (0x0124) unless it comes from the listed host; C-MOVE
 sends only to listed peers with a port. Limits (associations, PDU size, ACSE/DIMSE/network
 timeouts) come from the settings, so a slow or silent peer costs one thread for a bounded time.
+
+No instance is held whole in memory: a received one goes to a temporary file, a sent one
+(C-GET/C-MOVE) goes out from a file in PDU-sized chunks (`StoredFile`, `_send_from_file`).
 """
 from __future__ import annotations
 
 import ipaddress
 import json
 import logging
+import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,6 +48,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
@@ -118,6 +124,9 @@ _NOT_MATCHING = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "Retrie
 _BASE_URL = "http://dimse.invalid"
 #: PS3.8 §9.3.2.2: an association proposes at most 128 presentation contexts.
 MAX_CONTEXTS = 128
+#: P-DATA PDUs of a sub-operation queued for the socket at most (each at most the peer's
+#: maximum PDU length).
+QUEUED_PDUS = 8
 #: PS3.5: Error Comment is LO, 64 characters at most.
 _COMMENT_CHARS = 64
 
@@ -159,6 +168,9 @@ class Gateway:
         # The received dataset goes to a temporary Part 10 file, not into memory: in the
         # spool directory if one is set (this process is the gateway's alone).
         _config.STORE_RECV_CHUNKED_DATASET = True
+        # C-GET/C-MOVE sub-operations are sent from files, in PDU-sized chunks.
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        _send_sub_operations_from_files()
         if s.spool_dir:
             tempfile.tempdir = s.spool_dir
         ae = AE(ae_title=s.dimse_ae_title)
@@ -230,6 +242,9 @@ class Gateway:
         if not self.allowed(event):
             return NOT_AUTHORIZED
         path = event.dataset_path
+        mismatch = affected_mismatch(event.request, path)
+        if mismatch is not None:
+            return mismatch
         try:
             with open(path, "rb") as fp:
                 results = self._connected(
@@ -309,19 +324,121 @@ class Gateway:
         return None
 
     def _send(self, event: Event, found: list[StoredInstance]) -> Iterator[Any]:
-        """Each instance read from the blob store, one C-STORE sub-operation each."""
+        """One C-STORE sub-operation per instance, each sent from a file in chunks: the blob's
+        own file on a local store, else a temporary copy, deleted once it is sent."""
+        store = self.archive.store
         for instance in found:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
+            copy: str | None = None
             try:
-                with self.archive.store.open(instance.blob_key) as fp:
-                    dataset = dcmread(fp)
+                path = store.local_path(instance.blob_key)
+                if path is None:
+                    copy = path = self._copy(instance.blob_key)
             except Exception:
                 log.exception("DIMSE: cannot read %s", instance.sop_instance_uid)
                 yield PROCESSING_FAILURE, None
                 continue
-            yield PENDING, dataset
+            try:
+                yield PENDING, StoredFile(path, instance.sop_class_uid, instance.sop_instance_uid)
+            finally:
+                if copy is not None:
+                    os.unlink(copy)
+
+    def _copy(self, key: str) -> str:
+        """The blob streamed into a temporary file (in the spool directory, if set)."""
+        fd, path = tempfile.mkstemp(prefix="dimse-", suffix=".dcm", dir=self.settings.spool_dir or None)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self.archive.store.iter_bytes(key):
+                    out.write(chunk)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return path
+
+
+class StoredFile(Dataset):
+    """A C-STORE sub-operation's instance as its Part 10 file, not read.
+
+    pynetdicom's C-GET/C-MOVE service takes only Datasets from a handler, and its
+    `send_c_store` streams only a file path; `_send_sub_operations_from_files` makes it send
+    this as its path. The two UIDs are there for the Failed SOP Instance UID List.
+    """
+
+    def __init__(self, path: str, sop_class_uid: str, sop_instance_uid: str):
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        self.file_path = path
+
+
+_send_c_store = Association.send_c_store
+
+
+def _send_from_file(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+    """`Association.send_c_store`, sending a `StoredFile` from its file.
+
+    A file is sent as stored (pynetdicom converts no transfer syntax when it streams a file);
+    when the peer accepted no context in the stored syntax, the instance is read whole and
+    pynetdicom converts it, as before (uncompressed syntaxes only).
+    """
+    if not isinstance(dataset, StoredFile):
+        return _send_c_store(self, dataset, *args, **kwargs)
+    dul = self.dul
+    dul.send_pdu = _paced(dul)  # type: ignore[method-assign,assignment]
+    try:
+        return _send_c_store(self, dataset.file_path, *args, **kwargs)
+    except ValueError:
+        log.info("DIMSE: %s is sent converted, read whole: the peer accepted no context in its "
+                 "stored transfer syntax", dataset.SOPInstanceUID)
+        return _send_c_store(self, dcmread(dataset.file_path), *args, **kwargs)
+    finally:
+        del dul.send_pdu
+
+
+def _paced(dul: Any) -> Callable[[Any], None]:
+    """`dul.send_pdu` that waits while more than `QUEUED_PDUS` P-DATA wait to be sent.
+
+    pynetdicom queues every PDU of a message at once in an unbounded queue that its DUL
+    thread drains to the socket: a file sent faster than the peer reads would be in memory
+    whole. The DUL thread only takes from that queue, so waiting here cannot deadlock it;
+    the wait ends when the DUL thread stops (abort, timeout).
+    """
+    send = dul.send_pdu
+
+    def send_pdu(primitive: Any) -> None:
+        send(primitive)
+        while dul.to_provider_queue.qsize() > QUEUED_PDUS and dul.is_alive():
+            time.sleep(0.001)
+
+    return send_pdu
+
+
+def _send_sub_operations_from_files() -> None:
+    Association.send_c_store = _send_from_file  # type: ignore[method-assign]
+
+
+def affected_mismatch(request: Any, path: str | os.PathLike[str]) -> Dataset | None:
+    """A failure status when the C-STORE request's Affected SOP Class/Instance UID is not the
+    data set's SOP Class/Instance UID (PS3.7 9.3.1.1; PS3.4 B.2.3), else None.
+
+    A class mismatch is 0xA900 (Data Set does not match SOP Class); an instance mismatch has no
+    status of its own in PS3.4 B.2.3, so it is 0xC000 (Cannot understand) with an Error Comment.
+    Only the header is read, up to the two UIDs.
+    """
+    try:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+    except Exception:
+        return None  # the pipeline refuses what it cannot parse, with its own comment
+    sop_class = str(header.get("SOPClassUID", ""))
+    sop_instance = str(header.get("SOPInstanceUID", ""))
+    if sop_class and str(request.AffectedSOPClassUID) != sop_class:
+        return _status(DOES_NOT_MATCH_SOP_CLASS, "Affected SOP Class UID is not the data set's SOP Class UID")
+    if sop_instance and str(request.AffectedSOPInstanceUID) != sop_instance:
+        return _status(CANNOT_UNDERSTAND, "Affected SOP Instance UID is not the data set's SOP Instance UID")
+    return None
 
 
 def _refused(status: int | Dataset) -> Iterator[Any]:

@@ -468,3 +468,157 @@ def test_c_get_of_a_malformed_identifier_is_refused(gateway):
         assoc.release()
     assert status.Status == 0xC000
     assert "StudyInstanceUID" in status.ErrorComment
+
+
+def big_instance(tmp_path: Path) -> tuple[Dataset, Path, bytes]:
+    """A 96 MiB CT instance written to a file without holding its pixel data whole."""
+    import numpy as np
+
+    ds = make_instance(rows=1024, columns=1024, frames=48, with_pixel_data=False)
+    path = tmp_path / "big.dcm"
+    frame = np.arange(1024 * 1024, dtype=np.uint16).tobytes()
+    with path.open("wb") as file:
+        file.write(to_bytes(ds))
+        file.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (len(frame) * 48).to_bytes(4, "little"))
+        for _ in range(48):
+            file.write(frame)
+    return ds, path, frame
+
+
+def test_c_store_of_a_large_instance_streams(gateway, tmp_path):
+    """A 96 MiB C-STORE is received into a file and stored from it: the process's Python
+    allocations (both ends: the SCU sends from the file, paced as the gateway sends) stay small."""
+    import tracemalloc
+
+    from dicomserver.dimse import StoredFile
+
+    ds, path, frame = big_instance(tmp_path)
+    assoc = associate(gateway, CTImageStorage)
+    tracemalloc.start()
+    try:
+        status = assoc.send_c_store(StoredFile(str(path), ds.SOPClassUID, ds.SOPInstanceUID))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        assoc.release()
+    assert status.Status == 0x0000
+    assert peak < 16 * 2**20, peak
+    url = f"/v2/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    last = gateway.client.get(f"{url}/frames/48", headers={"Accept": "application/octet-stream; transfer-syntax=*"})
+    assert last.data == frame
+
+
+def test_c_get_from_a_store_without_local_files_sends_a_temporary_copy(gateway, tmp_path, monkeypatch):
+    """On a store with no local path (S3), each instance is streamed into a temporary file,
+    sent from it, and the file deleted."""
+    ds = make_instance()
+    response = gateway.client.post("/v2/studies", data=to_bytes(ds), content_type="application/dicom")
+    assert response.status_code == 200
+    monkeypatch.setattr(gateway.archive.store, "local_path", lambda key: None)
+    copies: list[str] = []
+    copy = Gateway._copy
+
+    def recorded(self, key):
+        copies.append(copy(self, key))
+        return copies[-1]
+
+    monkeypatch.setattr(Gateway, "_copy", recorded)
+    received: list[Dataset] = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(
+        "127.0.0.1", gateway.port, ae_title=AE_TITLE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ds.StudyInstanceUID
+    try:
+        statuses = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0x0000
+    assert [d.SOPInstanceUID for d in received] == [ds.SOPInstanceUID]
+    assert received[0].PixelData == ds.PixelData
+    assert len(copies) == 1 and not Path(copies[0]).exists()
+
+
+def test_c_get_of_a_large_instance_streams(gateway, tmp_path):
+    """A 96 MiB instance goes out by C-GET sent from its blob's file in PDU-sized chunks (and
+    comes in to the test's SCU into a file): the process's Python allocations stay small."""
+    import tracemalloc
+
+    ds, path, frame = big_instance(tmp_path)
+    with path.open("rb") as file:
+        response = gateway.client.post("/v2/studies", data=file, content_type="application/dicom")
+    assert response.status_code == 200, response.data
+
+    received: list[int] = []
+
+    def on_store(event):
+        received.append(event.dataset_path.stat().st_size)
+        return 0x0000
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(
+        "127.0.0.1", gateway.port, ae_title=AE_TITLE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = ds.StudyInstanceUID
+    query.SeriesInstanceUID = ds.SeriesInstanceUID
+    query.SOPInstanceUID = ds.SOPInstanceUID
+    tracemalloc.start()
+    try:
+        statuses = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        assoc.release()
+    assert statuses[-1] == 0x0000
+    assert len(received) == 1 and received[0] > 48 * len(frame)
+    assert peak < 16 * 2**20, peak
+
+
+@pytest.mark.parametrize("field", ["MediaStorageSOPInstanceUID", "MediaStorageSOPClassUID"])
+def test_c_store_whose_affected_uid_is_not_the_data_sets_is_refused(gateway, tmp_path, monkeypatch, field):
+    """pynetdicom takes the request's Affected SOP Class/Instance UID from a file's meta
+    information when it sends a file: a file whose meta says otherwise than its data set
+    makes the mismatched request."""
+    from pynetdicom import _config
+    from pynetdicom.sop_class import MRImageStorage
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = make_instance()
+    # The meta's UID changed in place, to another of the same length (pydicom writes the meta
+    # from the data set's UIDs); the meta comes first, so the first occurrence is the meta's.
+    uid = ds.SOPInstanceUID if field == "MediaStorageSOPInstanceUID" else ds.SOPClassUID
+    other = MRImageStorage if uid == CTImageStorage else uid[:-1] + ("2" if uid[-1] == "1" else "1")
+    path = tmp_path / "mismatch.dcm"
+    path.write_bytes(to_bytes(ds).replace(uid.encode(), other.encode(), 1))
+    written = dcmread(path)
+    assert (written.file_meta.MediaStorageSOPClassUID, written.file_meta.MediaStorageSOPInstanceUID) != (
+        written.SOPClassUID, written.SOPInstanceUID)
+    assoc = associate(gateway, CTImageStorage, MRImageStorage)
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        assoc.release()
+    if field == "MediaStorageSOPClassUID":
+        assert status.Status == 0xA900
+        assert "Affected SOP Class UID" in status.ErrorComment
+    else:
+        assert status.Status == 0xC000
+        assert "Affected SOP Instance UID" in status.ErrorComment
+    assert qido(gateway, "/studies") == []
