@@ -78,6 +78,20 @@ def make_instance(
     return ds
 
 
+def write_large_instance(path, *, rows: int = 1024, columns: int = 1024, frames: int = 48,
+                         **attributes) -> tuple[Dataset, bytes]:
+    """A large multi-frame 16-bit instance written to `path` a frame at a time (the pixel data is
+    never whole in memory); its header dataset and one frame (every frame is the same)."""
+    ds = make_instance(rows=rows, columns=columns, frames=frames, with_pixel_data=False, **attributes)
+    frame = np.arange(rows * columns, dtype=np.uint16).tobytes()
+    with open(path, "wb") as file:
+        file.write(to_bytes(ds))
+        file.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (len(frame) * frames).to_bytes(4, "little"))
+        for _ in range(frames):
+            file.write(frame)
+    return ds, frame
+
+
 def to_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import make_instance, to_bytes
+from dicom_factory import make_instance, to_bytes, write_large_instance
 from dicom_samples import MR_IMPLICIT_WINDOWED, RGB_BIG_ENDIAN, RGB_DEFLATED, RGB_RLE, sample
 from pydicom.uid import ImplicitVRLittleEndian
 from test_openapi import _operation, check_answer
@@ -407,14 +407,8 @@ def test_the_rewrite_of_a_large_instance_streams(client, index, run_ops, archive
         pytest.skip("the memory check runs once, on local disk")
     import tracemalloc
 
-    ds = make_instance(study=STUDY_A, series=SERIES_A1, rows=1024, columns=1024, frames=48, with_pixel_data=False)
     path = tmp_path / "big.dcm"
-    frame = np.arange(1024 * 1024, dtype=np.uint16).tobytes()
-    with path.open("wb") as file:
-        file.write(to_bytes(ds))
-        file.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (len(frame) * 48).to_bytes(4, "little"))
-        for _ in range(48):
-            file.write(frame)
+    ds, frame = write_large_instance(path, study=STUDY_A, series=SERIES_A1)
     with path.open("rb") as file:
         response = client.post("/v2/studies", data=file,
                                headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"})

@@ -13,9 +13,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from dicom_factory import jpeg_baseline, make_instance, to_bytes
+from dicom_factory import jpeg_baseline, make_instance, to_bytes, write_large_instance
 from live_servers import free_port
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -207,13 +208,7 @@ def test_stow_then_c_find_and_c_get(gateway, tmp_path):
         received.append(event.dataset)
         return 0x0000
 
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate(
-        "127.0.0.1", gateway.port, ae_title=AE_TITLE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
+    assoc = get_association(gateway, on_store)
     assert assoc.is_established
     try:
         query = Dataset()
@@ -470,18 +465,22 @@ def test_c_get_of_a_malformed_identifier_is_refused(gateway):
     assert "StudyInstanceUID" in status.ErrorComment
 
 
+def get_association(gateway, on_store) -> Any:
+    """A C-GET requestor's association with the gateway: Study Root GET, and CT storage in the
+    SCP role so the sub-operations come back over it to `on_store`."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    return ae.associate(
+        "127.0.0.1", gateway.port, ae_title=AE_TITLE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+
+
 def big_instance(tmp_path: Path) -> tuple[Dataset, Path, bytes]:
     """A 96 MiB CT instance written to a file without holding its pixel data whole."""
-    import numpy as np
-
-    ds = make_instance(rows=1024, columns=1024, frames=48, with_pixel_data=False)
     path = tmp_path / "big.dcm"
-    frame = np.arange(1024 * 1024, dtype=np.uint16).tobytes()
-    with path.open("wb") as file:
-        file.write(to_bytes(ds))
-        file.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (len(frame) * 48).to_bytes(4, "little"))
-        for _ in range(48):
-            file.write(frame)
+    ds, frame = write_large_instance(path)
     return ds, path, frame
 
 
@@ -529,13 +528,7 @@ def test_c_get_from_a_store_without_local_files_sends_a_temporary_copy(gateway, 
         received.append(event.dataset)
         return 0x0000
 
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate(
-        "127.0.0.1", gateway.port, ae_title=AE_TITLE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
+    assoc = get_association(gateway, on_store)
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -566,13 +559,7 @@ def test_c_get_of_a_large_instance_streams(gateway, tmp_path):
         received.append(event.dataset_path.stat().st_size)
         return 0x0000
 
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate(
-        "127.0.0.1", gateway.port, ae_title=AE_TITLE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
+    assoc = get_association(gateway, on_store)
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"
