@@ -54,9 +54,11 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	touch $@
 
 # The benchmark's tools from Debian: Orthanc + DICOMweb plugin (the comparison), wrk (the
-# load generator), nginx (the ceiling). Installed when run as root, else listed.
+# load generator), nginx (the ceiling), DCMTK (storescu, the DIMSE C-STORE client). Installed
+# when run as root, else listed.
 install-bench: $(VENV)/.installed-bench
 	@missing=""; \
+	command -v dcm2json >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
@@ -132,8 +134,10 @@ fuzz: install-test
 	else echo "atheris is not installed: the parser harnesses were skipped (pip install atheris)"; fi; \
 	exit $$status
 
-## dicomserver beside Orthanc and nginx at N=500 and N=3000 side by side, written to docs/benchmarks.md
-## (about 40 min on 2 cores; one size: make bench N=3000; more flags: BENCH_ARGS="--servers dicomserver --ops metadata")
+## dicomserver beside Orthanc and nginx at N=500 and N=3000 side by side (DICOMweb, and DIMSE C-STORE by storescu),
+## written to docs/benchmarks.md (about 45 min on 2 cores; one size: make bench N=3000; more flags:
+## BENCH_ARGS="--servers dicomserver --ops metadata"; measure some rows again and keep the others:
+## BENCH_ARGS="--ops dimse-store --update")
 bench: install-bench
 	BENCH_INVOKED_AS="make bench N=$(N) REPEAT=$(REPEAT)$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 		$(BIN)/python bench/run.py --n $(N) --repeat $(REPEAT) $(BENCH_ARGS)

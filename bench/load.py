@@ -9,6 +9,8 @@
 * `run_gets` GETs slow, big answers (a big study's /metadata) from a thread pool: every
   connection runs for a fixed time but at least one request, so a server taking seconds
   per answer gets a few requests and a fast one many, with the same client for both.
+* `run_storescu` sends Part 10 files by DIMSE C-STORE with DCMTK's storescu (C, a neutral
+  client for both servers): one association per storescu process, `concurrency` processes.
 """
 from __future__ import annotations
 
@@ -437,6 +439,136 @@ def run_stow(stow_url: str, files: list[Path], *, per_request: int, concurrency:
         p95_ms=percentile(latencies, 95) * 1000,
         client_cpu_seconds=cpu,
     )
+
+
+# -- DIMSE C-STORE (DCMTK's storescu) ----------------------------------------------------
+
+@dataclass
+class StoreScuResult:
+    instances: int
+    seconds: float
+    bytes: int  # the files' bytes (Part 10, as stored)
+    associations: int
+    client_cpu_seconds: float  # the storescu processes' own user + system time
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.instances / self.seconds if self.seconds else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e6 if self.seconds else 0.0
+
+
+#: DCMTK (since 3.6.2) leaves Nagle's algorithm on unless TCP_NODELAY=1 is in its environment:
+#: storescu's small writes (PDU headers, command sets) then wait ~40 ms for delayed ACKs.
+DCMTK_ENV = {"TCP_NODELAY": "1"}
+
+
+def dcmtk_tool(name: str) -> str | None:
+    """The DCMTK program `name` on PATH: an executable binary, not pynetdicom's Python script of
+    the same name (its apps install storescu and echoscu into the virtualenv's bin/)."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = Path(directory or ".") / name
+        try:
+            with open(candidate, "rb") as f:
+                binary = f.read(4) == b"\x7fELF"
+        except OSError:
+            continue
+        if binary and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def dcmtk_available() -> bool:
+    return dcmtk_tool("storescu") is not None and dcmtk_tool("echoscu") is not None
+
+
+def echo(port: int, called_aet: str, timeout: float = 5.0) -> str | None:
+    """C-ECHO to 127.0.0.1:port with DCMTK's echoscu: None when it succeeded, else its output."""
+    argv = [dcmtk_tool("echoscu") or "echoscu", "-aec", called_aet, "-to", str(max(1, round(timeout))),
+            "127.0.0.1", str(port)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5,
+                              env=dict(os.environ, **DCMTK_ENV))
+    except subprocess.TimeoutExpired:
+        return f"{' '.join(argv)}: no answer in {timeout:g} s"
+    return None if done.returncode == 0 else f"{' '.join(argv)} exited with {done.returncode}: " + (
+        done.stdout + done.stderr).strip()[-2000:]
+
+
+def storescu_argv(port: int, called_aet: str, directory: Path) -> list[str]:
+    """storescu sending every file of directory on one association.
+
+    Only the presentation contexts the files need (-R), Explicit VR Little Endian proposed first
+    (-xe: the files' own syntax, so nothing is transcoded); any failed C-STORE halts it with a
+    non-zero exit (its default; --no-halt would exit 0). The files are symbolic links in one
+    flat directory (+sd), so no argv limit applies to N. Run with DCMTK_ENV (no Nagle delay).
+    """
+    return [dcmtk_tool("storescu") or "storescu", "-R", "-xe", "-aet", "BENCHSCU", "-aec", called_aet,
+            "-ta", "30", "-ts", "120", "+sd", "127.0.0.1", str(port), str(directory)]
+
+
+def run_storescu(port: int, called_aet: str, files: list[Path], *, concurrency: int,
+                 timeout: float = 1800.0) -> StoreScuResult:
+    """Send files by C-STORE from `concurrency` storescu processes at once, each one association
+    with a contiguous share of the files; the clock runs from the first start to the last exit.
+
+    A storescu that fails (association refused or aborted, a C-STORE answered with a failure
+    status) stops the benchmark; whether every instance was stored is for the caller to check
+    (the server's own count), since a warning status still counts as sent.
+    """
+    if not files:
+        raise BenchmarkError("no files to send")
+    share = -(-len(files) // concurrency)
+    chunks = [files[i:i + share] for i in range(0, len(files), share)]
+    with tempfile.TemporaryDirectory(prefix="bench-storescu-") as tmp:
+        runs = []
+        for i, chunk in enumerate(chunks):
+            directory = Path(tmp) / f"client{i}"
+            directory.mkdir()
+            for j, f in enumerate(chunk):
+                (directory / f"{j:07d}.dcm").symlink_to(Path(f).resolve())
+            runs.append((storescu_argv(port, called_aet, directory), Path(tmp) / f"client{i}.log"))
+        processes: list[tuple[subprocess.Popen, list[str], Path]] = []
+        env = dict(os.environ, **DCMTK_ENV)
+        cpu = 0.0
+        failures = []
+        started = time.perf_counter()
+        try:
+            for argv, log in runs:
+                with open(log, "wb") as out:
+                    processes.append((subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL, env=env), argv, log))
+            deadline = time.monotonic() + timeout
+            pending = {p.pid: (p, argv, log) for p, argv, log in processes}
+            while pending:
+                for pid in list(pending):
+                    # wait4: each storescu's own rusage, not the servers'.
+                    done, status, usage = os.wait4(pid, os.WNOHANG)
+                    if not done:
+                        continue
+                    process, argv, log = pending.pop(pid)
+                    process.returncode = os.waitstatus_to_exitcode(status)
+                    cpu += usage.ru_utime + usage.ru_stime
+                    if process.returncode != 0:
+                        failures.append(f"{' '.join(argv)} exited with {process.returncode}:\n"
+                                        + log.read_text(errors="replace")[-2000:])
+                if pending:
+                    if time.monotonic() > deadline:
+                        raise BenchmarkError(f"storescu did not finish in {timeout:.0f} s")
+                    time.sleep(0.005)
+            seconds = time.perf_counter() - started
+        except BaseException:  # also Ctrl-C and the run's time limit: never leave storescu behind
+            for process, _, _ in processes:
+                if process.returncode is None:
+                    process.kill()
+                    process.wait()
+            raise
+    if failures:
+        raise BenchmarkError("storescu failed: " + "\n".join(failures))
+    return StoreScuResult(instances=len(files), seconds=seconds, bytes=sum(Path(f).stat().st_size for f in files),
+                          associations=len(chunks), client_cpu_seconds=cpu)
 
 
 def percentile(sorted_values: list[float], p: float) -> float:

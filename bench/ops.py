@@ -85,6 +85,9 @@ STOW_OPS = [
     StowOp("stow-1", "STOW, 1 instance per request", 1, Target(1.5, 13)),
     StowOp("stow-10", "STOW, 10 instances per request", 10, Target(1.5, 13)),
 ]
+#: The same files by DIMSE C-STORE (issue 16): DCMTK's storescu into `dicomserver dimse` and into
+#: Orthanc's DICOM listener, one instance per C-STORE request, one association per client.
+DIMSE_OP = StowOp("dimse-store", "DIMSE C-STORE (storescu)", 1, None)
 
 
 # -- paths ---------------------------------------------------------------------------------

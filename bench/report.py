@@ -10,6 +10,7 @@ from .ops import (
     BIG_RSS_GROWTH_LIMIT_MB,
     BIG_TARGET,
     CEILING_OP,
+    DIMSE_OP,
     GET_OPS,
     PROXY_OP,
     STOW_OPS,
@@ -81,6 +82,22 @@ wall time, CPU seconds of the command and its worker processes (the larger of `w
 misses the workers its forkserver reaps, and psutil's 50 ms samples of the process tree), then
 the index must hold N instances. It is set beside Orthanc's STOW rate
 of the same round (concurrency 4, 10 instances per request).
+
+**DIMSE C-STORE** sends the same N files by DIMSE with DCMTK's `storescu` (C, the same client
+for both) to `dicomserver dimse` (started as `python -m dicomserver dimse` on a fresh store and
+SQLite index, as the STOW rounds' dicomserver) and to Orthanc's own DICOM listener (a fresh
+Orthanc with the same configuration), each round right after that server's HTTP tests: half
+of the files at concurrency 1 (one storescu, one association), the other half at concurrency 4
+(four storescu processes at once, each one association with a quarter of the half). storescu
+proposes only CT Image Storage with Explicit VR Little Endian first, the files' own syntax, so
+neither server transcodes; both listeners accept PDUs of up to 64 KB. storescu and Orthanc run
+with `TCP_NODELAY=1`: Debian's DCMTK (both use it) otherwise keeps Nagle's algorithm on and
+every C-STORE waits ~40 ms for a delayed ACK (Orthanc's own builds compile DCMTK without it,
+and its HTTP side has `TcpNoDelay`); pynetdicom needs no such switch. A C-STORE answered with
+a failure stops the run, and after each slice the server's own count (dicomserver's index,
+Orthanc's `/statistics`) must hold every instance sent so far. The clock runs from the first
+storescu's start to the last one's exit (it reads the files' headers before it associates);
+MB/s counts the files' bytes, client CPU is storescu's own (`wait4`).
 """
 
 NOTES = """\
@@ -94,8 +111,11 @@ NOTES = """\
   with one ReferencedSOPSequence item per part. MB/s counts the DICOM bytes sent.
 * **Orthanc** runs with `bench/orthanc.json` (each setting explained there): no storage
   compression, fsync after each write (as dicomserver), its defaults for HTTP threads (50),
-  keep-alive and `StorageAccessOnFind: Always`, HTTP compression off, DICOM listener off,
-  `/metadata` in `Full` mode (every attribute of every instance, as dicomserver returns).
+  keep-alive and `StorageAccessOnFind: Always`, HTTP compression off, `/metadata` in `Full`
+  mode (every attribute of every instance, as dicomserver returns), its DICOM listener on
+  (idle during the HTTP tests) with its defaults for DICOM threads (4) and any calling AE
+  allowed to store, and the same largest PDU as dicomserver's gateway (64 KB; Orthanc's
+  default is 16 KB).
 * **dicomserver** runs under gunicorn with the repository's `dicomserver/gunicorn_conf.py`
   (its access log to a file included), local-disk blobs and SQLite in a temporary directory.
 * **nginx** has no access log, `sendfile on` and unlimited keep-alive requests: a ceiling,
@@ -103,7 +123,8 @@ NOTES = """\
 * **Memory.** Peak RSS is the sum over a server's processes, the highest 50 ms sample during
   the test; forked gunicorn workers share pages with their master, which RSS counts once per
   process, so the peak PSS (shared pages split between processes) is given beside it.
-  "Peak RSS, whole run" leaves out the big study, whose RSS growth has its own column.
+  "Peak RSS, whole run" leaves out the big study, whose RSS growth has its own column, and the
+  DIMSE listeners (other processes: their peak RSS is in the DIMSE C-STORE section).
 * **Targets** are what issue 13 asks for at concurrency 4, at both sizes, and the earlier
   issue 5's that still stand (with their issue number); they are not claims.
 """
@@ -146,7 +167,8 @@ class Records:
     def peak_rss_per_round(self, n: int, server: str, field: str = "server_peak_rss") -> dict[int, float]:
         peaks: dict[int, float] = {}
         for r in self.records:
-            if r["n"] == n and r["server"] == server and r.get(field) and not r["op"].startswith("big-"):
+            if (r["n"] == n and r["server"] == server and r.get(field) and not r["op"].startswith("big-")
+                    and r["op"] != DIMSE_OP.key):  # the DIMSE listener is another process
                 peaks[r["round"]] = max(peaks.get(r["round"], 0), r[field])
         return peaks
 
@@ -167,6 +189,7 @@ def paired_ratios(ra: dict[int, dict], rb: dict[int, dict], field: str, higher: 
 def _operations():
     for op in STOW_OPS:
         yield op.key, op.label, op.metric, op.target
+    yield DIMSE_OP.key, DIMSE_OP.label, DIMSE_OP.metric, DIMSE_OP.target
     for op in GET_OPS:
         yield op.key, op.label, op.metric, op.target
 
@@ -207,6 +230,8 @@ def render(records: list[dict], info: dict) -> str:
         f"of warm-up, on {info['date']}.\n\n"
         f"```\n{info['command']}\n```\n"
     )
+    for update in info.get("updates") or []:
+        out.append(_update_text(update, labels))
     out.append(_quietness(records, info))
     if b:
         out.append(targets_section(rec, info, a, b, labels))
@@ -218,6 +243,7 @@ def render(records: list[dict], info: dict) -> str:
     if big:
         out.append(big_section(rec, info, servers, labels))
     out.append(import_section(rec, info, labels, b))
+    out.append(dimse_section(rec, info, servers, labels))
     for conc in info["concurrency"]:
         out.append(_details(rec, info, conc, servers, labels))
     out.append(_machine(info))
@@ -466,6 +492,55 @@ def import_section(rec: Records, info: dict, labels: dict[str, str], b: str | No
     ])
 
 
+def _update_text(update: dict, labels: dict[str, str]) -> str:
+    """Which rows a later run (--update) measured again, and how."""
+    names = {op.key: op.label for op in STOW_OPS + GET_OPS + BIG_OPS + [DIMSE_OP]} | EXTRA_LABELS
+    rows = ", ".join(names.get(op, op) for op in update["operations"])
+    versions = "; ".join(f"{labels.get(s, s)}: {v}" for s, v in (update.get("versions") or {}).items())
+    machine = " on another machine (below: the first run's)" if update.get("machine") else ""
+    return (f"**Updated:** the rows of {rows} come from a later run, on {update['date']}{machine}, "
+            f"{update['repeat']} round(s) per size" + (f" ({versions})" if versions else "")
+            + f":\n\n```\n{update['command']}\n```\n")
+
+
+def dimse_section(rec: Records, info: dict, servers: list[str], labels: dict[str, str]) -> str:
+    """DIMSE C-STORE per size, concurrency and server: rates, what each stored, CPU, memory."""
+    rows = []
+    key = DIMSE_OP.key
+    for n in sizes_of(info):
+        for conc in info["concurrency"]:
+            for s in servers:
+                rounds = rec.rounds(n, s, key, conc)
+                if not rounds:
+                    continue
+                rs = list(rounds.values())
+                per_instance = [r["server_cpu_s"] / r["instances"] * 1000 for r in rs
+                                if r.get("server_cpu_s") is not None and r["instances"]]
+                rows.append(_row([
+                    str(n), str(conc), labels.get(s, s), spread(rec.values(n, s, key, conc, "instances_per_s")),
+                    spread(rec.values(n, s, key, conc, "mb_per_s")),
+                    ", ".join(sorted({f"{r['stored_after']}/{r['sent_after']}" for r in rs})),
+                    spread(per_instance), spread([r["server_peak_rss"] / 1e6 for r in rs if r.get("server_peak_rss")]),
+                    spread([r["client_cpu_s"] / r["seconds"] for r in rs if r["seconds"]]),
+                    spread([r["other_cpu_s"] / r["seconds"] for r in rs if r["seconds"] and
+                            r.get("other_cpu_s") is not None]),
+                ]))
+    unavailable = (info.get("unavailable") or {}).get(key)
+    if not rows:
+        return f"## DIMSE C-STORE\n\nNot measured: {unavailable}.\n" if unavailable else ""
+    return "\n".join([
+        "## DIMSE C-STORE (medians over the rounds)\n",
+        "| N | concurrency | server | instances/s | MB/s | stored / sent (count after the slice) | server CPU "
+        "ms/instance | server peak RSS MB | storescu CPU (cores) | other CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "\nThe concurrency 1 slice (half of the files) goes first into the empty archive, the concurrency 4 "
+        "slice (the other half) after it. dicomserver's figures are the `dicomserver dimse` process's alone "
+        "(no gunicorn runs beside it); Orthanc's are its whole process. The ratios are in the tables by "
+        "concurrency above.\n",
+    ])
+
+
 def _quietness(records: list[dict], info: dict) -> str:
     """Say how busy the rest of the machine was: other processes' CPU competes with both servers."""
     loads = sorted(r["other_cpu_s"] / r["seconds"] for r in records
@@ -571,7 +646,7 @@ def _details(rec: Records, info: dict, conc: int, servers: list[str], labels: di
                 def m(field, scale=1.0, rs=rs):
                     values = [r[field] * scale for r in rs if r.get(field) is not None]
                     return fmt(median(values)) if values else "–"
-                stow = "stow" in key
+                stow = "stow" in key or key == DIMSE_OP.key
                 throughput = f"{m('instances_per_s')} inst/s" if stow else f"{m('rps')} req/s"
                 per_request = [r["server_cpu_s"] / r["requests"] * 1000 for r in rs
                                if r.get("server_cpu_s") is not None and r["requests"]]

@@ -5,12 +5,15 @@
     python bench/run.py --quick --servers dicomserver    # a smoke run in well under a minute
     python bench/run.py --servers dicomserver --ops metadata,qido-instances \\
                         --dicomserver-env DICOMWEB_WORKERS=3 --out /tmp/b.md
+    python bench/run.py --ops dimse-store --update       # measure DIMSE C-STORE again, keep the
+                                                         # other rows of docs/benchmarks.md
 
 Each data size is measured on its own: fresh servers, all its rounds, then the next
 size. A round of one size: every server in turn (STOW of the N instances, the GET
 operations, for dicomserver also WADO instance through nginx in X-Accel mode, then the
-big study stored and its /metadata asked), `dicomserver import` of the N files into a
-fresh archive, nginx alone and the gunicorn floors.
+big study stored and its /metadata asked), then the same server's DIMSE listener fresh
+(`dicomserver dimse`, Orthanc's DICOM port) taking the N files by C-STORE from storescu,
+`dicomserver import` of the N files into a fresh archive, nginx alone and the gunicorn floors.
 
 Every server is started here (loopback, free port, fresh temporary data) and stopped
 before the run ends, also on failure or Ctrl-C; the whole run is bounded by
@@ -48,12 +51,25 @@ from bench.load import (
     NoAnswerInTime,
     QuietGate,
     ResourceMonitor,
+    dcmtk_available,
     run_gets,
+    run_storescu,
     run_stow,
     run_wrk,
     wrk_available,
 )
-from bench.servers import REPO, DicomServer, External, GunicornFloor, Nginx, NginxProxy, Orthanc, Server, export_commit
+from bench.servers import (
+    REPO,
+    DicomServer,
+    DicomServerDimse,
+    External,
+    GunicornFloor,
+    Nginx,
+    NginxProxy,
+    Orthanc,
+    Server,
+    export_commit,
+)
 
 DEFAULT_N = "500,3000"
 QUICK_N = "50,100"
@@ -62,6 +78,9 @@ QUICK_BIG = 200
 #: --ops keys of the rows that are not GET_OPS or STOW_OPS.
 BIG_KEY = "big-study"
 IMPORT_KEY = "import"
+DIMSE_KEY = ops.DIMSE_OP.key
+#: The --ops keys measured without the HTTP servers.
+NOT_HTTP_KEYS = frozenset({IMPORT_KEY, DIMSE_KEY})
 
 
 def log(message: str) -> None:
@@ -82,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "ratios compare the first two")
     p.add_argument("--ops", help="comma-separated operation keys to run (default all): "
                    + ", ".join([o.key for o in ops.STOW_OPS] + [o.key for o in ops.GET_OPS]
-                               + [ops.PROXY_OP, BIG_KEY, IMPORT_KEY]))
+                               + [ops.PROXY_OP, BIG_KEY, IMPORT_KEY, DIMSE_KEY]))
     p.add_argument("--duration", type=float, help="seconds per wrk test (default 5, --quick 1)")
     p.add_argument("--big-duration", type=float,
                    help="seconds each connection asks for a big study's /metadata, at least one request "
@@ -109,6 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=2, help="times a disturbed GET test is taken again (default 2)")
     p.add_argument("--quiet-budget", type=float, default=900.0,
                    help="seconds the whole run may spend waiting for quiet and repeating tests (default 900)")
+    p.add_argument("--update", action="store_true",
+                   help="merge into the report at --out instead of replacing it: this run's rows take the place "
+                        "of the same server's and operation's rows of the earlier run (read from --out's .json), "
+                        "the rest is kept; needs the same --n and --concurrency, e.g. --ops dimse-store --update")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="only rewrite --out from the records of an earlier run (its .json), e.g. after "
                         "editing the text in bench/report.py")
@@ -130,7 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           budget=args.quiet_budget)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    known = {o.key for o in ops.STOW_OPS} | {o.key for o in ops.GET_OPS} | {ops.PROXY_OP, BIG_KEY, IMPORT_KEY}
+    known = ({o.key for o in ops.STOW_OPS} | {o.key for o in ops.GET_OPS}
+             | {ops.PROXY_OP, BIG_KEY, IMPORT_KEY, DIMSE_KEY})
     args.ops = set(args.ops.split(",")) if args.ops else known
     if args.ops - known:
         p.error(f"unknown operations: {', '.join(sorted(args.ops - known))}")
@@ -142,6 +166,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--n, --repeat and every --concurrency must be positive")
     if len(set(args.sizes)) != len(args.sizes):
         p.error("--n takes distinct sizes")
+    if args.update and args.render:
+        p.error("--update and --render do not go together")
+    if args.update and not args.out.with_suffix(".json").exists():
+        p.error(f"--update needs the records of the earlier run: {args.out.with_suffix('.json')} does not exist")
     if args.big_study and args.big_study < len(generate.BIG_SERIES_FRACTIONS):
         p.error(f"--big-study takes 0 or at least {len(generate.BIG_SERIES_FRACTIONS)} instances")
     args.dicomserver_env_dict = dict(item.split("=", 1) for item in args.dicomserver_env)
@@ -157,10 +185,21 @@ def make_factories(args, source: Path | None = None, commit: str | None = None) 
     }
 
 
+def make_dimse_factories(args, source: Path | None = None, commit: str | None = None) -> dict[str, callable]:
+    """The DIMSE listener of each server that has one (an external DICOMweb server has none here)."""
+    env = args.dicomserver_env_dict
+    return {
+        "dicomserver": lambda: DicomServerDimse(env=env, source=source, commit=commit),
+        "orthanc": lambda: Orthanc(dimse=True),
+    }
+
+
 def check_tools(args, get_ops) -> None:
     missing = []
     if get_ops and not wrk_available():
         missing.append("wrk (Debian package wrk)")
+    if DIMSE_KEY in args.ops and {"dicomserver", "orthanc"} & set(args.servers) and not dcmtk_available():
+        missing.append("DCMTK's storescu and echoscu (Debian package dcmtk)")
     if "orthanc" in args.servers and not Orthanc.available():
         missing.append("Orthanc with its DICOMweb plugin (Debian packages orthanc orthanc-dicomweb)")
     if missing:
@@ -211,6 +250,44 @@ def _other_load(res, client_process_cpu: float) -> dict:
     ours = res.cpu_seconds + client_process_cpu + res.harness_cpu_seconds + res.machine_irq_seconds
     return {"other_cpu_s": max(0.0, res.machine_busy_seconds - ours), "steal_cpu_s": res.machine_steal_seconds,
             "irq_cpu_s": res.machine_irq_seconds}
+
+
+def dimse_phase(server: DicomServerDimse | Orthanc, name: str, data: generate.DataSet, args, round_no: int,
+                records: list) -> None:
+    """C-STORE every instance into a fresh DIMSE listener: in one slice per concurrency (as STOW's
+    slices), each timed, each followed by the server's own count, which must be all sent so far."""
+    files = [f for *_, f in data.instances()]
+    size = -(-len(files) // len(args.concurrency))
+    sent = 0
+    for i, conc in enumerate(args.concurrency):
+        chunk = files[i * size:(i + 1) * size]
+        if not chunk:
+            continue
+        args.gate.wait()
+        with ResourceMonitor(server.pids) as monitor:
+            try:
+                result = run_storescu(server.dicom_port, server.ae_title, chunk, concurrency=conc)
+            except BenchmarkError as error:
+                raise BenchmarkError(f"{server.label}: {error}\n{server.log()[-3000:]}") from None
+        res = monitor.result
+        sent += result.instances
+        stored = server.instances_stored()
+        if stored != sent:
+            raise BenchmarkError(f"{server.label} holds {stored} instances after {sent} were sent by C-STORE "
+                                 f"(storescu reported no failure):\n{server.log()[-3000:]}")
+        records.append({
+            "n": data.n, "round": round_no, "server": name, "op": DIMSE_KEY, "concurrency": conc,
+            "instances": result.instances, "requests": result.instances, "seconds": result.seconds,
+            "instances_per_s": result.instances_per_s, "mb_per_s": result.mb_per_s,
+            "p50_ms": None, "p95_ms": None, "bytes_per_response": None,
+            "client_cpu_s": result.client_cpu_seconds, "associations": result.associations,
+            "stored_after": stored, "sent_after": sent, **_resources(server, res),
+            **_other_load(res, client_process_cpu=result.client_cpu_seconds),
+        })
+        log(f"  {server.label} c={conc} {DIMSE_KEY}: {result.instances_per_s:.1f} inst/s, "
+            f"{result.mb_per_s:.1f} MB/s ({result.instances} instances on {result.associations} association(s), "
+            f"{stored} stored; server CPU {res.cpu_seconds:.1f} s, storescu CPU "
+            f"{result.client_cpu_seconds / result.seconds:.2f} cores)")
 
 
 def get_test(server: Server, name: str, op_key: str, paths: list[str], accept: str | None, conc: int, args,
@@ -504,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict[str, str] = {}
     labels = {"dicomserver": DicomServer.label, "orthanc": Orthanc.label, "external": External.label,
               "nginx": Nginx.label, NginxProxy.name: NginxProxy.label, "dicomserver-import": "dicomserver import",
+              "dicomserver-dimse": DicomServerDimse.label, "orthanc-dimse": "Orthanc DICOM listener",
               **{f"gunicorn-{a}": GunicornFloor(Path("."), a).label for a in GunicornFloor.APPS}}
     nginx_installed = Nginx.available()
     use_nginx = not args.no_nginx and ops.CEILING_OP in args.ops and nginx_installed
@@ -523,9 +601,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.commit = export_commit(args.dicomserver_rev, args.source)
                 log(f"dicomserver: commit {args.commit} exported to {args.source}")
             factories = make_factories(args, args.source, args.commit)
+            dimse_factories = make_dimse_factories(args, args.source, args.commit) if DIMSE_KEY in args.ops else {}
             for data in datasets:
-                measure_size(data, big, args, factories, get_ops, records, validations, unavailable, versions,
-                             settings, use_nginx, use_floors, use_import)
+                measure_size(data, big, args, factories, dimse_factories, get_ops, records, validations, unavailable,
+                             versions, settings, use_nginx, use_floors, use_import)
     finally:
         signal.alarm(0)
     info = {
@@ -545,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
         "quiet": {"max_cores": args.gate.max_cores, "retries": args.retries, "budget_s": args.quiet_budget,
                   "spent_s": args.gate.spent, "repeated": args.gate.repeated},
     }
+    if args.update:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        records, info = merge_runs(saved, records, info)
+        log(f"merged into the records of {args.out.with_suffix('.json')} ({saved['info'].get('date')})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report.render(records, info))
     args.out.with_suffix(".json").write_text(json.dumps({"info": info, "records": records}, indent=1) + "\n")
@@ -552,9 +635,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_size(data, big, args, factories, get_ops, records, validations, unavailable, versions, settings,
-                 use_nginx: bool, use_floors: bool, use_import: bool) -> None:
-    """All rounds of one data size, each server fresh in every round."""
+def merge_runs(saved: dict, records: list[dict], info: dict) -> tuple[list[dict], dict]:
+    """An earlier run's records (saved: its .json) with this run's in place of the same (server,
+    operation) pairs, and its info with this run listed under "updates" (command, date, rounds,
+    versions), for --update. Both runs must have measured the same sizes and concurrencies."""
+    earlier = saved["info"]
+    if report.sizes_of(earlier) != info["sizes"] or earlier["concurrency"] != info["concurrency"]:
+        raise BenchmarkError(
+            f"--update: the report holds N={','.join(map(str, report.sizes_of(earlier)))} at concurrency "
+            f"{','.join(map(str, earlier['concurrency']))}; this run measured N={','.join(map(str, info['sizes']))} "
+            f"at {','.join(map(str, info['concurrency']))} (pass the same --n and --concurrency)")
+    if not records:
+        raise BenchmarkError("--update: this run measured nothing")
+    replaced = {(r["server"], r["op"]) for r in records}
+    default_n = report.sizes_of(earlier)[-1]
+    kept = [r if r.get("n") is not None else {**r, "n": default_n} for r in saved["records"]
+            if (r["server"], r["op"]) not in replaced]
+    merged = dict(earlier)
+    for key in ("labels", "settings", "validation", "unavailable"):
+        merged[key] = {**(earlier.get(key) or {}), **(info.get(key) or {})}
+    merged["servers"] = earlier["servers"] + [s for s in info["servers"] if s not in earlier["servers"]]
+    update = {key: info[key] for key in ("command", "date", "repeat", "versions", "wall_seconds")}
+    update["operations"] = sorted({r["op"] for r in records})
+    if info.get("machine") != earlier.get("machine"):
+        update["machine"] = info.get("machine")
+    merged["updates"] = [*(earlier.get("updates") or []), update]
+    return kept + records, merged
+
+
+def measure_size(data, big, args, factories, dimse_factories, get_ops, records, validations, unavailable, versions,
+                 settings, use_nginx: bool, use_floors: bool, use_import: bool) -> None:
+    """All rounds of one data size, each server fresh in every round (its DIMSE listener too)."""
     paths = {op.key: ops.paths_for(op, data, args.seed) for op in get_ops}
     nginx_paths = ops.nginx_paths(data, random.Random(f"{args.seed}/nginx"))
     with ExitStack() as stack:
@@ -564,10 +675,29 @@ def measure_size(data, big, args, factories, get_ops, records, validations, unav
             settings["nginx"] = f"{nginx.workers} worker processes, sendfile, no access log"
         for round_no in range(args.repeat):
             for name in args.servers:
-                with factories[name]() as server:
-                    versions.setdefault(name, server.version())
-                    settings.setdefault(name, server.settings())
-                    measure_server(server, data, big, args, round_no, records, paths, validations, unavailable)
+                if args.ops - NOT_HTTP_KEYS:
+                    with factories[name]() as server:
+                        versions.setdefault(name, server.version())
+                        settings.setdefault(name, server.settings())
+                        measure_server(server, data, big, args, round_no, records, paths, validations, unavailable)
+                if name in dimse_factories and DIMSE_KEY not in unavailable:
+                    listener = dimse_factories[name]()
+                    try:
+                        listener.start()
+                    except RuntimeError as error:  # an older commit (--dicomserver-rev) has no gateway
+                        if "No such command 'dimse'" not in str(error):
+                            raise
+                        unavailable[DIMSE_KEY] = "the build measured has no `dicomserver dimse` command"
+                        log(f"  DIMSE C-STORE not measured: {unavailable[DIMSE_KEY]}")
+                        continue
+                    try:
+                        log(f"N={data.n} round {round_no + 1}/{args.repeat}: {listener.label} DIMSE on port "
+                            f"{listener.dicom_port}; C-STORE of {data.n} instances")
+                        versions.setdefault(name, listener.version())
+                        settings.setdefault(f"{name}-dimse", listener.settings())
+                        dimse_phase(listener, name, data, args, round_no, records)
+                    finally:
+                        listener.stop()
             if use_import:
                 import_phase(data, args, round_no, records)
             if nginx:

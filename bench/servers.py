@@ -9,6 +9,9 @@
   X-Accel-Redirect mode (DICOMWEB_ACCEL_REDIRECT): dicomserver names the stored file, nginx
   sends it, as docs/deployment.md describes.
 * `External`: any DICOMweb base URL started by someone else (no process metrics).
+* `DicomServerDimse`: the DIMSE gateway, `python -m dicomserver dimse`, on a fresh store and
+  index like `DicomServer`'s; beside it, `Orthanc(dimse=True)` is Orthanc with its own DICOM
+  listener checked at start-up. Both take C-STORE with the same largest PDU (`DIMSE_MAX_PDU`).
 
 Every server is a context manager: it is started on entry, and stopped (and its
 temporary directory removed) on exit, also when the benchmark fails. Start-up waits
@@ -25,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,11 @@ ORTHANC_BINARY = "/usr/sbin/Orthanc"
 ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+#: The largest PDU both DIMSE listeners accept (dicomserver's DICOMWEB_DIMSE_MAX_PDU_BYTES
+#: default; Orthanc's own default is 16 KB): storescu sends P-DATA of this size to either.
+DIMSE_MAX_PDU = 65536
+ORTHANC_AE_TITLE = "ORTHANC"
+DICOMSERVER_AE_TITLE = "DICOMSERVER"
 
 
 def free_port() -> int:
@@ -110,6 +119,10 @@ class Server:
     def ready_url(self) -> str:
         return self.origin + "/"
 
+    def check_ready(self) -> None:
+        """Return when the server answers; raise OSError while it does not (yet)."""
+        _get(self.ready_url(), timeout=1.0)
+
     def start(self) -> Server:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         self.port = free_port()
@@ -124,19 +137,21 @@ class Server:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT
+        why: OSError | None = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 log_text = self.log()
                 self.stop()
                 raise RuntimeError(f"{self.label} exited with {self.process.returncode} at start-up:\n{log_text}")
             try:
-                _get(self.ready_url(), timeout=1.0)
+                self.check_ready()
                 return self
-            except OSError:
+            except OSError as error:
+                why = error
                 time.sleep(0.1)
         log_text = self.log()
         self.stop()
-        raise RuntimeError(f"{self.label} did not answer {self.ready_url()} within {START_TIMEOUT:.0f} s:\n{log_text}")
+        raise RuntimeError(f"{self.label} did not answer within {START_TIMEOUT:.0f} s ({why}):\n{log_text}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -238,11 +253,68 @@ class DicomServer(Server):
         return f"gunicorn gthread, {workers} workers x {threads} threads"
 
 
+class DicomServerDimse(DicomServer):
+    """The DIMSE gateway as shipped: `python -m dicomserver dimse` (the code of `source`, as
+    DicomServer's) on a fresh store and SQLite index, listening on a free loopback port."""
+
+    name = "dicomserver-dimse"
+    label = "dicomserver dimse"
+    ae_title = DICOMSERVER_AE_TITLE
+
+    @property
+    def dicom_port(self) -> int | None:
+        return self.port
+
+    def command(self):
+        _, env, cwd = super().command()
+        env.update({"DICOMWEB_DIMSE_AE_TITLE": self.ae_title, "DICOMWEB_DIMSE_BIND": "127.0.0.1",
+                    "DICOMWEB_DIMSE_PORT": str(self.port), "DICOMWEB_DIMSE_MAX_PDU_BYTES": str(DIMSE_MAX_PDU)})
+        env.update(self.extra_env)
+        return [sys.executable, "-m", "dicomserver", "dimse"], env, cwd
+
+    def check_ready(self) -> None:
+        _echo_or_raise(self.port, self.ae_title)
+
+    def instances_stored(self) -> int:
+        """The instances in the index, and as many blob files at least (as `dicomserver import`'s check)."""
+        with sqlite3.connect(self.store_dir / "index.db") as db:
+            rows = db.execute("SELECT count(*) FROM instance").fetchone()[0]
+        blobs = sum(len(names) for _, _, names in os.walk(self.blob_root))
+        return min(rows, blobs)
+
+    def settings(self) -> str:
+        pdu = int(self.extra_env.get("DICOMWEB_DIMSE_MAX_PDU_BYTES", DIMSE_MAX_PDU))
+        others = ", ".join(f"{k}={v}" for k, v in sorted(self.extra_env.items()) if k.startswith("DICOMWEB_DIMSE_"))
+        return (f"`python -m dicomserver dimse` as {self.ae_title}, largest PDU {pdu // 1024} KB"
+                + (f" ({others})" if others else ", its other DICOMWEB_DIMSE_* defaults")
+                + "; local-disk blobs and SQLite as dicomserver's")
+
+
+def _echo_or_raise(port: int | None, ae_title: str) -> None:
+    """C-ECHO (DCMTK's echoscu); OSError while the listener does not answer."""
+    from .load import echo
+
+    if port is None:
+        raise OSError("no DICOM port")
+    problem = echo(port, ae_title, timeout=2.0)
+    if problem:
+        raise OSError(problem)
+
+
 class Orthanc(Server):
-    """Orthanc + DICOMweb plugin from Debian, configured by bench/orthanc.json."""
+    """Orthanc + DICOMweb plugin from Debian, configured by bench/orthanc.json.
+
+    dimse: also wait for its DICOM listener (a C-ECHO) at start-up, for the C-STORE test.
+    """
 
     name = "orthanc"
     label = "Orthanc"
+    ae_title = ORTHANC_AE_TITLE
+
+    def __init__(self, dimse: bool = False) -> None:
+        super().__init__()
+        self.dimse = dimse
+        self.dicom_port: int | None = None
 
     @staticmethod
     def available() -> bool:
@@ -255,18 +327,34 @@ class Orthanc(Server):
     def ready_url(self) -> str:
         return self.origin + "/system"
 
+    def check_ready(self) -> None:
+        _get(self.ready_url(), timeout=1.0)
+        if self.dimse:
+            _echo_or_raise(self.dicom_port, self.ae_title)
+
+    def instances_stored(self) -> int:
+        """The instances in Orthanc's index (its /statistics)."""
+        return int(json.loads(_get(self.origin + "/statistics", timeout=30))["CountInstances"])
+
     def prepare(self) -> None:
+        self.dicom_port = free_port()
         config = render_orthanc_config(
             storage=self.workdir / "storage",
             index=self.workdir / "index",
             http_port=self.port,
-            dicom_port=free_port(),
+            dicom_port=self.dicom_port,
         )
         (self.workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
 
     def command(self):
-        # MALLOC_ARENA_MAX is set by Orthanc itself ("MallocArenaMax", default 5).
-        return [ORTHANC_BINARY, str(self.workdir / "orthanc.json")], None, self.workdir
+        # MALLOC_ARENA_MAX is set by Orthanc itself ("MallocArenaMax", default 5). Debian's Orthanc
+        # uses Debian's DCMTK, which leaves Nagle's algorithm on in the DICOM listener unless
+        # TCP_NODELAY=1 (Orthanc's own builds compile DCMTK with DISABLE_NAGLE_ALGORITHM instead):
+        # without it every C-STORE response waits ~40 ms for a delayed ACK. The HTTP side has
+        # "TcpNoDelay": true in bench/orthanc.json for the same reason.
+        from .load import DCMTK_ENV
+
+        return [ORTHANC_BINARY, str(self.workdir / "orthanc.json")], dict(os.environ, **DCMTK_ENV), self.workdir
 
     def version(self) -> str:
         try:
@@ -277,6 +365,10 @@ class Orthanc(Server):
             return "Orthanc ?"
 
     def settings(self) -> str:
+        if self.dimse:
+            return (f"bench/orthanc.json: DICOM listener as {self.ae_title}, 4 DICOM threads (its default "
+                    f"DicomThreadsCount), largest PDU {DIMSE_MAX_PDU // 1024} KB, fsync on, any calling AE may "
+                    "store; TCP_NODELAY=1 in its environment (DCMTK without Nagle's algorithm)")
         return "bench/orthanc.json (50 HTTP threads, StorageCompression off, fsync on, metadata Full)"
 
 
@@ -289,6 +381,8 @@ def render_orthanc_config(*, storage: Path, index: Path, http_port: int, dicom_p
         "@DICOMWEB_PLUGIN@": ORTHANC_DICOMWEB_PLUGIN,
         "@HTTP_PORT@": str(http_port),
         "@DICOM_PORT@": str(dicom_port),
+        "@DICOM_AET@": ORTHANC_AE_TITLE,
+        "@MAX_PDU@": str(DIMSE_MAX_PDU),
     }
     for placeholder, value in values.items():
         text = text.replace(placeholder, value)

@@ -1,7 +1,8 @@
 """The benchmark's report and answer checks, without servers: bench/report.py renders two data
-sizes side by side from a synthetic list of records, and bench/ops.py's checks of the new rows
-(multipart WADO instance, the X-Accel answer through nginx, the big study's /metadata) accept
-the right answers and refuse wrong ones.
+sizes side by side from a synthetic list of records (with the DIMSE C-STORE rows, and merged
+into an earlier run's by --update), and bench/ops.py's checks of the new rows (multipart WADO
+instance, the X-Accel answer through nginx, the big study's /metadata) accept the right
+answers and refuse wrong ones.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from bench import generate, ops, report
+from bench import generate, ops, report, run, servers
 from bench.load import BenchmarkError
 
 SIZES = (500, 3000)
@@ -247,3 +248,76 @@ def test_big_study_metadata_check(tmp_path):
             ops.fetch_big(study_op, server, big)
     finally:
         server.close()
+
+
+# -- DIMSE C-STORE (issue 16) and --update ------------------------------------------------------
+
+def _dimse_records() -> list[dict]:
+    """Two rounds at each size: dicomserver stores at 0.5x Orthanc's rate at N=500, 1.5x at N=3000;
+    the listeners' RSS is far above the HTTP servers' (it must stay out of "peak RSS, whole run")."""
+    records = []
+    for n in SIZES:
+        k = 0.5 if n == 500 else 1.5
+        for rnd in (0, 1):
+            for i, conc in enumerate((1, 4)):
+                for server, rate in (("dicomserver", 100 * k), ("orthanc", 100.0)):
+                    records.append(_record(n, rnd, server, ops.DIMSE_OP.key, conc, instances=n // 2,
+                                           instances_per_s=rate, mb_per_s=rate / 2, stored_after=n // 2 * (i + 1),
+                                           sent_after=n // 2 * (i + 1), server_peak_rss=900e6, p50_ms=None,
+                                           p95_ms=None))
+    return records
+
+
+def test_dimse_store_beside_orthanc():
+    markdown = report.render(_records() + _dimse_records(), _info())
+    for conc in (1, 4):
+        _, rows = _table(markdown, f"## Concurrency {conc}\n")
+        row = rows["DIMSE C-STORE (storescu)"]
+        assert row[1:8] == ["instances/s", "50.0", "100", "0.50x", "150", "100", "1.50x"]
+        assert rows["peak RSS, whole run"][2] == "100"  # the HTTP servers' alone
+    assert rows["DIMSE C-STORE (storescu)"][8] == "–"  # no target asked
+    header, rows = _table(markdown, "## DIMSE C-STORE")
+    assert header[:6] == ["N", "concurrency", "server", "instances/s", "MB/s", "stored / sent (count after the slice)"]
+    lines = [line for line in markdown.split("## DIMSE C-STORE", 1)[1].split("\n## ", 1)[0].splitlines()
+             if line.startswith("| 3000 | 4 |")]
+    cells = [[re.sub(r" \([^)]*–[^)]*\)", "", c) for c in line.split(" | ")[2:6]] for line in lines]
+    assert cells == [["dicomserver", "150", "75.0", "3000/3000"], ["Orthanc", "100", "50.0", "3000/3000"]]
+    assert "**DIMSE C-STORE** sends the same N files" in markdown
+
+
+def test_no_dimse_section_without_dimse_records():
+    assert "## DIMSE C-STORE" not in report.render(_records(), _info())
+
+
+def test_update_replaces_the_rows_measured_again_and_keeps_the_rest():
+    earlier = {"info": _info(command="make bench N=500,3000 REPEAT=3"), "records": _records() + _dimse_records()}
+    again = [r for r in _dimse_records() if r["server"] == "dicomserver"]
+    for r in again:
+        r["instances_per_s"] *= 2
+    info = _info(command="make bench BENCH_ARGS='--ops dimse-store --update'", date="2026-12-07 09:00 UTC",
+                 repeat=2, versions={"dicomserver": "0.2.0"}, wall_seconds=300.0,
+                 settings={"dicomserver-dimse": "python -m dicomserver dimse"})
+    records, merged = run.merge_runs(earlier, again, info)
+    assert len(records) == len(earlier["records"])
+    assert merged["command"] == "make bench N=500,3000 REPEAT=3"
+    assert merged["updates"] == [{"command": info["command"], "date": "2026-12-07 09:00 UTC", "repeat": 2,
+                                  "versions": {"dicomserver": "0.2.0"}, "wall_seconds": 300.0,
+                                  "operations": ["dimse-store"]}]
+    assert merged["settings"]["dicomserver-dimse"] == "python -m dicomserver dimse"
+    markdown = report.render(records, merged)
+    _, rows = _table(markdown, "## Concurrency 4\n")
+    assert rows["DIMSE C-STORE (storescu)"][2:8] == ["100", "100", "1.00x", "300", "100", "3.00x"]  # new rates
+    assert rows["STOW, 10 instances per request"][2:5] == ["200", "100", "2.00x"]  # kept
+    assert "**Updated:** the rows of DIMSE C-STORE (storescu) come from a later run, on 2026-12-07 09:00 UTC" in markdown
+    assert "--ops dimse-store --update" in markdown.split("## Concurrency 1", 1)[0]
+    with pytest.raises(BenchmarkError, match="same --n"):
+        run.merge_runs(earlier, again, {**info, "sizes": [500]})
+
+
+def test_orthanc_config_listens_for_dimse(tmp_path):
+    config = servers.render_orthanc_config(storage=tmp_path / "s", index=tmp_path / "i", http_port=1, dicom_port=2)
+    assert config["DicomServerEnabled"] is True and config["DicomPort"] == 2
+    assert config["DicomAet"] == servers.ORTHANC_AE_TITLE
+    assert config["DicomAlwaysAllowStore"] is True and config["DicomCheckCalledAet"] is False
+    assert config["MaximumPduLength"] == servers.DIMSE_MAX_PDU
+    assert config["TcpNoDelay"] is True and config["SyncStorageArea"] is True

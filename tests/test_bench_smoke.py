@@ -1,10 +1,11 @@
 """The benchmark harness end to end, small: `bench/run.py --quick --n 50 --servers dicomserver`
-(with the quick big study of 200 instances and `dicomserver import`).
+(with the quick big study of 200 instances, `dicomserver import` and DIMSE C-STORE by storescu
+into `dicomserver dimse`).
 
 Not the benchmark itself (that is `make bench`): this only proves the harness still
 runs against the current server, that every operation gets a positive figure, and
-that the report it writes has a row per operation. It starts its own gunicorn
-(through the harness) and needs wrk; no Orthanc, no nginx.
+that the report it writes has a row per operation. It starts its own gunicorn and
+`dicomserver dimse` (through the harness) and needs wrk and DCMTK; no Orthanc, no nginx.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.ops import BIG_OPS, GET_OPS, STOW_OPS
+from bench.load import dcmtk_available
+from bench.ops import BIG_OPS, DIMSE_OP, GET_OPS, STOW_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,8 +28,8 @@ pytestmark = [
     pytest.mark.live,
     pytest.mark.slow,
     pytest.mark.skipif(
-        shutil.which("wrk") is None and not os.environ.get("CI"),
-        reason="wrk (Debian package wrk) is not installed; `make test` installs it as root",
+        (shutil.which("wrk") is None or not dcmtk_available()) and not os.environ.get("CI"),
+        reason="wrk or DCMTK (Debian packages wrk, dcmtk) is not installed; `make test` installs them as root",
     ),
 ]
 
@@ -59,7 +61,7 @@ def test_quick_run_against_dicomserver(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
     markdown = out.read_text()
-    labels = [op.label for op in STOW_OPS + GET_OPS]
+    labels = [op.label for op in [*STOW_OPS, DIMSE_OP, *GET_OPS]]
     for conc in (1, 4):
         rows = _table_rows(markdown, f"## Concurrency {conc}\n")
         for label in labels + ([op.label for op in BIG_OPS] if conc == 4 else []):
@@ -76,8 +78,12 @@ def test_quick_run_against_dicomserver(tmp_path):
 
     records = json.loads(out.with_suffix(".json").read_text())["records"]
     keys = {(r["op"], r["concurrency"]) for r in records if r["server"] == "dicomserver"}
-    assert keys == ({(op.key, c) for op in STOW_OPS + GET_OPS for c in (1, 4)}
+    assert keys == ({(op.key, c) for op in [*STOW_OPS, DIMSE_OP, *GET_OPS] for c in (1, 4)}
                     | {(op.key, 4) for op in BIG_OPS} | {("big-stow", 4)})
+    # DIMSE C-STORE: half of the files at c=1, the other half at c=4, all in the gateway's index.
+    dimse = sorted((r["concurrency"], r["instances"], r["stored_after"]) for r in records if r["op"] == DIMSE_OP.key)
+    assert dimse == [(1, 25, 25), (4, 25, 50)]
+    assert "50/50" in markdown.split("## DIMSE C-STORE", 1)[1]
     imports = [r for r in records if r["server"] == "dicomserver-import"]
     assert len(imports) == 1 and imports[0]["instances"] == 50 and imports[0]["instances_per_s"] > 0
     for r in records:
