@@ -15,6 +15,9 @@ timeouts) come from the settings, so a slow or silent peer costs one thread for 
 
 No instance is held whole in memory: a received one goes to a temporary file, a sent one
 (C-GET/C-MOVE) goes out from a file in PDU-sized chunks (`StoredFile`, `_send_from_file`).
+
+Storage commitment (N-ACTION, N-EVENT-REPORT) is `dimse_commitment.CommitmentSCP`'s, on the
+same peer checks.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from backends.base import BlobStoreError
 
 from .archive import Archive
+from .dimse_commitment import CommitmentSCP
 from .errors import InvalidQuery, NotFound, PayloadTooLarge
 from .index import StoredInstance
 from .ingest import (
@@ -69,6 +73,7 @@ from .matching import INSTANCE, SERIES, STUDY
 from .media import DICOM
 from .search import search
 from .settings import Settings, parse_peer
+from .storage_commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from .stow import NotStored, store
 
 log = logging.getLogger(__name__)
@@ -159,6 +164,7 @@ class Gateway:
         self.archive = archive
         self.settings = archive.settings
         self.peers = peers(archive.settings)
+        self.commitment = CommitmentSCP(archive, self.allowed, self._destination)
 
     # -- the AE -------------------------------------------------------------------------
 
@@ -190,6 +196,7 @@ class Gateway:
             )
         for model in FIND_MODELS + GET_MODELS + MOVE_MODELS:
             ae.add_supported_context(model)
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL)
         return ae
 
     def handlers(self) -> list[Any]:
@@ -199,6 +206,7 @@ class Gateway:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_N_ACTION, self.commitment.on_n_action),
         ]
 
     def start(self, *, block: bool = True) -> ThreadedAssociationServer | None:

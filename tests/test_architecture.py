@@ -68,7 +68,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.verify",
         "dicomserver.workitems",  # UPS-RS: the state machine, search, subscriptions, state_changed
         "dicomserver.ups_events",  # UPS event channels: the per-process poller of event reports
+        "dicomserver.storage_commitment",  # what the archive commits to (PS3.4 Annex J)
         "dicomserver.dimse",  # the DIMSE gateway's handlers: STOW's pipeline, QIDO's search
+        "dicomserver.dimse_commitment",  # storage commitment's N-ACTION and N-EVENT-REPORT
     ),
     "views": (
         "dicomserver.services",

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 #: Instances per read of a streamed `/metadata` body (~250 KB of CT JSON: memory stays bounded,
 #: and each piece is joined, made absolute and encoded while it is still in the CPU cache).
 METADATA_BATCH = 50
+#: SOP Instance UIDs per statement of `sop_classes_and_blobs` (SQLite before 3.32 binds 999
+#: parameters at most).
+UID_BATCH = 500
 #: Base URLs a series' gzip cache is kept for (each deployment answers under one or a few).
 METADATA_CACHE_BASES = 4
 
@@ -147,6 +150,7 @@ class IndexReads(IndexDatabase):
     def __init__(self, database_url: str, **options: Any):
         super().__init__(database_url, **options)
         self._read_sql: dict[tuple[SqlBuilder, bool, bool], str] = {}
+        self._sop_classes_sql: str | None = None
         p = self.db.param
         ids = f'SELECT "id", "watermark" FROM "instance" WHERE "series_id" = {p}'
         order = 'ORDER BY "instance_number", "id"'
@@ -359,6 +363,27 @@ class IndexReads(IndexDatabase):
             for key, study, series, sop, stored, size, sha256, original, pkey
             in self.db.execute_sql(sql, params).fetchall()
         ]
+
+    def sop_classes_and_blobs(
+        self, sop_uids: Sequence[str], *, partition: Partition = DEFAULT
+    ) -> dict[str, tuple[str, str]]:
+        """SOP Instance UID -> (SOP Class UID, blob key) of those of `sop_uids` stored in the
+        partition (storage commitment): one statement per UID_BATCH UIDs, by the (UID,
+        partition) unique index, its text the same for every batch (the last one padded)."""
+        sql = self._sop_classes_sql
+        if sql is None:
+            p = self.db.param
+            sql = self._sop_classes_sql = (
+                'SELECT "sop_instance_uid", "sop_class_uid", "blob_key" FROM "instance" '
+                f'WHERE "partition_key" = {p} AND "sop_instance_uid" IN ({", ".join([p] * UID_BATCH)})'
+            )
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(sop_uids), UID_BATCH):
+            batch = list(sop_uids[start:start + UID_BATCH])
+            batch += [batch[-1]] * (UID_BATCH - len(batch))
+            for sop_uid, sop_class_uid, blob_key in self.db.execute_sql(sql, [partition.key, *batch]).fetchall():
+                found[sop_uid] = (sop_class_uid, blob_key)
+        return found
 
     def has_instance(self, sop_instance_uid: str, *, partition: Partition = DEFAULT) -> bool:
         """Whether an instance with this SOP Instance UID is stored in the partition (a bulk import skips it)."""
