@@ -69,6 +69,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.workitems",  # UPS-RS: the state machine, search, subscriptions, state_changed
         "dicomserver.ups_events",  # UPS event channels: the per-process poller of event reports
         "dicomserver.dimse",  # the DIMSE gateway's handlers: STOW's pipeline, QIDO's search
+        "dicomserver.dimse_transfer",  # the gateway's instances through pynetdicom: from files, into spools
     ),
     "views": (
         "dicomserver.services",
