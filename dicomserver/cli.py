@@ -126,19 +126,35 @@ def serve(bind: str, workers: int | None) -> None:
 def dimse() -> None:
     """Serve the archive over DIMSE (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE) on
     DICOMWEB_DIMSE_BIND:DICOMWEB_DIMSE_PORT as DICOMWEB_DIMSE_AE_TITLE, beside `serve`."""
+    import signal
+    import threading
+
     from .dimse import Gateway  # pynetdicom: loaded only by this command
 
+    # SIGTERM (a supervisor, `docker stop`) and SIGINT stop it cleanly: no new association,
+    # the open ones aborted once the instance they store is committed, the audit records
+    # stored, exit status 0.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     with _archive() as state:
         s = state.settings
-        click.echo(f"DIMSE: {s.dimse_ae_title} listening on {s.dimse_bind}:{s.dimse_port}"
-                   + ("" if s.dimse_peers else " (any calling AE title may associate)"))
         try:
-            Gateway(state).start()
+            s.validate()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            click.echo("DIMSE: warning: PROMETHEUS_MULTIPROC_DIR is set; the gateway's metrics go into that "
+                       "directory too, which gunicorn empties when it starts: unset it for the gateway and "
+                       "scrape DICOMWEB_DIMSE_METRICS_PORT (docs/observability.md)", err=True)
+        click.echo(f"DIMSE: {s.dimse_ae_title} listening on {s.dimse_bind}:{s.dimse_port}"
+                   + ("" if s.dimse_peers else " (any calling AE title may associate)")
+                   + (f"; metrics on {s.dimse_metrics_bind}:{s.dimse_metrics_port}" if s.dimse_metrics_port else ""))
+        try:
+            Gateway(state).serve(stopping)
         except OSError as exc:
             problem = exc.strerror or exc
-            raise click.ClickException(f"cannot listen on {s.dimse_bind}:{s.dimse_port}: {problem}") from None
-        except KeyboardInterrupt:
-            pass
+            raise click.ClickException(f"cannot listen on {problem}") from None
 
 
 # -- import --------------------------------------------------------------------------------

@@ -13,26 +13,38 @@ others), and each request is refused (0x0124) unless it comes from the listed ho
 sends only to listed peers with a port. Limits (associations, PDU size, ACSE/DIMSE/network
 timeouts) come from the settings, so a slow or silent peer costs one thread for a bounded time.
 
-No instance is held whole in memory: a received one goes to a temporary file, a sent one
-(C-GET/C-MOVE) goes out from a file in PDU-sized chunks (`StoredFile`, `_send_from_file`).
+No instance is held whole in memory (dimse_transfer.py): a received one is written as it
+arrives into a spool of the blob store (the local store renames it into place: one write),
+and refused with an A-ABORT as soon as it passes DICOMWEB_MAX_INSTANCE_BYTES; a sent one
+(C-GET/C-MOVE) goes out from a file in PDU-sized chunks.
+
+Every request that touches patient data, and every refused one, is a record of the audit
+trail the HTTP side writes (audit.py: JSON lines and the index's /audit), with the calling
+AE title as the subject and the peer's address as the client; and it is counted in the
+metrics (metrics.py), served on the gateway's own listener (DICOMWEB_DIMSE_METRICS_PORT).
 
 Storage commitment (N-ACTION, N-EVENT-REPORT) is `dimse_commitment.CommitmentSCP`'s, on the
 same peer checks.
 """
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import logging
 import os
 import socket
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, Any, TypeVar
 
-from pydicom import dcmread
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import (
@@ -58,23 +70,35 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from backends.base import BlobStoreError
 
+from . import metrics
 from .archive import Archive
+from .audit import AuditLog, AuditRecord, AuditStore, AuditTrail
 from .dimse_commitment import CommitmentSCP
-from .errors import InvalidQuery, NotFound, PayloadTooLarge
+from .dimse_transfer import (
+    ReceivedFile,
+    StoredFile,
+    drop_partial_instance,
+    receive_into_spools,
+    send_sub_operations_from_files,
+)
+from .errors import InvalidQuery, NotFound, PayloadTooLarge, Unauthenticated
 from .index import StoredInstance
 from .ingest import (
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     ELEMENTS_DISCARDED,
     INSTANCE_ALREADY_EXISTS,
     INVALID_DATASET,
+    InstanceRejected,
     PartResult,
+    identify,
 )
 from .matching import INSTANCE, SERIES, STUDY
-from .media import DICOM
+from .partitions import DEFAULT, DEFAULT_NAME, Partition
 from .search import search
 from .settings import Settings, parse_peer
 from .storage_commitment import STORAGE_COMMITMENT_PUSH_MODEL
-from .stow import NotStored, store
+from .stow import NotStored, store_received
+from .uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +142,8 @@ UNKNOWN_DESTINATION = 0xA801
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 COERCED = 0xB000
+SUB_OPERATIONS_FAILED = 0xA702
+SUB_OPERATIONS_WARNING = 0xB000
 WARNING_ELEMENTS_DISCARDED = 0xB006
 WARNING_DOES_NOT_MATCH_SOP_CLASS = 0xB007
 
@@ -129,11 +155,15 @@ _NOT_MATCHING = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "Retrie
 _BASE_URL = "http://dimse.invalid"
 #: PS3.8 §9.3.2.2: an association proposes at most 128 presentation contexts.
 MAX_CONTEXTS = 128
-#: P-DATA PDUs of a sub-operation queued for the socket at most (each at most the peer's
-#: maximum PDU length).
-QUEUED_PDUS = 8
 #: PS3.5: Error Comment is LO, 64 characters at most.
 _COMMENT_CHARS = 64
+#: The data action of each service, as the HTTP routes declare theirs (roles.json); a
+#: service with none (C-ECHO) touches no patient data: audited only when refused.
+#: (N-ACTION is storage commitment: it tells which of the named instances are stored.)
+ACTIONS = {"C-STORE": "write", "C-FIND": "read", "C-GET": "read", "C-MOVE": "read", "N-ACTION": "read"}
+#: How long a stopping gateway waits for the associations it aborted to finish the
+#: instance they were storing (each is committed whole, or not at all).
+STOP_SECONDS = 10.0
 
 T = TypeVar("T")
 
@@ -157,6 +187,16 @@ def _status(code: int, comment: str | None = None) -> Dataset:
     return ds
 
 
+class GatewayAE(AE):
+    """pynetdicom's AE, knowing its gateway: the receive and send hooks of dimse_transfer.py
+    (installed for the whole process, as pynetdicom has no per-AE ones) act only on this AE's
+    associations."""
+
+    def __init__(self, gateway: Gateway, ae_title: str):
+        super().__init__(ae_title=ae_title)
+        self.gateway = gateway
+
+
 class Gateway:
     """The DIMSE handlers of one archive, and the AE that serves them."""
 
@@ -164,22 +204,26 @@ class Gateway:
         self.archive = archive
         self.settings = archive.settings
         self.peers = peers(archive.settings)
-        self.commitment = CommitmentSCP(archive, self.allowed, self._destination)
+        s = self.settings
+        store = AuditStore(archive.index, s.audit_retention_days) if s.audit_store else None
+        self.audit = AuditTrail(AuditLog(s.audit_log), store)
+        #: The data partition it stores into and queries (DICOMWEB_DIMSE_PARTITION), resolved by `start`.
+        self.partition = DEFAULT
+        self.commitment = CommitmentSCP(archive, self.allowed, self._destination, lambda: self.partition)
 
     # -- the AE -------------------------------------------------------------------------
 
     def application_entity(self) -> AE:
         """An AE with every storage SOP class and the Q/R models as SCP, limits from the settings."""
         s = self.settings
-        # The received dataset goes to a temporary Part 10 file, not into memory: in the
-        # spool directory if one is set (this process is the gateway's alone).
+        # The received dataset is written as it arrives, not kept in memory: into a spool
+        # of the blob store (`ReceivedFile`), where pynetdicom would make a temporary file.
         _config.STORE_RECV_CHUNKED_DATASET = True
         # C-GET/C-MOVE sub-operations are sent from files, in PDU-sized chunks.
         _config.STORE_SEND_CHUNKED_DATASET = True
-        _send_sub_operations_from_files()
-        if s.spool_dir:
-            tempfile.tempdir = s.spool_dir
-        ae = AE(ae_title=s.dimse_ae_title)
+        send_sub_operations_from_files()
+        receive_into_spools()
+        ae = GatewayAE(self, s.dimse_ae_title)
         ae.maximum_associations = s.dimse_max_associations
         ae.maximum_pdu_size = s.dimse_max_pdu_bytes
         ae.acse_timeout = s.dimse_acse_timeout
@@ -206,15 +250,76 @@ class Gateway:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
-            (evt.EVT_N_ACTION, self.commitment.on_n_action),
+            (evt.EVT_N_ACTION, self.on_n_action),
+        ]
+
+    def notification_handlers(self) -> list[Any]:
+        """Associations and bytes, for the metrics and the audit trail."""
+        return [
+            (evt.EVT_ACCEPTED, _count_association, ["accepted"]),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_ABORTED, _count_association, ["aborted"]),
+            (evt.EVT_CONN_CLOSE, drop_partial_instance),
+            (evt.EVT_DATA_RECV, _count_bytes, [_RECEIVED]),
+            (evt.EVT_DATA_SENT, _count_bytes, [_SENT]),
         ]
 
     def start(self, *, block: bool = True) -> ThreadedAssociationServer | None:
         """Listen on DICOMWEB_DIMSE_BIND:DICOMWEB_DIMSE_PORT; block until interrupted, or
         return the server (tests)."""
         s = self.settings
+        if s.dimse_partition != DEFAULT_NAME:  # created if new, as a STOW into it would
+            self.partition = self._connected(lambda: self.archive.partition(s.dimse_partition, create=True))
         address = (s.dimse_bind, s.dimse_port)
-        return self.application_entity().start_server(address, block=block, evt_handlers=self.handlers())
+        return self.application_entity().start_server(
+            address, block=block, evt_handlers=self.handlers() + self.notification_handlers()
+        )
+
+    def serve(self, stopping: threading.Event) -> None:
+        """Serve (and the metrics listener, if configured) until `stopping` is set (SIGTERM,
+        SIGINT), then stop as `stop` does."""
+        s = self.settings
+        try:
+            server = self.start(block=False)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{s.dimse_bind}:{s.dimse_port}: {exc.strerror or exc}") from None
+        assert server is not None
+        try:
+            listener = self.serve_metrics(server) if s.dimse_metrics_port else None
+        except OSError as exc:
+            self.stop(server)
+            raise OSError(exc.errno, f"{s.dimse_metrics_bind}:{s.dimse_metrics_port}: {exc.strerror or exc}") from None
+        try:
+            while not stopping.wait(0.5):
+                pass
+        finally:
+            if listener is not None:
+                listener.shutdown()
+                listener.server_close()
+            self.stop(server)
+
+    def stop(self, server: ThreadedAssociationServer) -> None:
+        """Stop listening, abort the associations (an instance being stored is finished:
+        committed whole before its thread ends, up to STOP_SECONDS), store the audit records."""
+        server.shutdown()
+        running = list(server.active_associations)
+        for assoc in running:
+            assoc.abort()
+        deadline = time.monotonic() + STOP_SECONDS
+        for assoc in running:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+        self.audit.close()
+
+    def serve_metrics(self, server: ThreadedAssociationServer) -> ThreadingHTTPServer:
+        """`GET /metrics` on DICOMWEB_DIMSE_METRICS_BIND:DICOMWEB_DIMSE_METRICS_PORT, in a thread:
+        this process' metrics and its open associations (DICOMWEB_METRICS_TOKEN applies)."""
+        s = self.settings
+        listener = ThreadingHTTPServer((s.dimse_metrics_bind, s.dimse_metrics_port or 0), _MetricsHandler)
+        listener.daemon_threads = True
+        listener.token = s.metrics_token  # type: ignore[attr-defined]
+        listener.collector = _Associations(server)  # type: ignore[attr-defined]
+        threading.Thread(target=listener.serve_forever, name="dimse-metrics", daemon=True).start()
+        return listener
 
     # -- who may ask ----------------------------------------------------------------------
 
@@ -238,121 +343,304 @@ class Gateway:
         finally:
             index.close()
 
+    # -- the audit trail and the request metrics --------------------------------------------
+
+    def answered(
+        self,
+        assoc: Association,
+        service: str,
+        status: int | Dataset,
+        *,
+        message_id: int | None = None,
+        route: str | None = None,
+        studies: Iterable[str | None] = (None,),
+        series: str | None = None,
+        instance: str | None = None,
+        size: int | None = None,
+    ) -> None:
+        """Count an answered request, and record it in the audit trail when it touched
+        patient data or was refused (as the HTTP side records a request)."""
+        code = status if isinstance(status, int) else int(status.Status)
+        _count_request(service, code)
+        action = ACTIONS.get(service)
+        if not self.audit.enabled or (action is None and code != NOT_AUTHORIZED):
+            return
+        requestor = assoc.requestor
+        fields: dict[str, Any] = {
+            "time": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+            "request_id": _request_id(assoc, message_id),
+            "subject": requestor.ae_title.strip() or "-",
+            "client": str(requestor.address or "-"),
+            "method": service,
+            "route": route or service,
+            "action": action,
+            "series": series if is_valid_uid(series) else None,
+            "instance": instance if is_valid_uid(instance) else None,
+            "status": code,
+            "bytes": size,
+            "partition": self.partition.name if self.settings.partitions else None,
+        }
+        self.audit.write([AuditRecord(study=uid if is_valid_uid(uid) else None, **fields) for uid in studies])
+
+    def on_rejected(self, event: Event) -> None:
+        """A refused association: counted, and audited (the calling AE title is no listed peer,
+        or the gateway has DICOMWEB_DIMSE_MAX_ASSOCIATIONS already)."""
+        metrics.DIMSE_ASSOCIATIONS.labels("rejected").inc()
+        title = event.assoc.requestor.ae_title.strip()
+        listed = not self.peers or any(peer.ae_title == title for peer in self.peers)
+        self.answered(event.assoc, "A-ASSOCIATE", NOT_AUTHORIZED if not listed else OUT_OF_RESOURCES)
+
     # -- C-ECHO ---------------------------------------------------------------------------
 
     def on_echo(self, event: Event) -> int:
-        return SUCCESS if self.allowed(event) else NOT_AUTHORIZED
+        status = SUCCESS if self.allowed(event) else NOT_AUTHORIZED
+        self.answered(event.assoc, "C-ECHO", status, message_id=event.request.MessageID)
+        return status
 
     # -- C-STORE --------------------------------------------------------------------------
 
     def on_store(self, event: Event) -> Dataset | int:
         """Store the received Part 10 file through STOW's pipeline; its result as a status."""
-        if not self.allowed(event):
-            return NOT_AUTHORIZED
-        path = event.dataset_path
-        mismatch = affected_mismatch(event.request, path)
-        if mismatch is not None:
-            return mismatch
+        request: Any = event.request
+        received = getattr(request, "_dataset_file", None)
+        result: PartResult | None = None
         try:
-            with open(path, "rb") as fp:
-                results = self._connected(
-                    lambda: store(
-                        self.archive.ingestor, self.settings, fp.read, DICOM, study_uid=None, replace=False
-                    )
-                )
+            status, result = self._store(event, received)
+        finally:
+            if isinstance(received, ReceivedFile):
+                received.close()  # a spool not committed is removed now
+        self.answered(
+            event.assoc, "C-STORE", status, message_id=request.MessageID,
+            studies=[result.study_instance_uid if result is not None else None],
+            series=result.series_instance_uid if result is not None else None,
+            instance=(result.sop_instance_uid if result is not None else None) or str(request.AffectedSOPInstanceUID),
+            size=received.size if isinstance(received, ReceivedFile) else None,
+        )
+        return status
+
+    def _store(self, event: Event, received: Any) -> tuple[Dataset | int, PartResult | None]:
+        if not self.allowed(event):
+            return NOT_AUTHORIZED, None
+        if not isinstance(received, ReceivedFile):  # pynetdicom kept it in memory: not configured so
+            log.error("DIMSE C-STORE: the data set was not received into a spool")
+            return _status(PROCESSING_FAILURE, "the archive could not store the instance"), None
+        if received.over:
+            return _status(OUT_OF_RESOURCES, f"larger than this archive's limit of {received.limit} bytes"), None
+        if received.error is not None or received.spool is None:
+            log.warning("DIMSE C-STORE: storage failed", exc_info=received.error)
+            return _status(OUT_OF_RESOURCES, "the archive's storage is unavailable"), None
+        spool = received.spool
+        mismatch = affected_mismatch(event.request, spool.reader())
+        if mismatch is not None:
+            return mismatch, None
+        try:
+            result = self._connected(
+                lambda: store_received(self.archive.ingestor, self.settings, spool, partition=self.partition)
+            )
         except PayloadTooLarge as exc:
-            return _status(OUT_OF_RESOURCES, str(exc))
+            return _status(OUT_OF_RESOURCES, str(exc)), None
         except (BlobStoreError, OSError) as exc:
             log.warning("DIMSE C-STORE: storage failed", exc_info=exc)
-            return _status(OUT_OF_RESOURCES, "the archive's storage is unavailable")
+            return _status(OUT_OF_RESOURCES, "the archive's storage is unavailable"), None
         except Exception:
             log.exception("DIMSE C-STORE failed")
-            return _status(PROCESSING_FAILURE, "the archive could not store the instance")
-        return store_status(results[0])
+            return _status(PROCESSING_FAILURE, "the archive could not store the instance"), None
+        return store_status(result), result
+
+    def received_file(self) -> ReceivedFile:
+        """Where pynetdicom writes the data set of a C-STORE request of this gateway's."""
+        s = self.settings
+        try:
+            spool = self.archive.store.spool(memory_bytes=s.spool_memory_bytes, spool_dir=s.spool_dir)
+        except Exception as exc:  # in pynetdicom's DUL thread: the handler answers it
+            return ReceivedFile(None, s.max_instance_bytes, error=exc)
+        return ReceivedFile(spool, s.max_instance_bytes)
+
+    def refused_while_receiving(self, assoc: Association, message: Any) -> None:
+        """A C-STORE whose data set passed the size limit as it arrived: aborted (A-ABORT),
+        counted and audited; called in pynetdicom's DUL thread."""
+        command = message.command_set
+        log.warning("DIMSE C-STORE from %s aborted: the instance passed DICOMWEB_MAX_INSTANCE_BYTES (%d)",
+                    assoc.requestor.ae_title.strip(), self.settings.max_instance_bytes)
+        self.answered(
+            assoc, "C-STORE", OUT_OF_RESOURCES, message_id=command.get("MessageID"),
+            instance=str(command.get("AffectedSOPInstanceUID", "")),
+        )
+        assoc._abort_nonblocking()
+
+    # -- N-ACTION (storage commitment) ----------------------------------------------------
+
+    def on_n_action(self, event: Event) -> tuple[int | Dataset, Dataset | None]:
+        """Storage commitment's N-ACTION (dimse_commitment.py), counted and audited with the
+        request's Transaction UID as its route (the report follows from a thread)."""
+        status, reply = self.commitment.on_n_action(event)
+        try:
+            transaction = str(event.action_information.get("TransactionUID", "") or "")
+        except Exception:  # undecodable: the handler has answered 0x0115 already
+            transaction = ""
+        self.answered(
+            event.assoc, "N-ACTION", status, message_id=event.request.MessageID,
+            route=f"N-ACTION storage commitment {transaction}" if transaction else "N-ACTION storage commitment",
+        )
+        return status, reply
 
     # -- C-FIND ---------------------------------------------------------------------------
 
     def on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-        if not self.allowed(event):
-            yield NOT_AUTHORIZED, None
-            return
         identifier = event.identifier
-        self.archive.index.connect()
+        route = "C-FIND " + query_description(identifier)
+        # What the record says when the generator is closed before its end: the peer went.
+        status: int | Dataset = CANCEL
         try:
-            for match in find(self.archive, identifier):
-                if event.is_cancelled:
-                    yield CANCEL, None
-                    return
-                yield PENDING, match
-        except InvalidQuery as exc:
-            yield _status(CANNOT_UNDERSTAND, str(exc)), None
-            return
+            if not self.allowed(event):
+                status = NOT_AUTHORIZED
+                yield status, None
+                return
+            self.archive.index.connect()
+            try:
+                for match in find(self.archive, identifier, self.partition):
+                    if event.is_cancelled:
+                        status = CANCEL
+                        yield CANCEL, None
+                        return
+                    yield PENDING, match
+            except InvalidQuery as exc:
+                status = _status(CANNOT_UNDERSTAND, str(exc))
+                yield status, None
+                return
+            finally:
+                self.archive.index.close()
+            status = SUCCESS
+            yield SUCCESS, None
+        except Exception:
+            status = PROCESSING_FAILURE  # pynetdicom answers the failure
+            raise
         finally:
-            self.archive.index.close()
-        yield SUCCESS, None
+            self.answered(event.assoc, "C-FIND", status, message_id=event.request.MessageID, route=route,
+                          studies=[_single_uid(identifier, "StudyInstanceUID")],
+                          series=_single_uid(identifier, "SeriesInstanceUID"))
 
     # -- C-GET and C-MOVE -----------------------------------------------------------------
 
     def on_get(self, event: Event) -> Iterator[Any]:
+        route = "C-GET " + _level(event.identifier)
         if not self.allowed(event):
+            self.answered(event.assoc, "C-GET", NOT_AUTHORIZED, message_id=event.request.MessageID, route=route)
             yield from _refused(NOT_AUTHORIZED)
             return
         try:
-            found = self._connected(lambda: instances(self.archive, event.identifier))
+            by_study = self._connected(lambda: instances_by_study(self.archive, event.identifier, self.partition))
         except InvalidQuery as exc:
-            yield from _refused(_status(CANNOT_UNDERSTAND, str(exc)))
+            status = _status(CANNOT_UNDERSTAND, str(exc))
+            self.answered(event.assoc, "C-GET", status, message_id=event.request.MessageID, route=route)
+            yield from _refused(status)
             return
-        yield len(found)
-        yield from self._send(event, found)
+        found = [instance for group in by_study.values() for instance in group]
+        started = False
+        try:
+            yield len(found)
+            started = True
+            yield from self._send(event, found, list(by_study), "C-GET", route)
+        finally:
+            if not started:  # nothing to send: pynetdicom answered Success and stopped here
+                self.answered(event.assoc, "C-GET", SUCCESS, message_id=event.request.MessageID, route=route)
 
     def on_move(self, event: Event) -> Iterator[Any]:
         """The destination (only a listed peer with a port), then as C-GET; the association
         to it proposes the SOP classes and transfer syntaxes of what is sent."""
-        destination = self._destination(event.move_destination)
+        title = _text(event.move_destination)
+        route = f"C-MOVE {_level(event.identifier)} to {title or '(none)'}"
+        destination = self._destination(title)
         if not self.allowed(event) or destination is None:
             # pynetdicom answers 0xA801 (move destination unknown); for a refused peer too,
             # as the destination is the first answer a C-MOVE handler gives.
+            refusal = UNKNOWN_DESTINATION if self.peers_allow(event) else NOT_AUTHORIZED
+            self.answered(event.assoc, "C-MOVE", refusal, message_id=event.request.MessageID, route=route)
             yield None, None
             return
         try:
-            found = self._connected(lambda: instances(self.archive, event.identifier))
+            by_study = self._connected(lambda: instances_by_study(self.archive, event.identifier, self.partition))
         except InvalidQuery as exc:
+            status = _status(CANNOT_UNDERSTAND, str(exc))
+            self.answered(event.assoc, "C-MOVE", status, message_id=event.request.MessageID, route=route)
             yield (*destination, {"contexts": [build_context(Verification)]})
-            yield from _refused(_status(CANNOT_UNDERSTAND, str(exc)))
+            yield from _refused(status)
             return
-        yield (*destination, {"contexts": move_contexts(found) or [build_context(Verification)]})
-        yield len(found)
-        yield from self._send(event, found)
+        found = [instance for group in by_study.values() for instance in group]
+        started = False
+        try:
+            yield (*destination, {"contexts": move_contexts(found) or [build_context(Verification)],
+                                  "evt_handlers": _BYTES_COUNTED})
+            yield len(found)
+            started = True
+            yield from self._send(event, found, list(by_study), "C-MOVE", route)
+        finally:
+            if not started:  # pynetdicom stopped before the first sub-operation: nothing to send
+                # (Success), or no association with the destination (0xA801)
+                self.answered(event.assoc, "C-MOVE", UNKNOWN_DESTINATION if found else SUCCESS,
+                              message_id=event.request.MessageID, route=route, studies=list(by_study) or [None])
+
+    def peers_allow(self, event: Event) -> bool:
+        """`allowed`, without its warning (asked again for the audit record)."""
+        if not self.peers:
+            return True
+        requestor = event.assoc.requestor
+        title = requestor.ae_title.strip()
+        return any(p.ae_title == title and _same_host(p.host, requestor.address) for p in self.peers)
 
     def _destination(self, title: bytes | str | None) -> tuple[str, int] | None:
-        name = (title.decode("ascii", "replace") if isinstance(title, bytes) else title or "").strip()
+        name = _text(title)
         for peer in self.peers:
             if peer.ae_title == name and peer.port is not None:
                 return peer.host, peer.port
         return None
 
-    def _send(self, event: Event, found: list[StoredInstance]) -> Iterator[Any]:
+    def _send(
+        self, event: Event, found: list[StoredInstance], studies: list[str], service: str, route: str
+    ) -> Iterator[Any]:
         """One C-STORE sub-operation per instance, each sent from a file in chunks: the blob's
-        own file on a local store, else a temporary copy, deleted once it is sent."""
+        own file on a local store, else a temporary copy, deleted once it is sent. Ends with
+        the audit record of the request: the studies sent, the bytes and the final status."""
         store = self.archive.store
-        for instance in found:
-            if event.is_cancelled:
-                yield CANCEL, None
-                return
-            copy: str | None = None
-            try:
-                path = store.local_path(instance.blob_key)
-                if path is None:
-                    copy = path = self._copy(instance.blob_key)
-            except Exception:
-                log.exception("DIMSE: cannot read %s", instance.sop_instance_uid)
-                yield PROCESSING_FAILURE, None
-                continue
-            try:
-                yield PENDING, StoredFile(path, instance.sop_class_uid, instance.sop_instance_uid)
-            finally:
-                if copy is not None:
-                    os.unlink(copy)
+        completed = failed = sent_bytes = 0
+        cancelled = False
+        try:
+            for instance in found:
+                if event.is_cancelled:
+                    cancelled = True
+                    yield CANCEL, None
+                    return
+                copy: str | None = None
+                try:
+                    path = store.local_path(instance.blob_key)
+                    if path is None:
+                        copy = path = self._copy(instance.blob_key)
+                except Exception:
+                    log.exception("DIMSE: cannot read %s", instance.sop_instance_uid)
+                    failed += 1
+                    yield PROCESSING_FAILURE, None
+                    continue
+                sub_operation = StoredFile(path, instance.sop_class_uid, instance.sop_instance_uid)
+                try:
+                    yield PENDING, sub_operation
+                finally:
+                    if copy is not None:
+                        os.unlink(copy)
+                if sub_operation.status is not None and _status_class(sub_operation.status) in ("success", "warning"):
+                    completed += 1
+                    sent_bytes += instance.size
+                else:
+                    failed += 1
+        finally:
+            failed += len(found) - completed - failed if not cancelled else 0
+            status = (
+                CANCEL if cancelled
+                else SUCCESS if not failed
+                else SUB_OPERATIONS_WARNING if completed
+                else SUB_OPERATIONS_FAILED
+            )
+            self.answered(event.assoc, service, status, message_id=event.request.MessageID, route=route,
+                          studies=studies or [None], size=sent_bytes)
 
     def _copy(self, key: str) -> str:
         """The blob streamed into a temporary file (in the spool directory, if set)."""
@@ -367,81 +655,141 @@ class Gateway:
         return path
 
 
-class StoredFile(Dataset):
-    """A C-STORE sub-operation's instance as its Part 10 file, not read.
+# -- metrics and the audit record's request id ----------------------------------------------
 
-    pynetdicom's C-GET/C-MOVE service takes only Datasets from a handler, and its
-    `send_c_store` streams only a file path; `_send_sub_operations_from_files` makes it send
-    this as its path. The two UIDs are there for the Failed SOP Instance UID List.
-    """
-
-    def __init__(self, path: str, sop_class_uid: str, sop_instance_uid: str):
-        super().__init__()
-        self.SOPClassUID = sop_class_uid
-        self.SOPInstanceUID = sop_instance_uid
-        self.file_path = path
+_RECEIVED = "received"
+_SENT = "sent"
 
 
-_send_c_store = Association.send_c_store
+def _status_class(code: int) -> str:
+    """A DIMSE status as the metrics count it (PS3.7 C: success, warning, cancel, failure)."""
+    if code == SUCCESS:
+        return "success"
+    if code == CANCEL:
+        return "cancel"
+    if code == NOT_AUTHORIZED:
+        return "refused"
+    if code == 0x0001 or 0xB000 <= code <= 0xBFFF:
+        return "warning"
+    if code in (PENDING, 0xFF01):
+        return "pending"
+    return "failure"
 
 
-def _send_from_file(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
-    """`Association.send_c_store`, sending a `StoredFile` from its file.
-
-    A file is sent as stored (pynetdicom converts no transfer syntax when it streams a file);
-    when the peer accepted no context in the stored syntax, the instance is read whole and
-    pynetdicom converts it, as before (uncompressed syntaxes only).
-    """
-    if not isinstance(dataset, StoredFile):
-        return _send_c_store(self, dataset, *args, **kwargs)
-    dul = self.dul
-    dul.send_pdu = _paced(dul)  # type: ignore[method-assign,assignment]
-    try:
-        return _send_c_store(self, dataset.file_path, *args, **kwargs)
-    except ValueError:
-        log.info("DIMSE: %s is sent converted, read whole: the peer accepted no context in its "
-                 "stored transfer syntax", dataset.SOPInstanceUID)
-        return _send_c_store(self, dcmread(dataset.file_path), *args, **kwargs)
-    finally:
-        del dul.send_pdu
+#: DIMSE_REQUESTS' children by (service, status class), as metrics.py keeps the HTTP ones.
+_request_children: dict[tuple[str, str], Any] = {}
 
 
-def _paced(dul: Any) -> Callable[[Any], None]:
-    """`dul.send_pdu` that waits while more than `QUEUED_PDUS` P-DATA wait to be sent.
-
-    pynetdicom queues every PDU of a message at once in an unbounded queue that its DUL
-    thread drains to the socket: a file sent faster than the peer reads would be in memory
-    whole. The DUL thread only takes from that queue, so waiting here cannot deadlock it;
-    the wait ends when the DUL thread stops (abort, timeout).
-    """
-    send = dul.send_pdu
-
-    def send_pdu(primitive: Any) -> None:
-        send(primitive)
-        while dul.to_provider_queue.qsize() > QUEUED_PDUS and dul.is_alive():
-            time.sleep(0.001)
-
-    return send_pdu
+def _count_request(service: str, code: int) -> None:
+    key = (service, _status_class(code))
+    child = _request_children.get(key)
+    if child is None:
+        child = _request_children[key] = metrics.DIMSE_REQUESTS.labels(*key)
+    child.inc()
 
 
-def _send_sub_operations_from_files() -> None:
-    Association.send_c_store = _send_from_file  # type: ignore[method-assign]
+def _count_association(event: Event, outcome: str) -> None:
+    metrics.DIMSE_ASSOCIATIONS.labels(outcome).inc()
 
 
-def affected_mismatch(request: Any, path: str | os.PathLike[str]) -> Dataset | None:
+def _count_bytes(event: Event, direction: str) -> None:
+    metrics.DIMSE_BYTES.labels(direction).inc(len(event.data))
+
+
+#: The handlers of the association a C-MOVE opens to its destination: its bytes count too.
+_BYTES_COUNTED = [(evt.EVT_DATA_RECV, _count_bytes, [_RECEIVED]), (evt.EVT_DATA_SENT, _count_bytes, [_SENT])]
+
+
+def _request_id(assoc: Association, message_id: int | None) -> str:
+    """The association's id (random, one per association) and the request's Message ID: the
+    records of one association share the first part."""
+    ident = getattr(assoc, "_dicomserver_id", None)
+    if ident is None:
+        ident = os.urandom(8).hex()
+        assoc._dicomserver_id = ident  # type: ignore[attr-defined]
+    return ident if message_id is None else f"{ident}-{message_id}"
+
+
+class _Associations(Collector):
+    """The server's open associations, read at scrape time."""
+
+    def __init__(self, server: ThreadedAssociationServer):
+        self.server = server
+
+    def collect(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily("dicomweb_dimse_active_associations", "Associations the DIMSE gateway has open",
+                                  value=len(self.server.active_associations))]
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """GET /metrics of the gateway's listener; anything else is 404."""
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] != "/metrics":
+            self._answer(404, b"not found\n", "text/plain")
+            return
+        try:
+            metrics.check_scrape_token(self.server.token, self.headers.get("Authorization"))  # type: ignore[attr-defined]
+        except Unauthenticated:
+            self._answer(401, b"", "text/plain", {"WWW-Authenticate": 'Bearer realm="metrics"'})
+            return
+        self._answer(200, metrics.process_exposition(self.server.collector), metrics.CONTENT_TYPE)  # type: ignore[attr-defined]
+
+    def _answer(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes are not logged
+
+
+# -- identifiers as the audit record names them ------------------------------------------------
+
+
+def _text(value: bytes | str | None) -> str:
+    return (value.decode("ascii", "replace") if isinstance(value, bytes) else value or "").strip()
+
+
+def _level(identifier: Dataset | None) -> str:
+    level = str(getattr(identifier, "QueryRetrieveLevel", "") or "").upper()
+    return level if level in LEVELS else "(invalid level)"
+
+
+def query_description(identifier: Dataset | None) -> str:
+    """A C-FIND's level and the keywords of its matching keys, never their values (the audit
+    record keeps no attribute value): 'STUDY PatientID,StudyDate'."""
+    keys = [e.keyword for e in identifier or [] if e.keyword and e.keyword not in _NOT_MATCHING
+            and e.VR != "SQ" and e.value not in (None, "", [])]
+    return f"{_level(identifier)} {','.join(keys)}".rstrip()
+
+
+def _single_uid(identifier: Dataset | None, keyword: str) -> str | None:
+    value = getattr(identifier, keyword, None) if identifier is not None else None
+    return str(value) if isinstance(value, str) and is_valid_uid(str(value)) else None
+
+
+def affected_mismatch(request: Any, fp: IO[bytes]) -> Dataset | None:
     """A failure status when the C-STORE request's Affected SOP Class/Instance UID is not the
     data set's SOP Class/Instance UID (PS3.7 9.3.1.1; PS3.4 B.2.3), else None.
 
     A class mismatch is 0xA900 (Data Set does not match SOP Class); an instance mismatch has no
     status of its own in PS3.4 B.2.3, so it is 0xC000 (Cannot understand) with an Error Comment.
-    Only the header is read, up to the two UIDs.
+    Only the start of the file is read, up to the identifying UIDs, by the raw header reader
+    `dicomserver import` uses (`ingest.identify`).
     """
     try:
-        header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
-    except Exception:
+        header = identify(fp)
+    except InstanceRejected:
         return None  # the pipeline refuses what it cannot parse, with its own comment
-    sop_class = str(header.get("SOPClassUID", ""))
-    sop_instance = str(header.get("SOPInstanceUID", ""))
+    if header is None:
+        return None  # as a UID that is missing or invalid
+    sop_class = header.sop_class_uid or ""
+    sop_instance = header.sop_instance_uid or ""
     if sop_class and str(request.AffectedSOPClassUID) != sop_class:
         return _status(DOES_NOT_MATCH_SOP_CLASS, "Affected SOP Class UID is not the data set's SOP Class UID")
     if sop_instance and str(request.AffectedSOPInstanceUID) != sop_instance:
@@ -499,7 +847,7 @@ def _comment(result: PartResult) -> str | None:
 # -- C-FIND: an identifier as a QIDO search ---------------------------------------------------
 
 
-def find(archive: Archive, identifier: Dataset) -> Iterator[Dataset]:
+def find(archive: Archive, identifier: Dataset, partition: Partition = DEFAULT) -> Iterator[Dataset]:
     """The matches of a C-FIND identifier, each with the identifier's keys (PS3.4 C.4.1.1.3).
 
     The identifier's keys with a value become QIDO matching parameters, every key an
@@ -515,7 +863,7 @@ def find(archive: Archive, identifier: Dataset) -> Iterator[Dataset]:
     offset = 0
     while True:
         page = search(archive, LEVELS[level], [*args, ("limit", str(limit)), ("offset", str(offset))],
-                      base_url=_BASE_URL)
+                      base_url=_BASE_URL, partition=partition)
         for item in json.loads(page.body):
             found = Dataset.from_json(item)
             if level == "PATIENT":
@@ -563,8 +911,15 @@ def _answer(identifier: Dataset, found: Dataset, level: str, ae_title: str) -> D
 # -- C-GET and C-MOVE: an identifier as instances ----------------------------------------------
 
 
-def instances(archive: Archive, identifier: Dataset) -> list[StoredInstance]:
-    """The stored instances a C-GET/C-MOVE identifier names (PS3.4 C.4.2.2.1: unique keys).
+def instances(archive: Archive, identifier: Dataset, partition: Partition = DEFAULT) -> list[StoredInstance]:
+    """The stored instances a C-GET/C-MOVE identifier names (PS3.4 C.4.2.2.1: unique keys)."""
+    return [instance for group in instances_by_study(archive, identifier, partition).values() for instance in group]
+
+
+def instances_by_study(
+    archive: Archive, identifier: Dataset, partition: Partition = DEFAULT
+) -> dict[str, list[StoredInstance]]:
+    """`instances` by Study Instance UID (studies with none found left out), for the audit.
 
     STUDY/SERIES/IMAGE levels name their UIDs (lists allowed); PATIENT names a PatientID,
     whose studies a QIDO search finds.
@@ -576,20 +931,22 @@ def instances(archive: Archive, identifier: Dataset) -> list[StoredInstance]:
         if not identifier.get("PatientID"):
             raise InvalidQuery("a PATIENT level retrieve needs a PatientID")
         studies = [str(d.StudyInstanceUID) for d in find(archive, _keys(
-            QueryRetrieveLevel="STUDY", PatientID=identifier.PatientID, StudyInstanceUID=""))]
+            QueryRetrieveLevel="STUDY", PatientID=identifier.PatientID, StudyInstanceUID=""), partition)]
     else:
         studies = _uids(identifier, "StudyInstanceUID")
     series = _uids(identifier, "SeriesInstanceUID") if level in ("SERIES", "IMAGE") else [None]
     sops = _uids(identifier, "SOPInstanceUID") if level == "IMAGE" else [None]
-    found: list[StoredInstance] = []
+    found: dict[str, list[StoredInstance]] = {}
     for study in studies:
         for one_series in series:
             for sop in sops:
                 try:
-                    found.extend(archive.index.instances(study, one_series, sop))
+                    found.setdefault(study, []).extend(
+                        archive.index.instances(study, one_series, sop, partition=partition)
+                    )
                 except NotFound:
                     continue
-    return found
+    return {study: group for study, group in found.items() if group}
 
 
 def _uids(identifier: Dataset, keyword: str) -> list[str]:

@@ -40,6 +40,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 
 from .archive import Archive
+from .partitions import DEFAULT, Partition
 from .storage_commitment import (
     RESOURCE_LIMITATION,
     STORAGE_COMMITMENT_PUSH_MODEL,
@@ -71,11 +72,14 @@ class CommitmentSCP:
         archive: Archive,
         allowed: Callable[[Event], bool],
         destination: Callable[[str], tuple[str, int] | None],
+        partition: Callable[[], Partition] = lambda: DEFAULT,
     ):
         self.archive = archive
         self.settings = archive.settings
         self.allowed = allowed
         self.destination = destination
+        #: The gateway's data partition (resolved when it starts).
+        self.partition = partition
         self._reports = threading.BoundedSemaphore(self.settings.dimse_max_associations)
 
     def on_n_action(self, event: Event) -> tuple[int | Dataset, Dataset | None]:
@@ -115,7 +119,7 @@ class CommitmentSCP:
             index = self.archive.index
             index.connect()
             try:
-                result = commit(self.archive, request)
+                result = commit(self.archive, request, self.partition())
             finally:
                 index.db.close()  # this thread's own connection (SQLite too: the thread ends)
             info = result.event_information(self.settings.dimse_ae_title)

@@ -45,6 +45,22 @@ _SYSTEM_OBJECT = {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-
 _REPORT = {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "3", "display": "Report"}
 _STUDY_UID = {"coding": [{"system": _DCM, "code": "110180", "display": "Study Instance UID"}]}
 
+#: Records of the DIMSE gateway (dimse.py) name the service as their method: the AuditEvent
+#: type is DICOM's (PS3.15 A.5: instances transferred, query, security alert for a refusal),
+#: the subtype the RESTful interaction it is the equivalent of, the outcome from the DIMSE status.
+_DIMSE: dict[str, tuple[str, str, dict[str, str]]] = {
+    "C-STORE": ("create", "C", {"system": _DCM, "code": "110104", "display": "DICOM Instances Transferred"}),
+    "C-GET": ("read", "R", {"system": _DCM, "code": "110104", "display": "DICOM Instances Transferred"}),
+    "C-MOVE": ("read", "R", {"system": _DCM, "code": "110104", "display": "DICOM Instances Transferred"}),
+    "C-FIND": ("search-type", "E", {"system": _DCM, "code": "110112", "display": "Query"}),
+    # Storage commitment: the archive is asked which of the named instances it holds.
+    "N-ACTION": ("operation", "E", {"system": _DCM, "code": "110112", "display": "Query"}),
+    "C-ECHO": ("operation", "E", {"system": _DCM, "code": "110113", "display": "Security Alert"}),
+    "A-ASSOCIATE": ("operation", "E", {"system": _DCM, "code": "110113", "display": "Security Alert"}),
+}
+#: DIMSE statuses that say the archive failed (out of resources, processing failure,
+#: sub-operations failed), not the request: a serious failure (FHIR outcome 8).
+_DIMSE_SERIOUS = frozenset({0xA700, 0x0110, 0xA702})
 #: Routes ending so are searches (QIDO, the change feed, this trail); other GETs are reads.
 _SEARCH_ENDS = ("/studies", "/series", "/instances", "/changefeed", "/changefeed/latest", "/audit")
 _DIGITS = re.compile(r"[0-9]+")
@@ -90,7 +106,8 @@ def read(index: Index, record_id: str, base_url: str) -> dict[str, Any]:
 
 
 def audit_event(record_id: int, record: AuditRecord, base_url: str) -> dict[str, Any]:
-    interaction, action = _interaction(record)
+    dimse = _DIMSE.get(record.method)
+    interaction, action = (dimse[0], dimse[1]) if dimse is not None else _interaction(record)
     agents: list[dict[str, Any]] = []
     if record.subject != "-":
         agents.append({"type": _USER, "who": {"identifier": {"value": record.subject}}, "requestor": True})
@@ -119,16 +136,24 @@ def audit_event(record_id: int, record: AuditRecord, base_url: str) -> dict[str,
     return {
         "resourceType": "AuditEvent",
         "id": str(record_id),
-        "type": _EVENT_TYPE_REST,
+        "type": dimse[2] if dimse is not None else _EVENT_TYPE_REST,
         "subtype": [{"system": _INTERACTION, "code": interaction}],
         "action": action,
         "recorded": iso_time(record.time),
-        "outcome": "0" if record.status < 400 else ("4" if record.status < 500 else "8"),
-        "outcomeDesc": f"HTTP {record.status}",
+        "outcome": _dimse_outcome(record.status) if dimse is not None else (
+            "0" if record.status < 400 else ("4" if record.status < 500 else "8")),
+        "outcomeDesc": f"DIMSE 0x{record.status:04X}" if dimse is not None else f"HTTP {record.status}",
         "agent": agents,
         "source": {"observer": {"display": "dicomserver"}, "type": _SOURCE_TYPE},
         "entity": entities,
     }
+
+
+def _dimse_outcome(status: int) -> str:
+    """Success, warning and cancel are successes; a refusal or bad request a minor failure."""
+    if status in (0x0000, 0x0001, 0xFE00) or 0xB000 <= status <= 0xBFFF:
+        return "0"
+    return "8" if status in _DIMSE_SERIOUS else "4"
 
 
 def _interaction(record: AuditRecord) -> tuple[str, str]:

@@ -38,6 +38,7 @@ __all__ = [
     "method_label",
     "observe_request",
     "open_blob",
+    "process_exposition",
     "timed_first_chunk",
 ]
 
@@ -99,6 +100,27 @@ CHANGEFEED_POLLERS = Gauge(
 CHANGEFEED_STREAMS = Gauge(
     "dicomweb_changefeed_streams", "Streaming change feeds (Server-Sent Events) open",
     multiprocess_mode="livesum", registry=REGISTRY,
+)
+
+#: The DIMSE gateway (`dicomserver dimse`, dimse.py), a process of its own: its requests by
+#: command (C-ECHO, C-STORE, ...) and status class, the PDU bytes it received and sent, and
+#: the associations it was asked for by outcome. Its C-STORE instances are STOW's
+#: (dicomweb_stow_instances), counted once by the same pipeline.
+DIMSE_REQUESTS = Counter(
+    "dicomweb_dimse_requests",
+    "DIMSE requests answered by the gateway, by command (C-ECHO, C-STORE, ...) and status class "
+    "(success, warning, cancel, refused, failure)",
+    ["command", "status"],
+    registry=REGISTRY,
+)
+DIMSE_BYTES = Counter(
+    "dicomweb_dimse_bytes", "PDU bytes the DIMSE gateway received and sent", ["direction"], registry=REGISTRY
+)
+DIMSE_ASSOCIATIONS = Counter(
+    "dicomweb_dimse_associations",
+    "Associations requested of the DIMSE gateway, by outcome (accepted, rejected, aborted)",
+    ["outcome"],
+    registry=REGISTRY,
 )
 
 
@@ -184,6 +206,16 @@ def exposition(stored_counts: Callable[[], tuple[int, int]]) -> bytes:
     else:
         registry.register(_ThisProcess())
     registry.register(_Stored(stored_counts))
+    return generate_latest(registry)
+
+
+def process_exposition(*collectors: Collector) -> bytes:
+    """This process' own metrics (never another process' files) and `collectors`, in
+    Prometheus' text format: what a process beside gunicorn (the DIMSE gateway) serves."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ThisProcess())
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry)
 
 

@@ -178,6 +178,13 @@ class Settings:
     dimse_commitment_max_references: int = 10000
     dimse_commitment_attempts: int = 3
     dimse_commitment_retry_seconds: float = 10.0
+    #: The gateway's own Prometheus listener (`GET /metrics`, DICOMWEB_METRICS_TOKEN applies):
+    #: off unless a port is set; loopback unless told otherwise.
+    dimse_metrics_port: int | None = None
+    dimse_metrics_bind: str = "127.0.0.1"
+    #: The data partition the gateway stores into and queries (DICOMWEB_PARTITIONS on for any
+    #: but the default; created on first use, as STOW creates one).
+    dimse_partition: str = "Microsoft.Default"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -213,6 +220,10 @@ class Settings:
             raise ConfigError(
                 "DICOMWEB_WEBHOOKS_LEASE_SECONDS must exceed DICOMWEB_WEBHOOKS_TIMEOUT_SECONDS "
                 "(a claim outlives a send)"
+            )
+        if self.dimse_partition != "Microsoft.Default" and not self.partitions:
+            raise ConfigError(
+                f"DICOMWEB_DIMSE_PARTITION={self.dimse_partition!r} needs DICOMWEB_PARTITIONS on"
             )
         if self.auth_authority is not None:
             _check_authority(self.auth_authority, allow_http=self.auth_allow_http)
@@ -359,6 +370,15 @@ def _peers(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _partition_name(raw: str) -> str:
+    from .partitions import InvalidPartitionName, check_name
+
+    try:
+        return check_name(raw.strip())
+    except InvalidPartitionName:
+        raise ValueError("a partition name is 1 to 64 of A-Z a-z 0-9 . _ -") from None
+
+
 def _audit_target(raw: str) -> str | None:
     return None if raw.lower() in ("off", "none", "0", "false") else raw
 
@@ -466,4 +486,7 @@ _VARIABLES = (
     ("dimse_commitment_max_references", "DICOMWEB_DIMSE_COMMITMENT_MAX_REFERENCES", _positive_int),
     ("dimse_commitment_attempts", "DICOMWEB_DIMSE_COMMITMENT_ATTEMPTS", _positive_int),
     ("dimse_commitment_retry_seconds", "DICOMWEB_DIMSE_COMMITMENT_RETRY_SECONDS", _non_negative_seconds),
+    ("dimse_metrics_port", "DICOMWEB_DIMSE_METRICS_PORT", _positive_int),
+    ("dimse_metrics_bind", "DICOMWEB_DIMSE_METRICS_BIND", str),
+    ("dimse_partition", "DICOMWEB_DIMSE_PARTITION", _partition_name),
 )

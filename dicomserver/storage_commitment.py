@@ -2,7 +2,7 @@
 
 A modality deletes its copy of an image once the archive has committed to it, so
 "committed" must mean what a later retrieve will find, not what was once received: the
-instance is in the index (default partition; data partitions are not on DIMSE) under the
+instance is in the index (in the gateway's data partition, DICOMWEB_DIMSE_PARTITION) under the
 referenced SOP Class UID, and its blob is in the blob store (a stat, never a read). Both are
 checked when the request is evaluated, so an instance deleted since, or whose blob went
 missing under its index row, is reported failed rather than committed from memory of its
@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from backends.base import BlobStoreError
 
 from .archive import Archive
+from .partitions import DEFAULT, Partition
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +148,15 @@ def _parse_information(information: Dataset, max_references: int) -> Request:
     return Request(transaction_uid, references)
 
 
-def commit(archive: Archive, request: Request) -> Result:
+def commit(archive: Archive, request: Request, partition: Partition = DEFAULT) -> Result:
     """Evaluate a request against the archive as it is now: a reference is committed when
     its instance is indexed under that SOP class and its blob is in the store. The caller
     holds the thread's index connection."""
     result = Result(request.transaction_uid)
     try:
-        found = archive.index.sop_classes_and_blobs(list({r.sop_instance_uid for r in request.references}))
+        found = archive.index.sop_classes_and_blobs(
+            list({r.sop_instance_uid for r in request.references}), partition=partition
+        )
     except Exception:
         log.exception("storage commitment %s: the index could not be read", request.transaction_uid)
         result.failed = [(ref, PROCESSING_FAILURE) for ref in request.references]

@@ -110,6 +110,20 @@ def store(
     )
 
 
+def store_received(
+    ingestor: Ingestor, settings: Settings, received: BlobSpool, *, partition: Partition = DEFAULT
+) -> PartResult:
+    """Store one Part 10 file that arrived otherwise than in a STOW body (a DIMSE C-STORE),
+    already written into a spool of the blob store: the single part of a STOW, without a
+    second copy of its bytes (the spool is used up). Raises PayloadTooLarge over the limit."""
+    limit = settings.max_instance_bytes
+    if received.size > limit:
+        received.discard()
+        raise PayloadTooLarge(f"a DICOM instance is larger than this server's limit of {limit} bytes")
+    request = _StowRequest(ingestor, settings, study_uid=None, replace=False, partition=partition)
+    return _counted([request.ingest(received)])[0]
+
+
 def outcome(result: PartResult) -> tuple[str, int | None]:
     """A part's outcome, as /metrics counts it and the request log sums it up: stored,
     warning (stored, with a WarningReason) or failed (with a FailureReason)."""

@@ -71,6 +71,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.storage_commitment",  # what the archive commits to (PS3.4 Annex J)
         "dicomserver.dimse",  # the DIMSE gateway's handlers: STOW's pipeline, QIDO's search
         "dicomserver.dimse_commitment",  # storage commitment's N-ACTION and N-EVENT-REPORT
+        "dicomserver.dimse_transfer",  # the gateway's instances through pynetdicom: from files, into spools
     ),
     "views": (
         "dicomserver.services",

@@ -8,13 +8,13 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import dcmtk
 import pytest
 from dicom_factory import jpeg_baseline, make_instance, to_bytes, write_large_instance
 from live_servers import free_port
@@ -46,8 +46,7 @@ from dicomserver.ingest import (
 from dicomserver.settings import ConfigError
 from dicomserver.stow import NotStored
 
-DCMTK = shutil.which("storescu") is not None
-needs_dcmtk = pytest.mark.skipif(not DCMTK, reason="DCMTK (Debian package dcmtk) is not installed")
+needs_dcmtk = pytest.mark.skipif(not dcmtk.AVAILABLE, reason="DCMTK (Debian package dcmtk) is not installed")
 AE_TITLE = "TESTARCHIVE"
 
 
@@ -62,13 +61,14 @@ class Running:
             **settings,  # type: ignore[arg-type]
         )
         self.archive = open_archive(self.settings)
-        self.server = Gateway(self.archive).start(block=False)
+        self.gateway = Gateway(self.archive)
+        self.server = self.gateway.start(block=False)
         self.app = create_app(self.settings)
         self.client = self.app.test_client()
 
     def stop(self) -> None:
         assert self.server is not None
-        self.server.shutdown()
+        self.gateway.stop(self.server)
         close_app(self.app)
         self.archive.close()
 
@@ -94,9 +94,6 @@ def write(tmp_path: Path, ds: Dataset, name: str) -> Path:
     path.write_bytes(to_bytes(ds))
     return path
 
-
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 def wait_listening(port: int) -> None:
@@ -290,12 +287,12 @@ def test_dcmtk_echo_store_find_get_move(tmp_path):
     ))
     port = str(running.port)
     try:
-        echo = run("echoscu", "-aec", AE_TITLE, "127.0.0.1", port)
+        echo = dcmtk.run("echoscu", "-aec", AE_TITLE, "127.0.0.1", port)
         assert echo.returncode == 0, echo.stderr
 
         ct = get_testdata_file("CT_small.dcm")
         mr = get_testdata_file("MR_small.dcm")
-        store = run("storescu", "-v", "-aec", AE_TITLE, "127.0.0.1", port, str(ct), str(mr))
+        store = dcmtk.run("storescu", "-v", "-aec", AE_TITLE, "127.0.0.1", port, str(ct), str(mr))
         assert store.returncode == 0, store.stderr
         # DCMTK words it "(Success)" or "(Status: 0x0000 - Success)" depending on its version.
         assert len(re.findall(r"Received Store Response \((?:Status: 0x0000 - )?Success\)", store.stderr)) == 2, \
@@ -307,21 +304,21 @@ def test_dcmtk_echo_store_find_get_move(tmp_path):
             [ct_ds.StudyInstanceUID, mr_ds.StudyInstanceUID]
         )
 
-        find = run("findscu", "-v", "-S", "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=SERIES",
+        find = dcmtk.run("findscu", "-v", "-S", "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=SERIES",
                    "-k", f"StudyInstanceUID={ct_ds.StudyInstanceUID}", "-k", "SeriesInstanceUID", "-k", "Modality",
                    "127.0.0.1", port)
         assert find.returncode == 0, find.stderr
         assert find.stderr.count("(Pending)") == 1, find.stderr
         assert ct_ds.SeriesInstanceUID in find.stderr
         assert "[CT]" in find.stderr
-        find = run("findscu", "-v", "-S", "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=STUDY",
+        find = dcmtk.run("findscu", "-v", "-S", "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=STUDY",
                    "-k", "StudyInstanceUID", "-k", "PatientName=*MR*", "127.0.0.1", port)
         assert find.stderr.count("(Pending)") == 1, find.stderr
         assert mr_ds.StudyInstanceUID in find.stderr
 
         got = tmp_path / "got"
         got.mkdir()
-        get = run("getscu", "-aec", AE_TITLE, "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
+        get = dcmtk.run("getscu", "-aec", AE_TITLE, "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
                   "-k", f"StudyInstanceUID={ct_ds.StudyInstanceUID}", "127.0.0.1", port)
         assert get.returncode == 0, get.stderr
         [fetched] = list(got.iterdir())
@@ -329,11 +326,11 @@ def test_dcmtk_echo_store_find_get_move(tmp_path):
 
         moved = tmp_path / "moved"
         moved.mkdir()
-        scp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(moved), str(destination_port)],
+        scp = subprocess.Popen(dcmtk.command("storescp", "-aet", "STORESCP", "-od", str(moved), str(destination_port)),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_listening(destination_port)
-            move = run("movescu", "-aec", AE_TITLE, "-aem", "STORESCP", "-S", "-k", "QueryRetrieveLevel=STUDY",
+            move = dcmtk.run("movescu", "-aec", AE_TITLE, "-aem", "STORESCP", "-S", "-k", "QueryRetrieveLevel=STUDY",
                        "-k", f"StudyInstanceUID={mr_ds.StudyInstanceUID}", "127.0.0.1", port)
         finally:
             scp.terminate()
@@ -372,9 +369,17 @@ def test_dimse_settings():
         "DICOMWEB_DIMSE_AE_TITLE": " ARCHIVE ",
         "DICOMWEB_DIMSE_PEERS": "CT1@10.0.0.5, PACS@pacs.example:104, V6@[::1]:11112",
         "DICOMWEB_DIMSE_PORT": "4242",
+        "DICOMWEB_DIMSE_METRICS_PORT": "9112",
+        "DICOMWEB_DIMSE_PARTITION": "ct.unit-1",
+        "DICOMWEB_PARTITIONS": "1",
     })
     assert settings.dimse_ae_title == "ARCHIVE"
     assert settings.dimse_port == 4242
+    assert (settings.dimse_metrics_bind, settings.dimse_metrics_port) == ("127.0.0.1", 9112)
+    assert settings.dimse_partition == "ct.unit-1"
+    assert Settings().dimse_metrics_port is None  # the metrics listener is off by default
+    with pytest.raises(ConfigError, match=r"DICOMWEB_DIMSE_PARTITION.*DICOMWEB_PARTITIONS"):
+        Settings(dimse_partition="ct.unit-1").validate()
     assert [(p.ae_title, p.host, p.port) for p in peers(settings)] == [
         ("CT1", "10.0.0.5", None), ("PACS", "pacs.example", 104), ("V6", "::1", 11112)
     ]
@@ -384,6 +389,8 @@ def test_dimse_settings():
         ("DICOMWEB_DIMSE_PEERS", "10.0.0.5"),
         ("DICOMWEB_DIMSE_PEERS", "CT@host:port"),
         ("DICOMWEB_DIMSE_PEERS", "@host"),
+        ("DICOMWEB_DIMSE_PARTITION", "no/slash"),
+        ("DICOMWEB_DIMSE_METRICS_PORT", "0"),
     ):
         with pytest.raises(ConfigError, match=variable):
             Settings.from_env({variable: value})
@@ -465,7 +472,7 @@ def test_c_get_of_a_malformed_identifier_is_refused(gateway):
     assert "StudyInstanceUID" in status.ErrorComment
 
 
-def get_association(gateway, on_store) -> Any:
+def get_association(gateway, on_store, maximum_pdu_size: int | None = None) -> Any:
     """A C-GET requestor's association with the gateway: Study Root GET, and CT storage in the
     SCP role so the sub-operations come back over it to `on_store`."""
     ae = AE(ae_title="TESTSCU")
@@ -474,6 +481,7 @@ def get_association(gateway, on_store) -> Any:
     return ae.associate(
         "127.0.0.1", gateway.port, ae_title=AE_TITLE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        **({} if maximum_pdu_size is None else {"max_pdu": maximum_pdu_size}),
     )
 
 
@@ -543,9 +551,11 @@ def test_c_get_from_a_store_without_local_files_sends_a_temporary_copy(gateway, 
     assert len(copies) == 1 and not Path(copies[0]).exists()
 
 
-def test_c_get_of_a_large_instance_streams(gateway, tmp_path):
+@pytest.mark.parametrize("maximum_pdu_size", [None, 0])
+def test_c_get_of_a_large_instance_streams(gateway, tmp_path, maximum_pdu_size):
     """A 96 MiB instance goes out by C-GET sent from its blob's file in PDU-sized chunks (and
-    comes in to the test's SCU into a file): the process's Python allocations stay small."""
+    comes in to the test's SCU into a file): the process's Python allocations stay small. Also
+    to a peer that sets no maximum PDU length (0): the gateway's own maximum bounds its PDUs."""
     import tracemalloc
 
     ds, path, frame = big_instance(tmp_path)
@@ -559,7 +569,7 @@ def test_c_get_of_a_large_instance_streams(gateway, tmp_path):
         received.append(event.dataset_path.stat().st_size)
         return 0x0000
 
-    assoc = get_association(gateway, on_store)
+    assoc = get_association(gateway, on_store, maximum_pdu_size)
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"
@@ -609,3 +619,305 @@ def test_c_store_whose_affected_uid_is_not_the_data_sets_is_refused(gateway, tmp
         assert status.Status == 0xC000
         assert "Affected SOP Instance UID" in status.ErrorComment
     assert qido(gateway, "/studies") == []
+
+
+# -- the audit trail and the metrics -------------------------------------------------------------
+
+
+def audit_events(running: Running) -> list[dict]:
+    """The gateway's audit records as the HTTP API serves them (FHIR AuditEvents), oldest first."""
+    running.gateway.audit.flush()
+    response = running.client.get("/v2/audit", headers={"Accept": "application/fhir+json"})
+    assert response.status_code == 200, response.data
+    return [entry["resource"] for entry in reversed(json.loads(response.data)["entry"])]
+
+
+def described(event: dict) -> tuple:
+    details = {d["type"]: d["valueString"] for d in event["entity"][0]["detail"]}
+    study = next((e["what"]["identifier"]["value"].removeprefix("urn:oid:") for e in event["entity"][1:]), None)
+    user = next((a["who"]["identifier"]["value"] for a in event["agent"] if "who" in a and "identifier" in a["who"]),
+                None)
+    return (details["method"], details["route"], user, event["action"], event["outcome"], event["outcomeDesc"], study)
+
+
+def test_every_request_and_refusal_is_in_the_audit_trail(tmp_path):
+    """C-STORE, C-FIND, C-GET, C-MOVE and a refused association are records of the same audit
+    trail as HTTP requests (/audit): the calling AE title as the user, the peer's address, the
+    service, its DIMSE status, the studies (C-FIND: the level and matching keys, no values)."""
+    from dicomserver import metrics
+
+    destination_port = free_port()
+    destination = AE(ae_title="DEST")
+    destination.supported_contexts = StoragePresentationContexts
+    store_scp = destination.start_server(
+        ("127.0.0.1", destination_port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)]
+    )
+    running = Running(tmp_path, audit_log=None, dimse_peers=(
+        "TESTSCU@127.0.0.1", f"DEST@127.0.0.1:{destination_port}", f"NOWHERE@127.0.0.1:{free_port()}"))
+    try:
+        ds = make_instance(PatientID="AUDIT-1", rows=256, columns=256)
+        assoc = associate(running, CTImageStorage, StudyRootQueryRetrieveInformationModelFind,
+                          StudyRootQueryRetrieveInformationModelMove)
+        try:
+            assert assoc.send_c_store(ds).Status == 0x0000
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.PatientID = "AUDIT-1"
+            query.StudyInstanceUID = ""
+            assert [s.Status for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)] == [
+                0xFF00, 0x0000]
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ds.StudyInstanceUID
+            sent = metrics.DIMSE_BYTES.labels("sent")._value.get()
+            moved = [s.Status for s, _ in assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove)]
+            assert moved[-1] == 0x0000
+            # The bytes sent to the destination count (an association of the gateway's own).
+            assert metrics.DIMSE_BYTES.labels("sent")._value.get() - sent > len(ds.PixelData)
+            # A listed destination that does not answer.
+            moved = [s.Status for s, _ in assoc.send_c_move(query, "NOWHERE", StudyRootQueryRetrieveInformationModelMove)]
+            assert moved == [0xA801]
+        finally:
+            assoc.release()
+        assoc = get_association(running, lambda event: 0x0000)
+        try:
+            got = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+            assert got[-1] == 0x0000
+            nothing = Dataset()
+            nothing.QueryRetrieveLevel = "STUDY"
+            nothing.StudyInstanceUID = generate_uid()
+            got = [s.Status for s, _ in assoc.send_c_get(nothing, StudyRootQueryRetrieveInformationModelGet)]
+            assert got == [0x0000]
+        finally:
+            assoc.release()
+        stranger = AE(ae_title="STRANGER")
+        stranger.add_requested_context(Verification)
+        assert stranger.associate("127.0.0.1", running.port, ae_title=AE_TITLE).is_rejected
+
+        events = audit_events(running)
+        study = ds.StudyInstanceUID
+        assert [described(e) for e in events] == [
+            ("C-STORE", "C-STORE", "TESTSCU", "C", "0", "DIMSE 0x0000", study),
+            ("C-FIND", "C-FIND STUDY PatientID", "TESTSCU", "E", "0", "DIMSE 0x0000", None),
+            ("C-MOVE", "C-MOVE STUDY to DEST", "TESTSCU", "R", "0", "DIMSE 0x0000", study),
+            ("C-MOVE", "C-MOVE STUDY to NOWHERE", "TESTSCU", "R", "4", "DIMSE 0xA801", study),
+            ("C-GET", "C-GET STUDY", "TESTSCU", "R", "0", "DIMSE 0x0000", study),
+            ("C-GET", "C-GET STUDY", "TESTSCU", "R", "0", "DIMSE 0x0000", None),
+            ("A-ASSOCIATE", "A-ASSOCIATE", "STRANGER", "E", "4", "DIMSE 0x0124", None),
+        ]
+        store = events[0]
+        assert store["type"]["code"] == "110104"
+        assert {"network": {"address": "127.0.0.1", "type": "2"}}.items() <= store["agent"][1].items()
+        assert {d["valueString"] for d in store["entity"][1]["detail"]} == {ds.SeriesInstanceUID, ds.SOPInstanceUID}
+        sizes = [next(int(d["valueString"]) for d in e["entity"][0]["detail"] if d["type"] == "bytes")
+                 for e in (events[0], events[2], events[4])]
+        assert sizes[0] > len(ds.PixelData) and sizes[1] == sizes[2] > len(ds.PixelData)
+    finally:
+        running.stop()
+        store_scp.shutdown()
+
+
+def test_the_gateways_metrics_listener(tmp_path):
+    """DICOMWEB_DIMSE_METRICS_PORT: this process' requests by service and status class,
+    STOW's instance outcomes counted once for a C-STORE, bytes, open associations; the
+    scrape token applies."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    running = Running(tmp_path, dimse_metrics_port=port, metrics_token="scrape-secret")
+    listener = running.gateway.serve_metrics(running.server)
+
+    def scrape() -> dict[str, float]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                         headers={"Authorization": "Bearer scrape-secret"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+        return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+                for line in text.splitlines() if line and not line.startswith("#")}
+
+    def value(series: str) -> float:
+        return scrape().get(series, 0.0)
+
+    stored = 'dicomweb_stow_instances_total{outcome="stored",reason=""}'
+    stores = 'dicomweb_dimse_requests_total{command="C-STORE",status="success"}'
+    before = {name: value(name) for name in (stored, stores)}
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert refused.value.code == 401
+        assoc = associate(running, CTImageStorage, Verification)
+        try:
+            assert assoc.send_c_echo().Status == 0x0000
+            assert assoc.send_c_store(make_instance()).Status == 0x0000
+            during = scrape()
+        finally:
+            assoc.release()
+        assert during["dicomweb_dimse_active_associations"] == 1
+        assert during[stored] == before[stored] + 1
+        assert during[stores] == before[stores] + 1
+        assert during['dicomweb_dimse_requests_total{command="C-ECHO",status="success"}'] >= 1
+        assert during['dicomweb_dimse_bytes_total{direction="received"}'] > 0
+        assert during['dicomweb_dimse_bytes_total{direction="sent"}'] > 0
+        assert during['dicomweb_dimse_associations_total{outcome="accepted"}'] >= 1
+    finally:
+        listener.shutdown()
+        listener.server_close()
+        running.stop()
+
+
+# -- the C-STORE receive path ---------------------------------------------------------------------
+
+
+def disk_use(*folders: Path) -> int:
+    return sum(f.stat().st_size for folder in folders if folder.exists() for f in folder.rglob("*") if f.is_file())
+
+
+def test_an_instance_over_the_size_limit_is_aborted_while_it_arrives(tmp_path, monkeypatch):
+    """DICOMWEB_MAX_INSTANCE_BYTES is enforced as the data set arrives: past it the
+    association is aborted (A-ABORT), what was received is removed, nothing is stored, and
+    the disk never held much more than the limit (not the whole 16 MiB first)."""
+    import tempfile
+    import threading
+
+    from dicomserver.dimse import StoredFile
+
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)  # an older gateway changed it
+    limit = 1024 * 1024
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    path = tmp_path / "big.dcm"
+    ds, _ = write_large_instance(path, frames=8)
+    running = Running(tmp_path, max_instance_bytes=limit, spool_dir=str(spool))
+    folders = (spool, tmp_path / "blobs")
+    peak = [0]
+    sending = threading.Event()
+    sending.set()
+
+    def watch() -> None:
+        while sending.is_set():
+            peak[0] = max(peak[0], disk_use(*folders))
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    try:
+        assoc = associate(running, CTImageStorage)
+        watcher.start()
+        try:
+            status = assoc.send_c_store(StoredFile(str(path), ds.SOPClassUID, ds.SOPInstanceUID))
+        finally:
+            sending.clear()
+            watcher.join()
+            assoc.release()
+        assert assoc.is_aborted and "Status" not in status
+        assert peak[0] < 2 * limit, peak[0]
+        for _ in range(100):  # the gateway's association ends after the abort
+            if not running.server.active_associations:
+                break
+            time.sleep(0.05)
+        assert disk_use(*folders) == 0
+        assert qido(running, "/studies") == []
+        refusals = [e["outcomeDesc"] for e in audit_events(running) if e["outcomeDesc"].startswith("DIMSE")]
+        assert refusals == ["DIMSE 0xA700"]
+    finally:
+        running.stop()
+
+
+def test_a_c_store_is_written_to_disk_once(gateway, tmp_path):
+    """The data set goes into a spool of the blob store as it arrives, and that file becomes
+    the blob (renamed): not into a temporary file first and then copied into STOW's spool.
+    The process' write() bytes (/proc/self/io) count the instance once."""
+    from dicomserver.dimse import StoredFile
+
+    io_stats = Path("/proc/self/io")
+    if not io_stats.exists():
+        pytest.skip("needs Linux' /proc/self/io")
+
+    def written() -> int:
+        return int(next(line for line in io_stats.read_text().splitlines() if line.startswith("wchar:")).split()[1])
+
+    path = tmp_path / "big.dcm"
+    ds, _ = write_large_instance(path, frames=8)
+    size = path.stat().st_size
+    assoc = associate(gateway, CTImageStorage)
+    try:
+        before = written()
+        status = assoc.send_c_store(StoredFile(str(path), ds.SOPClassUID, ds.SOPInstanceUID))
+        after = written()
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    assert size <= after - before < 1.5 * size, (after - before, size)
+
+
+def test_a_c_store_cut_off_by_the_peer_leaves_no_file(gateway, tmp_path):
+    """A peer whose connection ends in the middle of a data set leaves nothing in the blob
+    store's spool."""
+    from dicomserver.dimse import StoredFile
+
+    path = tmp_path / "big.dcm"
+    ds, _ = write_large_instance(path, frames=8)
+    sent = [0]
+
+    def cut_off_midway(event):
+        sent[0] += 1
+        if sent[0] == 20:
+            event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+
+    assoc = associate(gateway, CTImageStorage, evt_handlers=[(evt.EVT_PDU_SENT, cut_off_midway)])
+    status = assoc.send_c_store(StoredFile(str(path), ds.SOPClassUID, ds.SOPInstanceUID))
+    assert "Status" not in status
+    for _ in range(100):
+        if not gateway.server.active_associations:
+            break
+        time.sleep(0.05)
+    assert disk_use(tmp_path / "blobs") == 0
+    assert qido(gateway, "/studies") == []
+
+
+def test_the_gateway_stores_into_and_queries_its_data_partition(tmp_path):
+    """DICOMWEB_DIMSE_PARTITION: a C-STORE goes into that partition (created on start), C-FIND
+    and C-GET see only it, and the audit records name it."""
+    running = Running(tmp_path, partitions=True, dimse_partition="dimse.part")
+    try:
+        ds = make_instance()
+        assoc = associate(running, CTImageStorage, StudyRootQueryRetrieveInformationModelFind)
+        elsewhere = make_instance()
+        stow = running.client.post("/v2/partitions/other/studies", data=to_bytes(elsewhere),
+                                   content_type="application/dicom")
+        assert stow.status_code == 200
+        try:
+            assert assoc.send_c_store(ds).Status == 0x0000
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ""
+            found = [i.StudyInstanceUID for s, i in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+                     if i]
+        finally:
+            assoc.release()
+        assert found == [ds.StudyInstanceUID]
+        assert [s["0020000D"]["Value"][0] for s in qido(running, "/partitions/dimse.part/studies")] == [
+            ds.StudyInstanceUID]
+        assert qido(running, "/partitions/Microsoft.Default/studies") == []
+
+        received: list[str] = []
+
+        def on_store(event):
+            received.append(event.dataset.SOPInstanceUID)
+            return 0x0000
+
+        assoc = get_association(running, on_store)
+        try:
+            for study in (ds.StudyInstanceUID, elsewhere.StudyInstanceUID):
+                query = Dataset()
+                query.QueryRetrieveLevel = "STUDY"
+                query.StudyInstanceUID = study
+                assert [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)][-1] \
+                    == 0x0000
+        finally:
+            assoc.release()
+        assert received == [ds.SOPInstanceUID]
+        store = next(e for e in audit_events(running) if e["entity"][0]["detail"][0]["valueString"] == "C-STORE")
+        assert {"type": "partition", "valueString": "dimse.part"} in store["entity"][0]["detail"]
+    finally:
+        running.stop()

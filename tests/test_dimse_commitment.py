@@ -67,7 +67,8 @@ class RunningOn(Running):
         self.settings = Settings(blobstore_url=blobstore_url, database_url=database_url, dimse_ae_title=AE_TITLE,
                                  dimse_port=self.port)
         self.archive = open_archive(self.settings)
-        self.server = Gateway(self.archive).start(block=False)
+        self.gateway = Gateway(self.archive)
+        self.server = self.gateway.start(block=False)
         self.app = create_app(self.settings)
         self.client = self.app.test_client()
 
