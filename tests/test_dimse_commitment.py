@@ -5,6 +5,7 @@ requestor's association or on a new one to it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
@@ -23,7 +24,7 @@ from pynetdicom.sop_class import (
     StorageCommitmentPushModelInstance,
     Verification,
 )
-from test_dimse import AE_TITLE, Running
+from test_dimse import AE_TITLE, Running, audit_events
 
 from dicomserver import Settings, create_app
 from dicomserver.archive import open_archive
@@ -388,3 +389,36 @@ def test_thousands_of_references_are_one_query_per_batch(gateway, monkeypatch):
     assert refs(info.ReferencedSOPSequence) == references[:3]
     assert len(info.FailedSOPSequence) == 1197
     assert len(statements) == 3
+
+
+def test_commitment_is_evaluated_in_the_gateways_partition_and_audited(tmp_path):
+    """With DICOMWEB_DIMSE_PARTITION set, an instance is committed only when it is stored in
+    that partition (the same SOP Instance UID elsewhere is no such instance); the N-ACTION is
+    a record of the audit trail with its Transaction UID."""
+    running = Running(tmp_path, partitions=True, dimse_partition="dimse.part", audit_log=None)
+    try:
+        here = make_instance()
+        elsewhere = make_instance()
+        for partition, ds in (("dimse.part", here), ("Microsoft.Default", elsewhere)):
+            response = running.client.post(f"/v2/partitions/{partition}/studies", data=to_bytes(ds),
+                                           content_type="application/dicom")
+            assert response.status_code == 200, response.data
+        reports = Reports()
+        assoc = associate(running, reports)
+        transaction = generate_uid()
+        try:
+            references = [(CTImageStorage, here.SOPInstanceUID), (CTImageStorage, elsewhere.SOPInstanceUID)]
+            assert n_action(assoc, action_information(transaction, references)).Status == 0x0000
+            event_type, info = reports.wait()
+        finally:
+            assoc.release()
+        assert event_type == 2
+        assert refs(info.ReferencedSOPSequence) == [(CTImageStorage, here.SOPInstanceUID)]
+        assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence] == [
+            (elsewhere.SOPInstanceUID, 0x0112)]
+        events = audit_events(running)
+        [action] = [e for e in events if "N-ACTION" in json.dumps(e)]
+        assert transaction in json.dumps(action)
+        assert action["outcome"] == "0"
+    finally:
+        running.stop()
