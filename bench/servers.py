@@ -285,7 +285,8 @@ class DicomServerDimse(DicomServer):
     def settings(self) -> str:
         pdu = int(self.extra_env.get("DICOMWEB_DIMSE_MAX_PDU_BYTES", DIMSE_MAX_PDU))
         others = ", ".join(f"{k}={v}" for k, v in sorted(self.extra_env.items()) if k.startswith("DICOMWEB_DIMSE_"))
-        return (f"`python -m dicomserver dimse` as {self.ae_title}, largest PDU {pdu // 1024} KB"
+        processes = self.extra_env.get("DICOMWEB_DIMSE_PROCESSES") or f"{min(4, os.cpu_count() or 1)} (the default)"
+        return (f"`python -m dicomserver dimse` as {self.ae_title}, {processes} processes, largest PDU {pdu // 1024} KB"
                 + (f" ({others})" if others else ", its other DICOMWEB_DIMSE_* defaults")
                 + "; local-disk blobs and SQLite as dicomserver's")
 

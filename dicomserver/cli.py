@@ -123,13 +123,17 @@ def serve(bind: str, workers: int | None) -> None:
 
 
 @click.command("dimse")
-def dimse() -> None:
-    """Serve the archive over DIMSE (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE) on
-    DICOMWEB_DIMSE_BIND:DICOMWEB_DIMSE_PORT as DICOMWEB_DIMSE_AE_TITLE, beside `serve`."""
+@click.option("--listen-fd", type=int, default=None, hidden=True,
+              help="Accept on this inherited listening socket, as one process of several (started by the gateway).")
+def dimse(listen_fd: int | None) -> None:
+    """Serve the archive over DIMSE (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, storage
+    commitment) on DICOMWEB_DIMSE_BIND:DICOMWEB_DIMSE_PORT as DICOMWEB_DIMSE_AE_TITLE, beside
+    `serve`, in DICOMWEB_DIMSE_PROCESSES processes."""
     import signal
     import threading
 
     from .dimse import Gateway  # pynetdicom: loaded only by this command
+    from .dimse_processes import StartFailed, Supervisor, process_count
 
     # SIGTERM (a supervisor, `docker stop`) and SIGINT stop it cleanly: no new association,
     # the open ones aborted once the instance they store is committed, the audit records
@@ -143,18 +147,40 @@ def dimse() -> None:
             s.validate()
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        if listen_fd is not None:  # one of several, started by the supervisor below
+            try:
+                Gateway(state).serve(stopping, listen_fd=listen_fd)
+            except OSError as exc:
+                raise click.ClickException(f"cannot listen on {exc.strerror or exc}") from None
+            return
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             click.echo("DIMSE: warning: PROMETHEUS_MULTIPROC_DIR is set; the gateway's metrics go into that "
                        "directory too, which gunicorn empties when it starts: unset it for the gateway and "
                        "scrape DICOMWEB_DIMSE_METRICS_PORT (docs/observability.md)", err=True)
-        click.echo(f"DIMSE: {s.dimse_ae_title} listening on {s.dimse_bind}:{s.dimse_port}"
-                   + ("" if s.dimse_peers else " (any calling AE title may associate)")
-                   + (f"; metrics on {s.dimse_metrics_bind}:{s.dimse_metrics_port}" if s.dimse_metrics_port else ""))
+        count = process_count(s)
+        listening = (f"DIMSE: {s.dimse_ae_title} listening on {s.dimse_bind}:{s.dimse_port}"
+                     + (f" in {count} processes" if count > 1 else "")
+                     + ("" if s.dimse_peers else " (any calling AE title may associate)")
+                     + (f"; metrics on {s.dimse_metrics_bind}:{s.dimse_metrics_port}" if s.dimse_metrics_port else ""))
+        if count == 1:
+            click.echo(listening)
+            try:
+                Gateway(state).serve(stopping)
+            except OSError as exc:
+                raise click.ClickException(f"cannot listen on {exc.strerror or exc}") from None
+            return
+        if s.dimse_partition != DEFAULT_NAME:  # made once here, not by N processes at once
+            state.index.connect()
+            try:
+                state.partition(s.dimse_partition, create=True)
+            finally:
+                state.index.close()
         try:
-            Gateway(state).serve(stopping)
+            Supervisor(s, count).run(stopping, on_listening=lambda: click.echo(listening))
+        except StartFailed as exc:
+            raise click.ClickException(str(exc)) from None
         except OSError as exc:
-            problem = exc.strerror or exc
-            raise click.ClickException(f"cannot listen on {problem}") from None
+            raise click.ClickException(f"cannot listen on {exc.strerror or exc}") from None
 
 
 # -- import --------------------------------------------------------------------------------

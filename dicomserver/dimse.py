@@ -165,6 +165,10 @@ ACTIONS = {"C-STORE": "write", "C-FIND": "read", "C-GET": "read", "C-MOVE": "rea
 #: instance they were storing (each is committed whole, or not at all).
 STOP_SECONDS = 10.0
 
+#: How long a process of a gateway of several waits per open association before it accepts
+#: a new one, so that the idlest process tends to take it (`_server_on`).
+ACCEPT_DELAY_SECONDS = 0.002
+
 T = TypeVar("T")
 
 
@@ -264,39 +268,54 @@ class Gateway:
             (evt.EVT_DATA_SENT, _count_bytes, [_SENT]),
         ]
 
-    def start(self, *, block: bool = True) -> ThreadedAssociationServer | None:
+    def start(self, *, block: bool = True, listen_fd: int | None = None) -> ThreadedAssociationServer | None:
         """Listen on DICOMWEB_DIMSE_BIND:DICOMWEB_DIMSE_PORT; block until interrupted, or
-        return the server (tests)."""
+        return the server (tests). `listen_fd`: accept on that listening socket instead, one
+        the supervisor made and shares with the gateway's other processes (dimse_processes.py)."""
         s = self.settings
         if s.dimse_partition != DEFAULT_NAME:  # created if new, as a STOW into it would
             self.partition = self._connected(lambda: self.archive.partition(s.dimse_partition, create=True))
         address = (s.dimse_bind, s.dimse_port)
-        return self.application_entity().start_server(
-            address, block=block, evt_handlers=self.handlers() + self.notification_handlers()
-        )
+        ae = self.application_entity()
+        handlers = self.handlers() + self.notification_handlers()
+        if listen_fd is None:
+            return ae.start_server(address, block=block, evt_handlers=handlers)
+        server = ae.make_server(address, evt_handlers=handlers, server_class=_server_on(listen_fd))
+        ae._servers.append(server)  # as start_server does: AE.shutdown() stops it
+        threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True).start()
+        if block:
+            threading.Event().wait()
+        return server
 
-    def serve(self, stopping: threading.Event) -> None:
+    def serve(self, stopping: threading.Event, *, listen_fd: int | None = None) -> None:
         """Serve (and the metrics listener, if configured) until `stopping` is set (SIGTERM,
-        SIGINT), then stop as `stop` does."""
+        SIGINT), then stop as `stop` does. `listen_fd`: as one process of several
+        (dimse_processes.py), on their supervisor's socket; it serves the metrics they write."""
         s = self.settings
+        shared = listen_fd is not None
         try:
-            server = self.start(block=False)
+            server = self.start(block=False, listen_fd=listen_fd)
         except OSError as exc:
             raise OSError(exc.errno, f"{s.dimse_bind}:{s.dimse_port}: {exc.strerror or exc}") from None
         assert server is not None
         try:
-            listener = self.serve_metrics(server) if s.dimse_metrics_port else None
+            listener = self.serve_metrics(server) if s.dimse_metrics_port and not shared else None
         except OSError as exc:
             self.stop(server)
             raise OSError(exc.errno, f"{s.dimse_metrics_bind}:{s.dimse_metrics_port}: {exc.strerror or exc}") from None
         try:
             while not stopping.wait(0.5):
-                pass
+                if shared:
+                    metrics.DIMSE_ACTIVE_ASSOCIATIONS.set(len(server.active_associations))
         finally:
             if listener is not None:
                 listener.shutdown()
                 listener.server_close()
             self.stop(server)
+
+    def serve_metrics(self, server: ThreadedAssociationServer) -> ThreadingHTTPServer:
+        """The metrics listener of a gateway of one process: its metrics and open associations."""
+        return serve_metrics(self.settings, lambda: metrics.process_exposition(_Associations(server)))
 
     def stop(self, server: ThreadedAssociationServer) -> None:
         """Stop listening, abort the associations (an instance being stored is finished:
@@ -309,17 +328,6 @@ class Gateway:
         for assoc in running:
             assoc.join(max(0.0, deadline - time.monotonic()))
         self.audit.close()
-
-    def serve_metrics(self, server: ThreadedAssociationServer) -> ThreadingHTTPServer:
-        """`GET /metrics` on DICOMWEB_DIMSE_METRICS_BIND:DICOMWEB_DIMSE_METRICS_PORT, in a thread:
-        this process' metrics and its open associations (DICOMWEB_METRICS_TOKEN applies)."""
-        s = self.settings
-        listener = ThreadingHTTPServer((s.dimse_metrics_bind, s.dimse_metrics_port or 0), _MetricsHandler)
-        listener.daemon_threads = True
-        listener.token = s.metrics_token  # type: ignore[attr-defined]
-        listener.collector = _Associations(server)  # type: ignore[attr-defined]
-        threading.Thread(target=listener.serve_forever, name="dimse-metrics", daemon=True).start()
-        return listener
 
     # -- who may ask ----------------------------------------------------------------------
 
@@ -710,6 +718,54 @@ def _request_id(assoc: Association, message_id: int | None) -> str:
     return ident if message_id is None else f"{ident}-{message_id}"
 
 
+def serve_metrics(settings: Settings, exposition: Callable[[], bytes]) -> ThreadingHTTPServer:
+    """`GET /metrics` on DICOMWEB_DIMSE_METRICS_BIND:DICOMWEB_DIMSE_METRICS_PORT, in a thread:
+    what `exposition` gives (DICOMWEB_METRICS_TOKEN applies)."""
+    listener = ThreadingHTTPServer((settings.dimse_metrics_bind, settings.dimse_metrics_port or 0), _MetricsHandler)
+    listener.daemon_threads = True
+    listener.token = settings.metrics_token  # type: ignore[attr-defined]
+    listener.exposition = exposition  # type: ignore[attr-defined]
+    threading.Thread(target=listener.serve_forever, name="dimse-metrics", daemon=True).start()
+    return listener
+
+
+def _server_on(listen_fd: int) -> type[ThreadedAssociationServer]:
+    """pynetdicom's server class, accepting on an inherited listening socket.
+
+    The socket is the supervisor's, shared by the gateway's processes: each waits for it to be
+    readable and one accepts, so an idle process tends to take the next association (where
+    SO_REUSEPORT would hash a few connections unevenly). Non-blocking: a process that loses
+    the race gets EAGAIN (socketserver ignores it), instead of blocking in accept().
+    """
+
+    class OnInheritedSocket(ThreadedAssociationServer):
+        def server_bind(self) -> None:
+            assert self.socket is not None
+            self.socket.close()
+            self.socket = socket.socket(fileno=listen_fd)
+            self.socket.setblocking(False)
+            self.server_address = self.socket.getsockname()
+            self.accepted: list[float] = []  # when this process accepted its latest connections
+
+        def server_activate(self) -> None:
+            pass  # listening already
+
+        def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+            # Every process wakes for a new connection: one with associations lets an idle
+            # one take it first (the kernel would hand it to whichever accepts first). An
+            # association appears some time after its accept: recent accepts count too.
+            now = time.monotonic()
+            self.accepted = [t for t in self.accepted if now - t < 1.0]
+            busy = max(len(self.active_associations), len(self.accepted))
+            if busy:
+                time.sleep(ACCEPT_DELAY_SECONDS * min(busy, 10))
+            request = super().get_request()
+            self.accepted.append(time.monotonic())
+            return request
+
+    return OnInheritedSocket
+
+
 class _Associations(Collector):
     """The server's open associations, read at scrape time."""
 
@@ -733,7 +789,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
         except Unauthenticated:
             self._answer(401, b"", "text/plain", {"WWW-Authenticate": 'Bearer realm="metrics"'})
             return
-        self._answer(200, metrics.process_exposition(self.server.collector), metrics.CONTENT_TYPE)  # type: ignore[attr-defined]
+        self._answer(200, self.server.exposition(), metrics.CONTENT_TYPE)  # type: ignore[attr-defined]
 
     def _answer(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -122,6 +122,13 @@ DIMSE_ASSOCIATIONS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+#: The open associations of one process of a gateway of several (DICOMWEB_DIMSE_PROCESSES),
+#: summed over the live ones; in no registry: only the multiprocess files of such a gateway
+#: carry it (a gateway of one process counts its associations at scrape time instead).
+DIMSE_ACTIVE_ASSOCIATIONS = Gauge(
+    "dicomweb_dimse_active_associations", "Associations the DIMSE gateway has open",
+    multiprocess_mode="livesum", registry=None,
+)
 
 
 def method_label(method: str) -> str:
@@ -216,6 +223,14 @@ def process_exposition(*collectors: Collector) -> bytes:
     registry.register(_ThisProcess())
     for collector in collectors:
         registry.register(collector)
+    return generate_latest(registry)
+
+
+def directory_exposition(path: str) -> bytes:
+    """The metrics the processes of a DIMSE gateway of several wrote into `path` (their own
+    multiprocess directory, never gunicorn's), added up, in Prometheus' text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry, path=path)
     return generate_latest(registry)
 
 

@@ -172,6 +172,9 @@ class Settings:
     dimse_network_timeout: float = 60.0
     dimse_max_associations: int = 10
     dimse_max_pdu_bytes: int = 65536
+    #: Processes of the gateway on its port (dimse_processes.py); None: one per CPU, at most 4.
+    #: DICOMWEB_DIMSE_MAX_ASSOCIATIONS is per process.
+    dimse_processes: int | None = None
     #: Storage commitment (PS3.4 Annex J): the most references one N-ACTION may carry (more:
     #: refused with 0x0213), and how often a report the requestor's association no longer
     #: takes is tried on a new association to it, that many seconds apart.
@@ -483,6 +486,7 @@ _VARIABLES = (
     ("dimse_network_timeout", "DICOMWEB_DIMSE_NETWORK_TIMEOUT", _positive_seconds),
     ("dimse_max_associations", "DICOMWEB_DIMSE_MAX_ASSOCIATIONS", _positive_int),
     ("dimse_max_pdu_bytes", "DICOMWEB_DIMSE_MAX_PDU_BYTES", _positive_int),
+    ("dimse_processes", "DICOMWEB_DIMSE_PROCESSES", _positive_int),
     ("dimse_commitment_max_references", "DICOMWEB_DIMSE_COMMITMENT_MAX_REFERENCES", _positive_int),
     ("dimse_commitment_attempts", "DICOMWEB_DIMSE_COMMITMENT_ATTEMPTS", _positive_int),
     ("dimse_commitment_retry_seconds", "DICOMWEB_DIMSE_COMMITMENT_RETRY_SECONDS", _non_negative_seconds),

@@ -44,7 +44,10 @@ def get(url: str, accept: str = "application/dicom+json") -> bytes:
         return response.read()
 
 
-def test_the_gateway_beside_gunicorn(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_gateway_beside_gunicorn(tmp_path, processes):
+    """As one process, and as a supervisor of two on one port (whose metrics listener adds
+    up what its processes wrote)."""
     data = tmp_path / "archive"
     server = start_server(data, workers=1, threads=4)
     port, metrics_port = free_port(), free_port()
@@ -57,6 +60,7 @@ def test_the_gateway_beside_gunicorn(tmp_path):
         "DICOMWEB_DIMSE_PORT": str(port),
         "DICOMWEB_DIMSE_PEERS": "STORESCU@127.0.0.1,FINDSCU@127.0.0.1,GETSCU@127.0.0.1",
         "DICOMWEB_DIMSE_METRICS_PORT": str(metrics_port),
+        "DICOMWEB_DIMSE_PROCESSES": str(processes),
         "PYTHONUNBUFFERED": "1",
     })
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -119,3 +123,138 @@ def test_the_gateway_beside_gunicorn(tmp_path):
         assert subjects == {"STORESCU": ["C-STORE"], "FINDSCU": ["C-FIND"], "GETSCU": ["C-GET"]}
     finally:
         stop_server(server)
+
+
+# -- several processes (DICOMWEB_DIMSE_PROCESSES) ---------------------------------------------
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def connections_to(port: int, pid: int) -> int:
+    """Established TCP connections of process `pid` whose local port is `port`."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "01":
+            inodes.add(fields[9])
+    own = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            own += 1
+    return own
+
+
+def echo(port: int) -> bool:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+    try:
+        return assoc.is_established and assoc.send_c_echo().Status == 0x0000
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_several_processes_share_the_port_are_restarted_and_stop_together(tmp_path):
+    """A supervisor of two: associations open at once are spread over both processes, each
+    C-STORE counted once in the supervisor's metrics; a process killed is started again; a
+    second gateway on the same port fails at once with a clear message; SIGTERM stops all."""
+    from dicom_factory import make_instance
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    data = tmp_path / "archive"
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path / "dimse.log"
+    environment = dict(os.environ)
+    environment.update({
+        "DICOMWEB_BLOBSTORE_URL": str(data / "blobs"),
+        "DICOMWEB_DATABASE_URL": f"sqlite:///{data / 'index.db'}",
+        "DICOMWEB_DIMSE_AE_TITLE": AE_TITLE,
+        "DICOMWEB_DIMSE_PORT": str(port),
+        "DICOMWEB_DIMSE_METRICS_PORT": str(metrics_port),
+        "DICOMWEB_DIMSE_PROCESSES": "2",
+        "DICOMWEB_AUDIT_LOG": "",
+        "PYTHONUNBUFFERED": "1",
+    })
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with log.open("wb") as out:
+        gateway = subprocess.Popen([sys.executable, "-m", "dicomserver", "dimse"], cwd=REPO, env=environment,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_listening(port, gateway, log)
+        assert echo(port)
+        first = children(gateway.pid)
+        assert len(first) == 2, log.read_text()
+
+        # Four associations at once: both processes take some.
+        ae = AE(ae_title="STORESCU")
+        ae.add_requested_context(CTImageStorage)
+        associations = []
+        for _ in range(4):
+            associations.append(ae.associate("127.0.0.1", port, ae_title=AE_TITLE))
+            time.sleep(0.2)
+        try:
+            assert all(a.is_established for a in associations)
+            served = {pid: connections_to(port, pid) for pid in first}
+            assert sum(served.values()) == 4 and all(served.values()), served
+            for assoc in associations:
+                assert assoc.send_c_store(make_instance()).Status == 0x0000
+        finally:
+            for assoc in associations:
+                assoc.release()
+
+        # One killed: another takes its place; the gateway answers meanwhile and after.
+        victim = sorted(first)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = children(gateway.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no process replaced {victim}: {children(gateway.pid)}\n{log.read_text()}")
+        assert echo(port)
+        assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+        try:
+            assert assoc.send_c_store(make_instance()).Status == 0x0000
+        finally:
+            assoc.release()
+        # Counted once each, whichever process stored it (the killed one's counts stay).
+        scrape = get(f"http://127.0.0.1:{metrics_port}/metrics", accept="text/plain").decode()
+        assert 'dicomweb_dimse_requests_total{command="C-STORE",status="success"} 5.0' in scrape.splitlines(), scrape
+        assert 'dicomweb_stow_instances_total{outcome="stored",reason=""} 5.0' in scrape.splitlines(), scrape
+
+        # A second gateway on the same port: refused at once, said why.
+        second = subprocess.run([sys.executable, "-m", "dicomserver", "dimse"], cwd=REPO, env=environment,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode != 0
+        assert "cannot listen" in second.stderr and "Traceback" not in second.stderr, second.stderr
+
+        last = children(gateway.pid)
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(timeout=60) == 0, log.read_text()
+        assert not any(Path(f"/proc/{pid}").exists() for pid in last)
+        assert "Traceback" not in log.read_text()
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
