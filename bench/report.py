@@ -535,8 +535,9 @@ def dimse_section(rec: Records, info: dict, servers: list[str], labels: dict[str
         "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "\nThe concurrency 1 slice (half of the files) goes first into the empty archive, the concurrency 4 "
-        "slice (the other half) after it. dicomserver's figures are the `dicomserver dimse` process's alone "
-        "(no gunicorn runs beside it); Orthanc's are its whole process. The ratios are in the tables by "
+        "slice (the other half) after it. dicomserver's figures are those of `dicomserver dimse` alone, its "
+        "supervisor and processes together (no gunicorn runs beside it; RSS is their sum, shared pages "
+        "counted in each); Orthanc's are its whole process. The ratios are in the tables by "
         "concurrency above.\n",
     ])
 
