@@ -121,6 +121,17 @@ def refs(items: Sequence) -> list[tuple[str, str]]:
     return [(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in items]
 
 
+def committed(gateway: Running, references: list[tuple[str, str]], transaction: str | None = None) -> tuple[int, Dataset]:
+    """One N-ACTION on a new association, answered Success; the report that came back on it."""
+    reports = Reports()
+    assoc = associate(gateway, reports)
+    try:
+        assert n_action(assoc, action_information(transaction or generate_uid(), references)).Status == 0x0000
+        return reports.wait()
+    finally:
+        assoc.release()
+
+
 def test_all_stored_instances_are_committed_on_the_same_association(gateway, caplog):
     caplog.set_level(logging.WARNING, logger="dicomserver.dimse_commitment")
     over_dimse = make_instance()
@@ -188,21 +199,14 @@ def test_unknown_wrong_class_deleted_and_blobless_instances_fail(any_gateway):
     gateway.archive.store.delete(instance.blob_key)
     unknown = generate_uid()
 
-    reports = Reports()
-    assoc = associate(gateway, reports)
-    try:
-        transaction = generate_uid()
-        references = [
-            (CTImageStorage, stored.SOPInstanceUID),
-            (CTImageStorage, unknown),
-            (MRImageStorage, wrong_class.SOPInstanceUID),
-            (CTImageStorage, deleted.SOPInstanceUID),
-            (CTImageStorage, blobless.SOPInstanceUID),
-        ]
-        assert n_action(assoc, action_information(transaction, references)).Status == 0x0000
-        event_type, info = reports.wait()
-    finally:
-        assoc.release()
+    transaction = generate_uid()
+    event_type, info = committed(gateway, [
+        (CTImageStorage, stored.SOPInstanceUID),
+        (CTImageStorage, unknown),
+        (MRImageStorage, wrong_class.SOPInstanceUID),
+        (CTImageStorage, deleted.SOPInstanceUID),
+        (CTImageStorage, blobless.SOPInstanceUID),
+    ], transaction)
     assert event_type == 2
     assert info.TransactionUID == transaction
     assert refs(info.ReferencedSOPSequence) == [(CTImageStorage, stored.SOPInstanceUID)]
@@ -215,14 +219,7 @@ def test_unknown_wrong_class_deleted_and_blobless_instances_fail(any_gateway):
 
 
 def test_nothing_committed_has_no_referenced_sop_sequence(gateway):
-    reports = Reports()
-    assoc = associate(gateway, reports)
-    try:
-        transaction = generate_uid()
-        assert n_action(assoc, action_information(transaction, [(CTImageStorage, generate_uid())])).Status == 0
-        event_type, info = reports.wait()
-    finally:
-        assoc.release()
+    event_type, info = committed(gateway, [(CTImageStorage, generate_uid())])
     assert event_type == 2
     assert "ReferencedSOPSequence" not in info
     assert [i.FailureReason for i in info.FailedSOPSequence] == [0x0112]
@@ -378,13 +375,7 @@ def test_thousands_of_references_are_one_query_per_batch(gateway, monkeypatch):
     monkeypatch.setattr(index.db, "execute_sql", counted)
     references = [(CTImageStorage, ds.SOPInstanceUID) for ds in stored]
     references += [(CTImageStorage, generate_uid()) for _ in range(1197)]
-    reports = Reports()
-    assoc = associate(gateway, reports)
-    try:
-        assert n_action(assoc, action_information(generate_uid(), references)).Status == 0x0000
-        event_type, info = reports.wait()
-    finally:
-        assoc.release()
+    event_type, info = committed(gateway, references)
     assert event_type == 2
     assert refs(info.ReferencedSOPSequence) == references[:3]
     assert len(info.FailedSOPSequence) == 1197
@@ -403,15 +394,9 @@ def test_commitment_is_evaluated_in_the_gateways_partition_and_audited(tmp_path)
             response = running.client.post(f"/v2/partitions/{partition}/studies", data=to_bytes(ds),
                                            content_type="application/dicom")
             assert response.status_code == 200, response.data
-        reports = Reports()
-        assoc = associate(running, reports)
         transaction = generate_uid()
-        try:
-            references = [(CTImageStorage, here.SOPInstanceUID), (CTImageStorage, elsewhere.SOPInstanceUID)]
-            assert n_action(assoc, action_information(transaction, references)).Status == 0x0000
-            event_type, info = reports.wait()
-        finally:
-            assoc.release()
+        event_type, info = committed(
+            running, [(CTImageStorage, here.SOPInstanceUID), (CTImageStorage, elsewhere.SOPInstanceUID)], transaction)
         assert event_type == 2
         assert refs(info.ReferencedSOPSequence) == [(CTImageStorage, here.SOPInstanceUID)]
         assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence] == [

@@ -39,6 +39,28 @@ def wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
 
 
 
+def gateway_environment(data: Path, port: int, metrics_port: int, **settings: str) -> dict[str, str]:
+    """`dicomserver dimse`'s environment: the archive under `data` (gunicorn's), its ports, `settings`."""
+    environment = dict(os.environ)
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    environment.update({
+        "DICOMWEB_BLOBSTORE_URL": str(data / "blobs"),
+        "DICOMWEB_DATABASE_URL": f"sqlite:///{data / 'index.db'}",
+        "DICOMWEB_DIMSE_AE_TITLE": AE_TITLE,
+        "DICOMWEB_DIMSE_PORT": str(port),
+        "DICOMWEB_DIMSE_METRICS_PORT": str(metrics_port),
+        "PYTHONUNBUFFERED": "1",
+        **settings,
+    })
+    return environment
+
+
+def start_gateway(environment: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "dicomserver", "dimse"], cwd=REPO, env=environment,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
 def get(url: str, accept: str = "application/dicom+json") -> bytes:
     with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": accept}), timeout=30) as response:
         return response.read()
@@ -52,21 +74,9 @@ def test_the_gateway_beside_gunicorn(tmp_path, processes):
     server = start_server(data, workers=1, threads=4)
     port, metrics_port = free_port(), free_port()
     log = tmp_path / "dimse.log"
-    environment = dict(os.environ)
-    environment.update({
-        "DICOMWEB_BLOBSTORE_URL": str(data / "blobs"),
-        "DICOMWEB_DATABASE_URL": f"sqlite:///{data / 'index.db'}",
-        "DICOMWEB_DIMSE_AE_TITLE": AE_TITLE,
-        "DICOMWEB_DIMSE_PORT": str(port),
-        "DICOMWEB_DIMSE_PEERS": "STORESCU@127.0.0.1,FINDSCU@127.0.0.1,GETSCU@127.0.0.1",
-        "DICOMWEB_DIMSE_METRICS_PORT": str(metrics_port),
-        "DICOMWEB_DIMSE_PROCESSES": str(processes),
-        "PYTHONUNBUFFERED": "1",
-    })
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with log.open("wb") as out:
-        gateway = subprocess.Popen([sys.executable, "-m", "dicomserver", "dimse"], cwd=REPO, env=environment,
-                                   stdout=out, stderr=subprocess.STDOUT)
+    gateway = start_gateway(gateway_environment(
+        data, port, metrics_port, DICOMWEB_DIMSE_PROCESSES=str(processes),
+        DICOMWEB_DIMSE_PEERS="STORESCU@127.0.0.1,FINDSCU@127.0.0.1,GETSCU@127.0.0.1"), log)
     try:
         wait_listening(port, gateway, log)
         # DIMSE in, DICOMweb out.
@@ -183,21 +193,8 @@ def test_several_processes_share_the_port_are_restarted_and_stop_together(tmp_pa
     data = tmp_path / "archive"
     port, metrics_port = free_port(), free_port()
     log = tmp_path / "dimse.log"
-    environment = dict(os.environ)
-    environment.update({
-        "DICOMWEB_BLOBSTORE_URL": str(data / "blobs"),
-        "DICOMWEB_DATABASE_URL": f"sqlite:///{data / 'index.db'}",
-        "DICOMWEB_DIMSE_AE_TITLE": AE_TITLE,
-        "DICOMWEB_DIMSE_PORT": str(port),
-        "DICOMWEB_DIMSE_METRICS_PORT": str(metrics_port),
-        "DICOMWEB_DIMSE_PROCESSES": "2",
-        "DICOMWEB_AUDIT_LOG": "",
-        "PYTHONUNBUFFERED": "1",
-    })
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with log.open("wb") as out:
-        gateway = subprocess.Popen([sys.executable, "-m", "dicomserver", "dimse"], cwd=REPO, env=environment,
-                                   stdout=out, stderr=subprocess.STDOUT)
+    environment = gateway_environment(data, port, metrics_port, DICOMWEB_DIMSE_PROCESSES="2", DICOMWEB_AUDIT_LOG="")
+    gateway = start_gateway(environment, log)
     try:
         wait_listening(port, gateway, log)
         assert echo(port)
