@@ -40,28 +40,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -74,6 +60,24 @@ from . import metrics
 from .archive import Archive
 from .audit import AuditLog, AuditRecord, AuditStore, AuditTrail
 from .dimse_commitment import CommitmentSCP
+from .dimse_status import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    COERCED,
+    DOES_NOT_MATCH_SOP_CLASS,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    PROCESSING_FAILURE,
+    SUB_OPERATIONS_FAILED,
+    SUB_OPERATIONS_WARNING,
+    SUCCESS,
+    UNKNOWN_DESTINATION,
+    WARNING_DOES_NOT_MATCH_SOP_CLASS,
+    WARNING_ELEMENTS_DISCARDED,
+    status_class,
+    status_dataset,
+)
 from .dimse_transfer import (
     ReceivedFile,
     StoredFile,
@@ -88,9 +92,7 @@ from .ingest import (
     ELEMENTS_DISCARDED,
     INSTANCE_ALREADY_EXISTS,
     INVALID_DATASET,
-    InstanceRejected,
     PartResult,
-    identify,
 )
 from .matching import INSTANCE, SERIES, STUDY
 from .partitions import DEFAULT, DEFAULT_NAME, Partition
@@ -98,6 +100,7 @@ from .search import search
 from .settings import Settings, parse_peer
 from .storage_commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from .stow import NotStored, store_received
+from .transfer_syntax import NATIVE_LITTLE_ENDIAN
 from .uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -105,19 +108,19 @@ log = logging.getLogger(__name__)
 #: The transfer syntaxes accepted for storage: the uncompressed ones and the common compressed
 #: ones, stored as received (no transcoding on the way in, as STOW).
 STORAGE_TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.RLELossless,
 ]
 # SOP classes (PS3.4 Annexes A and C.6); pynetdicom.sop_class makes its names at run time.
 Verification = "1.2.840.10008.1.1"
@@ -131,22 +134,6 @@ FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetri
 GET_MODELS = (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet)
 MOVE_MODELS = (PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove)
 
-# DIMSE statuses (PS3.4 Annexes B.2.3 and C.4; PS3.7 Annex C).
-SUCCESS = 0x0000
-PENDING = 0xFF00
-CANCEL = 0xFE00
-NOT_AUTHORIZED = 0x0124
-PROCESSING_FAILURE = 0x0110
-OUT_OF_RESOURCES = 0xA700
-UNKNOWN_DESTINATION = 0xA801
-DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-COERCED = 0xB000
-SUB_OPERATIONS_FAILED = 0xA702
-SUB_OPERATIONS_WARNING = 0xB000
-WARNING_ELEMENTS_DISCARDED = 0xB006
-WARNING_DOES_NOT_MATCH_SOP_CLASS = 0xB007
-
 #: The QIDO level each Query/Retrieve level is searched at (a patient is found by its studies).
 LEVELS = {"PATIENT": STUDY, "STUDY": STUDY, "SERIES": SERIES, "IMAGE": INSTANCE}
 #: Identifier keys that are no matching keys.
@@ -155,8 +142,6 @@ _NOT_MATCHING = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "Retrie
 _BASE_URL = "http://dimse.invalid"
 #: PS3.8 §9.3.2.2: an association proposes at most 128 presentation contexts.
 MAX_CONTEXTS = 128
-#: PS3.5: Error Comment is LO, 64 characters at most.
-_COMMENT_CHARS = 64
 #: The data action of each service, as the HTTP routes declare theirs (roles.json); a
 #: service with none (C-ECHO) touches no patient data: audited only when refused.
 #: (N-ACTION is storage commitment: it tells which of the named instances are stored.)
@@ -181,14 +166,6 @@ class Peer:
 
 def peers(settings: Settings) -> list[Peer]:
     return [Peer(*parse_peer(raw)) for raw in settings.dimse_peers]
-
-
-def _status(code: int, comment: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:_COMMENT_CHARS]
-    return ds
 
 
 class GatewayAE(AE):
@@ -388,7 +365,7 @@ class Gateway:
             "bytes": size,
             "partition": self.partition.name if self.settings.partitions else None,
         }
-        self.audit.write([AuditRecord(study=uid if is_valid_uid(uid) else None, **fields) for uid in studies])
+        self.audit.write([AuditRecord(study=study if is_valid_uid(study) else None, **fields) for study in studies])
 
     def on_rejected(self, event: Event) -> None:
         """A refused association: counted, and audited (the calling AE title is no listed peer,
@@ -431,28 +408,27 @@ class Gateway:
             return NOT_AUTHORIZED, None
         if not isinstance(received, ReceivedFile):  # pynetdicom kept it in memory: not configured so
             log.error("DIMSE C-STORE: the data set was not received into a spool")
-            return _status(PROCESSING_FAILURE, "the archive could not store the instance"), None
+            return status_dataset(PROCESSING_FAILURE, "the archive could not store the instance"), None
         if received.over:
-            return _status(OUT_OF_RESOURCES, f"larger than this archive's limit of {received.limit} bytes"), None
+            return status_dataset(OUT_OF_RESOURCES, f"larger than this archive's limit of {received.limit} bytes"), None
         if received.error is not None or received.spool is None:
             log.warning("DIMSE C-STORE: storage failed", exc_info=received.error)
-            return _status(OUT_OF_RESOURCES, "the archive's storage is unavailable"), None
+            return status_dataset(OUT_OF_RESOURCES, "the archive's storage is unavailable"), None
         spool = received.spool
-        mismatch = affected_mismatch(event.request, spool.reader())
-        if mismatch is not None:
-            return mismatch, None
+        request: Any = event.request
+        announced = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
         try:
-            result = self._connected(
-                lambda: store_received(self.archive.ingestor, self.settings, spool, partition=self.partition)
-            )
+            result = self._connected(lambda: store_received(
+                self.archive.ingestor, self.settings, spool, announced=announced, partition=self.partition
+            ))
         except PayloadTooLarge as exc:
-            return _status(OUT_OF_RESOURCES, str(exc)), None
+            return status_dataset(OUT_OF_RESOURCES, str(exc)), None
         except (BlobStoreError, OSError) as exc:
             log.warning("DIMSE C-STORE: storage failed", exc_info=exc)
-            return _status(OUT_OF_RESOURCES, "the archive's storage is unavailable"), None
+            return status_dataset(OUT_OF_RESOURCES, "the archive's storage is unavailable"), None
         except Exception:
             log.exception("DIMSE C-STORE failed")
-            return _status(PROCESSING_FAILURE, "the archive could not store the instance"), None
+            return status_dataset(PROCESSING_FAILURE, "the archive could not store the instance"), None
         return store_status(result), result
 
     def received_file(self) -> ReceivedFile:
@@ -513,7 +489,7 @@ class Gateway:
                         return
                     yield PENDING, match
             except InvalidQuery as exc:
-                status = _status(CANNOT_UNDERSTAND, str(exc))
+                status = status_dataset(CANNOT_UNDERSTAND, str(exc))
                 yield status, None
                 return
             finally:
@@ -539,7 +515,7 @@ class Gateway:
         try:
             by_study = self._connected(lambda: instances_by_study(self.archive, event.identifier, self.partition))
         except InvalidQuery as exc:
-            status = _status(CANNOT_UNDERSTAND, str(exc))
+            status = status_dataset(CANNOT_UNDERSTAND, str(exc))
             self.answered(event.assoc, "C-GET", status, message_id=event.request.MessageID, route=route)
             yield from _refused(status)
             return
@@ -569,7 +545,7 @@ class Gateway:
         try:
             by_study = self._connected(lambda: instances_by_study(self.archive, event.identifier, self.partition))
         except InvalidQuery as exc:
-            status = _status(CANNOT_UNDERSTAND, str(exc))
+            status = status_dataset(CANNOT_UNDERSTAND, str(exc))
             self.answered(event.assoc, "C-MOVE", status, message_id=event.request.MessageID, route=route)
             yield (*destination, {"contexts": [build_context(Verification)]})
             yield from _refused(status)
@@ -634,7 +610,7 @@ class Gateway:
                 finally:
                     if copy is not None:
                         os.unlink(copy)
-                if sub_operation.status is not None and _status_class(sub_operation.status) in ("success", "warning"):
+                if sub_operation.status is not None and status_class(sub_operation.status) in ("success", "warning"):
                     completed += 1
                     sent_bytes += instance.size
                 else:
@@ -669,27 +645,12 @@ _RECEIVED = "received"
 _SENT = "sent"
 
 
-def _status_class(code: int) -> str:
-    """A DIMSE status as the metrics count it (PS3.7 C: success, warning, cancel, failure)."""
-    if code == SUCCESS:
-        return "success"
-    if code == CANCEL:
-        return "cancel"
-    if code == NOT_AUTHORIZED:
-        return "refused"
-    if code == 0x0001 or 0xB000 <= code <= 0xBFFF:
-        return "warning"
-    if code in (PENDING, 0xFF01):
-        return "pending"
-    return "failure"
-
-
 #: DIMSE_REQUESTS' children by (service, status class), as metrics.py keeps the HTTP ones.
 _request_children: dict[tuple[str, str], Any] = {}
 
 
 def _count_request(service: str, code: int) -> None:
-    key = (service, _status_class(code))
+    key = (service, status_class(code))
     child = _request_children.get(key)
     if child is None:
         child = _request_children[key] = metrics.DIMSE_REQUESTS.labels(*key)
@@ -829,30 +790,6 @@ def _single_uid(identifier: Dataset | None, keyword: str) -> str | None:
     return str(value) if isinstance(value, str) and is_valid_uid(str(value)) else None
 
 
-def affected_mismatch(request: Any, fp: IO[bytes]) -> Dataset | None:
-    """A failure status when the C-STORE request's Affected SOP Class/Instance UID is not the
-    data set's SOP Class/Instance UID (PS3.7 9.3.1.1; PS3.4 B.2.3), else None.
-
-    A class mismatch is 0xA900 (Data Set does not match SOP Class); an instance mismatch has no
-    status of its own in PS3.4 B.2.3, so it is 0xC000 (Cannot understand) with an Error Comment.
-    Only the start of the file is read, up to the identifying UIDs, by the raw header reader
-    `dicomserver import` uses (`ingest.identify`).
-    """
-    try:
-        header = identify(fp)
-    except InstanceRejected:
-        return None  # the pipeline refuses what it cannot parse, with its own comment
-    if header is None:
-        return None  # as a UID that is missing or invalid
-    sop_class = header.sop_class_uid or ""
-    sop_instance = header.sop_instance_uid or ""
-    if sop_class and str(request.AffectedSOPClassUID) != sop_class:
-        return _status(DOES_NOT_MATCH_SOP_CLASS, "Affected SOP Class UID is not the data set's SOP Class UID")
-    if sop_instance and str(request.AffectedSOPInstanceUID) != sop_instance:
-        return _status(CANNOT_UNDERSTAND, "Affected SOP Instance UID is not the data set's SOP Instance UID")
-    return None
-
-
 def _refused(status: int | Dataset) -> Iterator[Any]:
     """A C-GET/C-MOVE handler's answers for a request refused before any sub-operation:
     pynetdicom answers Success at once to a count of 0, so one is announced, then the status."""
@@ -867,7 +804,7 @@ def move_contexts(found: list[StoredInstance]) -> list[PresentationContext]:
     for instance in found:
         syntaxes.setdefault(instance.sop_class_uid, set()).add(instance.transfer_syntax_uid)
     return [
-        build_context(sop_class, sorted(ts | {ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
+        build_context(sop_class, sorted(ts | NATIVE_LITTLE_ENDIAN))
         for sop_class, ts in list(syntaxes.items())[:MAX_CONTEXTS]
     ]
 
@@ -881,19 +818,19 @@ def store_status(result: PartResult) -> Dataset | int:
     """
     if result.stored:
         if result.warning_reason == ELEMENTS_DISCARDED:
-            return _status(WARNING_ELEMENTS_DISCARDED, _comment(result))
+            return status_dataset(WARNING_ELEMENTS_DISCARDED, _comment(result))
         if result.warning_reason == DATASET_DOES_NOT_MATCH_SOP_CLASS:
-            return _status(WARNING_DOES_NOT_MATCH_SOP_CLASS, _comment(result))
+            return status_dataset(WARNING_DOES_NOT_MATCH_SOP_CLASS, _comment(result))
         if result.warning_reason is not None:
-            return _status(COERCED, _comment(result))
+            return status_dataset(COERCED, _comment(result))
         return SUCCESS
     if result.failure_reason == INSTANCE_ALREADY_EXISTS:
         return SUCCESS
     if isinstance(result, NotStored):
-        return _status(OUT_OF_RESOURCES, _comment(result))
+        return status_dataset(OUT_OF_RESOURCES, _comment(result))
     if result.failure_reason == INVALID_DATASET:
-        return _status(DOES_NOT_MATCH_SOP_CLASS, _comment(result))
-    return _status(CANNOT_UNDERSTAND, _comment(result))
+        return status_dataset(DOES_NOT_MATCH_SOP_CLASS, _comment(result))
+    return status_dataset(CANNOT_UNDERSTAND, _comment(result))
 
 
 def _comment(result: PartResult) -> str | None:

@@ -40,6 +40,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 
 from .archive import Archive
+from .dimse_status import NOT_AUTHORIZED, SUCCESS, status_dataset
 from .partitions import DEFAULT, Partition
 from .storage_commitment import (
     RESOURCE_LIMITATION,
@@ -53,14 +54,10 @@ from .storage_commitment import (
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-NOT_AUTHORIZED = 0x0124
 #: The Message ID of a report (IDs are the sender's own; one report per association at a time).
 _MESSAGE_ID = 1
 #: How long a resumed association loop may take to leave its checkpoint (it is woken at once).
 _LEAVE_SECONDS = 5.0
-#: PS3.5: Error Comment is LO, 64 characters at most.
-_COMMENT_CHARS = 64
 
 
 class CommitmentSCP:
@@ -95,9 +92,9 @@ class CommitmentSCP:
                 self.settings.dimse_commitment_max_references,
             )
         except InvalidRequest as exc:
-            return _status(exc.status, str(exc)), None
+            return status_dataset(exc.status, str(exc)), None
         if not self._reports.acquire(blocking=False):
-            return _status(RESOURCE_LIMITATION, "too many storage commitment reports in progress"), None
+            return status_dataset(RESOURCE_LIMITATION, "too many storage commitment reports in progress"), None
         assoc = event.assoc
         requestor = assoc.requestor.ae_title.strip()
         if not isinstance(assoc._reactor_checkpoint, Checkpoint):
@@ -109,7 +106,7 @@ class CommitmentSCP:
             ).start()
         except RuntimeError:  # no thread to be had
             self._reports.release()
-            return _status(RESOURCE_LIMITATION, "the report cannot be prepared now"), None
+            return status_dataset(RESOURCE_LIMITATION, "the report cannot be prepared now"), None
         return SUCCESS, None
 
     # -- the report ---------------------------------------------------------------------
@@ -303,10 +300,3 @@ def _delivered(status: Any) -> bool:
     """An N-EVENT-REPORT answered with success or a warning (an empty status: no answer)."""
     code = status.get("Status") if isinstance(status, Dataset) else status
     return isinstance(code, int) and (code == SUCCESS or 0xB000 <= code <= 0xBFFF or code in (0x0001, 0x0107, 0x0116))
-
-
-def _status(code: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    ds.ErrorComment = comment[:_COMMENT_CHARS]
-    return ds

@@ -51,6 +51,7 @@ PROCESSING_FAILURE = 0x0110  # 272
 INVALID_DATASET = 0xA900  # 43264: cannot be parsed or decoded, or required attributes missing/invalid
 STUDY_UID_MISMATCH = 0xA901  # 43265: StudyInstanceUID differs from the one in the URL
 INSTANCE_ALREADY_EXISTS = 0xB00E  # 45070
+CANNOT_UNDERSTAND = 0xC000  # 49152: here, not the instance its sender announced (a DIMSE C-STORE)
 # Warning reasons (PS3.4 Annex GG).
 ELEMENTS_DISCARDED = 0xB006  # 45062: invalid values kept in the file but not indexed
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xB007  # 45063: implicit VR, as the reference server flags it

@@ -32,7 +32,15 @@ import peewee
 from backends.base import SPOOL_PREFIX, BlobSpool, BlobStoreError, StoreFull
 
 from .errors import BadRequest, InsufficientStorage, PayloadTooLarge, UnsupportedMediaType, http_status
-from .ingest import INVALID_DATASET, PROCESSING_FAILURE, Ingestor, InstanceRejected, PartResult, name_from_head
+from .ingest import (
+    CANNOT_UNDERSTAND,
+    INVALID_DATASET,
+    PROCESSING_FAILURE,
+    Ingestor,
+    InstanceRejected,
+    PartResult,
+    name_from_head,
+)
 from .media import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, parse_media_type
 from .metrics import count_stow_instance
 from .multipart import End, Event, MultipartError, PartData, PartEnd, PartStart, iter_events
@@ -111,17 +119,38 @@ def store(
 
 
 def store_received(
-    ingestor: Ingestor, settings: Settings, received: BlobSpool, *, partition: Partition = DEFAULT
+    ingestor: Ingestor,
+    settings: Settings,
+    received: BlobSpool,
+    *,
+    announced: tuple[str, str] | None = None,
+    partition: Partition = DEFAULT,
 ) -> PartResult:
     """Store one Part 10 file that arrived otherwise than in a STOW body (a DIMSE C-STORE),
     already written into a spool of the blob store: the single part of a STOW, without a
-    second copy of its bytes (the spool is used up). Raises PayloadTooLarge over the limit."""
+    second copy of its bytes (the spool is used up). `announced`: the SOP Class and Instance
+    UID its sender said it is (a C-STORE's Affected ones), checked on the pipeline's own read
+    of the header. Raises PayloadTooLarge over the limit."""
     limit = settings.max_instance_bytes
     if received.size > limit:
         received.discard()
         raise PayloadTooLarge(f"a DICOM instance is larger than this server's limit of {limit} bytes")
     request = _StowRequest(ingestor, settings, study_uid=None, replace=False, partition=partition)
-    return _counted([request.ingest(received)])[0]
+    return _counted([request.ingest(received, announced=announced)])[0]
+
+
+def _not_announced(result: PartResult, sop_class_uid: str, sop_instance_uid: str) -> bool:
+    """Refuse (True) a part that is not the instance its sender announced (PS3.7 9.3.1.1): a
+    class mismatch is 0xA900 (PS3.4 B.2.3, Data Set does not match SOP Class); an instance
+    mismatch has no status of its own there, so it is 0xC000 (Cannot understand)."""
+    if result.sop_class_uid != sop_class_uid:
+        reason, comment = INVALID_DATASET, "Affected SOP Class UID is not the data set's SOP Class UID"
+    elif result.sop_instance_uid != sop_instance_uid:
+        reason, comment = CANNOT_UNDERSTAND, "Affected SOP Instance UID is not the data set's SOP Instance UID"
+    else:
+        return False
+    result.failure_reason, result.warning_reason, result.comments = reason, None, [comment]
+    return True
 
 
 def outcome(result: PartResult) -> tuple[str, int | None]:
@@ -268,8 +297,9 @@ class _StowRequest:
         result.comments = [f"not attempted after an earlier instance failed: {result.comments[0]}"]
         return result
 
-    def ingest(self, spool: BlobSpool) -> PartResult:
-        """Parse, validate, store and index a received part (the spool is used up)."""
+    def ingest(self, spool: BlobSpool, *, announced: tuple[str, str] | None = None) -> PartResult:
+        """Parse, validate, store and index a received part (the spool is used up); refuse it
+        when it is not the `announced` SOP Class/Instance UID."""
         with spool:
             if self.outage is not None:
                 return self.not_attempted()
@@ -277,6 +307,8 @@ class _StowRequest:
                 prepared = self.ingestor.prepare(spool.reader(), spool.size, study_uid=self.study_uid)
             except InstanceRejected as rejection:
                 return rejection.result
+            if announced is not None and _not_announced(prepared.result, *announced):
+                return prepared.result
             try:
                 return self.ingestor.store_prepared(
                     prepared, spool.commit, replace=self.replace, partition=self.partition

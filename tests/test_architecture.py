@@ -72,6 +72,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "dicomserver.dimse",  # the DIMSE gateway's handlers: STOW's pipeline, QIDO's search
         "dicomserver.dimse_commitment",  # storage commitment's N-ACTION and N-EVENT-REPORT
         "dicomserver.dimse_transfer",  # the gateway's instances through pynetdicom: from files, into spools
+        "dicomserver.dimse_status",  # DIMSE statuses as the gateway answers them
         "dicomserver.dimse_processes",  # the gateway as several processes on one port
     ),
     "views": (
