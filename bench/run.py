@@ -659,7 +659,12 @@ def merge_runs(saved: dict, records: list[dict], info: dict) -> tuple[list[dict]
     update["operations"] = sorted({r["op"] for r in records})
     if info.get("machine") != earlier.get("machine"):
         update["machine"] = info.get("machine")
-    merged["updates"] = [*(earlier.get("updates") or []), update]
+    # An earlier update names only the rows it still holds: one whose rows are all measured
+    # again is gone (two notes would claim the same rows).
+    measured = set(update["operations"])
+    still = [{**u, "operations": [op for op in u["operations"] if op not in measured]}
+             for u in earlier.get("updates") or []]
+    merged["updates"] = [*(u for u in still if u["operations"]), update]
     return kept + records, merged
 
 

@@ -314,6 +314,18 @@ def test_update_replaces_the_rows_measured_again_and_keeps_the_rest():
         run.merge_runs(earlier, again, {**info, "sizes": [500]})
 
 
+def test_a_second_update_of_the_same_rows_replaces_the_first_note():
+    earlier = {"info": _info(command="make bench N=500,3000 REPEAT=3"), "records": _records() + _dimse_records()}
+    again = [r for r in _dimse_records() if r["server"] == "dicomserver"]
+    first = _info(command="first --update", date="2026-12-07 09:00 UTC", versions={}, wall_seconds=1.0)
+    records, merged = run.merge_runs(earlier, again, first)
+    second = _info(command="second --update", date="2026-12-08 09:00 UTC", versions={}, wall_seconds=1.0)
+    records, merged = run.merge_runs({"info": merged, "records": records}, again, second)
+    assert [u["command"] for u in merged["updates"]] == ["second --update"]
+    markdown = report.render(records, merged)
+    assert markdown.count("**Updated:**") == 1 and "2026-12-08 09:00 UTC" in markdown
+
+
 def test_orthanc_config_listens_for_dimse(tmp_path):
     config = servers.render_orthanc_config(storage=tmp_path / "s", index=tmp_path / "i", http_port=1, dicom_port=2)
     assert config["DicomServerEnabled"] is True and config["DicomPort"] == 2
